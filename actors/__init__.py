@@ -1,0 +1,1 @@
+"""Thin Ray actors around the library stages (no algorithms here)."""

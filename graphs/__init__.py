@@ -1,0 +1,1 @@
+"""Graph builders: which actors, how they connect, live vs offline policy."""

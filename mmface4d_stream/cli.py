@@ -1,0 +1,55 @@
+"""The `mmface4d` command.
+
+Each area of the library contributes its subcommands through a `register(subparsers)` function in
+its own `cli` module, listed in `COMMAND_MODULES`; this file only assembles them and turns
+`InputError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mmface4d_stream import __version__
+from mmface4d_stream.errors import InputError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "mmface4d_stream.formats.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmface4d",
+        description="Capture, convert and reconstruct MMFace4D-format 4D face data.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"mmface4d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmface4d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
