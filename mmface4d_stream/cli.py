@@ -17,6 +17,8 @@ from mmface4d_stream.errors import InputError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "mmface4d_stream.formats.cli",
+    "mmface4d_stream.stream.cli",
+    "mmface4d_stream.smoothing_cli",
 )
 
 

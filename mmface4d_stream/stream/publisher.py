@@ -1,0 +1,393 @@
+"""`MeshPublisher`: the XPUB end of the mesh stream.
+
+Two delivery policies, chosen with `drop_when_full`:
+
+- live (``True``, default): every subscriber has its own queue of at most `send_hwm` messages;
+  when a subscriber does not keep up, libzmq drops *that subscriber's* messages and
+  `publish_mesh` returns at once. Other subscribers are not affected. The publisher cannot see
+  those per-subscriber drops; each subscriber counts them from gaps in `seq`
+  (`MeshSubscriber.stats.dropped`), and the `end` message carries the last `seq` so trailing
+  losses are counted too. `end` itself is sent with a bounded wait (`end_timeout_s`).
+- offline (``False``): the publisher waits until every connected subscriber has room, so nothing
+  is lost and the caller runs at the pace of the slowest subscriber; `send_timeout_s` bounds
+  the wait (a message that times out is counted in `stats.dropped`). Combine with
+  `wait_for_subscribers` so that the first frames are not published before anyone listens.
+
+The triangle list (`set_topology`) is sent whenever a subscription that covers the
+``topology`` topic arrives, and whenever it changes. Subscriptions are read from the socket on
+every publish call (the socket is not thread-safe, so there is no background thread); a
+subscriber that connects while the publisher is idle gets the topology before the next mesh.
+
+Security: binding to a non-loopback address exposes face geometry to the network. There the
+publisher requires CURVE keys (`curve_secret_key`/`curve_public_key`, e.g. from
+`zmq.curve_keypair()`) and refuses to start without them unless `allow_insecure=True`, which
+logs a warning. CURVE encrypts the stream; any client that knows the server's public key may
+subscribe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+
+from mmface4d_stream.stream import schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "tcp://127.0.0.1:5555"
+
+
+@dataclasses.dataclass
+class PublisherStats:
+    """Counters of one publisher.
+
+    meshes: meshes handed to the socket; dropped: messages the socket refused (offline mode
+    timeouts, `end` timeouts); topology_sent: topology messages sent; subscriptions: current
+    number of subscriptions that cover the ``mesh`` topic (one per subscriber, as a rule).
+    """
+
+    meshes: int = 0
+    dropped: int = 0
+    topology_sent: int = 0
+    status_sent: int = 0
+    subscriptions: int = 0
+
+
+def is_loopback_endpoint(url: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable only from this machine.
+
+    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local for 127.0.0.0/8, ::1 and
+    ``localhost``; wildcards (``*``, ``0.0.0.0``) and interface names are not.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = urlsplit(f"//{rest}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def topology_id_of(faces: np.ndarray) -> str:
+    """A content id for a triangle list: ``"f<F>-<12 hex digits of sha1>"``."""
+    faces = np.ascontiguousarray(faces, dtype=schema.FACE_DTYPE)
+    return f"f{faces.shape[0]}-{hashlib.sha1(faces.tobytes()).hexdigest()[:12]}"
+
+
+class MeshPublisher:
+    """Publishes meshes, topology, status and end messages on an XPUB socket.
+
+    Args:
+        url: endpoint to bind, default ``tcp://127.0.0.1:5555``; ``tcp://127.0.0.1:*`` picks a
+            free port (see `endpoint`).
+        drop_when_full: live policy (drop per subscriber) if True, offline policy (wait) if False.
+        send_hwm: messages queued per subscriber before the policy applies.
+        send_timeout_s: offline mode only: longest wait for room before a message is dropped;
+            None waits forever.
+        end_timeout_s: longest wait to deliver `end` to a subscriber whose queue is full.
+        curve_secret_key, curve_public_key: the server's CURVE keypair (Z85 bytes or str).
+        allow_insecure: permit a non-loopback bind without CURVE (logs a warning).
+        context: a zmq.Context to use; by default the process-wide instance.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        drop_when_full: bool = True,
+        send_hwm: int = 4,
+        send_timeout_s: float | None = None,
+        end_timeout_s: float = 1.0,
+        curve_secret_key: bytes | str | None = None,
+        curve_public_key: bytes | str | None = None,
+        allow_insecure: bool = False,
+        context: zmq.Context | None = None,
+    ):
+        if send_hwm < 1:
+            raise ValueError(f"send_hwm must be >= 1, got {send_hwm}")
+        if (curve_secret_key is None) != (curve_public_key is None):
+            raise ValueError("give both curve_secret_key and curve_public_key, or neither")
+        secure = curve_secret_key is not None
+        if not secure and not is_loopback_endpoint(url):
+            if not allow_insecure:
+                raise ValueError(
+                    f"refusing to publish unencrypted face meshes on {url}, which is reachable "
+                    "from other machines: give curve_secret_key/curve_public_key "
+                    "(zmq.curve_keypair()) or allow_insecure=True"
+                )
+            log.warning("publishing UNENCRYPTED meshes on non-loopback endpoint %s", url)
+        if secure and not zmq.has("curve"):
+            raise ValueError("this libzmq was built without CURVE support")
+
+        self.drop_when_full = drop_when_full
+        self.send_timeout_s = send_timeout_s
+        self.end_timeout_s = end_timeout_s
+        self.stats = PublisherStats()
+        self._seq = 0
+        self._status_seq = 0
+        self._last_status_s = -np.inf
+        self._topology: schema.TopologyMessage | None = None
+        self._topology_parts: list[bytes] | None = None
+        self._topology_pending = False
+        self._closed = False
+
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.XPUB)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.SNDHWM, send_hwm)
+            # Every subscription and unsubscription reaches us (not only the first per topic),
+            # so each new subscriber triggers a topology send and the count stays right.
+            self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)
+            self._set_nodrop(not drop_when_full)
+            if secure:
+                self._socket.curve_server = True
+                self._socket.curve_secretkey = _key_bytes(curve_secret_key)
+                self._socket.curve_publickey = _key_bytes(curve_public_key)
+            self._socket.bind(url)
+        except Exception:
+            self._socket.close(linger=0)
+            raise
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.secure = secure
+        log.info("mesh publisher bound to %s (%s)", self.endpoint, "CURVE" if secure else "plain")
+
+    # ------------------------------------------------------------------------- subscriptions
+
+    def poll_subscriptions(self) -> int:
+        """Read pending (un)subscriptions; send the topology to new subscribers.
+
+        Returns the number of new subscriptions seen. Called by every publish method.
+        """
+        new = self._read_subscription_events()
+        if self._topology_pending and self._topology_parts is not None:
+            self._topology_pending = False
+            self._send_control(self._topology_parts, self.end_timeout_s)
+            self.stats.topology_sent += 1
+        return new
+
+    def _read_subscription_events(self) -> int:
+        new = 0
+        while True:
+            try:
+                event = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if not event:
+                continue
+            subscribe, topic = event[0] == 1, event[1:]
+            if schema.TOPIC_MESH.startswith(topic):
+                self.stats.subscriptions = max(0, self.stats.subscriptions + (1 if subscribe else -1))
+            if subscribe:
+                new += 1
+                if schema.TOPIC_TOPOLOGY.startswith(topic):
+                    self._topology_pending = True
+                log.debug("subscription to %r", topic)
+        return new
+
+    def wait_for_subscribers(self, n: int = 1, timeout_s: float | None = 10.0) -> bool:
+        """Block until at least `n` subscriptions cover ``mesh`` (offline mode, tests).
+
+        Returns False on timeout. ZeroMQ drops what is published before a subscriber's
+        subscription arrives, so an offline publisher calls this before its first frame.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            self.poll_subscriptions()
+            if self.stats.subscriptions >= n:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            wait_ms = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
+            self._socket.poll(wait_ms, zmq.POLLIN)
+
+    # ----------------------------------------------------------------------------- publishing
+
+    def set_topology(self, faces: np.ndarray, n_vertices: int, topology_id: str | None = None) -> str:
+        """Set the triangle list (F, 3) vertex indices in [0, n_vertices); sends it if changed.
+
+        Returns the topology id (content hash of `faces` unless given).
+        """
+        faces = np.ascontiguousarray(faces, dtype=schema.FACE_DTYPE)
+        topology_id = topology_id or topology_id_of(faces)
+        message = schema.TopologyMessage(topology_id=topology_id, n_vertices=int(n_vertices), faces=faces)
+        parts = schema.encode_topology(message)
+        changed = self._topology_parts != parts
+        self._topology, self._topology_parts = message, parts
+        self._read_subscription_events()
+        if changed or self._topology_pending:
+            self._topology_pending = False
+            self._send_control(parts, self.end_timeout_s)
+            self.stats.topology_sent += 1
+        return topology_id
+
+    @property
+    def topology(self) -> schema.TopologyMessage | None:
+        return self._topology
+
+    def publish_mesh(
+        self,
+        vertices: np.ndarray,
+        *,
+        frame: int,
+        t_capture_ns: int | None = None,
+        smoothed: bool = False,
+        cameras: Sequence[str] = (),
+        fit: Mapping[str, Any] | None = None,
+        thumbnails: Sequence[schema.Thumbnail] = (),
+        topology_id: str | None = None,
+    ) -> bool:
+        """Publish one mesh: `vertices` float (N, 3) metres in the reference camera's frame.
+
+        `t_capture_ns` defaults to now; `topology_id` to the current topology's. Returns True
+        when the socket accepted it (in live mode a slow subscriber may still drop it).
+        """
+        self._check_open()
+        vertices = np.asarray(vertices)
+        if topology_id is None:
+            if self._topology is None:
+                raise ValueError("publish_mesh needs a topology: call set_topology first or pass topology_id")
+            topology_id = self._topology.topology_id
+            if vertices.ndim == 2 and vertices.shape[0] != self._topology.n_vertices:
+                raise ValueError(
+                    f"mesh has {vertices.shape[0]} vertices, topology {topology_id} has "
+                    f"{self._topology.n_vertices}"
+                )
+        self.poll_subscriptions()
+        now = time.time_ns()
+        message = schema.MeshMessage(
+            seq=self._seq,
+            frame=int(frame),
+            t_capture_ns=now if t_capture_ns is None else int(t_capture_ns),
+            t_publish_ns=now,
+            vertices=vertices,
+            topology_id=topology_id,
+            smoothed=smoothed,
+            cameras=tuple(cameras),
+            fit=fit or {},
+            thumbnails=tuple(thumbnails),
+        )
+        parts = schema.encode_mesh(message)
+        self._seq += 1
+        sent = self._send_data(parts)
+        if sent:
+            self.stats.meshes += 1
+        return sent
+
+    def publish_status(
+        self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False
+    ) -> bool:
+        """Publish a status report at most once per `period_s` (unless `force`).
+
+        `stages` maps stage name to `StageStatus` (or a dict with fps, latency_ms, drops).
+        Returns whether a message was sent; call it every frame and it keeps the 1 Hz rate.
+        """
+        self._check_open()
+        now_s = time.monotonic()
+        if not force and now_s - self._last_status_s < period_s:
+            return False
+        self.poll_subscriptions()
+        stages = {
+            name: s if isinstance(s, schema.StageStatus) else schema.StageStatus(**s)
+            for name, s in stages.items()
+        }
+        parts = schema.encode_status(
+            schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages)
+        )
+        self._last_status_s = now_s
+        self._status_seq += 1
+        sent = self._send_data(parts)
+        if sent:
+            self.stats.status_sent += 1
+        return sent
+
+    def publish_end(self, reason: str = "finished") -> bool:
+        """Tell subscribers the sequence is over (waits up to `end_timeout_s` for full queues)."""
+        self._check_open()
+        self.poll_subscriptions()
+        parts = schema.encode_end(
+            schema.EndMessage(
+                t_publish_ns=time.time_ns(), last_seq=self._seq - 1, n_meshes=self._seq, reason=reason
+            )
+        )
+        timeout = self.end_timeout_s if self.drop_when_full else self.send_timeout_s
+        return self._send_control(parts, timeout)
+
+    # -------------------------------------------------------------------------------- sending
+
+    def _set_nodrop(self, nodrop: bool) -> None:
+        self._socket.setsockopt(zmq.XPUB_NODROP, 1 if nodrop else 0)
+
+    def _send_data(self, parts: list[bytes]) -> bool:
+        if self.drop_when_full:
+            # Lossy XPUB never blocks: a full subscriber queue drops this message for that one.
+            self._socket.send_multipart(parts, copy=False)
+            return True
+        return self._send_waiting(parts, self.send_timeout_s)
+
+    def _send_control(self, parts: list[bytes], timeout_s: float | None) -> bool:
+        """Send a message that must not be silently lost (topology, end), waiting a bounded time."""
+        if not self.drop_when_full:
+            return self._send_waiting(parts, timeout_s)
+        self._set_nodrop(True)
+        try:
+            return self._send_waiting(parts, timeout_s)
+        finally:
+            self._set_nodrop(False)
+
+    def _send_waiting(self, parts: list[bytes], timeout_s: float | None) -> bool:
+        """Send with XPUB_NODROP set: wait (polling) until every subscriber queue has room."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self.stats.dropped += 1
+                log.warning("a subscriber queue stayed full for %.2f s; message dropped", timeout_s)
+                return False
+            # Subscriptions keep arriving while we wait; reading them also lets libzmq
+            # process pipe activation so the send can go through.
+            self._read_subscription_events()
+            self._socket.poll(5 if remaining is None else max(1, min(5, int(remaining * 1000))), zmq.POLLOUT)
+
+    # -------------------------------------------------------------------------------- closing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("publisher is closed")
+
+    def close(self, linger_s: float = 0.5) -> None:
+        """Close the socket, giving queued messages up to `linger_s` to leave."""
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.close(linger=int(linger_s * 1000))
+
+    def __enter__(self) -> "MeshPublisher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    return key.encode("ascii") if isinstance(key, str) else bytes(key)

@@ -1,0 +1,187 @@
+"""`MeshSubscriber`: the receiving end of the mesh stream.
+
+It validates every message with `schema.decode`; a malformed one is logged, counted in
+`stats.rejected` and skipped, and receiving goes on. Lost meshes are counted from gaps in the
+publisher's `seq` (and from the `last_seq` of `end`). The latest topology is kept in `topology`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+import zmq
+
+from mmface4d_stream.stream import schema
+from mmface4d_stream.stream.publisher import DEFAULT_URL, _key_bytes
+
+log = logging.getLogger(__name__)
+
+# Rejections are logged individually up to this count, then only every `_LOG_EVERY`-th one.
+_LOG_FIRST = 10
+_LOG_EVERY = 100
+_DEFAULT = object()
+
+
+@dataclasses.dataclass
+class SubscriberStats:
+    """Counters of one subscriber.
+
+    received: valid messages; meshes: valid mesh messages; rejected: malformed messages skipped;
+    dropped: meshes lost on the way (gaps in `seq`); last_error: why the last one was rejected.
+    """
+
+    received: int = 0
+    meshes: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    last_error: str | None = None
+
+
+class MeshSubscriber:
+    """Connects a SUB socket to a mesh publisher and yields typed messages.
+
+    Args:
+        url: the publisher's endpoint, default ``tcp://127.0.0.1:5555``.
+        topics: topics to receive (``"mesh"``, ``"topology"``, ``"status"``, ``"end"``); all by
+            default. Leave ``"topology"`` in to have `topology` kept up to date.
+        timeout_s: default wait for one message in `recv` and iteration; None waits forever.
+        receive_hwm: messages queued locally before the publisher side starts dropping.
+        curve_server_key: the publisher's CURVE public key (Z85); enables encryption.
+        curve_public_key, curve_secret_key: this client's keypair; generated when omitted.
+        stop_on_end: iteration ends after yielding an `EndMessage`.
+        context: a zmq.Context to use; by default the process-wide instance.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        topics: Sequence[str | bytes] = ("mesh", "topology", "status", "end"),
+        *,
+        timeout_s: float | None = None,
+        receive_hwm: int = 4,
+        curve_server_key: bytes | str | None = None,
+        curve_public_key: bytes | str | None = None,
+        curve_secret_key: bytes | str | None = None,
+        stop_on_end: bool = True,
+        context: zmq.Context | None = None,
+    ):
+        topic_bytes = [t.encode("ascii") if isinstance(t, str) else bytes(t) for t in topics]
+        unknown = [t for t in topic_bytes if t not in schema.TOPICS]
+        if unknown:
+            raise ValueError(f"unknown topics {unknown}; choose from {list(schema.TOPICS)}")
+        if (curve_public_key is None) != (curve_secret_key is None):
+            raise ValueError("give both curve_public_key and curve_secret_key, or neither")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.stop_on_end = stop_on_end
+        self.stats = SubscriberStats()
+        self.topology: schema.TopologyMessage | None = None
+        self.last_status: schema.StatusMessage | None = None
+        self._last_seq: int | None = None
+        self._closed = False
+
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.SUB)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.RCVHWM, receive_hwm)
+            if curve_server_key is not None:
+                if curve_public_key is None:
+                    curve_public_key, curve_secret_key = zmq.curve_keypair()
+                self._socket.curve_serverkey = _key_bytes(curve_server_key)
+                self._socket.curve_publickey = _key_bytes(curve_public_key)
+                self._socket.curve_secretkey = _key_bytes(curve_secret_key)
+            for topic in topic_bytes:
+                self._socket.setsockopt(zmq.SUBSCRIBE, topic)
+            self._socket.connect(url)
+        except Exception:
+            self._socket.close(linger=0)
+            raise
+
+    def recv(self, timeout_s: float | None = _DEFAULT) -> schema.Message | None:
+        """The next valid message, or None if none arrives within `timeout_s`.
+
+        `timeout_s` defaults to the subscriber's `timeout_s`; None waits forever. Malformed
+        messages are skipped (and do not restart the wait).
+        """
+        if self._closed:
+            raise ValueError("subscriber is closed")
+        timeout_s = self.timeout_s if timeout_s is _DEFAULT else timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            remaining_ms = None
+            if deadline is not None:
+                remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(remaining_ms, zmq.POLLIN):
+                return None
+            parts = self._socket.recv_multipart(copy=False)
+            try:
+                message = schema.decode(parts)
+            except schema.WireFormatError as exc:
+                self._reject(str(exc))
+                continue
+            self._account(message)
+            return message
+
+    def __iter__(self) -> Iterator[schema.Message]:
+        """Valid messages until `end` (with `stop_on_end`); raises TimeoutError after `timeout_s` of silence."""
+        while True:
+            message = self.recv()
+            if message is None:
+                raise TimeoutError(f"no message from {self.url} within {self.timeout_s} s")
+            yield message
+            if self.stop_on_end and isinstance(message, schema.EndMessage):
+                return
+
+    def meshes(self) -> Iterator[schema.MeshMessage]:
+        """Only the mesh messages of `iter(self)` (topology and status are still recorded)."""
+        for message in self:
+            if isinstance(message, schema.MeshMessage):
+                yield message
+
+    def _reject(self, reason: str) -> None:
+        self.stats.rejected += 1
+        self.stats.last_error = reason
+        n = self.stats.rejected
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            log.warning("rejected malformed message #%d from %s: %s", n, self.url, reason)
+
+    def _account(self, message: schema.Message) -> None:
+        self.stats.received += 1
+        if isinstance(message, schema.MeshMessage):
+            self.stats.meshes += 1
+            if self._last_seq is not None and message.seq > self._last_seq:
+                self.stats.dropped += message.seq - self._last_seq - 1
+            elif self._last_seq is not None:
+                log.info("mesh seq went back from %d to %d: publisher restarted", self._last_seq, message.seq)
+            self._last_seq = message.seq
+            if self.topology is not None and message.topology_id != self.topology.topology_id:
+                log.debug("mesh %d uses topology %s, not yet received", message.seq, message.topology_id)
+        elif isinstance(message, schema.TopologyMessage):
+            if self.topology is None or self.topology.topology_id != message.topology_id:
+                log.info(
+                    "topology %s: %d vertices, %d faces",
+                    message.topology_id, message.n_vertices, message.n_faces,
+                )
+            self.topology = message
+        elif isinstance(message, schema.StatusMessage):
+            self.last_status = message
+        elif isinstance(message, schema.EndMessage):
+            # Meshes before a late joiner's first one are not losses; only count after it.
+            if self._last_seq is not None and message.last_seq > self._last_seq:
+                self.stats.dropped += message.last_seq - self._last_seq
+            self._last_seq = None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._socket.close(linger=0)
+
+    def __enter__(self) -> "MeshSubscriber":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
