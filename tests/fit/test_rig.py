@@ -1,0 +1,270 @@
+"""Rig calibration on a synthetic face surface seen by three cameras with known poses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.fit.rig import (
+    CameraExtrinsics,
+    RigCalibration,
+    RigCalibrator,
+    RigCalibratorConfig,
+    average_transforms,
+    kabsch_transform,
+    landmarks_to_points,
+    rigid_matrix,
+    robust_rigid_alignment,
+    rotation_angle_deg,
+    transform_points,
+)
+
+W, H = 1920, 1080
+K = np.array([[910.98, 0.0, 963.45], [0.0, 910.67, 543.64], [0.0, 0.0, 1.0]])
+
+
+def rot(axis, deg):
+    a = np.asarray(axis, dtype=np.float64)
+    a = a / np.linalg.norm(a)
+    x = math.radians(deg)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + math.sin(x) * k + (1 - math.cos(x)) * k @ k
+
+
+def face_surface(xy):
+    """Face-like height field in a face frame (x right, y down, z away from the viewer), metres."""
+    x, y = xy[:, 0], xy[:, 1]
+    z = x**2 / (2 * 0.075) + y**2 / (2 * 0.11)  # head curvature
+    z -= 0.024 * np.exp(-(x**2 / (2 * 0.011**2) + (y - 0.005) ** 2 / (2 * 0.022**2)))  # nose
+    for sx in (-1, 1):
+        z += 0.007 * np.exp(-((x - sx * 0.032) ** 2 + (y + 0.025) ** 2) / (2 * 0.012**2))  # eye sockets
+        z -= 0.005 * np.exp(-((x - sx * 0.045) ** 2 + (y - 0.025) ** 2) / (2 * 0.02**2))  # cheeks
+    z -= 0.006 * np.exp(-(x**2 + (y - 0.065) ** 2) / (2 * 0.015**2))  # chin
+    return np.stack([x, y, z], axis=1)
+
+
+def in_face(xy):
+    return (xy[:, 0] / 0.075) ** 2 + (xy[:, 1] / 0.1) ** 2 <= 1.0
+
+
+def look_at_camera(target, yaw_deg, pitch_deg, roll_deg, distance):
+    """T_ref_from_cam of a camera `distance` from `target`, looking at it from yaw/pitch angles."""
+    d = rot([0, 1, 0], yaw_deg) @ rot([1, 0, 0], pitch_deg) @ np.array([0.0, 0.0, 1.0])
+    center = target - distance * d
+    z = d
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    r = np.stack([x, y, z], axis=1) @ rot([0, 0, 1], roll_deg)
+    return rigid_matrix(r, center)
+
+
+def project(points_cam):
+    uvw = points_cam @ K.T
+    return uvw[:, :2] / uvw[:, 2:3]
+
+
+def render_depth(points_cam, rng, noise_mm=0.7, holes=25):
+    """Z-buffer splat of a dense cloud into a (H, W) uint16 mm depth map, with noise and holes."""
+    uv = np.round(project(points_cam)).astype(np.int64)
+    ok = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+    flat = uv[ok, 1] * W + uv[ok, 0]
+    zbuf = np.full(H * W, np.inf)
+    np.minimum.at(zbuf, flat, points_cam[ok, 2] * 1000.0)
+    zbuf = zbuf.reshape(H, W)
+    hit = np.isfinite(zbuf)
+    depth = np.zeros((H, W), np.uint16)
+    depth[hit] = np.round(zbuf[hit] + rng.normal(0, noise_mm, hit.sum())).astype(np.uint16)
+    ys, xs = np.nonzero(hit)
+    for i in rng.choice(len(ys), size=holes, replace=False):
+        depth[ys[i] - 3 : ys[i] + 3, xs[i] - 3 : xs[i] + 3] = 0
+    return depth
+
+
+@pytest.fixture(scope="module")
+def synthetic_rig():
+    """Three cameras (centre = reference, ±35° yaw) and 4 frames of a moving face-like surface."""
+    rng = np.random.default_rng(7)
+    face_center = np.array([0.01, -0.02, 0.85])
+    T_ref_from_cam = [
+        look_at_camera(face_center + [0.0, 0.01, 0.0], -35.0, 4.0, 2.0, 0.80),
+        np.eye(4),
+        look_at_camera(face_center + [0.01, -0.01, 0.0], 33.0, -3.0, -1.5, 0.78),
+    ]
+    # Dense surface grid (0.3 mm) and 468 landmark sites spread over the face.
+    g = np.arange(-0.08, 0.08, 0.0003)
+    gx, gy = np.meshgrid(g, np.arange(-0.105, 0.105, 0.0003))
+    dense_xy = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    dense_xy = dense_xy[in_face(dense_xy)]
+    lm_xy = rng.uniform([-0.075, -0.1], [0.075, 0.1], size=(4000, 2))
+    lm_xy = lm_xy[in_face(lm_xy * 1.1)][:468]
+    dense_face, lm_face = face_surface(dense_xy), face_surface(lm_xy)
+
+    frames = []
+    for f in range(4):
+        # The head moves between frames; the rig does not.
+        T_ref_from_face = rigid_matrix(
+            rot([0.2, 1.0, 0.1], 6.0 * (f - 1.5)), face_center + [0.01 * f, -0.005 * f, 0.01 * f]
+        )
+        lms, depths = [], []
+        for T in T_ref_from_cam:
+            T_cam_from_face = np.linalg.inv(T) @ T_ref_from_face
+            depths.append(render_depth(transform_points(T_cam_from_face, dense_face), rng))
+            px = project(transform_points(T_cam_from_face, lm_face)) + rng.normal(0, 0.7, (468, 2))
+            bad = rng.random(468) < 0.08  # detector failures: far off
+            px[bad] += rng.uniform(15, 40, (bad.sum(), 2)) * rng.choice([-1, 1], (bad.sum(), 2))
+            lms.append(np.concatenate([px, np.full((10, 2), np.nan)]).astype(np.float32))  # + iris points
+        frames.append((lms, depths))
+    return T_ref_from_cam, frames
+
+
+def pose_error(t_est, t_true):
+    delta = np.linalg.inv(t_true) @ t_est
+    return float(np.linalg.norm(t_est[:3, 3] - t_true[:3, 3]) * 1000.0), rotation_angle_deg(delta[:3, :3])
+
+
+@pytest.mark.parametrize("icp", [False, True])
+def test_recovers_known_extrinsics(synthetic_rig, icp):
+    T_true, frames = synthetic_rig
+    calibrator = RigCalibrator([K] * 3, ["000250714112", "000261501812", "000279514412"],
+                               config=RigCalibratorConfig(icp=icp))
+    assert calibrator.reference == 1
+    for i, (lms, depths) in enumerate(frames):
+        assert calibrator.add_frame(lms, depths, frame_index=10 + i)
+    calib = calibrator.solve()
+    assert calib.frames == [10, 11, 12, 13] and calib.reference == 1
+    np.testing.assert_array_equal(calib.T_ref_from_cam(1), np.eye(4))
+    for cam in (0, 2):
+        t_est = calib.T_ref_from_cam(cam)
+        mm, deg = pose_error(t_est, T_true[cam])
+        # Where the face is (0.8 m from the camera) even the landmark-only solution is within 2 mm.
+        face_cam = np.linalg.inv(T_true[cam]) @ np.array([0.01, -0.02, 0.85, 1.0])
+        at_face_mm = np.linalg.norm((t_est - T_true[cam]) @ face_cam) * 1000.0
+        assert at_face_mm < 2.0 and deg < 0.5, f"camera {cam}: {at_face_mm:.2f} mm at the face, {deg:.3f} deg"
+        if icp:
+            assert mm < 2.0, f"camera {cam}: {mm:.2f} mm"
+        else:
+            # A rotation error of a few tenths of a degree moves the camera's origin by millimetres.
+            assert mm < 8.0, f"camera {cam}: {mm:.2f} mm"
+        ext = calib.cameras[cam]
+        # ~8 % detector outliers per camera, so ~15 % of pairs are bad; the rest are kept.
+        assert 0.6 * ext.landmark_pairs < ext.landmark_inliers < 0.92 * ext.landmark_pairs
+        assert ext.landmark_rmse_mm < 3.0
+        if icp:
+            assert ext.icp_rmse_mm is not None and ext.icp_rmse_mm < 2.0 and ext.icp_fitness > 0.5
+        else:
+            assert ext.icp_rmse_mm is None
+
+
+def test_frames_without_face_or_depth_are_skipped(synthetic_rig):
+    _, frames = synthetic_rig
+    lms, depths = frames[0]
+    calibrator = RigCalibrator([K] * 3, ["a", "b", "c"], reference=1)
+    assert not calibrator.add_frame([lms[0], None, lms[2]], depths)
+    empty = [np.zeros((H, W), np.uint16)] * 3
+    assert not calibrator.add_frame(lms, empty)
+    assert calibrator.n_frames == 0
+    with pytest.raises(ValueError, match="no frame"):
+        calibrator.solve()
+    with pytest.raises(ValueError, match="3 cameras"):
+        calibrator.add_frame(lms[:2], depths[:2])
+
+
+def test_json_round_trip_and_reuse_by_serial(synthetic_rig, tmp_path):
+    T_true, _ = synthetic_rig
+    calib = RigCalibration(
+        cameras=[
+            CameraExtrinsics("s0", T_true[0], 1.25, 400, 460, 0.8, 0.9),
+            CameraExtrinsics("s1", np.eye(4), 0.0, 460, 460),
+            CameraExtrinsics("s2", T_true[2], 1.5, 390, 455, None, None),
+        ],
+        reference=1,
+        frames=[0, 1, 2],
+        source="seq/000337",
+    )
+    path = tmp_path / "rig.json"
+    calib.save(path)
+    assert json.loads(path.read_text())["schema"] == "mmface4d.rig/1"
+    back = RigCalibration.load(path)
+    assert back.serials == ["s0", "s1", "s2"] and back.reference == 1 and back.frames == [0, 1, 2]
+    assert back.source == "seq/000337"
+    for a, b in zip(calib.cameras, back.cameras):
+        np.testing.assert_array_equal(a.T_ref_from_cam, b.T_ref_from_cam)
+        assert a.to_dict() == b.to_dict()
+    # Another sequence of the same rig lists its cameras in another order.
+    ts = back.transforms_for(["s2", "s0"])
+    np.testing.assert_array_equal(ts[0], T_true[2])
+    np.testing.assert_array_equal(ts[1], T_true[0])
+    with pytest.raises(InputError, match="no camera with serial x9"):
+        back.transforms_for(["s0", "x9"], path=path)
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        RigCalibration.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="cannot read"):
+        RigCalibration.load(bad)
+    bad.write_text(json.dumps({"schema": "mmface4d.rig/1", "reference": 0,
+                               "cameras": [{"serial": "a", "T_ref_from_cam": (2 * np.eye(4)).tolist()}]}))
+    with pytest.raises(InputError, match="not a rigid transform"):
+        RigCalibration.load(bad)
+    bad.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(InputError, match="schema"):
+        RigCalibration.load(bad)
+
+
+def test_kabsch_and_robust_alignment():
+    rng = np.random.default_rng(1)
+    t_true = rigid_matrix(rot([0.3, -1.0, 0.2], 40.0), [0.3, -0.05, 0.12])
+    src = rng.normal(0, 0.05, (200, 3)) + [0, 0, 0.8]
+    dst = transform_points(t_true, src)
+    np.testing.assert_allclose(kabsch_transform(src, dst), t_true, atol=1e-12)
+
+    noisy = dst + rng.normal(0, 0.0005, dst.shape)
+    outliers = rng.random(200) < 0.35
+    noisy[outliers] += rng.uniform(-0.05, 0.05, (outliers.sum(), 3))
+    src_holes = src.copy()
+    src_holes[:5] = np.nan
+    fit = robust_rigid_alignment(src_holes, noisy)
+    _, deg = pose_error(fit.T, t_true)
+    moved = np.linalg.norm(transform_points(fit.T, src) - transform_points(t_true, src), axis=1)
+    assert moved.max() < 0.5e-3 and deg < 0.1
+    far = np.linalg.norm(transform_points(t_true, src) - noisy, axis=1) > 0.01
+    assert not fit.inliers[:5].any()
+    assert not (fit.inliers & far).any()
+    assert fit.inliers.sum() > 0.9 * (~far[5:]).sum()
+    assert 0.4 < fit.rmse_mm < 1.2
+    with pytest.raises(ValueError, match="at least 3"):
+        robust_rigid_alignment(src[:2], dst[:2])
+
+
+def test_landmarks_to_points_reads_foreground_depth_through_holes():
+    depth = np.full((100, 120), 2000, np.uint16)
+    depth[:, :60] = 800  # a foreground edge at x = 60
+    depth[40:43, 20:23] = 0  # a hole under one landmark
+    k = np.array([[500.0, 0, 60.0], [0, 500.0, 50.0], [0, 0, 1]])
+    pts = np.array([[21.0, 41.0], [59.0, 10.0], [90.0, 80.0], [np.nan, np.nan], [500.0, 10.0], [21.2, 41.4]])
+    xyz = landmarks_to_points(pts, depth, k, window_px=2)
+    np.testing.assert_allclose(xyz[0], [(21 - 60) / 500 * 0.8, (41 - 50) / 500 * 0.8, 0.8])
+    assert xyz[1, 2] == pytest.approx(0.8)  # at the silhouette: foreground, not background
+    assert xyz[2, 2] == pytest.approx(2.0)
+    assert np.isnan(xyz[3]).all() and np.isnan(xyz[4]).all()
+    # Unprojection uses the sub-pixel landmark position, depth from its pixel window.
+    np.testing.assert_allclose(xyz[5, :2], [(21.2 - 60) / 500 * 0.8, (41.4 - 50) / 500 * 0.8])
+    depth[:] = 0
+    assert np.isnan(landmarks_to_points(pts, depth, k)).all()
+    with pytest.raises(ValueError, match="uint16"):
+        landmarks_to_points(pts, depth.astype(np.float32), k)
+
+
+def test_average_transforms():
+    a = rigid_matrix(rot([0, 1, 0], 10.0), [0.1, 0, 0])
+    b = rigid_matrix(rot([0, 1, 0], 12.0), [0.3, 0, 0])
+    m = average_transforms([a, b])
+    np.testing.assert_allclose(m, rigid_matrix(rot([0, 1, 0], 11.0), [0.2, 0, 0]), atol=1e-9)
