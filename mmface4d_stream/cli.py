@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mmface4d_stream.formats.cli",
     "mmface4d_stream.stream.cli",
     "mmface4d_stream.smoothing_cli",
+    "mmface4d_stream.k4a.cli",
 )
 
 

@@ -1,0 +1,235 @@
+"""Turn a session's Kinect MKVs and its microphone wav into MMFace4D dataset files.
+
+The upstream `process_mkv` step, streaming: per camera i (the order of the MKVs given)
+
+- `NAME_i.mp4`: color, H.264 (libx264, crf 10, yuv420p), 30 fps;
+- `NAME_i.nut`: depth registered to the color camera, FFV1 gray16le, millimetres;
+- `NAME_i.json`: the color camera's intrinsics in Open3D's Azure Kinect metadata layout;
+
+and `NAME.wav`, 16 kHz mono float32. With voice-activity clipping (silero-vad, speech of at
+least 500 ms) only frames [start, end + 2) are kept, start/end being the 30 fps frames of the
+first speech onset and the last speech offset, and the audio is clipped to the same span.
+
+Frames come from `SessionSync`: the recordings are aligned by device timestamp and the audio's
+first sample is taken to coincide with the first frame set. A camera that dropped an image in a
+frame set repeats its previous image (zeros before its first), so every output has the same
+frame count; repeats are counted and logged. Memory does not grow with the sequence length
+(frames stream through; only the audio track is held).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.k4a.mkv import MkvReader
+from mmface4d_stream.k4a.registration import DepthToColorRegistration
+from mmface4d_stream.k4a.sync import SessionSync
+
+log = logging.getLogger(__name__)
+
+FPS = 30
+AUDIO_RATE = 16_000
+MIN_SPEECH_MS = 500
+#: Frames kept after the last speech frame (the upstream keeps [start, end + 2)).
+TAIL_FRAMES = 2
+
+#: (samples float32 (S,) at AUDIO_RATE) -> (first speech onset s, last speech offset s) or None.
+SpeechSpanFn = Callable[[np.ndarray, int], "tuple[float, float] | None"]
+
+
+class FrameSpan:
+    """Frames [start, stop) of the 30 fps sequence kept, and the matching audio samples."""
+
+    def __init__(self, start: int, stop: int | None):
+        self.start, self.stop = start, stop
+
+    def audio_slice(self, rate: int) -> slice:
+        begin = round(self.start * rate / FPS)
+        end = None if self.stop is None else round(self.stop * rate / FPS)
+        return slice(begin, end)
+
+    def __repr__(self) -> str:
+        return f"FrameSpan({self.start}, {self.stop})"
+
+
+def silero_speech_span(samples: np.ndarray, rate: int) -> tuple[float, float] | None:
+    """First speech onset and last speech offset in seconds (silero-vad, >= 500 ms speech)."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    model = load_silero_vad()
+    segments = get_speech_timestamps(
+        torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), model,
+        sampling_rate=rate, min_speech_duration_ms=MIN_SPEECH_MS, return_seconds=True,
+    )
+    if not segments:
+        return None
+    return float(segments[0]["start"]), float(segments[-1]["end"])
+
+
+def speech_frame_span(samples: np.ndarray, rate: int, speech_span: SpeechSpanFn = silero_speech_span,
+                      path: str | os.PathLike | None = None) -> FrameSpan:
+    """Frames [start, end + 2) around the detected speech, end = the last speech frame."""
+    span = speech_span(samples, rate)
+    if span is None:
+        raise InputError("no speech detected in the audio (use --no-vad to keep everything)", path=path)
+    onset_s, offset_s = span
+    start = int(math.floor(onset_s * FPS))
+    end = int(math.floor(offset_s * FPS))
+    return FrameSpan(start, end + TAIL_FRAMES)
+
+
+def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
+    """The wav as mono float32 (S,) at 16 kHz (channels averaged, resampled if needed)."""
+    from mmface4d_stream.formats.audio import read_wav
+
+    try:
+        samples, rate = read_wav(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read audio ({exc})", path=path) from None
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if rate != AUDIO_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate), AUDIO_RATE)
+        samples = resample_poly(samples, AUDIO_RATE // g, int(rate) // g).astype(np.float32)
+    return samples
+
+
+@dataclass
+class PreprocessResult:
+    """Files written and frame bookkeeping."""
+
+    files: list[Path]
+    frames: int
+    span: FrameSpan
+    audio_samples: int
+    repeated: list[int] = field(default_factory=list)  # per camera: images repeated for drops
+
+
+def _intrinsics_json(reader: MkvReader, serial_fallback: str):
+    from mmface4d_stream.formats.intrinsics import IntrinsicsJson
+
+    color = reader.calibration.color
+    return IntrinsicsJson(
+        fx=float(color.fx), fy=float(color.fy), cx=float(color.cx), cy=float(color.cy),
+        width=int(color.width), height=int(color.height),
+        color_mode=reader.color_mode.name, depth_mode=reader.depth_mode.value,
+        serial_number=reader.serial_number or serial_fallback,
+        stream_length_usec=int(reader.duration_usec),
+    )
+
+
+def preprocess(
+    mkv_paths: Sequence[str | os.PathLike],
+    audio_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str,
+    *,
+    vad: bool = True,
+    speech_span: SpeechSpanFn = silero_speech_span,
+    crf: int = 10,
+    progress: bool = True,
+) -> PreprocessResult:
+    """Write NAME_i.mp4 / NAME_i.nut / NAME_i.json per camera and NAME.wav into `out_dir`.
+
+    Every file is written under a temporary name and renamed when complete.
+    """
+    from tqdm import tqdm
+
+    from mmface4d_stream.formats.audio import write_wav
+    from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
+    from mmface4d_stream.formats.depth_nut import DepthNutWriter
+
+    if not name or os.sep in name:
+        raise InputError(f"invalid sequence name {name!r}")
+    out = Path(out_dir)
+    samples = load_audio_16k(audio_path)
+    span = speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path) if vad else FrameSpan(0, None)
+    log.info("keeping frames %s", span)
+
+    with SessionSync(mkv_paths, tracks=("COLOR", "DEPTH")) as sync:
+        for reader in sync.readers:
+            if reader.color_mode is None or reader.depth_mode is None:
+                raise InputError("preprocess needs a recording with both COLOR and DEPTH tracks", path=reader.path)
+            if reader.fps != FPS:
+                raise InputError(f"recording is {reader.fps} fps; the dataset format is {FPS} fps", path=reader.path)
+        n_cams = len(sync.readers)
+        out.mkdir(parents=True, exist_ok=True)
+        registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
+        sizes = [r.calibration.color.size for r in sync.readers]
+        files: list[Path] = []
+        last_color: list[np.ndarray | None] = [None] * n_cams
+        last_depth: list[np.ndarray | None] = [None] * n_cams
+        repeated = [0] * n_cams
+        written = 0
+        total = sync.frame_count_estimate
+        if span.stop is not None:
+            total = min(total, span.stop)
+        total = max(0, total - span.start)
+        with ExitStack() as stack:
+            color_writers, depth_writers = [], []
+            for i, (w, h) in enumerate(sizes):
+                mp4 = out / f"{name}_{i}.mp4"
+                nut = out / f"{name}_{i}.nut"
+                color_writers.append(stack.enter_context(ColorMp4Writer(mp4, w, h, fps=FPS, crf=crf, atomic=True)))
+                depth_writers.append(stack.enter_context(DepthNutWriter(nut, w, h, fps=FPS, atomic=True)))
+                files += [mp4, nut]
+            bar = stack.enter_context(tqdm(total=total, unit="frame", desc=name, disable=not progress))
+            for frame_set in sync:
+                if frame_set.index < span.start:
+                    continue
+                if span.stop is not None and frame_set.index >= span.stop:
+                    break
+                for i, capture in enumerate(frame_set.captures):
+                    w, h = sizes[i]
+                    color = capture.color if capture is not None else None
+                    depth = capture.depth if capture is not None else None
+                    if color is None or depth is None:
+                        repeated[i] += 1
+                    if color is None:
+                        color = last_color[i] if last_color[i] is not None else np.zeros((h, w, 3), np.uint8)
+                    if depth is None:
+                        depth_c = last_depth[i] if last_depth[i] is not None else np.zeros((h, w), np.uint16)
+                    else:
+                        depth_c = np.asarray(registrations[i].depth_to_color(depth), dtype=np.uint16)
+                    color_writers[i].write(color)
+                    depth_writers[i].write(depth_c)
+                    last_color[i], last_depth[i] = color, depth_c
+                written += 1
+                bar.update(1)
+        if written == 0:
+            raise InputError(f"no frames to write (kept span {span}, recordings hold {sync.report.frame_sets})",
+                             path=mkv_paths[0])
+        if any(repeated):
+            log.warning("repeated previous images for dropped frames per camera: %s", repeated)
+        for i, reader in enumerate(sync.readers):
+            json_path = out / f"{name}_{i}.json"
+            _save_atomic(_intrinsics_json(reader, serial_fallback=str(i)), json_path)
+            files.append(json_path)
+
+    audio = samples[span.audio_slice(AUDIO_RATE)]
+    if span.stop is None:
+        # --no-vad keeps everything: the whole audio, however long the video.
+        audio = samples[span.audio_slice(AUDIO_RATE).start:]
+    wav_path = out / f"{name}.wav"
+    write_wav(wav_path, audio, AUDIO_RATE, atomic=True)
+    files.append(wav_path)
+    return PreprocessResult(files, written, span, int(audio.shape[0]), repeated)
+
+
+def _save_atomic(intrinsics, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    intrinsics.save(tmp)
+    os.replace(tmp, path)
