@@ -16,19 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mmface4d_stream.render.renderer import MeshRenderer, RenderCamera, shared_context
+from mmface4d_stream.k4a.calibration import synthetic_raw_calibration
+from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, shared_context
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "mmface4d_000337"
 
-COLOR_1080P = RenderCamera(
-    1920, 1080, 917.7, 917.6, 959.2, 549.0,
-    (0.3301, -2.4894, 1.4537, 0.2089, -2.3029, 1.3751, -0.000162, -0.000129),
-)
-DEPTH_NFOV_UNBINNED = RenderCamera(
-    640, 576, 504.6, 504.8, 332.8, 348.8,
-    (0.5479, -0.02097, -0.00265, 0.8897, 0.0861, -0.01391, 2.06e-05, -7.21e-05),
-    max_radius=1.74,
-)
+# Typical Azure Kinect lenses (k4a-calib's synthetic device calibration).
+_CALIBRATION = synthetic_raw_calibration().calibration("1080P", "NFOV_UNBINNED")
+COLOR_1080P = _CALIBRATION.color
+DEPTH_NFOV_UNBINNED = _CALIBRATION.depth
 
 
 def load_mesh() -> tuple[np.ndarray, np.ndarray, str]:
@@ -82,6 +78,7 @@ def main() -> int:
             ("uv texture, smooth shading", dict(shading="smooth", uv=uv, texture=texture), {}),
         ]
         for label, ctor, call in configs:
+            camera_ray_map(cam)  # once per camera and process; reported separately below
             t0 = time.perf_counter()
             r = MeshRenderer(cam, faces, len(v0), **ctor)
             t_setup = time.perf_counter() - t0

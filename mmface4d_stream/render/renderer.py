@@ -35,10 +35,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmface4d_stream.k4a.calibration import BROWN_CONRADY, CameraModel
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "RenderCamera",
+    "camera_ray_map",
     "RenderResult",
     "MeshRenderer",
     "vertex_normals",
@@ -47,137 +49,31 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RenderCamera:
-    """A pinhole camera with Kinect (OpenCV rational) lens distortion, as the renderer needs it.
-
-    Attributes:
-        width, height: image size, pixels.
-        fx, fy, cx, cy: focal lengths and principal point, pixels (pixel centres at integers).
-        distortion: (k1, k2, k3, k4, k5, k6, p1, p2), the Azure Kinect Brown-Conrady /
-            OpenCV rational model: with r² = x² + y² of the normalized undistorted point,
-            x_d = x·(1 + k1 r² + k2 r⁴ + k3 r⁶)/(1 + k4 r² + k5 r⁴ + k6 r⁶) + 2 p1 x y + p2 (r² + 2x²),
-            and y_d likewise with p1, p2 swapped. Zeros for an ideal pinhole.
-        max_radius: largest undistorted normalized radius where the lens model is valid; beyond it
-            the distortion factor is held constant so that the model stays monotonic (the rational
-            polynomial folds over far outside the field of view). None: derived from the image corners.
-    """
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    distortion: tuple[float, ...] = (0.0,) * 8
-    max_radius: float | None = None
-
-    def __post_init__(self) -> None:
-        if int(self.width) <= 0 or int(self.height) <= 0:
-            raise ValueError(f"camera size must be positive, got {self.width}x{self.height}")
-        if not (self.fx > 0 and self.fy > 0):
-            raise ValueError(f"focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
-        if len(self.distortion) != 8:
-            raise ValueError(
-                f"distortion must be (k1, k2, k3, k4, k5, k6, p1, p2), got {len(self.distortion)} values"
-            )
-
-    @classmethod
-    def from_camera_model(cls, model) -> "RenderCamera":
-        """Build from `mmface4d_stream.k4a.calibration.CameraModel` (or anything with the same fields)."""
-        dist = getattr(model, "distortion", None)
-        if dist is None:
-            dist = tuple(float(getattr(model, n)) for n in ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2"))
-        max_radius = getattr(model, "metric_radius", None)
-        return cls(
-            width=int(model.width),
-            height=int(model.height),
-            fx=float(model.fx),
-            fy=float(model.fy),
-            cx=float(model.cx),
-            cy=float(model.cy),
-            distortion=tuple(float(d) for d in np.asarray(dist, dtype=np.float64).ravel()),
-            max_radius=float(max_radius) if max_radius else None,
+def _check_camera(camera: CameraModel) -> CameraModel:
+    if not isinstance(camera, CameraModel):
+        raise ValueError(
+            f"camera must be a mmface4d_stream.k4a.calibration.CameraModel, got {type(camera).__name__}"
         )
-
-    @property
-    def K(self) -> np.ndarray:
-        """3x3 intrinsic matrix, float64, pixels."""
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
-
-    def distort(self, xy: np.ndarray) -> np.ndarray:
-        """Apply the lens model to normalized undistorted points: (..., 2) -> (..., 2), float64."""
-        xy = np.asarray(xy, dtype=np.float64)
-        k1, k2, k3, k4, k5, k6, p1, p2 = self.distortion
-        x, y = xy[..., 0], xy[..., 1]
-        r2 = x * x + y * y
-        r2c = np.minimum(r2, self._r2_limit())
-        radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
-        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-        return np.stack([xd, yd], axis=-1)
-
-    def project(self, points_cam: np.ndarray) -> np.ndarray:
-        """Camera-frame points (..., 3) metres -> pixel coordinates (..., 2), float64."""
-        p = np.asarray(points_cam, dtype=np.float64)
-        xy = p[..., :2] / p[..., 2:3]
-        d = self.distort(xy)
-        return np.stack([d[..., 0] * self.fx + self.cx, d[..., 1] * self.fy + self.cy], axis=-1)
-
-    def undistort(self, uv: np.ndarray, iterations: int = 20) -> np.ndarray:
-        """Pixel coordinates (..., 2) -> normalized undistorted (x, y) (..., 2), float64.
-
-        Inverts `distort` by fixed-point iteration followed by Gauss-Newton steps with a numeric
-        Jacobian, which converges to ~1e-12 for the Kinect's lenses inside the field of view.
-        """
-        uv = np.asarray(uv, dtype=np.float64)
-        xd = np.stack([(uv[..., 0] - self.cx) / self.fx, (uv[..., 1] - self.cy) / self.fy], axis=-1)
-        if not any(self.distortion):
-            return xd
-        xy = xd.copy()
-        for _ in range(iterations):
-            err = self.distort(xy) - xd
-            xy = xy - err
-        eps = 1e-7
-        for _ in range(5):
-            f = self.distort(xy) - xd
-            jx = (self.distort(xy + [eps, 0.0]) - self.distort(xy - [eps, 0.0])) / (2 * eps)
-            jy = (self.distort(xy + [0.0, eps]) - self.distort(xy - [0.0, eps])) / (2 * eps)
-            a, c = jx[..., 0], jx[..., 1]
-            b, d = jy[..., 0], jy[..., 1]
-            det = a * d - b * c
-            det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-            dx = (d * f[..., 0] - b * f[..., 1]) / det
-            dy = (-c * f[..., 0] + a * f[..., 1]) / det
-            xy = xy - np.stack([dx, dy], axis=-1)
-        return xy
-
-    def _r2_limit(self) -> float:
-        if self.max_radius is not None:
-            return float(self.max_radius) ** 2
-        if not any(self.distortion[:6]):
-            return np.inf
-        # Undistorted radius of the image corners (plus margin): the lens model is fitted there.
-        corners = np.array(
-            [[-0.5, -0.5], [self.width - 0.5, -0.5], [-0.5, self.height - 0.5], [self.width - 0.5, self.height - 0.5]]
+    if camera.model_type != BROWN_CONRADY or camera.codx != 0.0 or camera.cody != 0.0:
+        raise ValueError(
+            "the renderer draws the Brown-Conrady lens model with its centre at the principal point "
+            f"(codx = cody = 0); got {camera.model_type} with codx={camera.codx}, cody={camera.cody}"
         )
-        xd = np.stack([(corners[:, 0] - self.cx) / self.fx, (corners[:, 1] - self.cy) / self.fy], axis=-1)
-        return float(1.5 * 1.5 * np.max(np.sum(xd * xd, axis=-1)) * 2.0)
-
-    def ray_map(self) -> np.ndarray:
-        """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2) (ray = (x, y, 1)).
-
-        Computed once per distinct camera and process (seconds at 1080p), then shared read-only.
-        """
-        return _ray_map(self)
+    return camera
 
 
 @functools.lru_cache(maxsize=16)
-def _ray_map(camera: RenderCamera) -> np.ndarray:
-    u, v = np.meshgrid(np.arange(camera.width, dtype=np.float64), np.arange(camera.height, dtype=np.float64))
-    rays = camera.undistort(np.stack([u, v], axis=-1)).astype(np.float32)
-    rays.setflags(write=False)
-    return rays
+def camera_ray_map(camera: CameraModel) -> np.ndarray:
+    """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2), ray = (x, y, 1).
+
+    Pixels the lens model cannot unproject (beyond its metric radius) hold NaN: the renderer leaves
+    them empty, as the Kinect does. Computed once per distinct camera and process (seconds at
+    1080p on a CPU), then shared read-only.
+    """
+    rays, valid = camera.pixel_rays()
+    xy = np.where(valid[..., None], rays[..., :2], np.nan).astype(np.float32)
+    xy.setflags(write=False)
+    return xy
 
 
 class RenderResult(NamedTuple):
@@ -279,7 +175,11 @@ void main() {
     // v_pos is an affine combination of the triangle's vertices, so it lies on the triangle's
     // plane, and its screen derivatives (helper pixels included) span that plane.
     vec3 face_n = cross(dFdx(v_pos), dFdy(v_pos));
-    vec3 ray = vec3(texelFetch(ray_map, ivec2(gl_FragCoord.xy), 0).xy, 1.0);
+    vec2 ray_xy = texelFetch(ray_map, ivec2(gl_FragCoord.xy), 0).xy;
+    if (isnan(ray_xy.x)) {
+        discard;  // outside the lens model's valid field: no measurement
+    }
+    vec3 ray = vec3(ray_xy, 1.0);
     float denom = dot(face_n, ray);
     float z = v_pos.z;
     // Exact z where the pixel's undistorted ray meets the plane; v_pos itself sits on the ray of
@@ -373,7 +273,7 @@ class MeshRenderer:
     """Renders one mesh topology into one camera, frame after frame.
 
     Args:
-        camera: `RenderCamera` (or a k4a `CameraModel`, converted with `RenderCamera.from_camera_model`).
+        camera: `mmface4d_stream.k4a.calibration.CameraModel` (pixel intrinsics, Brown-Conrady lens).
         faces: (F, 3) int triangle vertex indices (fixed for the renderer's life).
         n_vertices: N, the number of vertices of every frame.
         colors: (N, 3) per-vertex RGB, uint8 or float in [0, 1]; used when no texture is given.
@@ -401,8 +301,7 @@ class MeshRenderer:
         near: float = 0.05,
         far: float = 20.0,
     ):
-        if not isinstance(camera, RenderCamera):
-            camera = RenderCamera.from_camera_model(camera)
+        camera = _check_camera(camera)
         faces = np.asarray(faces)
         if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
             raise ValueError(f"faces must be a non-empty (F, 3) integer array, got shape {faces.shape}")
@@ -484,7 +383,7 @@ class MeshRenderer:
             content.append((self._attr_buf, "3f", "in_color"))
         self._vao = ctx.vertex_array(self._prog, content, index_buffer=self._idx_buf, index_element_size=4)
 
-        rays = camera.ray_map()
+        rays = camera_ray_map(camera)
         self._rays = ctx.texture((W, H), 2, rays.tobytes(), dtype="f4")
         self._rays.filter = (ctx.NEAREST, ctx.NEAREST)
         self._prog["ray_map"].value = 0
@@ -529,14 +428,13 @@ class MeshRenderer:
     def _set_camera_uniforms(self) -> None:
         c = self.camera
         p = self._prog
-        k1, k2, k3, k4, k5, k6, p1, p2 = (float(x) for x in c.distortion)
+        k1, k2, k3, k4, k5, k6, p1, p2 = (float(x) for x in (c.k1, c.k2, c.k3, c.k4, c.k5, c.k6, c.p1, c.p2))
         p["intrinsics"].value = (c.fx, c.fy, c.cx, c.cy)
         p["image_size"].value = (float(c.width), float(c.height))
         p["k123"].value = (k1, k2, k3)
         p["k456"].value = (k4, k5, k6)
         p["p12"].value = (p1, p2)
-        r2 = c._r2_limit()
-        p["r2_limit"].value = float(min(r2, 1e30))
+        p["r2_limit"].value = float(c.metric_radius) ** 2
         p["near_far"].value = (self._near, self._far)
 
     def render(

@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmface4d_stream.render.renderer import MeshRenderer, RenderCamera, vertex_normals
+from mmface4d_stream.k4a.calibration import CameraModel, synthetic_raw_calibration
+from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, vertex_normals
 
-# Parameters of the real Azure Kinect in ../shared/samples/k4a_recording, converted to these modes.
-COLOR_720P = RenderCamera(
-    1280, 720, 611.8, 611.6, 639.3, 366.0,
-    (0.3301, -2.4894, 1.4537, 0.2089, -2.3029, 1.3751, -0.000162, -0.000129),
-)
-DEPTH_NFOV_UNBINNED = RenderCamera(
-    640, 576, 504.6, 504.8, 332.8, 348.8,
-    (0.5479, -0.02097, -0.00265, 0.8897, 0.0861, -0.01391, 2.06e-05, -7.21e-05),
-    max_radius=1.74,
-)
-CAMERAS = [COLOR_720P, DEPTH_NFOV_UNBINNED, RenderCamera(320, 240, 300.0, 300.0, 159.5, 119.5)]
+# Typical Azure Kinect lenses (k4a-calib's synthetic device calibration) in two capture modes.
+_CALIBRATION = synthetic_raw_calibration().calibration("720P", "NFOV_UNBINNED")
+COLOR_720P = _CALIBRATION.color
+DEPTH_NFOV_UNBINNED = _CALIBRATION.depth
+CAMERAS = [COLOR_720P, DEPTH_NFOV_UNBINNED, CameraModel(320, 240, 300.0, 300.0, 159.5, 119.5)]
 
 
 def grid_mesh(nx: int, ny: int, x_range, y_range):
@@ -63,7 +58,7 @@ def test_tilted_plane_depth_within_half_mm(camera):
     vertices = np.stack([x, y, z], 1)
     with MeshRenderer(camera, faces, len(vertices)) as r:
         res = r.render(vertices, return_depth_m=True)
-    rays = camera.ray_map().astype(np.float64)
+    rays = camera_ray_map(camera).astype(np.float64)
     z_true = 0.9 / (1 - 0.35 * rays[..., 0] + 0.2 * rays[..., 1])
     inside = (np.abs(rays[..., 0] * z_true) < 0.85) & (np.abs(rays[..., 1] * z_true) < 0.75)
     assert inside.mean() > 0.5
@@ -79,7 +74,7 @@ def test_sphere_depth_within_half_mm(camera):
     center, radius = np.array([0.03, -0.02, 0.75]), 0.12
     with MeshRenderer(camera, faces, len(unit)) as r:
         res = r.render(center + radius * unit, return_depth_m=True)
-    rays = np.concatenate([camera.ray_map().astype(np.float64), np.ones(res.depth_mm.shape + (1,))], -1)
+    rays = np.concatenate([camera_ray_map(camera).astype(np.float64), np.ones(res.depth_mm.shape + (1,))], -1)
     # Ray t * (x, y, 1) meets the sphere at the smaller root of |t r - c|^2 = R^2 (z = t).
     a = np.einsum("hwc,hwc->hw", rays, rays)
     b = -2 * rays @ center
@@ -117,7 +112,7 @@ def test_color_and_depth_aligned_and_projection_matches_camera():
     assert red.sum() > 2000
     assert np.array_equal(red, near)
     # The silhouette is where the camera's own lens model says the rays meet the sphere.
-    rays = np.concatenate([camera.ray_map().astype(np.float64), np.ones(red.shape + (1,))], -1)
+    rays = np.concatenate([camera_ray_map(camera).astype(np.float64), np.ones(red.shape + (1,))], -1)
     a = np.einsum("hwc,hwc->hw", rays, rays)
     b = -2 * rays @ center
     hit = b * b - 4 * a * (center @ center - radius**2) > 0
@@ -127,16 +122,48 @@ def test_color_and_depth_aligned_and_projection_matches_camera():
     assert np.hypot(uu.mean() - hu.mean(), vv.mean() - hv.mean()) < 0.1
 
 
-def test_distortion_round_trip():
+def test_shader_projection_matches_camera_model():
+    # One tiny triangle per probe point: its rendered pixel must be where CameraModel.project puts it.
     for camera in CAMERAS[:2]:
-        uv = np.stack(np.meshgrid(np.linspace(0, camera.width - 1, 17), np.linspace(0, camera.height - 1, 13)), -1)
-        xy = camera.undistort(uv)
-        back = camera.project(np.concatenate([xy, np.ones(xy.shape[:-1] + (1,))], -1))
-        assert np.abs(back - uv).max() < 1e-6
+        rng = np.random.default_rng(1)
+        uv = rng.uniform([40, 40], [camera.width - 40, camera.height - 40], (25, 2))
+        rays, valid = camera.unproject_to_rays(uv)
+        assert valid.all()
+        centres = rays * 0.8
+        offsets = np.array([[-1, -1, 0], [1, -1, 0], [0, 1, 0]]) * 0.8 / camera.fx * 4.0
+        vertices = (centres[:, None, :] + offsets[None]).reshape(-1, 3)
+        faces = np.arange(len(vertices)).reshape(-1, 3)
+        with MeshRenderer(camera, faces, len(vertices), shading="none") as r:
+            res = r.render(vertices)
+        # The rasterizer fills the triangle between the vertices' projections: pixel centres clearly
+        # inside it (edge-normalized barycentrics > 0.05) are drawn, those clearly outside are not.
+        corners = camera.project(vertices).pixels.reshape(-1, 3, 2)
+        covered = res.depth_mm > 0
+        v_grid, u_grid = np.mgrid[0 : camera.height, 0 : camera.width]
+        decided = np.zeros_like(covered)
+        for tri in corners:
+            lo = np.floor(tri.min(0)).astype(int) - 2
+            hi = np.ceil(tri.max(0)).astype(int) + 3
+            uu = u_grid[lo[1] : hi[1], lo[0] : hi[0]]
+            vv = v_grid[lo[1] : hi[1], lo[0] : hi[0]]
+            bary = []
+            for i in range(3):
+                a, b, c = tri[i], tri[(i + 1) % 3], tri[(i + 2) % 3]
+                # signed distance (pixels) of each pixel centre from edge a-b, positive towards c
+                n = np.array([-(b - a)[1], (b - a)[0]]) / np.linalg.norm(b - a)
+                if n @ (c - a) < 0:
+                    n = -n
+                bary.append((uu - a[0]) * n[0] + (vv - a[1]) * n[1])
+            dist = np.min(bary, axis=0)
+            patch = covered[lo[1] : hi[1], lo[0] : hi[0]]
+            assert patch[dist > 0.05].all()
+            assert not patch[dist < -0.05].any()
+            decided[lo[1] : hi[1], lo[0] : hi[0]] = True
+        assert not covered[~decided].any()
 
 
 def test_texture_orientation_and_background():
-    camera = RenderCamera(200, 200, 200.0, 200.0, 99.5, 99.5)
+    camera = CameraModel(200, 200, 200.0, 200.0, 99.5, 99.5)
     x, y, faces = grid_mesh(10, 10, (-0.1, 0.1), (-0.1, 0.1))
     vertices = np.stack([x, y, np.full_like(x, 0.5)], 1)
     # Image row 0 (top) is red, the bottom half green; v = 1 is the top of the image, y down in the camera.
@@ -153,7 +180,7 @@ def test_texture_orientation_and_background():
 
 
 def test_pose_and_vertex_normals():
-    camera = RenderCamera(160, 120, 150.0, 150.0, 79.5, 59.5)
+    camera = CameraModel(160, 120, 150.0, 150.0, 79.5, 59.5)
     x, y, faces = grid_mesh(8, 8, (-0.2, 0.2), (-0.2, 0.2))
     vertices = np.stack([x, y, np.zeros_like(x)], 1)
     n = vertex_normals(vertices, faces)
