@@ -1,0 +1,411 @@
+"""Depth <-> color registration for one Azure Kinect, without the Kinect SDK.
+
+`DepthToColorRegistration(calibration)` precomputes, once per calibration, the ray of every depth
+pixel already rotated into the color camera's frame, so a frame costs: scale rays by depth, add
+the baseline, project through the color lens model, z-buffer.
+
+- `depth_to_color(depth)`: depth image (Hd, Wd) uint16 mm -> depth as seen by the color camera,
+  (Hc, Wc) uint16 mm (Z in the color camera's frame; 0 = no measurement). Neighbouring depth
+  pixels land 1.8 to 3.3 color pixels apart (NFOV unbinned -> 1080p; more towards the edge of
+  the depth lens), so each depth pixel is splatted to a block of color pixels around its
+  projection as large as that local spacing (the SDK fills the quad between neighbours instead)
+  and the nearest surface wins where blocks overlap (z-buffer via `np.maximum.at` /
+  `scatter_reduce`).
+- `color_to_depth(color, depth)`: color image (Hc, Wc, 3) uint8 -> color at every depth pixel
+  (Hd, Wd, 3) uint8, bilinearly sampled at the pixel's projection; 0 where the depth pixel has
+  no measurement or projects outside the color image. Occlusion is not tested (as in the SDK).
+
+Both accept numpy arrays or torch tensors; torch work stays on the input tensor's device (CUDA
+when the frame is on the GPU) and returns tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from mmface4d_stream.k4a.calibration import K4aCalibration, _is_torch
+
+log = logging.getLogger(__name__)
+
+_NO_DEPTH = np.iinfo(np.uint16).max  # z-buffer "empty" value before holes are set to 0
+
+
+class DepthToColorRegistration:
+    """Per-calibration tables and per-frame depth <-> color mapping (numpy or torch).
+
+    Footprints: each depth pixel covers a kx x ky block of color pixels, kx and ky the ceiling of
+    the color-pixel spacing to its neighbours (on a surface facing the camera at 1 m) times
+    `footprint_scale`; the spacing grows towards the edge of the depth lens, so blocks do too
+    (NFOV unbinned -> 1080p: 2x2 in the centre, up to 4x4 in the corners). `footprint=k` forces
+    k x k everywhere instead. Scales above 1 close the gaps left on slanted surfaces at the price
+    of a slight bias towards the nearer neighbour.
+    """
+
+    _MAX_FOOTPRINT = 8
+
+    def __init__(self, calibration: K4aCalibration, footprint: int | None = None, footprint_scale: float = 1.0):
+        if not isinstance(calibration, K4aCalibration):
+            raise ValueError(f"expected a K4aCalibration, got {type(calibration).__name__}.")
+        if footprint is not None and not (
+            isinstance(footprint, (int, np.integer)) and 1 <= footprint <= self._MAX_FOOTPRINT
+        ):
+            raise ValueError(f"footprint must be an integer from 1 to {self._MAX_FOOTPRINT} color pixels, got {footprint!r}.")
+        if not (0 < footprint_scale <= 4):
+            raise ValueError(f"footprint_scale must be in (0, 4], got {footprint_scale!r}.")
+        self.calibration = calibration
+        depth, color = calibration.depth, calibration.color
+        rays, valid = depth.pixel_rays()  # (Hd, Wd, 3) float64, Z = 1
+        T = calibration.T_color_from_depth
+        rotated = rays @ T.R.T
+        # Per frame, X_color = z * rotated_ray + t: each coordinate contiguous for speed.
+        self._ray_x = np.ascontiguousarray(rotated[..., 0].ravel(), dtype=np.float32)
+        self._ray_y = np.ascontiguousarray(rotated[..., 1].ravel(), dtype=np.float32)
+        self._ray_z = np.ascontiguousarray(rotated[..., 2].ravel(), dtype=np.float32)
+        self._ray_valid = valid.ravel()
+        self._t = T.t.astype(np.float32)
+        self._depth_rays = rays.astype(np.float32)
+
+        if footprint is None:
+            kx, ky = self._local_footprints(rotated, valid, footprint_scale)
+        else:
+            kx = ky = np.full(valid.shape, int(footprint), dtype=np.int64)
+        kx, ky = kx.ravel(), ky.ravel()
+        self.max_footprint = int(max(kx.max(), ky.max()))
+        pad = self.max_footprint
+        self._pad = pad
+        self._canvas_w = color.width + 2 * pad
+        self._canvas_h = color.height + 2 * pad
+        # Block of pixel centres inside [u - kx/2, u + kx/2) starts at floor(u - kx/2) + 1.
+        self._half_kx = (kx / 2.0).astype(np.float32)
+        self._half_ky = (ky / 2.0).astype(np.float32)
+        # Pixels grouped by block shape (raster order kept inside a group: cache-friendly scatter).
+        self._groups: list[tuple[np.ndarray, np.ndarray]] = []
+        shape_id = kx * (self._MAX_FOOTPRINT + 1) + ky
+        for sid in np.unique(shape_id):
+            gx, gy = divmod(int(sid), self._MAX_FOOTPRINT + 1)
+            members = np.flatnonzero((shape_id == sid) & self._ray_valid)
+            if members.size == 0:
+                continue
+            offsets = np.array([dy * self._canvas_w + dx for dy in range(gy) for dx in range(gx)], dtype=np.int64)
+            self._groups.append((members, offsets))
+        self._col_max = (self._canvas_w - kx).astype(np.float32)
+        self._row_max = (self._canvas_h - ky).astype(np.float32)
+        self._torch_tables: dict[str, dict[str, Any]] = {}
+        self._local = threading.local()
+        log.debug(
+            "registration %s depth -> %s color: footprints up to %dx%d",
+            calibration.depth_mode.value, calibration.color_resolution.value, pad, pad,
+        )
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _local_footprints(self, rotated: np.ndarray, valid: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per depth pixel (kx, ky): ceil of the color-pixel spacing to its neighbours at 1 m."""
+        color = self.calibration.color
+        pixels, ok = color.project(rotated + self.calibration.T_color_from_depth.t)
+        ok = ok & valid
+        u = np.where(ok, pixels[..., 0], np.nan)
+        v = np.where(ok, pixels[..., 1], np.nan)
+        du = np.abs(np.diff(u, axis=1))
+        dv = np.abs(np.diff(v, axis=0))
+        # A pixel's block must reach halfway to its farther neighbour on each side.
+        sx = np.fmax(np.pad(du, ((0, 0), (1, 0)), constant_values=np.nan), np.pad(du, ((0, 0), (0, 1)), constant_values=np.nan))
+        sy = np.fmax(np.pad(dv, ((1, 0), (0, 0)), constant_values=np.nan), np.pad(dv, ((0, 1), (0, 0)), constant_values=np.nan))
+        sx = np.nan_to_num(sx, nan=1.0)
+        sy = np.nan_to_num(sy, nan=1.0)
+        kx = np.clip(np.ceil(sx * scale - 1e-3), 1, self._MAX_FOOTPRINT).astype(np.int64)
+        ky = np.clip(np.ceil(sy * scale - 1e-3), 1, self._MAX_FOOTPRINT).astype(np.int64)
+        return kx, ky
+
+    @property
+    def depth_shape(self) -> tuple[int, int]:
+        """(Hd, Wd)"""
+        return self.calibration.depth.height, self.calibration.depth.width
+
+    @property
+    def color_shape(self) -> tuple[int, int]:
+        """(Hc, Wc)"""
+        return self.calibration.color.height, self.calibration.color.width
+
+    def _check_depth(self, depth) -> None:
+        if tuple(depth.shape) != self.depth_shape:
+            raise ValueError(
+                f"depth image must have shape {self.depth_shape} for {self.calibration.depth_mode.value}, "
+                f"got {tuple(depth.shape)}."
+            )
+        kind = str(depth.dtype)
+        if not any(name in kind for name in ("uint16", "int16", "int32", "int64")):
+            raise ValueError(f"depth image must hold integer millimetres (uint16), got dtype {kind}.")
+
+    def _tables(self, device) -> dict[str, Any]:
+        import torch
+
+        key = str(device)
+        if key not in self._torch_tables:
+            # One scatter for all groups: for each group, every offset of every member.
+            scatter_src = np.concatenate([np.repeat(m[None, :], len(o), axis=0).ravel() for m, o in self._groups])
+            scatter_off = np.concatenate([np.repeat(o, len(m)) for m, o in self._groups])
+            self._torch_tables[key] = {
+                "ray_x": torch.from_numpy(self._ray_x).to(device),
+                "ray_y": torch.from_numpy(self._ray_y).to(device),
+                "ray_z": torch.from_numpy(self._ray_z).to(device),
+                "ray_valid": torch.from_numpy(self._ray_valid).to(device),
+                "half_kx": torch.from_numpy(self._half_kx).to(device),
+                "half_ky": torch.from_numpy(self._half_ky).to(device),
+                "col_max": torch.from_numpy(self._col_max).to(device),
+                "row_max": torch.from_numpy(self._row_max).to(device),
+                "scatter_src": torch.from_numpy(scatter_src).to(device),
+                "scatter_off": torch.from_numpy(scatter_off).to(device),
+            }
+        return self._torch_tables[key]
+
+    # -- shared geometry --------------------------------------------------------------------
+
+    def _color_projection(self, z_m, rx, ry, rz):
+        """Depth-camera z (N,) metres and rotated rays -> color pixels u, v (N,), Z_color (N,) m, ok."""
+        tx, ty, tz = (float(v) for v in self._t)
+        zc = z_m * rz + tz
+        inv = 1.0 / zc
+        x = (z_m * rx + tx) * inv
+        y = (z_m * ry + ty) * inv
+        color = self.calibration.color
+        xd, yd, rs = color._distort(x, y)
+        u = xd * color.fx + color.cx
+        v = yd * color.fy + color.cy
+        ok = (zc > 0) & (rs <= color.metric_radius**2)
+        return u, v, zc, ok
+
+    # -- depth -> color ---------------------------------------------------------------------
+
+    def depth_to_color(self, depth, *, backend: str = "auto"):
+        """Depth (Hd, Wd) uint16 mm -> registered depth (Hc, Wc) uint16 mm in the color camera.
+
+        Values are Z in the color camera's frame, rounded to the millimetre; 0 where no depth
+        pixel lands. numpy in -> numpy out; torch in -> torch (same device) out.
+        `backend`: "auto" runs CPU tensors through the numpy kernel (faster on CPU, shares
+        memory) and other devices through torch ops; "torch" forces torch ops on CPU too.
+        """
+        self._check_depth(depth)
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}.")
+        if _is_torch(depth):
+            if backend == "auto" and depth.device.type == "cpu":
+                import torch
+
+                out = self._depth_to_color_numpy(depth.numpy())
+                return torch.from_numpy(out)
+            return self._depth_to_color_torch(depth)
+        return self._depth_to_color_numpy(np.asarray(depth))
+
+    def _workspace(self) -> dict[str, Any]:
+        """Per-thread scratch arrays reused across frames (see CameraModel._distort_inplace)."""
+        ws = getattr(self._local, "ws", None)
+        if ws is None:
+            n = self._ray_x.size
+            ws = {name: np.empty(n, np.float32) for name in ("z", "zc", "x", "y", "w0", "w1", "w2", "w3", "w4")}
+            ws["ok"] = np.empty(n, bool)
+            ws["tmp_ok"] = np.empty(n, bool)
+            ws["base"] = np.empty(n, np.int64)
+            ws["enc"] = np.empty(n, np.uint16)
+            ws["canvas"] = np.empty(self._canvas_h * self._canvas_w, np.uint16)
+            ws["group_base"] = [np.empty(m.size, np.int64) for m, _ in self._groups]
+            ws["group_index"] = [np.empty(m.size, np.int64) for m, _ in self._groups]
+            ws["group_enc"] = [np.empty(m.size, np.uint16) for m, _ in self._groups]
+            self._local.ws = ws
+        return ws
+
+    def _depth_to_color_numpy(self, depth: np.ndarray) -> np.ndarray:
+        ws = self._workspace()
+        flat = depth.reshape(-1)
+        color = self.calibration.color
+        tx, ty, tz = (float(v) for v in self._t)
+        z, zc, x, y, ok, tmp = ws["z"], ws["zc"], ws["x"], ws["y"], ws["ok"], ws["tmp_ok"]
+        np.multiply(flat, np.float32(0.001), out=z, casting="unsafe")
+        np.multiply(z, self._ray_z, out=zc)
+        zc += tz
+        np.greater(zc, 0, out=ok)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = ws["w0"]
+            np.divide(1.0, zc, out=inv)
+            np.multiply(z, self._ray_x, out=x)
+            x += tx
+            x *= inv
+            np.multiply(z, self._ray_y, out=y)
+            y += ty
+            y *= inv
+        # Pixels without a defined ray are members of no splat group, so they need no mask here.
+        rs = color._distort_inplace(x, y, [ws["w0"], ws["w1"], ws["w2"], ws["w3"], ws["w4"]])
+        np.less_equal(rs, color.metric_radius**2, out=tmp)
+        ok &= tmp
+        np.greater(flat, 0, out=tmp)
+        ok &= tmp
+        # x, y <- top-left (col, row) of each pixel's block in the padded canvas
+        x *= color.fx
+        x += color.cx
+        x -= self._half_kx
+        np.floor(x, out=x)
+        x += 1 + self._pad
+        y *= color.fy
+        y += color.cy
+        y -= self._half_ky
+        np.floor(y, out=y)
+        y += 1 + self._pad
+        for arr, low, high in ((x, 0, self._col_max), (y, 0, self._row_max)):
+            np.greater_equal(arr, low, out=tmp)
+            ok &= tmp
+            np.less_equal(arr, high, out=tmp)
+            ok &= tmp
+        zc *= 1000.0
+        np.rint(zc, out=zc)
+        np.greater_equal(zc, 1, out=tmp)
+        ok &= tmp
+        np.less(zc, _NO_DEPTH, out=tmp)
+        ok &= tmp
+        y *= self._canvas_w
+        y += x
+        base, enc = ws["base"], ws["enc"]
+        np.copyto(base, y, casting="unsafe")
+        base *= ok
+        # z-buffer on encoded values enc = -z (mod 2**16): nearest = largest, and an empty
+        # canvas (0) decodes to 0, so neither the init nor the readout needs a mask.
+        np.copyto(enc, zc, casting="unsafe")
+        np.negative(enc, out=enc)
+        enc *= ok
+        canvas = ws["canvas"]
+        canvas.fill(0)
+        for (members, offsets), gb, gi, ge in zip(self._groups, ws["group_base"], ws["group_index"], ws["group_enc"]):
+            np.take(base, members, out=gb)
+            np.take(enc, members, out=ge)
+            # ufunc.at is fast on numpy >= 1.25 when the targets are nearly sorted, as here.
+            for offset in offsets:
+                np.add(gb, offset, out=gi)
+                np.maximum.at(canvas, gi, ge)
+        hc, wc = self.color_shape
+        view = canvas.reshape(self._canvas_h, self._canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
+        return np.negative(view)
+
+    def _depth_to_color_torch(self, depth):
+        import torch
+
+        tables = self._tables(depth.device)
+        flat = depth.reshape(-1)
+        z_m = flat.to(torch.float32) * 0.001
+        u, v, zc, ok = self._color_projection(z_m, tables["ray_x"], tables["ray_y"], tables["ray_z"])
+        # Pixels without a ray are in no scatter group, like in the numpy kernel.
+        ok = ok & (flat > 0)
+        col = torch.floor(u - tables["half_kx"]) + (1 + self._pad)
+        row = torch.floor(v - tables["half_ky"]) + (1 + self._pad)
+        z_mm = torch.round(zc * 1000.0)
+        ok = ok & (col >= 0) & (col <= tables["col_max"]) & (row >= 0) & (row <= tables["row_max"])
+        ok = ok & (z_mm >= 1) & (z_mm < _NO_DEPTH)
+        base = torch.where(ok, (row * self._canvas_w + col).to(torch.int64), 0)
+        # Same encoding as the numpy kernel: 2**16 - z, nearest = largest, empty = 0.
+        enc = torch.where(ok, 65536 - z_mm.to(torch.int32), 0)
+        src = tables["scatter_src"]
+        index = base[src] + tables["scatter_off"]
+        canvas = torch.zeros(self._canvas_h * self._canvas_w, dtype=torch.int32, device=depth.device)
+        canvas.scatter_reduce_(0, index, enc[src], reduce="amax", include_self=True)
+        hc, wc = self.color_shape
+        view = canvas.reshape(self._canvas_h, self._canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
+        return ((65536 - view) & 0xFFFF).to(torch.uint16)
+
+    # -- color -> depth ---------------------------------------------------------------------
+
+    def color_pixels(self, depth):
+        """Where every depth pixel lands in the color image.
+
+        Depth (Hd, Wd) uint16 mm -> (pixels (Hd, Wd, 2) float32 color (u, v), valid (Hd, Wd)):
+        valid where the pixel has depth and projects inside the color image.
+        """
+        self._check_depth(depth)
+        if _is_torch(depth):
+            import torch
+
+            tables = self._tables(depth.device)
+            flat = depth.reshape(-1)
+            z_m = flat.to(torch.float32) * 0.001
+            u, v, _, ok = self._color_projection(z_m, tables["ray_x"], tables["ray_y"], tables["ray_z"])
+            ok = ok & (flat > 0) & tables["ray_valid"]
+            pixels = torch.stack([u, v], dim=-1)
+        else:
+            flat = np.asarray(depth).reshape(-1)
+            z_m = flat.astype(np.float32) * np.float32(0.001)
+            u, v, _, ok = self._color_projection(z_m, self._ray_x, self._ray_y, self._ray_z)
+            ok &= (flat > 0) & self._ray_valid
+            pixels = np.stack([u, v], axis=-1)
+        ok = ok & self.calibration.color._inside(u, v)
+        hd, wd = self.depth_shape
+        return pixels.reshape(hd, wd, 2), ok.reshape(hd, wd)
+
+    def color_to_depth(self, color, depth):
+        """Color (Hc, Wc, C) uint8 and depth (Hd, Wd) uint16 mm -> color per depth pixel (Hd, Wd, C) uint8.
+
+        Bilinear sampling at each depth pixel's projection; 0 where the depth pixel has no
+        measurement or lands outside the color image. numpy or torch (same device) in and out.
+        """
+        hc, wc = self.color_shape
+        if tuple(color.shape[:2]) != (hc, wc) or len(color.shape) not in (2, 3):
+            raise ValueError(f"color image must have shape ({hc}, {wc}, C), got {tuple(color.shape)}.")
+        if "uint8" not in str(color.dtype):
+            raise ValueError(f"color image must be uint8, got dtype {color.dtype}.")
+        pixels, ok = self.color_pixels(depth)
+        if _is_torch(color) != _is_torch(depth):
+            raise ValueError("color and depth must both be numpy arrays or both torch tensors.")
+        squeeze = len(color.shape) == 2
+        if _is_torch(color):
+            import torch
+
+            img = color.reshape(hc, wc, -1)
+            # Clamp so that pixels in the outer half-pixel ring sample the border.
+            u = pixels[..., 0].clamp(0, wc - 1)
+            v = pixels[..., 1].clamp(0, hc - 1)
+            u0 = u.floor().clamp(max=wc - 2).to(torch.int64)
+            v0 = v.floor().clamp(max=hc - 2).to(torch.int64)
+            fu = (u - u0)[..., None]
+            fv = (v - v0)[..., None]
+            f = img.to(torch.float32)
+            top = f[v0, u0] * (1 - fu) + f[v0, u0 + 1] * fu
+            bottom = f[v0 + 1, u0] * (1 - fu) + f[v0 + 1, u0 + 1] * fu
+            out = torch.round(top * (1 - fv) + bottom * fv).clamp(0, 255).to(torch.uint8)
+            out = torch.where(ok[..., None], out, torch.zeros_like(out))
+        else:
+            img = np.asarray(color).reshape(hc, wc, -1)
+            u = np.clip(pixels[..., 0], 0, wc - 1)
+            v = np.clip(pixels[..., 1], 0, hc - 1)
+            u0 = np.minimum(np.floor(u), wc - 2).astype(np.int64)
+            v0 = np.minimum(np.floor(v), hc - 2).astype(np.int64)
+            fu = (u - u0)[..., None].astype(np.float32)
+            fv = (v - v0)[..., None].astype(np.float32)
+            top = img[v0, u0] * (1 - fu) + img[v0, u0 + 1] * fu
+            bottom = img[v0 + 1, u0] * (1 - fu) + img[v0 + 1, u0 + 1] * fu
+            out = np.clip(np.rint(top * (1 - fv) + bottom * fv), 0, 255).astype(np.uint8)
+            out[~ok] = 0
+        return out[..., 0] if squeeze else out
+
+    # -- points -----------------------------------------------------------------------------
+
+    def depth_points(self, depth):
+        """Depth (Hd, Wd) uint16 mm -> points (Hd, Wd, 3) float32 metres in the depth camera's
+        frame (zeros where there is no measurement or the pixel's ray is undefined)."""
+        self._check_depth(depth)
+        if _is_torch(depth):
+            import torch
+
+            tables = self._tables(depth.device)
+            if "rays" not in tables:
+                tables["rays"] = torch.from_numpy(self._depth_rays).to(depth.device)
+            z = depth.to(torch.float32) * 0.001
+            return tables["rays"] * z[..., None]
+        z = np.asarray(depth).astype(np.float32) * np.float32(0.001)
+        return self._depth_rays * z[..., None]
+
+
+def register_depth_to_color(depth, calibration: K4aCalibration):
+    """One-off `DepthToColorRegistration(calibration).depth_to_color(depth)`; keep the object
+    for video (its tables cost far more than a frame)."""
+    return DepthToColorRegistration(calibration).depth_to_color(depth)
