@@ -155,16 +155,15 @@ def preprocess(
     if not name or os.sep in name:
         raise InputError(f"invalid sequence name {name!r}")
     out = Path(out_dir)
-    samples = load_audio_16k(audio_path)
-    span = speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path) if vad else FrameSpan(0, None)
-    log.info("keeping frames %s", span)
-
     with SessionSync(mkv_paths, tracks=("COLOR", "DEPTH")) as sync:
         for reader in sync.readers:
             if reader.color_mode is None or reader.depth_mode is None:
                 raise InputError("preprocess needs a recording with both COLOR and DEPTH tracks", path=reader.path)
             if reader.fps != FPS:
                 raise InputError(f"recording is {reader.fps} fps; the dataset format is {FPS} fps", path=reader.path)
+        samples = load_audio_16k(audio_path)
+        span = speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path) if vad else FrameSpan(0, None)
+        log.info("keeping frames %s", span)
         n_cams = len(sync.readers)
         out.mkdir(parents=True, exist_ok=True)
         registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
