@@ -159,7 +159,10 @@ def run_subscribe(args: argparse.Namespace) -> int:
     duration = time.monotonic() - started
     fps = (received - 1) / duration if received > 1 and duration > 0 else float("nan")
     why = "end of sequence" if ended else ("timeout" if timed_out else "frame limit")
-    _report(f"total {received} meshes ({why})", fps, publish_lat, capture_lat, subscriber)
+    if received:
+        _report(f"total {received} meshes ({why})", fps, publish_lat, capture_lat, subscriber)
+    else:
+        print(f"total 0 meshes ({why}); rejected {subscriber.stats.rejected} malformed messages", flush=True)
     if recorder and received:
         print(f"recorded {received} meshes to {args.save}_{{0,1,2}}.nut"
               + (f" and {args.save}_faces.npy" if subscriber.topology is not None else " (no topology received)"))

@@ -14,7 +14,8 @@ Two delivery policies, chosen with `drop_when_full`:
   `wait_for_subscribers` so that the first frames are not published before anyone listens.
 
 The triangle list (`set_topology`) is sent whenever a subscription that covers the
-``topology`` topic arrives, and whenever it changes. Subscriptions are read from the socket on
+``topology`` topic arrives (a subscriber that sees a mesh with an unknown `topology_id`
+subscribes again to ask for it), and whenever it changes. Subscriptions are read from the socket on
 every publish call (the socket is not thread-safe, so there is no background thread); a
 subscriber that connects while the publisher is idle gets the topology before the next mesh.
 
@@ -176,8 +177,7 @@ class MeshPublisher:
         new = self._read_subscription_events()
         if self._topology_pending and self._topology_parts is not None:
             self._topology_pending = False
-            self._send_control(self._topology_parts, self.end_timeout_s)
-            self.stats.topology_sent += 1
+            self._send_topology(self._topology_parts)
         return new
 
     def _read_subscription_events(self) -> int:
@@ -232,8 +232,7 @@ class MeshPublisher:
         self._read_subscription_events()
         if changed or self._topology_pending:
             self._topology_pending = False
-            self._send_control(parts, self.end_timeout_s)
-            self.stats.topology_sent += 1
+            self._send_topology(parts)
         return topology_id
 
     @property
@@ -340,8 +339,15 @@ class MeshPublisher:
             return True
         return self._send_waiting(parts, self.send_timeout_s)
 
+    def _send_topology(self, parts: list[bytes]) -> None:
+        # Live mode sends it lossily like a mesh: waiting here for a stuck subscriber would stall
+        # the graph. The new subscriber's queue is empty, so it gets it; a stuck one that misses
+        # a change asks again by re-subscribing (see MeshSubscriber).
+        if self._send_data(parts):
+            self.stats.topology_sent += 1
+
     def _send_control(self, parts: list[bytes], timeout_s: float | None) -> bool:
-        """Send a message that must not be silently lost (topology, end), waiting a bounded time."""
+        """Send a message that must not be silently lost (`end`), waiting a bounded time."""
         if not self.drop_when_full:
             return self._send_waiting(parts, timeout_s)
         self._set_nodrop(True)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 _LOG_FIRST = 10
 _LOG_EVERY = 100
 _DEFAULT = object()
+# A subscriber missing the topology asks the publisher again at most this often.
+TOPOLOGY_REQUEST_PERIOD_S = 1.0
 
 
 @dataclasses.dataclass
@@ -82,6 +84,8 @@ class MeshSubscriber:
         self.last_status: schema.StatusMessage | None = None
         self._last_seq: int | None = None
         self._closed = False
+        self._wants_topology = schema.TOPIC_TOPOLOGY in topic_bytes
+        self._last_topology_request_s = -float("inf")
 
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
@@ -158,8 +162,8 @@ class MeshSubscriber:
             elif self._last_seq is not None:
                 log.info("mesh seq went back from %d to %d: publisher restarted", self._last_seq, message.seq)
             self._last_seq = message.seq
-            if self.topology is not None and message.topology_id != self.topology.topology_id:
-                log.debug("mesh %d uses topology %s, not yet received", message.seq, message.topology_id)
+            if self.topology is None or message.topology_id != self.topology.topology_id:
+                self._request_topology(message)
         elif isinstance(message, schema.TopologyMessage):
             if self.topology is None or self.topology.topology_id != message.topology_id:
                 log.info(
@@ -174,6 +178,17 @@ class MeshSubscriber:
             if self._last_seq is not None and message.last_seq > self._last_seq:
                 self.stats.dropped += message.last_seq - self._last_seq
             self._last_seq = None
+
+    def _request_topology(self, message: schema.MeshMessage) -> None:
+        """Re-subscribe to ``topology``: the publisher's XPUB sees it and sends the topology again."""
+        if not self._wants_topology:
+            return
+        now = time.monotonic()
+        if now - self._last_topology_request_s < TOPOLOGY_REQUEST_PERIOD_S:
+            return
+        self._last_topology_request_s = now
+        log.debug("mesh %d uses topology %s, not received yet: asking for it", message.seq, message.topology_id)
+        self._socket.setsockopt(zmq.SUBSCRIBE, schema.TOPIC_TOPOLOGY)
 
     def close(self) -> None:
         if not self._closed:

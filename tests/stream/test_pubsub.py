@@ -294,3 +294,24 @@ def test_subscribe_cli_stops_after_frames_and_on_timeout(capsys):
         args = _subscribe_args([pub.endpoint, "--timeout", "0.3"])
         assert args.func(args) == 1
         assert "total 0 meshes (timeout)" in capsys.readouterr().out
+
+
+def test_subscriber_that_missed_the_topology_asks_for_it_again():
+    n_vertices = 60
+    faces = _faces(n_vertices, 20, seed=2)
+    with MeshPublisher(ANY_PORT) as pub, MeshSubscriber(pub.endpoint, timeout_s=0.05) as sub:
+        assert pub.wait_for_subscribers(1, timeout_s=10)
+        pub.set_topology(faces, n_vertices)
+        # Lose the topology on the way, as a subscriber with a full queue would.
+        assert sub._socket.poll(5000)
+        assert sub._socket.recv_multipart()[0] == b"topology"
+        deadline = time.monotonic() + 10
+        frame = 0
+        while sub.topology is None and time.monotonic() < deadline:
+            pub.publish_mesh(_vertices(n_vertices, frame), frame=frame)
+            frame += 1
+            while sub.recv() is not None:
+                pass
+        assert sub.topology is not None
+        np.testing.assert_array_equal(sub.topology.faces, faces)
+        assert pub.stats.topology_sent >= 2
