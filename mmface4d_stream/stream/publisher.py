@@ -23,7 +23,7 @@ Security: binding to a non-loopback address exposes face geometry to the network
 publisher requires CURVE keys (`curve_secret_key`/`curve_public_key`, e.g. from
 `zmq.curve_keypair()`) and refuses to start without them unless `allow_insecure=True`, which
 logs a warning. CURVE encrypts the stream; any client that knows the server's public key may
-subscribe.
+subscribe, unless `curve_client_keys` lists the client keys that may.
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ class MeshPublisher:
         end_timeout_s: longest wait to deliver `end` to a subscriber whose queue is full.
         curve_secret_key, curve_public_key: the server's CURVE keypair (Z85 bytes or str).
         allow_insecure: permit a non-loopback bind without CURVE (logs a warning).
+        curve_client_keys: if given, only subscribers with one of these CURVE public keys (Z85)
+            may connect (checked by a ZAP handler thread); otherwise any client that knows the
+            server's public key may.
         context: a zmq.Context to use; by default the process-wide instance.
     """
 
@@ -116,6 +119,7 @@ class MeshPublisher:
         curve_secret_key: bytes | str | None = None,
         curve_public_key: bytes | str | None = None,
         allow_insecure: bool = False,
+        curve_client_keys: Sequence[bytes | str] | None = None,
         context: zmq.Context | None = None,
     ):
         if send_hwm < 1:
@@ -133,6 +137,8 @@ class MeshPublisher:
             log.warning("publishing UNENCRYPTED meshes on non-loopback endpoint %s", url)
         if secure and not zmq.has("curve"):
             raise ValueError("this libzmq was built without CURVE support")
+        if curve_client_keys is not None and not secure:
+            raise ValueError("curve_client_keys needs the server keypair (curve_secret_key, curve_public_key)")
 
         self.drop_when_full = drop_when_full
         self.send_timeout_s = send_timeout_s
@@ -146,7 +152,17 @@ class MeshPublisher:
         self._topology_pending = False
         self._closed = False
 
-        self._context = context or zmq.Context.instance()
+        self._own_context: zmq.Context | None = None
+        self._authenticator = None
+        if curve_client_keys is not None:
+            # The ZAP handler answers for every CURVE socket of its context: give it one of its own.
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._own_context = zmq.Context()
+            self._authenticator = ThreadAuthenticator(self._own_context)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback("*", _ClientKeyAllowList(curve_client_keys))
+        self._context = self._own_context or context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.XPUB)
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
@@ -162,6 +178,7 @@ class MeshPublisher:
             self._socket.bind(url)
         except Exception:
             self._socket.close(linger=0)
+            self._stop_authentication()
             raise
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.secure = secure
@@ -387,12 +404,34 @@ class MeshPublisher:
             return
         self._closed = True
         self._socket.close(linger=int(linger_s * 1000))
+        self._stop_authentication()
+
+    def _stop_authentication(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._own_context is not None:
+            self._own_context.term()
+            self._own_context = None
 
     def __enter__(self) -> "MeshPublisher":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _ClientKeyAllowList:
+    """pyzmq ZAP credentials provider: admits the listed client public keys (Z85)."""
+
+    def __init__(self, keys: Sequence[bytes | str]):
+        self._keys = {_key_bytes(k) for k in keys}
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        allowed = bytes(client_key) in self._keys
+        if not allowed:
+            log.warning("refused a subscriber with unknown CURVE key %s", bytes(client_key).decode("ascii", "replace"))
+        return allowed
 
 
 def _key_bytes(key: bytes | str) -> bytes:

@@ -315,3 +315,23 @@ def test_subscriber_that_missed_the_topology_asks_for_it_again():
         assert sub.topology is not None
         np.testing.assert_array_equal(sub.topology.faces, faces)
         assert pub.stats.topology_sent >= 2
+
+
+def test_curve_client_allow_list_refuses_unknown_clients():
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    with MeshPublisher(ANY_PORT, curve_public_key=server_public, curve_secret_key=server_secret,
+                       curve_client_keys=[client_public]) as pub:
+        with MeshSubscriber(pub.endpoint, timeout_s=0.05, curve_server_key=server_public,
+                            curve_public_key=client_public, curve_secret_key=client_secret) as allowed, \
+                MeshSubscriber(pub.endpoint, timeout_s=0.05, curve_server_key=server_public) as stranger:
+            assert pub.wait_for_subscribers(1, timeout_s=10)
+            pub.set_topology(_faces(30, 5), 30)
+            for frame in range(5):
+                pub.publish_mesh(_vertices(30, frame), frame=frame)
+                time.sleep(0.02)
+            got = [m for m in iter(allowed.recv, None) if isinstance(m, schema.MeshMessage)]
+            assert got and got[-1].frame == 4
+            assert stranger.recv(timeout_s=0.3) is None
+            pub.poll_subscriptions()
+            assert pub.stats.subscriptions == 1
