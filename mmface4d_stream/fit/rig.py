@@ -500,8 +500,9 @@ class RigCalibratorConfig:
         views; detector failures are centimetres off).
     icp: refine with point-to-plane ICP on the dense face surfaces.
     icp_frames: at most this many frames (evenly spread over the kept ones) get an ICP refinement.
-    icp_max_change_mm, icp_max_change_deg: an ICP result further than this from the landmark
-        solution is treated as a failure (kept out of the average).
+    icp_max_change_mm, icp_max_change_deg: an ICP result that moves the face points (RMS) or turns
+        further than this from the landmark solution is treated as a failure (kept out of the
+        average).
     """
 
     min_landmarks: int = 100
@@ -626,12 +627,15 @@ class RigCalibrator:
                 if len(s) < 100 or len(d) < 100:
                     continue
                 icp = refine_point_to_plane(s, d, fit.T)
-                delta = np.linalg.inv(fit.T) @ icp.T
-                moved_mm = float(np.linalg.norm(delta[:3, 3])) * 1000.0
-                turned = rotation_angle_deg(delta[:3, :3])
+                # Judge the change where the face is: a small rotation about the face moves the
+                # camera's origin (0.5-1 m away) by centimetres.
+                moved_mm = 1000.0 * float(
+                    np.sqrt(np.mean(np.sum((transform_points(icp.T, s) - transform_points(fit.T, s)) ** 2, axis=1)))
+                )
+                turned = rotation_angle_deg(np.linalg.inv(fit.T)[:3, :3] @ icp.T[:3, :3])
                 if moved_mm > self.config.icp_max_change_mm or turned > self.config.icp_max_change_deg:
                     logger.warning(
-                        "camera %d frame %d: ICP moved %.1f mm / %.2f deg from the landmark solution; ignored",
+                        "camera %d frame %d: ICP moved the face %.1f mm / %.2f deg from the landmark solution; ignored",
                         cam, self._frames[i], moved_mm, turned,
                     )
                     continue
