@@ -63,7 +63,7 @@ MASTER_IDS = frozenset({
     ATTACHED_FILE, TAGS, TAG, TARGETS, SIMPLE_TAG, CLUSTER, BLOCK_GROUP, CUES,
 })
 
-_UNKNOWN_SIZE = object()
+_MAX_DEPTH = 8
 
 
 class EbmlError(ValueError):
@@ -139,7 +139,7 @@ def _walk(f: BinaryIO, start: int, end: int | None, depth: int, skip_clusters: b
             else:
                 size = end - data_offset
         element = Element(element_id, pos, data_offset, size, [])
-        if element_id in MASTER_IDS and depth < 8 and not (skip_clusters and element_id == CLUSTER):
+        if element_id in MASTER_IDS and depth < _MAX_DEPTH and not (skip_clusters and element_id == CLUSTER):
             element.children = _walk(f, data_offset, data_offset + size, depth + 1, skip_clusters)
         elements.append(element)
         pos = data_offset + size
@@ -157,6 +157,20 @@ def read_tree(f: BinaryIO, skip_clusters: bool = True) -> list[Element]:
     if len(magic) < 4 or struct.unpack(">I", magic)[0] != EBML_HEADER:
         raise EbmlError("not an EBML file (no EBML header)")
     return _walk(f, 0, None, 0, skip_clusters)
+
+
+def read_top_level(f: BinaryIO) -> list[Element]:
+    """Top-level elements only (EBML header, Segment), without descending: cheap on any size."""
+    f.seek(0)
+    magic = f.read(4)
+    if len(magic) < 4 or struct.unpack(">I", magic)[0] != EBML_HEADER:
+        raise EbmlError("not an EBML file (no EBML header)")
+    return _walk(f, 0, None, _MAX_DEPTH, skip_clusters=True)
+
+
+def read_children(f: BinaryIO, element: Element) -> list[Element]:
+    """The element's children (descending into block groups), e.g. a Cluster's blocks."""
+    return _walk(f, element.data_offset, element.end, 1, skip_clusters=False)
 
 
 def read_payload(f: BinaryIO, element: Element) -> bytes:

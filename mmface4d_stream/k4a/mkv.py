@@ -168,12 +168,9 @@ def _check_not_truncated(path: Path) -> None:
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
-            magic = f.read(4)
-            if len(magic) < 4 or struct.unpack(">I", magic)[0] != ebml.EBML_HEADER:
-                raise InputError("not a Matroska (MKV) file: no EBML header", path=path)
-            top = ebml._walk(f, 0, None, 99, skip_clusters=True)  # depth 99: no descent
+            top = ebml.read_top_level(f)
     except ebml.EbmlError as exc:
-        raise InputError(f"not a readable Matroska (MKV) file ({exc})", path=path) from None
+        raise InputError(f"not a Matroska (MKV) file ({exc})", path=path) from None
     segments = [e for e in top if e.id == ebml.SEGMENT]
     if not segments:
         raise InputError("not a Matroska (MKV) file: no Segment element", path=path)
@@ -390,7 +387,7 @@ class MkvReader:
                     if name in self.tracks:
                         numbers[ebml.read_uint(f, num_el)] = name
             for cluster in segment.find_all(ebml.CLUSTER):
-                children = ebml._walk(f, cluster.data_offset, cluster.end, 1, skip_clusters=False)
+                children = ebml.read_children(f, cluster)
                 cluster_ts = 0
                 for child in children:
                     if child.id == ebml.CLUSTER_TIMESTAMP:
