@@ -1,1 +1,39 @@
-"""stream"""
+"""ZeroMQ mesh stream: the msgpack wire schema, `MeshPublisher` (XPUB) and `MeshSubscriber` (SUB).
+
+See `schema` for the message layout and DESIGN.md's "Wire protocol"; `examples/subscriber_minimal.py`
+shows a client that needs only zmq, msgpack and numpy.
+"""
+
+from mmface4d_stream.stream.publisher import DEFAULT_URL, MeshPublisher, PublisherStats, is_loopback_endpoint
+from mmface4d_stream.stream.schema import (
+    EndMessage,
+    MeshMessage,
+    StageStatus,
+    StatusMessage,
+    Thumbnail,
+    TopologyMessage,
+    WireFormatError,
+    decode,
+    encode,
+)
+from mmface4d_stream.stream.status import StageMeter
+from mmface4d_stream.stream.subscriber import MeshSubscriber, SubscriberStats
+
+__all__ = [
+    "DEFAULT_URL",
+    "EndMessage",
+    "MeshMessage",
+    "MeshPublisher",
+    "MeshSubscriber",
+    "PublisherStats",
+    "StageMeter",
+    "StageStatus",
+    "StatusMessage",
+    "SubscriberStats",
+    "Thumbnail",
+    "TopologyMessage",
+    "WireFormatError",
+    "decode",
+    "encode",
+    "is_loopback_endpoint",
+]
