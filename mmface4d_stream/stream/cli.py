@@ -140,6 +140,8 @@ def run_subscribe(args: argparse.Namespace) -> int:
                     window_cap.append(now_ns - message.t_capture_ns)
                     if recorder:
                         recorder.mesh(message)
+                elif isinstance(message, schema.StatusMessage):
+                    print("status: " + _format_status(message), flush=True)
                 elif isinstance(message, schema.EndMessage):
                     ended = True
                     break
@@ -163,10 +165,23 @@ def run_subscribe(args: argparse.Namespace) -> int:
         _report(f"total {received} meshes ({why})", fps, publish_lat, capture_lat, subscriber)
     else:
         print(f"total 0 meshes ({why}); rejected {subscriber.stats.rejected} malformed messages", flush=True)
+    if recorder and subscriber.stats.dropped:
+        log.warning(
+            "%d meshes were lost on the way, so the recording has gaps; record from a publisher "
+            "that waits for its subscribers (drop_when_full=False) to keep every frame",
+            subscriber.stats.dropped,
+        )
     if recorder and received:
         print(f"recorded {received} meshes to {args.save}_{{0,1,2}}.nut"
               + (f" and {args.save}_faces.npy" if subscriber.topology is not None else " (no topology received)"))
     return 0 if ok and received > 0 else 1
+
+
+def _format_status(message: schema.StatusMessage) -> str:
+    return " | ".join(
+        f"{name} {stage.fps:.1f} fps {stage.latency_ms:.1f} ms {stage.drops} dropped"
+        for name, stage in message.stages.items()
+    ) or "(no stages)"
 
 
 def _report(label: str, fps: float, pub: list[int], cap: list[int], subscriber: MeshSubscriber) -> None:

@@ -284,13 +284,16 @@ def test_subscribe_cli_stops_after_frames_and_on_timeout(capsys):
 
         def produce():
             assert pub.wait_for_subscribers(1, timeout_s=20)
+            pub.publish_status({"fitter": schema.StageStatus(29.5, 31.0, 2)})
             for frame in range(5):
                 pub.publish_mesh(_vertices(50, frame), frame=frame)
 
         thread, result = _run_in_thread(produce)
         assert args.func(args) == 0
         thread.join(20)
-        assert "total 3 meshes (frame limit)" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "status: fitter 29.5 fps 31.0 ms 2 dropped" in out
+        assert "total 3 meshes (frame limit)" in out
         args = _subscribe_args([pub.endpoint, "--timeout", "0.3"])
         assert args.func(args) == 1
         assert "total 0 meshes (timeout)" in capsys.readouterr().out
