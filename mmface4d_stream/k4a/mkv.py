@@ -119,6 +119,19 @@ class K4aCapture:
         raise ValueError("capture holds no image")
 
 
+class ImuSample(NamedTuple):
+    """One IMU sample: device timestamps (µs), accelerometer (3,) m/s², gyroscope (3,) rad/s."""
+
+    acc_timestamp_usec: int
+    acc: np.ndarray
+    gyro_timestamp_usec: int
+    gyro: np.ndarray
+
+
+# The SDK's on-disk IMU sample: acc timestamp ns, acc xyz, gyro timestamp ns, gyro xyz (packed).
+_IMU_SAMPLE = struct.Struct("<Q3fQ3f")
+
+
 class _TrackEvent(NamedTuple):
     track: str  # COLOR, DEPTH or IR
     timestamp_usec: int  # device timestamp
@@ -410,6 +423,26 @@ class MkvReader:
                         continue
                     ts_usec = (cluster_ts + rel) * scale_ns // 1000 + self.start_offset_usec
                     yield _TrackEvent(name, ts_usec, ts_usec + self._sync_shift(name), None)
+
+    @property
+    def has_imu(self) -> bool:
+        return any(s.metadata.get("title", "").upper() == "IMU" for s in self._container.streams)
+
+    def imu_samples(self) -> Iterator[ImuSample]:
+        """The IMU track's samples in file order (an independent pass; captures keep their place).
+
+        Unlike image blocks, IMU samples store absolute device timestamps (ns) in their payload.
+        """
+        with av.open(str(self.path), "r") as container:
+            streams = [s for s in container.streams if s.metadata.get("title", "").upper() == "IMU"]
+            if not streams:
+                return
+            for packet in container.demux(streams[0]):
+                data = bytes(packet)
+                for offset in range(0, len(data) - _IMU_SAMPLE.size + 1, _IMU_SAMPLE.size):
+                    v = _IMU_SAMPLE.unpack_from(data, offset)
+                    yield ImuSample(v[0] // 1000, np.array(v[1:4], np.float32), v[4] // 1000,
+                                    np.array(v[5:8], np.float32))
 
     def count_captures(self) -> int:
         """Number of captures, from block headers (no decoding)."""
@@ -824,7 +857,7 @@ def describe_mkv(path: str | os.PathLike) -> dict:
             "depth_mode": reader.depth_mode.value if reader.depth_mode else "OFF",
             "ir_mode": reader.ir_mode or "OFF",
             "fps": reader.fps,
-            "tracks": list(reader.tracks),
+            "tracks": list(reader.tracks) + (["IMU"] if reader.has_imu else []),
             "frames": len(stamps),
             "frames_per_track": per_track,
             "duration_usec": reader.duration_usec,

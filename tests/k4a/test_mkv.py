@@ -78,10 +78,22 @@ def test_real_recording_capture(k4a_sample_dir):
     assert 20 < cap.color.mean() < 235 and cap.color.std() > 10
 
 
+def test_real_recording_imu(k4a_sample_dir):
+    with MkvReader(k4a_sample_dir / "recording.mkv") as reader:
+        assert reader.has_imu
+        samples = list(reader.imu_samples())
+        assert len(list(reader)) == 1  # the IMU pass does not move the capture position
+    assert len(samples) == 1
+    imu = samples[0]
+    assert imu.acc_timestamp_usec == imu.gyro_timestamp_usec == REAL_START_OFFSET_USEC
+    assert 9.0 < float(np.linalg.norm(imu.acc)) < 10.6  # gravity, device at rest
+    assert float(np.abs(imu.gyro).max()) < 0.1
+
+
 def test_describe_real_recording(k4a_sample_dir):
     info = describe_mkv(k4a_sample_dir / "recording.mkv")
     json.dumps(info)
-    assert info["frames"] == 1
+    assert info["frames"] == 1 and info["tracks"] == ["COLOR", "DEPTH", "IR", "IMU"]
     assert info["serial_number"] == "001514394512"
     assert info["color_mode"] == "MJPG_720P" and info["depth_mode"] == "NFOV_UNBINNED"
     assert info["wired_sync_mode"] == "STANDALONE" and info["depth_delay_usec"] == 0
