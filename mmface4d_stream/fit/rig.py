@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,22 @@ def _pinhole(intrinsics: Any) -> tuple[float, float, float, float]:
         ) from exc
 
 
+def normalized_rays(intrinsics: Any, pixels: np.ndarray) -> np.ndarray:
+    """(N, 2) pixels -> (N, 2) normalized undistorted ray coordinates (X/Z, Y/Z).
+
+    A camera with a lens model (`k4a.calibration.CameraModel` with `has_distortion`) is inverted
+    with its own `unproject_to_rays` (NaN where the model is not valid); anything else is a pinhole.
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
+    if getattr(intrinsics, "has_distortion", False) and hasattr(intrinsics, "unproject_to_rays"):
+        rays, valid = intrinsics.unproject_to_rays(pixels)
+        xy = np.array(rays, dtype=np.float64)[..., :2]
+        xy[~np.asarray(valid)] = np.nan
+        return xy
+    fx, fy, cx, cy = _pinhole(intrinsics)
+    return np.stack([(pixels[..., 0] - cx) / fx, (pixels[..., 1] - cy) / fy], axis=-1)
+
+
 def landmarks_to_points(
     points_px: np.ndarray,
     depth_mm: np.ndarray,
@@ -72,7 +89,8 @@ def landmarks_to_points(
 
     points_px: (N, 2) float pixel coordinates (x, y), pixel centres at integers; NaN rows allowed.
     depth_mm: (H, W) uint16 millimetres registered to this colour camera, 0 = no measurement.
-    intrinsics: pinhole (3×3 matrix, or fx, fy, cx, cy attributes) of the colour camera.
+    intrinsics: the colour camera: a 3×3 pinhole matrix, an object with fx, fy, cx, cy, or a
+        `k4a.calibration.CameraModel` (its lens distortion is inverted).
     window_px: depths are read from the (2·window_px + 1)² window around each landmark; the depth is
         the median of valid values within `foreground_mm` of the window's nearest one (at the face's
         silhouette the window also holds background).
@@ -85,7 +103,7 @@ def landmarks_to_points(
     depth = np.asarray(depth_mm)
     if depth.ndim != 2 or depth.dtype != np.uint16:
         raise ValueError(f"depth_mm must be a uint16 (H, W) array in millimetres, got {depth.dtype} {depth.shape}")
-    fx, fy, cx, cy = _pinhole(intrinsics)
+    _pinhole(intrinsics)
     h, w = depth.shape
     out = np.full((len(pts), 3), np.nan)
     finite = np.isfinite(pts).all(axis=1)
@@ -102,31 +120,19 @@ def landmarks_to_points(
     vv = np.clip(vi[inside, None] + dv.ravel()[None, :], 0, h - 1)
     samples = depth[vv, uu].astype(np.float64)  # (n, window²)
     samples[samples == 0] = np.nan
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+    # Windows entirely over holes give all-NaN slices; those landmarks become NaN below.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         nearest = np.nanmin(samples, axis=1, keepdims=True)
         samples[samples > nearest + foreground_mm] = np.nan
         z_mm = np.nanmedian(samples, axis=1)
     enough = np.sum(np.isfinite(samples), axis=1) >= min_valid
     z = np.where(enough, z_mm / 1000.0, np.nan)
     idx = np.nonzero(inside)[0]
-    out[idx, 0] = (pts[idx, 0] - cx) / fx * z
-    out[idx, 1] = (pts[idx, 1] - cy) / fy * z
+    xy = normalized_rays(intrinsics, pts[idx])
+    out[idx, :2] = xy * z[:, None]
     out[idx, 2] = z
     return out
-
-
-class _quiet_nan_warnings:
-    """Silence numpy's all-NaN-slice warnings (expected for landmarks over depth holes)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
 
 
 def face_surface_points(
@@ -165,9 +171,10 @@ def face_surface_points(
         zl = zl[np.isfinite(zl)]
         if len(zl):
             ok &= np.abs(z_mm - 1000.0 * np.median(zl)) <= band_mm
-    fx, fy, cx, cy = _pinhole(intrinsics)
     z = z_mm[ok] / 1000.0
-    return np.stack([(cols[ok] - cx) / fx * z, (rows[ok] - cy) / fy * z, z], axis=1)
+    xy = normalized_rays(intrinsics, np.stack([cols[ok], rows[ok]], axis=1).astype(np.float64))
+    points = np.concatenate([xy * z[:, None], z[:, None]], axis=1)
+    return points[np.isfinite(points).all(axis=1)]
 
 
 # --------------------------------------------------------------------------------------------
