@@ -53,6 +53,15 @@ def sequence_cameras(file_path: str | Path) -> list[int]:
     return cams
 
 
+def _managed(stack: contextlib.ExitStack, reader):
+    """Register a reader for closing with `stack` (context manager or `close()`); returns it."""
+    if hasattr(reader, "__exit__"):
+        stack.enter_context(reader)
+    elif hasattr(reader, "close"):
+        stack.callback(reader.close)
+    return reader
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -85,8 +94,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     logger.info("calibrating %d cameras (%s), reference camera %d", len(cams), ", ".join(serials), calibrator.reference)
 
     with contextlib.ExitStack() as stack:
-        colors = [stack.enter_context(contextlib.closing(ColorMp4Reader(p.with_name(p.name + ".mp4")))) for p in paths]
-        depths = [stack.enter_context(contextlib.closing(DepthNutReader(p.with_name(p.name + ".nut")))) for p in paths]
+        colors = [_managed(stack, ColorMp4Reader(p.with_name(p.name + ".mp4"))) for p in paths]
+        depths = [_managed(stack, DepthNutReader(p.with_name(p.name + ".nut"))) for p in paths]
         landmarkers = [stack.enter_context(FaceLandmarker()) for _ in cams]
         streams = [zip(iter(c), iter(d)) for c, d in zip(colors, depths)]
         progress = stack.enter_context(tqdm(total=args.frames, desc="calibrate", unit="good frame", leave=False))
