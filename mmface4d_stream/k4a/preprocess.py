@@ -218,17 +218,39 @@ def preprocess(
             _save_atomic(_intrinsics_json(reader, serial_fallback=str(i)), json_path)
             files.append(json_path)
 
-    audio = samples[span.audio_slice(AUDIO_RATE)]
     if span.stop is None:
-        # --no-vad keeps everything: the whole audio, however long the video.
-        audio = samples[span.audio_slice(AUDIO_RATE).start:]
+        audio = samples  # --no-vad keeps everything: the whole audio, however long the video
+    else:
+        # Clip to the frames actually written (the recordings may end before the speech span).
+        audio = samples[FrameSpan(span.start, span.start + written).audio_slice(AUDIO_RATE)]
     wav_path = out / f"{name}.wav"
-    write_wav(wav_path, audio, AUDIO_RATE, atomic=True)
+    _write_wav_atomic(write_wav, wav_path, audio)
     files.append(wav_path)
     return PreprocessResult(files, written, span, int(audio.shape[0]), repeated)
 
 
+def _takes_atomic(fn) -> bool:
+    import inspect
+
+    try:
+        return "atomic" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _save_atomic(intrinsics, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
+    if _takes_atomic(intrinsics.save):
+        intrinsics.save(path, atomic=True)
+        return
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     intrinsics.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_wav_atomic(write_wav, path: Path, samples: np.ndarray) -> None:
+    if _takes_atomic(write_wav):
+        write_wav(path, samples, AUDIO_RATE, atomic=True)
+        return
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    write_wav(tmp, samples, AUDIO_RATE)
     os.replace(tmp, path)
