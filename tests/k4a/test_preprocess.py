@@ -177,3 +177,16 @@ def test_cli_preprocess_and_errors(tmp_path, calibration_raw, capsys, monkeypatc
                  "--name", "c"]) == 2
     assert "no speech" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists()
+
+
+def test_speech_past_the_recording_end_clips_audio_to_frames(tmp_path, calibration_raw):
+    mkv = _record(tmp_path / "a.mkv", calibration_raw, 20)
+    wav = tmp_path / "s.wav"
+    write_wav(wav, _silence(3.0), SR)
+    out = tmp_path / "out"
+    result = preprocess([mkv], wav, out, "late", speech_span=lambda s, r: (0.5, 2.5), progress=False)
+    assert (result.span.start, result.span.stop) == (15, 77)
+    assert result.frames == 5  # frames 15..19: the recordings end first
+    samples, _ = read_wav(out / "late.wav")
+    assert len(samples) == round(20 * SR / 30) - round(15 * SR / 30)
+    _check_outputs(out, "late", 1, 5, first_k=15)
