@@ -72,7 +72,8 @@ class LandmarkerConfig:
     min_crop_px: smallest crop side in pixels (tiny boxes are noise or far faces).
     depth_band_mm: depth blob = pixels no further than this behind the nearest surface.
     depth_min_mm, depth_max_mm: depth values outside this range are ignored for the blob.
-    redetect_every: when > 0, ignore the tracked ROI every this many frames and detect afresh.
+    redetect_every: when > 0, after this many consecutive tracked frames the next frame is
+        detected afresh (catches a crop that drifted onto another face).
     """
 
     detection_confidence: float = 0.5

@@ -181,3 +181,10 @@ def test_triangles_face_the_camera_on_a_real_facemesh(astronaut_reference):
     normal_z = np.cross(b - a, c - a)[:, 2]
     # Image frame: x right, y down, z away from the camera; outward normals have negative z.
     assert (normal_z < 0).mean() > 0.9
+
+
+def test_periodic_redetection(astronaut_reference):
+    image, _ = astronaut_reference
+    with FaceLandmarker(LandmarkerConfig(redetect_every=3)) as landmarker:
+        sources = [landmarker.process(paste_face(image, 2.0, 300 + 20 * i, 200)).roi_source for i in range(8)]
+    assert sources == ["detector", "tracked", "tracked", "tracked"] * 2
