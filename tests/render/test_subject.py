@@ -56,7 +56,7 @@ def test_expressions_move_the_right_parts(subject):
     smile = subject.vertices(Expression(smile=1.0))
     assert smile[61, 1] < rest[61, 1] - 0.003 and smile[291, 1] < rest[291, 1] - 0.003
     brow = subject.vertices(Expression(brow=1.0))
-    assert brow[105, 1] < rest[105, 1] - 0.003 and abs(brow[159, 1] - rest[159, 1]) < 5e-4
+    assert brow[105, 1] < rest[105, 1] - 0.003 and abs(brow[159, 1] - rest[159, 1]) < 1.5e-3
     R = rotation_matrix([0.0, 0.3, 0.0])
     moved = subject.vertices(rotation=[0.0, 0.3, 0.0], translation=[0.0, 0.0, 0.8])
     np.testing.assert_allclose(moved, rest @ R.T + [0.0, 0.0, 0.8], atol=1e-6)
