@@ -215,7 +215,7 @@ def preprocess(
             log.warning("repeated previous images for dropped frames per camera: %s", repeated)
         for i, reader in enumerate(sync.readers):
             json_path = out / f"{name}_{i}.json"
-            _save_atomic(_intrinsics_json(reader, serial_fallback=str(i)), json_path)
+            _intrinsics_json(reader, serial_fallback=str(i)).save(json_path)  # via a temporary file
             files.append(json_path)
 
     if span.stop is None:
@@ -224,33 +224,6 @@ def preprocess(
         # Clip to the frames actually written (the recordings may end before the speech span).
         audio = samples[FrameSpan(span.start, span.start + written).audio_slice(AUDIO_RATE)]
     wav_path = out / f"{name}.wav"
-    _write_wav_atomic(write_wav, wav_path, audio)
+    write_wav(wav_path, audio, AUDIO_RATE)  # writes via a temporary file
     files.append(wav_path)
     return PreprocessResult(files, written, span, int(audio.shape[0]), repeated)
-
-
-def _takes_atomic(fn) -> bool:
-    import inspect
-
-    try:
-        return "atomic" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _save_atomic(intrinsics, path: Path) -> None:
-    if _takes_atomic(intrinsics.save):
-        intrinsics.save(path, atomic=True)
-        return
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    intrinsics.save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_wav_atomic(write_wav, path: Path, samples: np.ndarray) -> None:
-    if _takes_atomic(write_wav):
-        write_wav(path, samples, AUDIO_RATE, atomic=True)
-        return
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write_wav(tmp, samples, AUDIO_RATE)
-    os.replace(tmp, path)
