@@ -93,6 +93,22 @@ def run_case(n_subscribers: int, n_frames: int, n_vertices: int, paced_fps: floa
     }
 
 
+def codec_cost(n_vertices: int, repeats: int = 200) -> tuple[float, float]:
+    """Median microseconds to encode and to decode one mesh message (no sockets)."""
+    vertices = np.random.default_rng(1).normal(0, 0.05, size=(n_vertices, 3)).astype(np.float32)
+    message = schema.MeshMessage(seq=0, frame=0, t_capture_ns=0, t_publish_ns=0, vertices=vertices,
+                                 topology_id="bench", fit={"iterations": 3, "cost": 0.1})
+    encode_s, decode_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parts = schema.encode(message)
+        t1 = time.perf_counter()
+        schema.decode(parts)
+        decode_s.append(time.perf_counter() - t1)
+        encode_s.append(t1 - t0)
+    return float(np.median(encode_s) * 1e6), float(np.median(decode_s) * 1e6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=150)
@@ -111,6 +127,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['subscribers']} | {r['mode']} | {r['frames']} | {r['delivered']:.0f} | {r['dropped']:.1f} "
               f"| {r['p50']:.2f} | {r['p95']:.2f} | {r['rate']:.0f} | {r['mb_s']:.0f} | {r['send_ms']:.2f} |")
+    encode_us, decode_us = codec_cost(args.vertices)
+    print("\n| wire schema, one mesh | median (µs) |\n|---|---|")
+    print(f"| encode (validate, float32 bytes, msgpack header) | {encode_us:.0f} |")
+    print(f"| decode (validate, zero-copy view) | {decode_us:.0f} |")
 
 
 if __name__ == "__main__":
