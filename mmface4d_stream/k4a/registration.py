@@ -46,7 +46,7 @@ class DepthToColorRegistration:
     of a slight bias towards the nearer neighbour.
     """
 
-    _MAX_FOOTPRINT = 8
+    _MAX_FOOTPRINT = 16
 
     def __init__(self, calibration: K4aCalibration, footprint: int | None = None, footprint_scale: float = 1.0):
         if not isinstance(calibration, K4aCalibration):

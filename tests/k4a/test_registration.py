@@ -1,0 +1,207 @@
+"""Depth <-> color registration on synthetic scenes with known geometry and on the real recording."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode, K4aCalibration
+from mmface4d_stream.k4a.registration import DepthToColorRegistration, register_depth_to_color
+
+
+@pytest.fixture(scope="module")
+def raw_json(k4a_sample_dir) -> bytes:
+    return (k4a_sample_dir / "calibration.json").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reg_1080(raw_json) -> DepthToColorRegistration:
+    return DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, "1080P", "NFOV_UNBINNED"))
+
+
+def plane_depth(reg: DepthToColorRegistration, normal, offset_m: float) -> np.ndarray:
+    """Depth image (mm) of the plane n.X = offset (depth camera frame) seen by the depth camera."""
+    rays = reg._depth_rays.astype(np.float64)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    z = offset_m / (rays @ n)
+    return np.where(rays[..., 2] > 0, np.rint(z * 1000.0), 0).astype(np.uint16)
+
+
+@pytest.mark.parametrize("normal", [(0.0, 0.0, 1.0), (0.4, -0.3, 1.0), (0.8, 0.1, 1.0)])
+def test_plane_lands_on_same_plane_in_color(reg_1080, normal):
+    cal = reg_1080.calibration
+    depth = plane_depth(reg_1080, normal, 0.8)
+    registered = reg_1080.depth_to_color(depth)
+    assert registered.shape == (1080, 1920) and registered.dtype == np.uint16
+    vs, us = np.nonzero(registered)
+    vs, us = vs[::5], us[::5]  # a fifth of the ~1.5 M pixels fits the plane as well, 5x faster
+    points, ok = cal.color.unproject(np.stack([us, vs], axis=-1).astype(float), registered[vs, us] / 1000.0)
+    assert ok.all()
+    points = points[ok]
+    n = np.asarray(normal) / np.linalg.norm(normal)
+    n_color = cal.T_color_from_depth.R @ n
+    d_color = 0.8 + n_color @ cal.T_color_from_depth.t
+    centre = points.mean(axis=0)
+    fitted = np.linalg.svd(points - centre, full_matrices=False)[2][2]
+    fitted *= np.sign(fitted @ n_color)
+    assert np.degrees(np.arccos(min(1.0, fitted @ n_color))) < 0.05
+    assert abs(fitted @ centre - d_color) < 0.001
+    distance = np.abs(points @ n_color - d_color)
+    assert np.median(distance) < 0.0006  # mm rounding of input and output
+    # Constant depth over a footprint: on the 40 degree slant a 3-pixel block spans ~2 mm of depth.
+    assert np.percentile(distance, 99) < 0.004
+    # Dense: the footprints leave no hole inside the covered area, even on a 40 degree slant.
+    covered = registered > 0
+    assert (ndimage.binary_fill_holes(covered) & ~covered).sum() == 0
+    assert covered.mean() > 0.6
+
+
+def test_nearest_surface_wins_and_holes_stay_zero(reg_1080):
+    cal = reg_1080.calibration
+    depth = plane_depth(reg_1080, (0, 0, 1), 1.5)
+    depth[250:330, 280:360] = 600  # a near card in front of the wall
+    depth[50:100, 50:120] = 0  # no measurement
+    registered = reg_1080.depth_to_color(depth)
+    # The card's centre pixel, projected independently, carries the card's depth.
+    rays, _ = cal.depth.unproject_to_rays(np.array([[320.0, 290.0], [85.0, 75.0]]))
+    card = cal.T_color_from_depth.apply(rays[0] * 0.6)
+    (u, v), _ = cal.color.project(card)
+    assert abs(int(registered[round(v), round(u)]) - round(card[2] * 1000)) <= 1
+    card_values = registered[round(v) - 20 : round(v) + 20, round(u) - 20 : round(u) + 20]
+    assert np.abs(card_values.astype(int) - round(card[2] * 1000)).max() <= 2
+    # The card hides the wall behind it: no wall value survives inside its footprint.
+    assert (card_values > 1000).sum() == 0
+    hole = cal.T_color_from_depth.apply(rays[1] * 1.5)
+    (hu, hv), _ = cal.color.project(hole)
+    assert registered[round(hv) - 10 : round(hv) + 10, round(hu) - 10 : round(hu) + 10].max() == 0
+    # Behind the card, the wall is occluded for the color camera only partly: the card's
+    # shadow (wall seen by color, not by depth) is a hole.
+    assert (registered == 0).sum() > 0
+
+
+def test_numpy_and_torch_agree(reg_1080):
+    depth = plane_depth(reg_1080, (0.3, -0.2, 1.0), 0.9)
+    depth[300:340, 300:360] = 500
+    expected = reg_1080.depth_to_color(depth)
+    cpu_fast = reg_1080.depth_to_color(torch.from_numpy(depth.astype(np.int32)))
+    assert isinstance(cpu_fast, torch.Tensor) and cpu_fast.dtype == torch.uint16
+    np.testing.assert_array_equal(cpu_fast.numpy(), expected)
+    torch_ops = reg_1080.depth_to_color(torch.from_numpy(depth.astype(np.int32)), backend="torch")
+    diff = np.abs(torch_ops.numpy().astype(int) - expected.astype(int))
+    # float32 rounding may flip a value at a millimetre boundary or a block edge.
+    assert (diff > 0).mean() < 1e-4 and (diff > 1).sum() <= 5
+
+
+@pytest.mark.gpu
+def test_cuda_matches_numpy(reg_1080):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    depth = plane_depth(reg_1080, (0.3, -0.2, 1.0), 0.9)
+    expected = reg_1080.depth_to_color(depth)
+    got = reg_1080.depth_to_color(torch.from_numpy(depth.astype(np.int32)).cuda())
+    assert got.device.type == "cuda"
+    diff = np.abs(got.cpu().numpy().astype(int) - expected.astype(int))
+    assert (diff > 0).mean() < 1e-4 and (diff > 1).sum() <= 5
+    color = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    c_np = reg_1080.color_to_depth(color, depth)
+    c_cuda = reg_1080.color_to_depth(torch.from_numpy(color).cuda(), torch.from_numpy(depth.astype(np.int32)).cuda())
+    assert (np.abs(c_cuda.cpu().numpy().astype(int) - c_np.astype(int)) > 1).mean() < 1e-3
+
+
+def _ramp(u, v):
+    """A color pattern linear in the pixel position, so bilinear sampling reproduces it exactly."""
+    return np.stack([u / 8.0, v / 5.0, 255.0 - (u + v) / 12.0], axis=-1)
+
+
+def test_color_to_depth_samples_a_known_pattern(reg_1080):
+    cal = reg_1080.calibration
+    u, v = np.meshgrid(np.arange(1920.0), np.arange(1080.0))
+    color = np.rint(_ramp(u, v)).astype(np.uint8)
+    depth = plane_depth(reg_1080, (0.2, 0.1, 1.0), 0.7)
+    depth[:40] = 0
+    out = reg_1080.color_to_depth(color, depth)
+    assert out.shape == (576, 640, 3) and out.dtype == np.uint8
+    # Independent reference: unproject each depth pixel, move it, project it (float64 API).
+    grid = cal.depth.pixel_grid()
+    points, ok = cal.depth.unproject(grid, depth / 1000.0)
+    pixels, inside = cal.color.project(cal.T_color_from_depth.apply(points), require_inside=True)
+    ok &= inside
+    expected = _ramp(pixels[..., 0], pixels[..., 1])
+    assert ok.mean() > 0.8
+    assert np.abs(out[ok].astype(float) - expected[ok]).max() <= 1.01
+    assert (out[~ok] == 0).all()
+    assert (out[:40] == 0).all()
+    gray = reg_1080.color_to_depth(color[..., 0], depth)
+    np.testing.assert_array_equal(gray, out[..., 0])
+    tensor = reg_1080.color_to_depth(torch.from_numpy(color), torch.from_numpy(depth.astype(np.int32)))
+    assert tensor.dtype == torch.uint8
+    assert (np.abs(tensor.numpy().astype(int) - out.astype(int)) > 1).sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("resolution", "mode", "largest"),
+    [("720P", "NFOV_UNBINNED", 3), ("1080P", "NFOV_2X2BINNED", 9), ("720P", "WFOV_UNBINNED", 6)],
+)
+def test_footprints_follow_the_resolution_ratio(raw_json, resolution, mode, largest):
+    cal = K4aCalibration.from_raw_json(raw_json, resolution, mode)
+    reg = DepthToColorRegistration(cal)
+    assert 1 <= reg.max_footprint <= largest
+    depth = np.full(cal.depth.size[::-1], 1000, np.uint16)
+    registered = reg.depth_to_color(depth)
+    covered = registered > 0
+    assert (ndimage.binary_fill_holes(covered) & ~covered).sum() == 0
+    fixed = DepthToColorRegistration(cal, footprint=1)
+    assert fixed.max_footprint == 1
+
+
+def test_real_recording_frame(k4a_sample_dir, raw_json):
+    av = pytest.importorskip("av")
+    with av.open(str(k4a_sample_dir / "recording.mkv")) as container:
+        stream = next(s for s in container.streams.video if s.metadata.get("title") == "DEPTH")
+        packet = next(p for p in container.demux(stream) if p.size)
+        # b16g tracks hold big-endian 16-bit millimetres.
+        depth = np.frombuffer(bytes(packet), ">u2").reshape(576, 640).astype(np.uint16)
+    cal = K4aCalibration.from_raw_json(raw_json, ColorResolution.RES_720P, DepthMode.NFOV_UNBINNED)
+    registered = register_depth_to_color(depth, cal)
+    assert 0.4 < (registered > 0).mean() < 0.9
+    # Every registered value is the color-camera Z of some depth pixel landing there: check
+    # against an independent float64 projection of each depth pixel (nearest surface wins).
+    points, ok = cal.depth.unproject(cal.depth.pixel_grid(), depth / 1000.0)
+    pc = cal.T_color_from_depth.apply(points[ok])
+    pixels, inside = cal.color.project(pc, require_inside=True)
+    u = np.rint(pixels[inside, 0]).astype(int)
+    v = np.rint(pixels[inside, 1]).astype(int)
+    z = np.rint(pc[inside, 2] * 1000)
+    got = registered[v, u].astype(float)
+    assert (got > 0).all()
+    assert (got <= z + 1).all()  # nothing farther than the pixel landing there
+    assert np.mean(np.abs(got - z) <= 1) > 0.9
+
+
+def test_input_checks(reg_1080):
+    with pytest.raises(ValueError, match=r"shape \(576, 640\)"):
+        reg_1080.depth_to_color(np.zeros((288, 320), np.uint16))
+    with pytest.raises(ValueError, match="integer millimetres"):
+        reg_1080.depth_to_color(np.zeros((576, 640), np.float32))
+    with pytest.raises(ValueError, match="backend"):
+        reg_1080.depth_to_color(np.zeros((576, 640), np.uint16), backend="cuda")
+    with pytest.raises(ValueError, match="uint8"):
+        reg_1080.color_to_depth(np.zeros((1080, 1920, 3), np.float32), np.zeros((576, 640), np.uint16))
+    with pytest.raises(ValueError, match=r"\(1080, 1920, C\)"):
+        reg_1080.color_to_depth(np.zeros((720, 1280, 3), np.uint8), np.zeros((576, 640), np.uint16))
+    with pytest.raises(ValueError, match="footprint"):
+        DepthToColorRegistration(reg_1080.calibration, footprint=0)
+    with pytest.raises(ValueError, match="K4aCalibration"):
+        DepthToColorRegistration("calibration.json")
+
+
+def test_depth_points(reg_1080):
+    depth = plane_depth(reg_1080, (0, 0, 1), 1.2)
+    points = reg_1080.depth_points(depth)
+    assert points.shape == (576, 640, 3) and points.dtype == np.float32
+    ok = depth > 0
+    np.testing.assert_allclose(points[ok][:, 2], 1.2, atol=5e-4)
+    t = reg_1080.depth_points(torch.from_numpy(depth.astype(np.int32)))
+    np.testing.assert_allclose(t.numpy(), points, atol=1e-6)
