@@ -338,3 +338,30 @@ def test_curve_client_allow_list_refuses_unknown_clients():
             assert stranger.recv(timeout_s=0.3) is None
             pub.poll_subscriptions()
             assert pub.stats.subscriptions == 1
+
+
+def test_subscribe_cli_reads_the_server_key_from_a_file(tmp_path, capsys):
+    from mmface4d_stream.errors import InputError
+
+    server_public, server_secret = zmq.curve_keypair()
+    key_file = tmp_path / "server.key"
+    key_file.write_text(server_public.decode() + "\n")
+    with MeshPublisher(ANY_PORT, curve_public_key=server_public, curve_secret_key=server_secret,
+                       drop_when_full=False) as pub:
+        pub.set_topology(_faces(20, 5), 20)
+        args = _subscribe_args([pub.endpoint, "--server-key", str(key_file), "--timeout", "20"])
+
+        def produce():
+            assert pub.wait_for_subscribers(1, timeout_s=20)
+            for frame in range(4):
+                pub.publish_mesh(_vertices(20, frame), frame=frame)
+            pub.publish_end()
+
+        thread, result = _run_in_thread(produce)
+        assert args.func(args) == 0
+        thread.join(20)
+    assert "error" not in result
+    assert "total 4 meshes (end of sequence)" in capsys.readouterr().out
+    args = _subscribe_args(["tcp://127.0.0.1:1", "--server-key", "not-a-key"])
+    with pytest.raises(InputError, match="40 Z85"):
+        args.func(args)
