@@ -1,0 +1,181 @@
+"""`mmface4d decode | encode | info | export`: mesh nut triplets and dataset files from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
+from mmface4d_stream.formats.depth_nut import DepthNutReader
+from mmface4d_stream.formats.faces import load_faces, write_obj, write_ply
+from mmface4d_stream.formats.mesh_nut import (
+    MeshNutReader, MeshNutWriter, frame_side, mesh_nut_paths, mesh_prefix_of, read_frame_header)
+from mmface4d_stream.formats.sequence import DatasetSequence
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    with MeshNutReader(args.prefix, n_vertices=args.vertices) as reader:
+        array = np.lib.format.open_memmap(out.with_name(f".{out.name}.partial"), mode="w+",
+                                          dtype=np.float32, shape=(len(reader), reader.n_vertices, 3))
+        with _progress(len(reader), "decode") as bar:
+            for index, vertices in enumerate(reader):
+                array[index] = vertices
+                bar.update()
+        array.flush()
+        del array
+        out.with_name(f".{out.name}.partial").replace(out)
+        print(f"wrote {out}: {len(reader)} frames x {reader.n_vertices} vertices x 3 (float32, metres)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    src = Path(args.array)
+    if not src.is_file():
+        raise InputError("file not found", src)
+    try:
+        array = np.load(src, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"not a .npy array ({exc})", src) from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0:
+        raise InputError(f"expected an array of shape (frames, vertices, 3), got {array.shape}", src)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"expected float coordinates, got {array.dtype}", src)
+    with MeshNutWriter(args.out, fps=args.fps, atomic=True) as writer, _progress(len(array), "encode") as bar:
+        for index in range(array.shape[0]):
+            frame = np.asarray(array[index])
+            if not np.isfinite(frame).all():
+                raise InputError("coordinates contain NaN or inf", src, frame=index)
+            writer.write(frame)
+            bar.update()
+    paths = ", ".join(str(p) for p in mesh_nut_paths(args.out))
+    print(f"wrote {paths}: {array.shape[0]} frames, {array.shape[1]} vertices, side {frame_side(array.shape[1])}",
+          file=sys.stderr)
+    return 0
+
+
+def describe_mesh(prefix: str, n_vertices: int | None = None) -> dict:
+    """JSON-able summary of a mesh nut triplet, with its bounding box in metres (decodes every frame)."""
+    with MeshNutReader(prefix, n_vertices=n_vertices) as reader:
+        lo = np.full(3, np.inf, dtype=np.float64)
+        hi = np.full(3, -np.inf, dtype=np.float64)
+        with _progress(len(reader), "info") as bar:
+            for vertices in reader:
+                np.minimum(lo, vertices.min(axis=0), out=lo)
+                np.maximum(hi, vertices.max(axis=0), out=hi)
+                bar.update()
+        return {
+            "kind": "mesh_sequence", "path": reader.prefix, "frames": len(reader),
+            "vertices": reader.n_vertices, "vertices_inferred": n_vertices is None, "frame_side": reader.side,
+            "fps": reader.fps, "duration_s": len(reader) / reader.fps, "finalized": reader.finalized,
+            "bbox_m": {"min": [round(float(v), 6) for v in lo], "max": [round(float(v), 6) for v in hi]},
+        }
+
+
+def _looks_like_mesh_file(path: Path) -> bool:
+    """Square frames whose first four pixels hold a finite float32 range: a mesh coordinate file."""
+    with DepthNutReader(path) as reader:
+        if reader.width != reader.height or len(reader) == 0:
+            return False
+        lo, hi = read_frame_header(reader[0])
+        return bool(np.isfinite(lo) and np.isfinite(hi) and hi > lo and hi - lo < 1e3)
+
+
+def describe_path(path_text: str, n_vertices: int | None = None) -> dict:
+    """Identify what PATH is (mesh prefix, depth nut, mp4, MKV, dataset sequence) and summarize it."""
+    path = Path(path_text)
+    suffix = path.suffix.lower()
+    if suffix == ".mkv":
+        if not path.is_file():
+            raise InputError("file not found", path)
+        from mmface4d_stream.k4a.mkv import describe_mkv
+
+        return describe_mkv(path)
+    if suffix == ".mp4":
+        with ColorMp4Reader(path) as reader:
+            return {"kind": "color_video", "path": str(path), "frames": len(reader),
+                    "resolution": [reader.width, reader.height], "fps": reader.fps,
+                    "duration_s": len(reader) / reader.fps}
+    if suffix == ".nut":
+        if not path.is_file():
+            raise InputError("file not found", path)
+        prefix = mesh_prefix_of(path)
+        if prefix != str(path) and _looks_like_mesh_file(path):
+            return describe_mesh(prefix, n_vertices)
+        with DepthNutReader(path) as reader:
+            return {"kind": "depth_video", "path": str(path), "frames": len(reader),
+                    "resolution": [reader.width, reader.height], "fps": reader.fps,
+                    "duration_s": len(reader) / reader.fps, "units": "mm", "finalized": reader.finalized}
+    if all(p.is_file() for p in mesh_nut_paths(path)) and _looks_like_mesh_file(mesh_nut_paths(path)[0]):
+        return describe_mesh(str(path), n_vertices)
+    if path.is_dir() or any(path.parent.glob(f"{path.name}_*.json")) or any(path.parent.glob(f"{path.name}_*.mp4")):
+        return DatasetSequence(path).summary()
+    raise InputError("not found: expected a mesh prefix, a .nut, .mp4 or .mkv file, or a dataset sequence", path)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(json.dumps(describe_path(args.path, args.vertices)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = write_obj if args.format == "obj" else write_ply
+    with MeshNutReader(args.prefix, n_vertices=args.vertices) as reader:
+        faces = load_faces(args.faces, reader.n_vertices)
+        with _progress(len(reader), f"export {args.format}") as bar:
+            for index, vertices in enumerate(reader):
+                target = out_dir / f"frame_{index:06d}.{args.format}"
+                partial = target.with_name(f".{target.name}.partial")
+                writer(partial, vertices, faces)
+                partial.replace(target)
+                bar.update()
+        print(f"wrote {len(reader)} {args.format} files to {out_dir}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decode", help="decode a mesh nut triplet to a float32 (T, N, 3) .npy",
+                       description="Decode PREFIX_0.nut, PREFIX_1.nut, PREFIX_2.nut (x, y, z) to one .npy array "
+                                   "of shape (frames, vertices, 3), float32 metres. Streams: memory stays constant.")
+    p.add_argument("prefix", help="mesh prefix (or one of its _0/_1/_2.nut files)")
+    p.add_argument("--vertices", type=int, default=None,
+                   help="vertex count N (35709 for the BFM front model); inferred from the data when omitted")
+    p.add_argument("--out", required=True, help="output .npy path")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("encode", help="encode a (T, N, 3) .npy to a mesh nut triplet",
+                       description="Encode a float (frames, vertices, 3) .npy array in metres to PREFIX_0/1/2.nut "
+                                   "(FFV1 gray16le, the MMFace4D mesh format).")
+    p.add_argument("array", help="input .npy of shape (frames, vertices, 3)")
+    p.add_argument("--out", required=True, help="output prefix")
+    p.add_argument("--fps", type=int, default=30, help="frame rate stored in the files (default 30)")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("info", help="describe a mesh prefix, depth nut, mp4, MKV or dataset sequence as JSON",
+                       description="Print one JSON object describing PATH: kind, frames, vertices or resolution, "
+                                   "fps, duration, and the bounding box of a mesh sequence.")
+    p.add_argument("path", help="mesh prefix, .nut, .mp4, .mkv, or <dir>/<name> of a dataset sequence")
+    p.add_argument("--vertices", type=int, default=None, help="vertex count of a mesh sequence (else inferred)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export each frame of a mesh sequence as OBJ or PLY",
+                       description="Write DIR/frame_000000.obj (or .ply), one file per frame of the mesh sequence.")
+    p.add_argument("prefix", help="mesh prefix")
+    p.add_argument("--vertices", type=int, default=None, help="vertex count N (else inferred)")
+    p.add_argument("--faces", required=True, help="triangles: .npy, .pkl (e.g. bfm_faces.pkl) or .obj")
+    p.add_argument("--format", choices=("obj", "ply"), default="obj", help="output format (default obj)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_export)

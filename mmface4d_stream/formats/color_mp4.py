@@ -1,0 +1,122 @@
+"""MMFace4D color videos `<seq>_<cam>.mp4`: H.264 (libx264, crf 10, yuv420p), 30 fps, RGB frames."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from mmface4d_stream.errors import InputError
+
+
+class ColorMp4Writer:
+    """Stream RGB frames, uint8 (height, width, 3), to an H.264 mp4 (width and height even).
+
+    A context manager: the file is finalized (moov written) when leaving the block, also on error.
+    With `atomic=True` the file is written under a hidden temporary name and renamed on success.
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, crf: int = 10,
+                 atomic: bool = False, preset: str = "veryfast"):
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"yuv420p needs a positive even frame size, got {width}x{height}")
+        self.path = Path(path)
+        self.width, self.height, self.fps = int(width), int(height), int(fps)
+        self.atomic = atomic
+        self._write_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}") if atomic else self.path
+        self._write_path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self._write_path), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=self.fps)
+        self._stream.width, self._stream.height = self.width, self.height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.codec_context.time_base = Fraction(1, self.fps)
+        self._stream.options = {"crf": str(crf), "preset": preset}
+        self.frames_written = 0
+        self._closed = False
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one frame: uint8 (height, width, 3) RGB."""
+        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
+            raise ValueError(f"{self.path}: expected uint8 RGB of shape {(self.height, self.width, 3)}, "
+                             f"got {rgb.dtype} {rgb.shape}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames_written
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self, success: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+        if self.atomic and success:
+            os.replace(self._write_path, self.path)
+
+    def __enter__(self) -> "ColorMp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(success=exc_type is None)
+
+
+class ColorMp4Reader:
+    """Stream RGB frames, uint8 (height, width, 3), from a video file PyAV can decode."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError("file not found", self.path)
+        try:
+            self._container = av.open(str(self.path))
+        except av.error.FFmpegError as exc:
+            raise InputError(f"not a readable video file ({exc})", self.path) from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputError("contains no video stream", self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self.width = self._stream.codec_context.width
+        self.height = self._stream.codec_context.height
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 30.0
+        self._n_frames = self._stream.frames or self._count_packets()
+
+    def _count_packets(self) -> int:
+        count = sum(1 for p in self._container.demux(self._stream) if p.size)
+        self._container.seek(0, stream=self._stream)
+        return count
+
+    def __len__(self) -> int:
+        return int(self._n_frames)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._container.seek(0, stream=self._stream)
+        index = 0
+        try:
+            for frame in self._container.decode(self._stream):
+                yield frame.to_ndarray(format="rgb24")
+                index += 1
+        except av.error.FFmpegError as exc:
+            raise InputError(f"corrupt data ({exc})", self.path, frame=index) from None
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "ColorMp4Reader":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
