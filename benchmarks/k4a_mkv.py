@@ -1,4 +1,4 @@
-"""Azure Kinect MKV throughput: write, replay (all tracks / depth only), header scan, sync.
+"""Azure Kinect MKV throughput: write, replay (all tracks / depth only), header scan, sync, preprocess.
 
 Writes a synthetic 1080p MJPG + NFOV depth + IR recording (textured color, noisy depth) into a
 temporary directory and times each stage. Peak RSS growth while replaying shows that memory does
@@ -75,6 +75,16 @@ def main() -> None:
         with SessionSync(paths, tracks=["DEPTH"]) as sync:
             count = sum(1 for _ in sync)
         rows.append(("sync 2 recordings, depth only (frame sets)", count, time.perf_counter() - t))
+
+        # preprocess: sync + MJPG decode + depth->color registration + libx264 + FFV1, 2 cameras.
+        from mmface4d_stream.formats.audio import write_wav
+        from mmface4d_stream.k4a.preprocess import preprocess
+
+        wav = Path(tmp) / "s.wav"
+        write_wav(wav, np.zeros(args.frames * 16_000 // 30, np.float32), 16_000)
+        t = time.perf_counter()
+        result = preprocess(paths, wav, Path(tmp) / "out", "bench", vad=False, progress=False)
+        rows.append(("preprocess --no-vad, 2 cameras 1080p (frames)", result.frames, time.perf_counter() - t))
 
     print(f"Synthetic 1080p MJPG + NFOV recording, {args.frames} captures/camera, {size_mb:.1f} MB per file.")
     print("| stage | items | seconds | items/s |")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,41 @@ def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
     return samples
 
 
+#: Frame sets handed to the camera workers before the reader waits (bounds memory).
+_FRAMES_IN_FLIGHT = 2
+
+
+class _CameraOutput:
+    """One camera's registration and writers; `write` runs on that camera's worker thread."""
+
+    def __init__(self, registration: DepthToColorRegistration, size: tuple[int, int]):
+        self.registration = registration
+        self.width, self.height = size
+        self.color_writer = None
+        self.depth_writer = None
+        self.last_color: np.ndarray | None = None
+        self.last_depth: np.ndarray | None = None
+        self.repeated = 0
+
+    def write(self, capture) -> None:
+        """Write one frame; a dropped color or depth image repeats the previous one (zeros first)."""
+        color = capture.color if capture is not None else None
+        depth = capture.depth if capture is not None else None
+        if color is None or depth is None:
+            self.repeated += 1
+        if color is None:
+            color = self.last_color if self.last_color is not None else np.zeros(
+                (self.height, self.width, 3), np.uint8)
+        if depth is None:
+            depth_c = self.last_depth if self.last_depth is not None else np.zeros(
+                (self.height, self.width), np.uint16)
+        else:
+            depth_c = np.asarray(self.registration.depth_to_color(depth), dtype=np.uint16)
+        self.color_writer.write(color)
+        self.depth_writer.write(depth_c)
+        self.last_color, self.last_depth = color, depth_c
+
+
 @dataclass
 class PreprocessResult:
     """Files written and frame bookkeeping."""
@@ -164,50 +201,52 @@ def preprocess(
         samples = load_audio_16k(audio_path)
         span = speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path) if vad else FrameSpan(0, None)
         log.info("keeping frames %s", span)
+        if span.start >= sync.frame_count_estimate:
+            raise InputError(
+                f"speech starts at frame {span.start}, after the recordings' {sync.frame_count_estimate} frames",
+                path=audio_path,
+            )
         n_cams = len(sync.readers)
         out.mkdir(parents=True, exist_ok=True)
         registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
         sizes = [r.calibration.color.size for r in sync.readers]
         files: list[Path] = []
-        last_color: list[np.ndarray | None] = [None] * n_cams
-        last_depth: list[np.ndarray | None] = [None] * n_cams
-        repeated = [0] * n_cams
+        cameras = [_CameraOutput(registrations[i], sizes[i]) for i in range(n_cams)]
         written = 0
         total = sync.frame_count_estimate
         if span.stop is not None:
             total = min(total, span.stop)
         total = max(0, total - span.start)
         with ExitStack() as stack:
-            color_writers, depth_writers = [], []
             for i, (w, h) in enumerate(sizes):
                 mp4 = out / f"{name}_{i}.mp4"
                 nut = out / f"{name}_{i}.nut"
-                color_writers.append(stack.enter_context(ColorMp4Writer(mp4, w, h, fps=FPS, crf=crf, atomic=True)))
-                depth_writers.append(stack.enter_context(DepthNutWriter(nut, w, h, fps=FPS, atomic=True)))
+                cameras[i].color_writer = stack.enter_context(
+                    ColorMp4Writer(mp4, w, h, fps=FPS, crf=crf, atomic=True))
+                cameras[i].depth_writer = stack.enter_context(DepthNutWriter(nut, w, h, fps=FPS, atomic=True))
                 files += [mp4, nut]
+            # One worker thread per camera (registration and the encoders release the GIL);
+            # each camera's frames stay in order on its own worker. Leaving this block waits for them.
+            pools = [stack.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(n_cams)]
+            pending: deque[list[Future]] = deque()
             bar = stack.enter_context(tqdm(total=total, unit="frame", desc=name, disable=not progress))
             for frame_set in sync:
                 if frame_set.index < span.start:
                     continue
                 if span.stop is not None and frame_set.index >= span.stop:
                     break
-                for i, capture in enumerate(frame_set.captures):
-                    w, h = sizes[i]
-                    color = capture.color if capture is not None else None
-                    depth = capture.depth if capture is not None else None
-                    if color is None or depth is None:
-                        repeated[i] += 1
-                    if color is None:
-                        color = last_color[i] if last_color[i] is not None else np.zeros((h, w, 3), np.uint8)
-                    if depth is None:
-                        depth_c = last_depth[i] if last_depth[i] is not None else np.zeros((h, w), np.uint16)
-                    else:
-                        depth_c = np.asarray(registrations[i].depth_to_color(depth), dtype=np.uint16)
-                    color_writers[i].write(color)
-                    depth_writers[i].write(depth_c)
-                    last_color[i], last_depth[i] = color, depth_c
+                pending.append([
+                    pools[i].submit(cameras[i].write, capture) for i, capture in enumerate(frame_set.captures)
+                ])
+                while len(pending) > _FRAMES_IN_FLIGHT:
+                    for future in pending.popleft():
+                        future.result()  # re-raises a worker's error here
                 written += 1
                 bar.update(1)
+            while pending:
+                for future in pending.popleft():
+                    future.result()
+        repeated = [c.repeated for c in cameras]
         if written == 0:
             raise InputError(f"no frames to write (kept span {span}, recordings hold {sync.report.frame_sets})",
                              path=mkv_paths[0])

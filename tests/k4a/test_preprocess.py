@@ -190,3 +190,25 @@ def test_speech_past_the_recording_end_clips_audio_to_frames(tmp_path, calibrati
     samples, _ = read_wav(out / "late.wav")
     assert len(samples) == round(20 * SR / 30) - round(15 * SR / 30)
     _check_outputs(out, "late", 1, 5, first_k=15)
+
+
+def test_failure_midway_leaves_no_final_files(tmp_path, calibration_raw, monkeypatch):
+    from mmface4d_stream.k4a import preprocess as module
+
+    mkv = _record(tmp_path / "a.mkv", calibration_raw, 10)
+    wav = tmp_path / "s.wav"
+    write_wav(wav, _silence(0.4), SR)
+    original = module._CameraOutput.write
+    calls = []
+
+    def failing_write(self, capture):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("disk full")
+        original(self, capture)
+
+    monkeypatch.setattr(module._CameraOutput, "write", failing_write)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        preprocess([mkv], wav, out, "f", vad=False, progress=False)
+    assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]
