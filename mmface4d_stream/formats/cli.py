@@ -23,9 +23,19 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def _open_mesh(args: argparse.Namespace) -> MeshNutReader:
+    """Open the triplet; an unfinished (truncated) one is an error unless --allow-truncated."""
+    reader = MeshNutReader(args.prefix, n_vertices=args.vertices)
+    if not reader.finalized and not args.allow_truncated:
+        reader.close()
+        raise InputError(f"truncated (its writer did not finish); {len(reader)} complete frames can be read "
+                         "with --allow-truncated", reader.prefix)
+    return reader
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    with MeshNutReader(args.prefix, n_vertices=args.vertices) as reader:
+    with _open_mesh(args) as reader:
         array = np.lib.format.open_memmap(out.with_name(f".{out.name}.partial"), mode="w+",
                                           dtype=np.float32, shape=(len(reader), reader.n_vertices, 3))
         with _progress(len(reader), "decode") as bar:
@@ -133,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = write_obj if args.format == "obj" else write_ply
-    with MeshNutReader(args.prefix, n_vertices=args.vertices) as reader:
+    with _open_mesh(args) as reader:
         faces = load_faces(args.faces, reader.n_vertices)
         with _progress(len(reader), f"export {args.format}") as bar:
             for index, vertices in enumerate(reader):
@@ -154,6 +164,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vertices", type=int, default=None,
                    help="vertex count N (35709 for the BFM front model); inferred from the data when omitted")
     p.add_argument("--out", required=True, help="output .npy path")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="read the complete frames of files whose writer was killed")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("encode", help="encode a (T, N, 3) .npy to a mesh nut triplet",
@@ -178,4 +190,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faces", required=True, help="triangles: .npy, .pkl (e.g. bfm_faces.pkl) or .obj")
     p.add_argument("--format", choices=("obj", "ply"), default="obj", help="output format (default obj)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="export the complete frames of files whose writer was killed")
     p.set_defaults(func=cmd_export)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import av.logging
 import numpy as np
 
 from mmface4d_stream.errors import InputError
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # a file without one was not finalized (its writer was killed), so a damaged last packet is truncation.
 _NUT_INDEX_STARTCODE = bytes.fromhex("4e58dd672f23e64e")
 _TAIL_SEARCH_BYTES = 1 << 16
+# Frame-accurate corruption detection: level 3 FFV1 carries a CRC per slice. FFmpeg's decoder only
+# logs a damaged slice (and conceals it), so readers watch the decoder's error log.
+FFV1_LEVEL = 3
+FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 
 
 def _temporary_path(path: Path) -> Path:
@@ -68,8 +73,8 @@ class Gray16VideoWriter:
         self._stream.height = self.height
         self._stream.pix_fmt = "gray16le"
         self._stream.codec_context.time_base = Fraction(1, self.fps)
-        if codec_options:
-            self._stream.codec_context.options = dict(codec_options)
+        self._stream.codec_context.level = FFV1_LEVEL
+        self._stream.codec_context.options = {**FFV1_DEFAULT_OPTIONS, **(codec_options or {})}
         self.frames_written = 0
         self._closed = False
         self._failed = False
@@ -138,6 +143,9 @@ class Gray16VideoReader:
             self._container.close()
             raise InputError("contains no video stream", self.path)
         self._stream = self._container.streams.video[0]
+        # One decoding thread: FFmpeg's log lines from worker threads reach Python late, and the
+        # corruption check must tie each error to the packet just decoded.
+        self._stream.codec_context.thread_count = 1
         self.width = self._stream.codec_context.width
         self.height = self._stream.codec_context.height
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
@@ -186,19 +194,30 @@ class Gray16VideoReader:
     def _decode_from_current(self) -> Iterator[tuple[int, np.ndarray]]:
         """Decode forward from the container's current position: (pts, uint16 (H, W)) pairs."""
         last_pts = int(self._pts[-1]) if self._pts.size else -1
-        decoded = 0
+        if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+            av.logging.set_level(av.logging.ERROR)
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.pts is None:
                     continue
                 if packet.pts > last_pts:
                     break
-                for frame in packet.decode():
-                    decoded += 1
+                # A capture per packet, never held across a yield: readers are interleaved generators.
+                with av.logging.Capture(local=True) as messages:
+                    frames = packet.decode()
+                errors = [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
+                if errors:
+                    raise InputError(f"corrupt frame ({'; '.join(errors[:2])})", self.path,
+                                     frame=self._frame_index(packet.pts))
+                for frame in frames:
                     yield frame.pts, frame.to_ndarray().reshape(self.height, self.width)
         except av.error.FFmpegError as exc:
-            frame_index = int(np.searchsorted(self._pts, self._last_good_pts + 1)) if self._pts.size else 0
+            frame_index = self._frame_index(self._last_good_pts + 1)
             raise InputError(f"corrupt data ({exc})", self.path, frame=frame_index) from None
+
+    def _frame_index(self, pts: int) -> int:
+        """Index of the first frame at or after `pts`."""
+        return int(np.searchsorted(self._pts, pts)) if self._pts.size else 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         self._rewind()
