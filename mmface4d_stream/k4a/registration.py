@@ -219,9 +219,10 @@ class DepthToColorRegistration:
             self._local.ws = ws
         return ws
 
-    def _depth_to_color_numpy(self, depth: np.ndarray) -> np.ndarray:
-        ws = self._workspace()
-        flat = depth.reshape(-1)
+    def _project_numpy(self, flat: np.ndarray, ws: dict[str, Any]) -> None:
+        """Project every depth pixel into the color image, in place in the workspace:
+        ws x, y <- color pixel (u, v); zc <- color-camera Z (m); ok <- has depth, has a ray, in
+        front of the color camera and within its lens model (not yet: inside the image)."""
         color = self.calibration.color
         tx, ty, tz = (float(v) for v in self._t)
         z, zc, x, y, ok, tmp = ws["z"], ws["zc"], ws["x"], ws["y"], ws["ok"], ws["tmp_ok"]
@@ -238,20 +239,25 @@ class DepthToColorRegistration:
             np.multiply(z, self._ray_y, out=y)
             y += ty
             y *= inv
-        # Pixels without a defined ray are members of no splat group, so they need no mask here.
         rs = color._distort_inplace(x, y, [ws["w0"], ws["w1"], ws["w2"], ws["w3"], ws["w4"]])
         np.less_equal(rs, color.metric_radius**2, out=tmp)
         ok &= tmp
         np.greater(flat, 0, out=tmp)
         ok &= tmp
-        # x, y <- top-left (col, row) of each pixel's block in the padded canvas
+        ok &= self._ray_valid
         x *= color.fx
         x += color.cx
+        y *= color.fy
+        y += color.cy
+
+    def _depth_to_color_numpy(self, depth: np.ndarray) -> np.ndarray:
+        ws = self._workspace()
+        self._project_numpy(depth.reshape(-1), ws)
+        zc, x, y, ok, tmp = ws["zc"], ws["x"], ws["y"], ws["ok"], ws["tmp_ok"]
+        # x, y <- top-left (col, row) of each pixel's block in the padded canvas
         x -= self._half_kx
         np.floor(x, out=x)
         x += 1 + self._pad
-        y *= color.fy
-        y += color.cy
         y -= self._half_ky
         np.floor(y, out=y)
         y += 1 + self._pad
@@ -333,37 +339,44 @@ class DepthToColorRegistration:
             ok = ok & (flat > 0) & tables["ray_valid"]
             pixels = torch.stack([u, v], dim=-1)
         else:
-            flat = np.asarray(depth).reshape(-1)
-            z_m = flat.astype(np.float32) * np.float32(0.001)
-            u, v, _, ok = self._color_projection(z_m, self._ray_x, self._ray_y, self._ray_z)
-            ok &= (flat > 0) & self._ray_valid
+            ws = self._workspace()
+            self._project_numpy(np.asarray(depth).reshape(-1), ws)
+            u, v, ok = ws["x"].copy(), ws["y"].copy(), ws["ok"].copy()
             pixels = np.stack([u, v], axis=-1)
         ok = ok & self.calibration.color._inside(u, v)
         hd, wd = self.depth_shape
         return pixels.reshape(hd, wd, 2), ok.reshape(hd, wd)
 
-    def color_to_depth(self, color, depth):
+    def color_to_depth(self, color, depth, *, backend: str = "auto"):
         """Color (Hc, Wc, C) uint8 and depth (Hd, Wd) uint16 mm -> color per depth pixel (Hd, Wd, C) uint8.
 
         Bilinear sampling at each depth pixel's projection; 0 where the depth pixel has no
-        measurement or lands outside the color image. numpy or torch (same device) in and out.
+        measurement or lands outside the color image. numpy or torch (same device) in and out;
+        `backend` as in `depth_to_color`.
         """
         hc, wc = self.color_shape
         if tuple(color.shape[:2]) != (hc, wc) or len(color.shape) not in (2, 3):
             raise ValueError(f"color image must have shape ({hc}, {wc}, C), got {tuple(color.shape)}.")
         if "uint8" not in str(color.dtype):
             raise ValueError(f"color image must be uint8, got dtype {color.dtype}.")
-        pixels, ok = self.color_pixels(depth)
         if _is_torch(color) != _is_torch(depth):
             raise ValueError("color and depth must both be numpy arrays or both torch tensors.")
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}.")
+        if _is_torch(color) and backend == "auto" and color.device.type == "cpu":
+            import torch
+
+            return torch.from_numpy(self.color_to_depth(color.numpy(), depth.numpy()))
+        pixels, ok = self.color_pixels(depth)
         squeeze = len(color.shape) == 2
         if _is_torch(color):
             import torch
 
             img = color.reshape(hc, wc, -1)
-            # Clamp so that pixels in the outer half-pixel ring sample the border.
-            u = pixels[..., 0].clamp(0, wc - 1)
-            v = pixels[..., 1].clamp(0, hc - 1)
+            # Clamp so that pixels in the outer half-pixel ring sample the border; invalid
+            # pixels (possibly NaN) sample pixel 0 and are zeroed below.
+            u = torch.where(ok, pixels[..., 0], 0.0).clamp(0, wc - 1)
+            v = torch.where(ok, pixels[..., 1], 0.0).clamp(0, hc - 1)
             u0 = u.floor().clamp(max=wc - 2).to(torch.int64)
             v0 = v.floor().clamp(max=hc - 2).to(torch.int64)
             fu = (u - u0)[..., None]
@@ -374,17 +387,35 @@ class DepthToColorRegistration:
             out = torch.round(top * (1 - fv) + bottom * fv).clamp(0, 255).to(torch.uint8)
             out = torch.where(ok[..., None], out, torch.zeros_like(out))
         else:
-            img = np.asarray(color).reshape(hc, wc, -1)
-            u = np.clip(pixels[..., 0], 0, wc - 1)
-            v = np.clip(pixels[..., 1], 0, hc - 1)
-            u0 = np.minimum(np.floor(u), wc - 2).astype(np.int64)
-            v0 = np.minimum(np.floor(v), hc - 2).astype(np.int64)
-            fu = (u - u0)[..., None].astype(np.float32)
-            fv = (v - v0)[..., None].astype(np.float32)
-            top = img[v0, u0] * (1 - fu) + img[v0, u0 + 1] * fu
-            bottom = img[v0 + 1, u0] * (1 - fu) + img[v0 + 1, u0 + 1] * fu
-            out = np.clip(np.rint(top * (1 - fv) + bottom * fv), 0, 255).astype(np.uint8)
-            out[~ok] = 0
+            img = np.ascontiguousarray(color).reshape(-1)
+            channels = 1 if squeeze else color.shape[2]
+            hd, wd = self.depth_shape
+            out = np.zeros((hd * wd, channels), np.uint8)
+            sel = np.flatnonzero(ok.reshape(-1))
+            u = np.clip(pixels.reshape(-1, 2)[sel, 0], 0, wc - 1)
+            v = np.clip(pixels.reshape(-1, 2)[sel, 1], 0, hc - 1)
+            u0 = np.minimum(u.astype(np.int64), wc - 2)  # u >= 0: truncation is floor
+            v0 = np.minimum(v.astype(np.int64), hc - 2)
+            fu = u - u0
+            fv = v - v0
+            weights = ((1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv)
+            i00 = (v0 * wc + u0) * channels
+            corners = (0, channels, wc * channels, (wc + 1) * channels)
+            # One flat 1-D gather per corner and channel: far cheaper than (N, C) fancy indexing.
+            index = np.empty_like(i00)
+            gathered = np.empty(sel.size, np.uint8)
+            acc = np.empty(sel.size, np.float32)
+            term = np.empty(sel.size, np.float32)
+            for c in range(channels):
+                acc.fill(0.5)  # rounds on the truncating cast below
+                for corner, weight in zip(corners, weights):
+                    np.add(i00, corner + c, out=index)
+                    np.take(img, index, out=gathered)
+                    np.multiply(gathered, weight, out=term)
+                    acc += term
+                np.minimum(acc, 255.0, out=acc)
+                out[sel, c] = acc
+            out = out.reshape(hd, wd, channels)
         return out[..., 0] if squeeze else out
 
     # -- points -----------------------------------------------------------------------------
