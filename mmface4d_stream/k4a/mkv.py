@@ -32,7 +32,7 @@ import logging
 import os
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple

@@ -13,8 +13,9 @@ first speech onset and the last speech offset, and the audio is clipped to the s
 Frames come from `SessionSync`: the recordings are aligned by device timestamp and the audio's
 first sample is taken to coincide with the first frame set. A camera that dropped an image in a
 frame set repeats its previous image (zeros before its first), so every output has the same
-frame count; repeats are counted and logged. Memory does not grow with the sequence length
-(frames stream through; only the audio track is held).
+frame count; repeats are counted and logged. Each camera's registration and encoding runs on
+its own worker thread, at most two frame sets ahead of the reader, so memory does not grow
+with the sequence length (only the audio track is held whole).
 """
 
 from __future__ import annotations
