@@ -275,11 +275,13 @@ class DepthToColorRegistration:
         y *= self._canvas_w
         y += x
         base, enc = ws["base"], ws["enc"]
-        np.copyto(base, y, casting="unsafe")
-        base *= ok
-        # z-buffer on encoded values enc = -z (mod 2**16): nearest = largest, and an empty
-        # canvas (0) decodes to 0, so neither the init nor the readout needs a mask.
-        np.copyto(enc, zc, casting="unsafe")
+        # Pixels not drawn (ok False) may hold NaN here; their casts are discarded by `*= ok`.
+        with np.errstate(invalid="ignore"):
+            np.copyto(base, y, casting="unsafe")
+            base *= ok
+            # z-buffer on encoded values enc = -z (mod 2**16): nearest = largest, and an empty
+            # canvas (0) decodes to 0, so neither the init nor the readout needs a mask.
+            np.copyto(enc, zc, casting="unsafe")
         np.negative(enc, out=enc)
         enc *= ok
         canvas = ws["canvas"]

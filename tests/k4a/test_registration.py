@@ -205,3 +205,31 @@ def test_depth_points(reg_1080):
     np.testing.assert_allclose(points[ok][:, 2], 1.2, atol=5e-4)
     t = reg_1080.depth_points(torch.from_numpy(depth.astype(np.int32)))
     np.testing.assert_allclose(t.numpy(), points, atol=1e-6)
+
+
+def test_pinhole_rig_maps_a_card_where_the_formula_says():
+    import warnings
+
+    from mmface4d_stream.k4a.calibration import RigidTransform, synthetic_raw_calibration
+
+    # Pinhole cameras, color 50 mm to the depth camera's right, no z offset (0/0 for empty pixels).
+    raw = synthetic_raw_calibration(T_color_from_depth=RigidTransform(np.eye(3), [-0.05, 0, 0]), distortion=False)
+    cal = raw.calibration("1080P", "NFOV_UNBINNED")
+    reg = DepthToColorRegistration(cal)
+    depth = np.zeros((576, 640), np.uint16)
+    depth[200:300, 250:350] = 800
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registered = reg.depth_to_color(depth)
+    assert set(np.unique(registered)) == {0, 800}
+    d, c = cal.depth, cal.color
+    # Card edges in the depth image (pixel centres 250 and 349, +-1/2 pixel) mapped by the pinhole formula.
+    x_edges = (np.array([249.5, 349.5]) - d.cx) / d.fx * 0.8
+    u_edges = c.fx * (x_edges - 0.05) / 0.8 + c.cx
+    y_edges = (np.array([199.5, 299.5]) - d.cy) / d.fy * 0.8
+    v_edges = c.fy * y_edges / 0.8 + c.cy
+    rows, cols = np.nonzero(registered)
+    assert abs(cols.min() - u_edges[0]) < 1.5 and abs(cols.max() - u_edges[1]) < 1.5
+    assert abs(rows.min() - v_edges[0]) < 1.5 and abs(rows.max() - v_edges[1]) < 1.5
+    inner = registered[int(v_edges[0]) + 2 : int(v_edges[1]) - 1, int(u_edges[0]) + 2 : int(u_edges[1]) - 1]
+    assert (inner == 800).all()
