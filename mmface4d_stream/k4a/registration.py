@@ -15,8 +15,20 @@ the baseline, project through the color lens model, z-buffer.
   (Hd, Wd, 3) uint8, bilinearly sampled at the pixel's projection; 0 where the depth pixel has
   no measurement or projects outside the color image. Occlusion is not tested (as in the SDK).
 
-Both accept numpy arrays or torch tensors; torch work stays on the input tensor's device (CUDA
-when the frame is on the GPU) and returns tensors.
+Both accept numpy arrays or torch tensors and return the same kind. Tensors on a GPU are
+processed by torch ops on that device (`scatter_reduce` amax for the z-buffer); CPU tensors go
+through the numpy kernel (zero-copy), which is faster on a CPU than torch's per-op dispatch,
+unless `backend="torch"` is asked for.
+
+Accuracy (real calibration, NFOV unbinned -> 1080p, planes at 0.6-0.8 m): the registered
+surface lies on the true plane within 0.2 mm on average (fit offset) with a median point error
+of 0.25-0.4 mm (millimetre rounding); on a 40 degree slant the 99th percentile is ~2-3 mm,
+because a depth pixel's block carries one depth value.
+
+Speed: the numpy kernel reuses per-thread scratch arrays between frames. Fresh large
+temporaries are mapped and unmapped by glibc on every allocation, and on a loaded machine those
+page faults cost several times the arithmetic (10 ms vs 1.5 ms for the lens model alone).
+One object may be shared by threads (the scratch arrays are per thread).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from mmface4d_stream.k4a.calibration import K4aCalibration, _is_torch
 
 log = logging.getLogger(__name__)
 
-_NO_DEPTH = np.iinfo(np.uint16).max  # z-buffer "empty" value before holes are set to 0
+_NO_DEPTH = np.iinfo(np.uint16).max  # depths must stay below this (uint16 mm, 0 = none)
 
 
 class DepthToColorRegistration:
