@@ -1,0 +1,147 @@
+"""Per-vertex non-rigid offsets: the regularized least-squares step and its sparse solver.
+
+The offsets D (N, 3) (model frame, metres) minimise, with the pose and coefficients held fixed,
+
+    Σ_i (d_i^T H_i d_i + 2 g_i^T d_i)               linearized data terms (depth, landmarks), 3x3 per vertex
+  + w_lap · ||L D||²                                 uniform Laplacian (curvature of the offset field)
+  + w_edge · Σ_(i,j)∈edges ||d_i - d_j||²            edge term (membrane: stretching)
+  + w_mag · ||D||² + w_tmp · ||D - D_prev||²         magnitude and temporal terms
+
+(the upstream's non-rigid step, in the spirit of Amberg et al. 2007 "Optimal step nonrigid ICP").
+The normal equations `A D = b`, A = blockdiag(H) + w_lap LᵀL + w_edge L_graph + (w_mag + w_tmp) I,
+are sparse and symmetric positive definite; a few block-Jacobi preconditioned conjugate-gradient
+steps warm-started from the previous frame's offsets solve them well enough (the offsets change
+little from frame to frame), at the cost of one sparse product per step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["OffsetRegularizer", "uniform_laplacian"]
+
+
+def uniform_laplacian(n_vertices: int, triangles: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(L, L_graph): uniform Laplacian I - D⁻¹A and graph Laplacian D - A of a mesh, (N, N) CSR float64.
+
+    Isolated vertices get zero rows.
+    """
+    t = np.asarray(triangles, dtype=np.int64)
+    e = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+    e = np.unique(np.sort(e, axis=1), axis=0)
+    rows = np.concatenate([e[:, 0], e[:, 1]])
+    cols = np.concatenate([e[:, 1], e[:, 0]])
+    adj = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))
+    deg = np.asarray(adj.sum(1)).ravel()
+    inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)
+    lap = sp.diags((deg > 0).astype(np.float64)) - sp.diags(inv) @ adj
+    graph = sp.diags(deg) - adj
+    return lap.tocsr(), graph.tocsr()
+
+
+def _to_torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
+    m = m.tocsr()
+    m.sort_indices()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": it is enough here
+        return torch.sparse_csr_tensor(
+            torch.as_tensor(m.indptr, dtype=torch.int64),
+            torch.as_tensor(m.indices, dtype=torch.int64),
+            torch.as_tensor(m.data, dtype=torch.float32),
+            size=m.shape,
+            check_invariants=False,
+        ).to(device)
+
+
+class OffsetRegularizer:
+    """The smoothness operator of the offset step, built once per model and device.
+
+    Args:
+        n_vertices, triangles: the model's mesh.
+        laplacian_weight, edge_weight: w_lap, w_edge above (same units as the data terms' weights,
+            i.e. per square metre of offset).
+        device: torch device.
+    """
+
+    def __init__(self, n_vertices: int, triangles: np.ndarray, laplacian_weight: float, edge_weight: float, device):
+        lap, graph = uniform_laplacian(n_vertices, triangles)
+        m = laplacian_weight * (lap.T @ lap) + edge_weight * graph
+        m = m.tocsr()
+        self.n_vertices = n_vertices
+        self.device = device
+        self.matrix = _to_torch_csr(m, device)
+        self.diagonal = torch.as_tensor(m.diagonal(), dtype=torch.float32, device=device)
+
+    def energy(self, offsets: torch.Tensor) -> float:
+        """dᵀ M d summed over the 3 coordinates, offsets (N, 3) (the smoothness part of the cost)."""
+        return float((offsets * torch.sparse.mm(self.matrix, offsets)).sum())
+
+    def solve(
+        self,
+        h_blocks: torch.Tensor,
+        g: torch.Tensor,
+        magnitude_weight: float,
+        temporal_weight: float,
+        previous: torch.Tensor,
+        start: torch.Tensor,
+        iterations: int,
+    ) -> torch.Tensor:
+        """Approximately minimise the offset energy by preconditioned conjugate gradients.
+
+        Coordinate-first layout throughout (element-wise work on contiguous (N,) rows is ~20x
+        faster than on (N, 3, 3) blocks):
+        Args:
+            h_blocks: (3, 3, N) symmetric PSD data blocks H_i.  g: (3, N) data gradients g_i.
+            magnitude_weight, temporal_weight: w_mag, w_tmp.
+            previous: (3, N) D_prev for the temporal term.  start: (3, N) CG starting point.
+            iterations: CG steps (each one sparse product).
+        Returns:
+            offsets (3, N) float32, metres.
+        """
+        diag_w = magnitude_weight + temporal_weight
+        b = -g + temporal_weight * previous
+
+        def block_mv(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return (blocks * x[None]).sum(1)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            return block_mv(h_blocks, x) + torch.sparse.mm(self.matrix, x.T).T + diag_w * x
+
+        eye = torch.eye(3, dtype=h_blocks.dtype, device=h_blocks.device)[:, :, None]
+        precond = _inverse_3x3(h_blocks + (self.diagonal[None, None, :] + diag_w) * eye)
+
+        x = start.clone()
+        r = b - apply(x)
+        z = block_mv(precond, r)
+        p = z.clone()
+        rz = (r * z).sum()
+        for _ in range(int(iterations)):
+            if float(rz) <= 1e-30:
+                break
+            ap = apply(p)
+            alpha = rz / (p * ap).sum().clamp_min(1e-30)
+            x = x + alpha * p
+            r = r - alpha * ap
+            z = block_mv(precond, r)
+            rz_new = (r * z).sum()
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        return x
+
+
+def _inverse_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Inverses of (3, 3, N) well-conditioned matrices by the adjugate (much faster than batched LU)."""
+    a, b, c = m[0, 0], m[0, 1], m[0, 2]
+    d, e, f = m[1, 0], m[1, 1], m[1, 2]
+    g, h, i = m[2, 0], m[2, 1], m[2, 2]
+    co = torch.stack([
+        e * i - f * h, c * h - b * i, b * f - c * e,
+        f * g - d * i, a * i - c * g, c * d - a * f,
+        d * h - e * g, b * g - a * h, a * e - b * d,
+    ], 0).reshape(3, 3, -1)
+    det = a * co[0, 0] + b * co[1, 0] + c * co[2, 0]
+    return co / det[None, None]

@@ -1,0 +1,82 @@
+"""Lift 2D landmarks to 3D with the registered depth maps (cold starts and the built-in template).
+
+A landmark pixel is undistorted to its ray and scaled by the depth found around it (median of the
+non-zero depths in a small window: robust to a hole or an edge pixel). With several cameras, each
+point's lifts are moved to the reference frame and combined by their median; a lift farther than
+`consensus_m` from that median is dropped (a camera that sees the point at a grazing angle or not
+at all; MediaPipe still places occluded points, on whatever surface is in front).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.types import FrameObservation
+
+__all__ = ["lift_landmarks"]
+
+
+def _depth_at(depth_mm: np.ndarray, uv: np.ndarray, half_window: int) -> np.ndarray:
+    """Median non-zero depth (metres) in a (2w+1)² window around each pixel (P, 2); NaN where none."""
+    h, w = depth_mm.shape
+    out = np.full(len(uv), np.nan)
+    finite = np.isfinite(uv).all(1)
+    ui = np.zeros(len(uv), np.int64)
+    vi = np.zeros(len(uv), np.int64)
+    ui[finite] = np.round(uv[finite, 0]).astype(np.int64)
+    vi[finite] = np.round(uv[finite, 1]).astype(np.int64)
+    offs = np.arange(-half_window, half_window + 1)
+    du, dv = np.meshgrid(offs, offs)
+    uu = ui[:, None] + du.ravel()[None]
+    vv = vi[:, None] + dv.ravel()[None]
+    inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h) & finite[:, None]
+    vals = np.where(inside, depth_mm[np.clip(vv, 0, h - 1), np.clip(uu, 0, w - 1)], 0).astype(np.float64)
+    vals[vals <= 0] = np.nan
+    has = ~np.isnan(vals).all(1)
+    out[has] = np.nanmedian(vals[has], axis=1) * 1e-3
+    return out
+
+
+def lift_landmarks(
+    obs: FrameObservation,
+    n_points: int,
+    half_window: int = 2,
+    consensus_m: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3D positions of the first `n_points` detector points in the reference frame.
+
+    Args:
+        obs: the frame; cameras without landmarks or depth contribute nothing.
+        n_points: how many detector points to lift (468 for the FaceMesh template).
+    Returns:
+        (points float64 (n_points, 3) metres, valid bool (n_points,), n_views int (n_points,)):
+        points are NaN where not valid.
+    """
+    lifts = np.full((len(obs.cameras), n_points, 3), np.nan)
+    for c, cam_obs in enumerate(obs.cameras):
+        if cam_obs.depth_mm is None or not cam_obs.has_face():
+            continue
+        cam = FitCamera.from_any(cam_obs.intrinsics)
+        lm = np.asarray(cam_obs.landmarks_px, dtype=np.float64)[:n_points]
+        k = len(lm)
+        conf = np.ones(k) if cam_obs.landmark_conf is None else np.asarray(cam_obs.landmark_conf, float).ravel()[:k]
+        z = _depth_at(np.asarray(cam_obs.depth_mm), lm, half_window)
+        z[conf <= 0] = np.nan
+        xy = cam.undistort(np.nan_to_num(lm))
+        p_cam = np.concatenate([xy * z[:, None], z[:, None]], 1)
+        t = np.asarray(cam_obs.T_ref_from_cam, dtype=np.float64)
+        lifts[c, :k] = p_cam @ t[:3, :3].T + t[:3, 3]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(lifts, axis=0)
+            dist = np.linalg.norm(lifts - median[None], axis=2)
+            lifts[~(dist < consensus_m)] = np.nan
+            points = np.nanmean(lifts, axis=0)
+    n_views = (~np.isnan(lifts[..., 0])).sum(0)
+    valid = n_views > 0
+    points[~valid] = np.nan
+    return points, valid, n_views
