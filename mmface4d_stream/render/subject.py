@@ -70,6 +70,8 @@ _EYES = (
 _IRIS_CENTRES = (468, 473)
 _BROWS = ([70, 63, 105, 66, 107, 46, 53, 52, 65, 55], [300, 293, 334, 296, 336, 276, 283, 282, 295, 285])
 _CHEEKS = (50, 280)
+_BAND_COLOURS = ("skin", "hair", "backdrop")
+_TEXTURE_BAND_PX = 24
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class SubjectModel:
         faces: (F, 3) int32, all triangles, wound so that normals point out of the head.
         face_faces: (Ff, 3) int32, the triangles of the face part only (indices < n_face_vertices).
         uv: (N, 2) float32 texture coordinates (OpenGL: v = 1 at the texture's top row).
-        texture: (h, w, 3) uint8 RGB: the portrait with a band of flat colours below it.
+        texture: (h, w, 3) uint8 RGB: the portrait with a band of flat colours below it (`band_uv`).
         n_face_vertices: number of leading vertices that form the face surface.
         rest_vertices: (N, 3) float32 neutral pose, head frame, metres.
         landmarks_px: (478, 2) float32 FaceMesh points on the portrait, pixels.
@@ -257,6 +259,16 @@ class SubjectModel:
     @property
     def n_vertices(self) -> int:
         return len(self.rest_vertices)
+
+    def band_uv(self, colour: str) -> np.ndarray:
+        """Texture coordinates (2,) float32 of a flat colour of the texture's band:
+        "skin", "hair" (sampled from the portrait) or "backdrop" (light grey, for scene props)."""
+        if colour not in _BAND_COLOURS:
+            raise ValueError(f"colour must be one of {_BAND_COLOURS}, got {colour!r}")
+        h, w = self.texture.shape[:2]
+        width = w // len(_BAND_COLOURS)
+        i = _BAND_COLOURS.index(colour)
+        return np.array([(i + 0.5) * width / w, 0.5 * _TEXTURE_BAND_PX / h], dtype=np.float32)
 
     def vertices(self, expression: Expression = Expression(), rotation: np.ndarray | None = None,
                  translation: np.ndarray | None = None) -> np.ndarray:
@@ -551,7 +563,7 @@ def sample_subject(subdivisions: int = 2) -> SubjectModel:
     skull, skull_faces, classes = _skull_and_neck(face_rest[dense_outer], n_face + nc)
 
     # Texture: the portrait plus a band of flat colours (skin, hair, mouth cavity) below it.
-    band = 24
+    band = _TEXTURE_BAND_PX
     texture = np.zeros((h + band, w, 3), dtype=np.uint8)
     texture[:h] = image
     cheek_px = np.concatenate([pts[[50, 280, 205, 425]]]).astype(int)
@@ -562,9 +574,9 @@ def sample_subject(subdivisions: int = 2) -> SubjectModel:
     hair = np.median(image[hy - 4 : hy + 5, hx - 12 : hx + 13].reshape(-1, 3), 0)
     if np.abs(hair.astype(float) - skin).sum() < 60:  # not hair after all: a generic dark brown
         hair = np.array([62, 46, 36])
-    colours = {"skin": skin, "hair": hair, "mouth": np.array([45, 12, 14])}
-    third = w // 3
-    for i, name in enumerate(("skin", "hair", "mouth")):
+    colours = {"skin": skin, "hair": hair, "backdrop": np.array([196, 194, 198])}
+    third = w // len(_BAND_COLOURS)
+    for i, name in enumerate(_BAND_COLOURS):
         texture[h:, i * third : (i + 1) * third] = colours[name]
 
     def band_uv(i: int) -> tuple[float, float]:
