@@ -114,6 +114,15 @@ class Gray16VideoWriter:
         self.close(success=exc_type is None)
 
 
+def _enable_error_log() -> None:
+    """Let FFmpeg's error-level log lines reach Python (PyAV silences them by default)."""
+    level = av.logging.get_level()
+    if level is None or level < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    # PyAV drops a line identical to the previous one, which would hide the same damage seen twice.
+    av.logging.set_skip_repeated(False)
+
+
 def nut_is_finalized(path: str | os.PathLike) -> bool:
     """True when the NUT file ends with the index its muxer writes on a clean close."""
     size = os.path.getsize(path)
@@ -135,10 +144,14 @@ class Gray16VideoReader:
             raise InputError("file not found", self.path)
         if self.path.stat().st_size == 0:
             raise InputError("file is empty", self.path)
+        _enable_error_log()
         try:
-            self._container = av.open(str(self.path), mode="r")
+            # NUT reads its index at open: damage there shows only as logged errors.
+            with av.logging.Capture(local=False) as open_messages:
+                self._container = av.open(str(self.path), mode="r")
         except av.error.FFmpegError as exc:
             raise InputError(f"not a readable video file ({exc.strerror or exc})", self.path) from None
+        self._open_errors = [text.strip() for level, _, text in open_messages if level <= av.logging.ERROR]
         if not self._container.streams.video:
             self._container.close()
             raise InputError("contains no video stream", self.path)
@@ -157,17 +170,25 @@ class Gray16VideoReader:
         """Timestamps of every packet and of the keyframes, from demuxing alone."""
         pts: list[int] = []
         keys: list[int] = []
-        try:
-            for packet in self._container.demux(self._stream):
-                if packet.size == 0 or packet.pts is None:
-                    continue
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keys.append(packet.pts)
-        except av.error.FFmpegError as exc:
-            if self.finalized:
-                raise InputError(f"corrupt container after frame {len(pts)} ({exc})", self.path) from None
-            log.warning("%s: not finalized, reading the %d complete frames", self.path, len(pts))
+        first_error_at: int | None = 0 if self._open_errors else None
+        with av.logging.Capture(local=False) as messages:
+            try:
+                for packet in self._container.demux(self._stream):
+                    if first_error_at is None and any(m[0] <= av.logging.ERROR for m in messages):
+                        first_error_at = len(pts)
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        keys.append(packet.pts)
+            except av.error.FFmpegError as exc:
+                messages.append((av.logging.ERROR, "", str(exc)))
+        errors = self._open_errors + [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
+        if errors and self.finalized:
+            at = len(pts) if first_error_at is None else first_error_at
+            raise InputError(f"corrupt container ({errors[0]})", self.path, frame=at)
+        if errors:
+            log.warning("%s: not finalized, reading the complete frames", self.path)
         if not self.finalized and pts:
             # The last packet of an unfinished file may be cut short: never trust it.
             pts = pts[:-1]
@@ -194,8 +215,6 @@ class Gray16VideoReader:
     def _decode_from_current(self) -> Iterator[tuple[int, np.ndarray]]:
         """Decode forward from the container's current position: (pts, uint16 (H, W)) pairs."""
         last_pts = int(self._pts[-1]) if self._pts.size else -1
-        if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
-            av.logging.set_level(av.logging.ERROR)
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.pts is None:
@@ -203,7 +222,7 @@ class Gray16VideoReader:
                 if packet.pts > last_pts:
                     break
                 # A capture per packet, never held across a yield: readers are interleaved generators.
-                with av.logging.Capture(local=True) as messages:
+                with av.logging.Capture(local=False) as messages:
                     frames = packet.decode()
                 errors = [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
                 if errors:
