@@ -72,9 +72,12 @@ class FitCamera:
             raise ValueError(
                 f"camera intrinsics need fx, fy, cx, cy, width, height; got {type(obj).__name__}"
             ) from None
-        dist = get("distortion")
-        if dist is None and all(get(k) is not None for k in _DIST_NAMES):
+        # Named coefficients first: k4a's CameraModel also has a `distortion` property, in OpenCV's
+        # (k1, k2, p1, p2, k3, ...) order, unlike RenderCamera's (k1..k6, p1, p2) tuple.
+        if all(get(k) is not None for k in _DIST_NAMES):
             dist = [get(k) for k in _DIST_NAMES]
+        else:
+            dist = get("distortion")
         dist_t = None
         if dist is not None:
             dist_t = tuple(float(d) for d in np.asarray(dist, dtype=np.float64).ravel())

@@ -207,6 +207,7 @@ class FaceFitter:
     def reset(self) -> None:
         """Forget the stream: warm start, identity estimate and counters (the model is kept)."""
         self._last: FitResult | None = None
+        self._identity: np.ndarray | None = None  # latest fitted α: cold starts reuse it once frozen
         self._lost_run = 0
         self._fitted_frames = 0
 
@@ -217,6 +218,8 @@ class FaceFitter:
         there was none yet).
         """
         flags: tuple[str, ...] = ()
+        if not obs.cameras:
+            raise ValueError("a frame observation needs at least one camera")
         if not obs.has_face():
             return self._lost(obs, "lost")
         if self._model is None:
@@ -259,6 +262,8 @@ class FaceFitter:
         """
         if self._model is None:
             raise ValueError("the fitter has no model yet: pass one, or let process() build the template")
+        if not obs.cameras:
+            raise ValueError("a frame observation needs at least one camera")
         if not obs.has_face():
             return self._lost(obs, "lost", count=False)
         return self._fit(obs, warm_start, fit_identity)
@@ -475,7 +480,7 @@ class FaceFitter:
             max_iter = cfg.warm_iterations
         else:
             flags.append("cold_start")
-            alpha = torch.as_tensor(self._last.id_coeffs, **f32) if (self._last is not None and not fit_identity) \
+            alpha = torch.as_tensor(self._identity, **f32) if self._identity is not None \
                 else torch.zeros(model.n_id, **f32)
             r0, t0 = initial_pose if initial_pose is not None else self._cold_pose(obs, cams, alpha)
             st = _State(torch.as_tensor(r0, **f32), torch.as_tensor(t0, **f32), alpha,
@@ -537,6 +542,8 @@ class FaceFitter:
 
         if self._offset_reg is not None:
             st = self._offset_step(cams, st, prev_offsets)
+        if fit_identity:
+            self._identity = st.alpha.cpu().numpy().astype(np.float32)
         return self._result(obs, cams, st, it_done, converged, depth_used, flags)
 
     def _apply_step(self, st: _State, delta: torch.Tensor, fit_identity: bool) -> _State:

@@ -1,0 +1,254 @@
+"""The face fitter on synthetic RGB-D frames with known pose, coefficients and mesh.
+
+The model is a BFM-format synthetic face (written to a .mat and loaded back through `BfmModel`),
+landmarks are exact projections of the mapped vertices, depth maps are z-buffered renders of the
+mesh quantized to millimetres like a Kinect's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmface4d_stream.face.models import BfmModel, TemplateModel
+from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
+from mmface4d_stream.fit.geometry import so3_log
+from mmface4d_stream.fit.synthetic import (
+    frontal_pose,
+    make_rig,
+    render_depth_mm,
+    synthetic_face_model,
+    synthetic_frame,
+    write_bfm_mat,
+)
+from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+
+KINECT_LIKE_DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+
+
+@pytest.fixture(scope="module")
+def bfm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bfm")
+    write_bfm_mat(synthetic_face_model(n_vertices=3000, n_id=20, n_exp=10, seed=0), folder)
+    return BfmModel.load(folder)
+
+
+@pytest.fixture(scope="module")
+def truth():
+    rng = np.random.default_rng(3)
+    return {
+        "alpha": (rng.normal(size=20) * 0.8).astype(np.float32),
+        "beta": (rng.normal(size=10) * 0.8).astype(np.float32),
+        "pose": frontal_pose(12, -8, 4, (0.02, -0.01, 0.66)),
+    }
+
+
+def _errors(result, gt_vertices, r_true, t_true):
+    err_mm = 1e3 * np.linalg.norm(result.vertices - gt_vertices, axis=1)
+    rot_deg = np.rad2deg(np.linalg.norm(so3_log(result.pose.rotation @ r_true.T)))
+    t_mm = 1e3 * np.linalg.norm(result.pose.translation - t_true)
+    return err_mm, rot_deg, t_mm
+
+
+@pytest.mark.parametrize("n_cameras", [1, 3])
+@pytest.mark.parametrize("distortion", [None, KINECT_LIKE_DISTORTION], ids=["pinhole", "distorted"])
+def test_recovers_pose_and_coefficients(bfm, truth, n_cameras, distortion):
+    r, t = truth["pose"]
+    obs, gt = synthetic_frame(bfm, make_rig(n_cameras, distortion=distortion), r, t, truth["alpha"], truth["beta"])
+    fitter = FaceFitter(bfm, FitterConfig())
+    res = fitter.fit(obs, fit_identity=True)
+    err_mm, rot_deg, t_mm = _errors(res, gt, r, t)
+    assert res.converged and not res.lost and res.depth_used and "cold_start" in res.flags
+    assert err_mm.mean() < 0.4 and err_mm.max() < 1.0
+    assert rot_deg < 0.3 and t_mm < 0.6
+    assert np.abs(res.exp_coeffs - truth["beta"]).max() < 0.15
+    assert np.abs(res.id_coeffs - truth["alpha"]).max() < 0.3
+    assert res.residuals["landmark_rms_px"] < 0.6 and res.residuals["depth_rms_mm"] < 0.5
+    assert res.residuals["depth_inliers"] > 800 * n_cameras
+    assert res.vertices.dtype == np.float32 and res.vertices.shape == (3000, 3)
+
+
+def test_warm_start_needs_fewer_iterations_than_cold(bfm, truth):
+    r, t = truth["pose"]
+    rig = make_rig(3)
+    first, _ = synthetic_frame(bfm, rig, r, t, truth["alpha"], truth["beta"])
+    r2, t2 = frontal_pose(13.5, -7, 4.5, (0.023, -0.008, 0.662))
+    beta2 = truth["beta"] + 0.3
+    second, gt2 = synthetic_frame(bfm, rig, r2, t2, truth["alpha"], beta2)
+    cfg = FitterConfig(warm_iterations=30, cold_iterations=30, offsets=False)
+    fitter = FaceFitter(bfm, cfg)
+    prev = fitter.fit(first, fit_identity=True)
+    warm = fitter.fit(second, warm_start=prev, fit_identity=False)
+    cold = fitter.fit(second, warm_start=None, fit_identity=False)
+    assert warm.converged and cold.converged
+    assert warm.iterations < cold.iterations
+    # ... for the same result quality.
+    for res in (warm, cold):
+        assert 1e3 * np.linalg.norm(res.vertices - gt2, axis=1).mean() < 0.5
+    assert abs(warm.residuals["depth_rms_mm"] - cold.residuals["depth_rms_mm"]) < 0.05
+    assert abs(warm.residuals["landmark_rms_px"] - cold.residuals["landmark_rms_px"]) < 0.2
+
+
+def test_stream_tracks_changing_expression_with_few_iterations(bfm, truth):
+    rig = make_rig(3)
+    fitter = FaceFitter(bfm, FitterConfig(identity_frames=2))
+    rng = np.random.default_rng(7)
+    for k in range(5):
+        beta = truth["beta"] + rng.normal(scale=0.3, size=10).astype(np.float32)
+        r, t = frontal_pose(12 + k, -8 + 0.5 * k, 4, (0.02 + 0.002 * k, -0.01, 0.66))
+        obs, gt = synthetic_frame(bfm, rig, r, t, truth["alpha"], beta, frame_index=k)
+        res = fitter.process(obs)
+        assert res.frame_index == k and not res.lost
+        assert 1e3 * np.linalg.norm(res.vertices - gt, axis=1).mean() < 0.5
+        if k > 0:
+            assert "cold_start" not in res.flags and res.iterations <= fitter.config.warm_iterations
+        if k >= 2:
+            assert "identity_frozen" in res.flags
+    frozen = res.id_coeffs.copy()
+    res = fitter.process(obs)
+    np.testing.assert_array_equal(res.id_coeffs, frozen)
+
+
+def test_deterministic(bfm, truth):
+    r, t = truth["pose"]
+    obs, _ = synthetic_frame(bfm, make_rig(3), r, t, truth["alpha"], truth["beta"])
+    a = FaceFitter(bfm).process(obs)
+    b = FaceFitter(bfm).process(obs)
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_array_equal(a.exp_coeffs, b.exp_coeffs)
+    assert a.iterations == b.iterations and a.residuals == b.residuals
+
+
+def test_lost_face_carries_previous_result(bfm, truth):
+    r, t = truth["pose"]
+    rig = make_rig(2)
+    obs, _ = synthetic_frame(bfm, rig, r, t, truth["alpha"], truth["beta"], frame_index=0)
+    fitter = FaceFitter(bfm)
+    no_face = FrameObservation([dataclasses.replace(c, landmarks_px=None) for c in obs.cameras], frame_index=1)
+    before = fitter.process(no_face)
+    assert before.lost and np.isnan(before.vertices).all() and before.vertices.shape == (3000, 3)
+    first = fitter.process(obs)
+    lost = fitter.process(FrameObservation(no_face.cameras, frame_index=2))
+    assert lost.lost and lost.frame_index == 2 and lost.iterations == 0 and lost.flags == ("lost",)
+    np.testing.assert_array_equal(lost.vertices, first.vertices)
+    # All landmarks NaN is no face either.
+    nan_face = FrameObservation([dataclasses.replace(c, landmarks_px=np.full((478, 2), np.nan)) for c in obs.cameras], 3)
+    assert fitter.process(nan_face).lost
+    # The face comes back: a warm-started fit again.
+    back = fitter.process(obs)
+    assert not back.lost and "cold_start" not in back.flags
+
+
+def test_no_depth_falls_back_to_landmarks(bfm, truth):
+    r, t = truth["pose"]
+    obs, gt = synthetic_frame(bfm, make_rig(3), r, t, truth["alpha"], truth["beta"])
+    zero = FrameObservation([dataclasses.replace(c, depth_mm=np.zeros_like(c.depth_mm)) for c in obs.cameras])
+    res = FaceFitter(bfm).fit(zero)
+    assert not res.depth_used and "no_depth" in res.flags and "depth_rms_mm" not in res.residuals
+    # Landmarks alone (3 views, exact) still place the face within a few millimetres.
+    assert 1e3 * np.linalg.norm(res.vertices - gt, axis=1).mean() < 5.0
+    assert res.residuals["landmark_rms_px"] < 1.0
+    # Depth missing in one camera only: flagged for that camera, depth still used.
+    partial = FrameObservation([obs.cameras[0], dataclasses.replace(obs.cameras[1], depth_mm=None), obs.cameras[2]])
+    res = FaceFitter(bfm).fit(partial)
+    assert res.depth_used and "no_depth:cam1" in res.flags
+
+
+def test_offsets_recover_shape_outside_the_model(bfm, truth):
+    """A bump the linear model cannot express is picked up by the per-vertex offsets."""
+    r, t = truth["pose"]
+    rig = make_rig(3)
+    verts = bfm.vertices(truth["alpha"], truth["beta"]).astype(np.float64)
+    centre = np.array([0.035, -0.02, 0.0])
+    bump = 0.004 * np.exp(-((verts[:, :2] - centre[:2]) ** 2).sum(1) / (2 * 0.012**2))
+    verts[:, 2] += bump
+    gt = verts @ r.T + t
+    obs, _ = synthetic_frame(bfm, rig, r, t, truth["alpha"], truth["beta"])
+    for cam_obs, (cam, t_ref_cam) in zip(obs.cameras, rig):
+        cam_obs.depth_mm = render_depth_mm((gt - t_ref_cam[:3, 3]) @ t_ref_cam[:3, :3], bfm.triangles, cam)
+    region = bump > 0.002
+    errs = {}
+    for offsets in (False, True):
+        fitter = FaceFitter(bfm, FitterConfig(offsets=offsets, offset_cg_iterations=30))
+        res = fitter.fit(obs, fit_identity=True)
+        res = fitter.fit(obs, warm_start=res, fit_identity=True)
+        errs[offsets] = 1e3 * np.linalg.norm(res.vertices - gt, axis=1)[region].mean()
+    assert errs[True] < 0.6 * errs[False]
+    assert errs[True] < 1.2
+
+
+def test_rejects_bad_inputs(bfm, truth):
+    r, t = truth["pose"]
+    obs, _ = synthetic_frame(bfm, make_rig(1), r, t, truth["alpha"], truth["beta"], with_depth=False)
+    fitter = FaceFitter(bfm)
+    bad = FrameObservation([dataclasses.replace(obs.cameras[0], depth_mm=np.zeros((10, 10), np.uint16))])
+    with pytest.raises(ValueError, match="depth map is 10x10"):
+        fitter.fit(bad)
+    with pytest.raises(ValueError, match="at least one camera"):
+        fitter.fit(FrameObservation([]))
+    other = synthetic_face_model(n_vertices=500, n_id=2, n_exp=2)
+    res_other = FaceFitter(other).fit(synthetic_frame(other, make_rig(1), r, t)[0])
+    with pytest.raises(ValueError, match="warm start"):
+        fitter.fit(obs, warm_start=dataclasses.replace(res_other, model_name="x"))
+    with pytest.raises(ValueError, match="no model yet"):
+        FaceFitter(None).fit(obs)
+
+
+def test_fit_camera_from_k4a_style_object():
+    class CameraModelLike:  # k4a.calibration.CameraModel: named coefficients + OpenCV-ordered `distortion`
+        width, height, fx, fy, cx, cy = 1920, 1080, 910.0, 910.5, 960.0, 540.0
+        k1, k2, k3, k4, k5, k6, p1, p2 = 0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4
+        distortion = np.array([0.5, -2.5, 1e-4, -2e-4, 1.5, 0.4, -2.3, 1.4])
+        metric_radius = 1.7
+
+    cam = FitCamera.from_any(CameraModelLike())
+    assert cam.distortion == KINECT_LIKE_DISTORTION and cam.max_radius == 1.7
+    uv = np.array([[100.0, 80.0], [960.0, 540.0], [1800.0, 1000.0]])
+    xy = cam.undistort(uv)
+    back = cam.distort(xy) * [cam.fx, cam.fy] + [cam.cx, cam.cy]
+    np.testing.assert_allclose(back, uv, atol=1e-6)
+    pts = torch.tensor(np.concatenate([xy, np.ones((3, 1))], 1) * 0.7, dtype=torch.float32)
+    np.testing.assert_allclose(cam.project_torch(pts).numpy(), uv, atol=2e-3)
+    pinhole = FitCamera.from_any({"fx": 500, "fy": 500, "cx": 320, "cy": 240, "width": 640, "height": 480})
+    assert pinhole.distortion is None
+
+
+def _astronaut_face_points() -> np.ndarray:
+    """MediaPipe's 478 points on scikit-image's astronaut, placed in a camera frame (metres)."""
+    mp = pytest.importorskip("mediapipe")
+    import skimage.data
+
+    img = skimage.data.astronaut()
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
+        found = fm.process(img)
+    if not found.multi_face_landmarks:
+        pytest.skip("MediaPipe found no face on the astronaut image")
+    p = np.array([[q.x, q.y, q.z] for q in found.multi_face_landmarks[0].landmark])
+    metres_per_px = 0.15 / ((p[:, 0].max() - p[:, 0].min()) * img.shape[1])
+    px = p * img.shape[1]
+    centre = px[:, :2].mean(0)
+    return np.stack([(px[:, 0] - centre[0]) * metres_per_px, (px[:, 1] - centre[1]) * metres_per_px,
+                     0.65 + px[:, 2] * metres_per_px], 1)
+
+
+def test_template_mode_builds_the_subject_and_tracks_expressions():
+    """No model given: the fitter lifts the first frame's MediaPipe points into a template, then fits."""
+    subject, r0, t0 = TemplateModel.from_points(_astronaut_face_points(), subdivisions=1)
+    rig = make_rig(3)
+    fitter = FaceFitter(None, FitterConfig(template_subdivisions=1))
+    rng = np.random.default_rng(2)
+    for k in range(4):
+        beta = np.zeros(subject.n_exp, np.float32) if k == 0 else rng.normal(scale=0.5, size=subject.n_exp).astype(np.float32)
+        obs, gt = synthetic_frame(subject, rig, r0, t0 + [0.0, 0.0, 0.002 * k], None, beta, frame_index=k)
+        res = fitter.process(obs)
+        assert not res.lost and res.model_name == "template"
+        assert fitter.model.n_vertices == subject.n_vertices
+        err = 1e3 * np.linalg.norm(res.vertices - gt, axis=1)
+        if k == 0:
+            assert "template_built" in res.flags
+        assert np.median(err) < 1.0 and np.percentile(err, 95) < 3.0
