@@ -8,9 +8,11 @@ the baseline, project through the color lens model, z-buffer.
   (Hc, Wc) uint16 mm (Z in the color camera's frame; 0 = no measurement). Neighbouring depth
   pixels land 1.8 to 3.3 color pixels apart (NFOV unbinned -> 1080p; more towards the edge of
   the depth lens), so each depth pixel is splatted to a block of color pixels around its
-  projection as large as that local spacing (the SDK fills the quad between neighbours instead)
-  and the nearest surface wins where blocks overlap (z-buffer via `np.maximum.at` /
-  `scatter_reduce`).
+  projection as large as that local spacing, and the nearest surface wins where blocks overlap
+  (z-buffer via `np.maximum.at` / `scatter_reduce`). Within a block the depth follows the
+  surface's local gradient, estimated from where the neighbouring depth pixels land (not across
+  depth edges); this plays the part of the SDK's interpolation over the quad between four
+  neighbours. `interpolate=False` splats each block flat (faster, cruder on slanted surfaces).
 - `color_to_depth(color, depth)`: color image (Hc, Wc, 3) uint8 -> color at every depth pixel
   (Hd, Wd, 3) uint8, bilinearly sampled at the pixel's projection; 0 where the depth pixel has
   no measurement or projects outside the color image. Occlusion is not tested (as in the SDK).
@@ -20,10 +22,10 @@ processed by torch ops on that device (`scatter_reduce` amax for the z-buffer); 
 through the numpy kernel (zero-copy), which is faster on a CPU than torch's per-op dispatch,
 unless `backend="torch"` is asked for.
 
-Accuracy (real calibration, NFOV unbinned -> 1080p, planes at 0.6-0.8 m): the registered
-surface lies on the true plane within 0.2 mm on average (fit offset) with a median point error
-of 0.25-0.4 mm (millimetre rounding); on a 40 degree slant the 99th percentile is ~2-3 mm,
-because a depth pixel's block carries one depth value.
+Accuracy (real calibration, NFOV unbinned -> 1080p, synthetic planes at 0.7-0.8 m, input
+depth rounded to mm): registered points lie on the true plane with a mean offset under 0.1 mm,
+median 0.2-0.3 mm, 99th percentile 0.5-1.2 mm up to a 40 degree slant (flat blocks: mean offset
+-0.3 mm and 99th percentile ~3 mm on that slant).
 
 Speed: the numpy kernel reuses per-thread scratch arrays between frames. Fresh large
 temporaries are mapped and unmapped by glibc on every allocation, and on a loaded machine those
@@ -40,11 +42,19 @@ from typing import Any
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import K4aCalibration, _is_torch
+from mmface4d_stream.k4a.calibration import K4aCalibration, _is_torch, _where
 
 log = logging.getLogger(__name__)
 
 _NO_DEPTH = np.iinfo(np.uint16).max  # depths must stay below this (uint16 mm, 0 = none)
+# Neighbouring depth pixels whose depths differ by more than this fraction are taken to lie on
+# different surfaces (no interpolation across them): the SDK's bound for an 85 degree slant.
+_SAME_SURFACE_RATIO = 0.047
+# Below this |det| (px²) two neighbours' projections are too degenerate to give a gradient.
+_MIN_JACOBIAN_DET = 0.25
+# Depths beyond this are splatted flat (a Kinect measures up to ~10 m): keeps every
+# extrapolated value inside the uint16 range without clipping each block pixel.
+_MAX_INTERPOLATED_MM = 30000.0
 
 
 class DepthToColorRegistration:
@@ -53,14 +63,21 @@ class DepthToColorRegistration:
     Footprints: each depth pixel covers a kx x ky block of color pixels, kx and ky the ceiling of
     the color-pixel spacing to its neighbours (on a surface facing the camera at 1 m) times
     `footprint_scale`; the spacing grows towards the edge of the depth lens, so blocks do too
-    (NFOV unbinned -> 1080p: 2x2 in the centre, up to 4x4 in the corners). `footprint=k` forces
-    k x k everywhere instead. Scales above 1 close the gaps left on slanted surfaces at the price
-    of a slight bias towards the nearer neighbour.
+    (NFOV unbinned -> 1080p: 2x2 in the centre, up to 5x5 in the corners). `footprint=k` forces
+    k x k everywhere instead. Scales above 1 close the gaps left on surfaces slanted beyond
+    ~60 degrees. `interpolate`: block depths follow the local surface gradient (default) or are
+    flat.
     """
 
     _MAX_FOOTPRINT = 16
 
-    def __init__(self, calibration: K4aCalibration, footprint: int | None = None, footprint_scale: float = 1.0):
+    def __init__(
+        self,
+        calibration: K4aCalibration,
+        footprint: int | None = None,
+        footprint_scale: float = 1.0,
+        interpolate: bool = True,
+    ):
         if not isinstance(calibration, K4aCalibration):
             raise ValueError(f"expected a K4aCalibration, got {type(calibration).__name__}.")
         if footprint is not None and not (
@@ -70,6 +87,7 @@ class DepthToColorRegistration:
         if not (0 < footprint_scale <= 4):
             raise ValueError(f"footprint_scale must be in (0, 4], got {footprint_scale!r}.")
         self.calibration = calibration
+        self.interpolate = bool(interpolate)
         depth, color = calibration.depth, calibration.color
         rays, valid = depth.pixel_rays()  # (Hd, Wd, 3) float64, Z = 1
         T = calibration.T_color_from_depth
@@ -97,14 +115,18 @@ class DepthToColorRegistration:
         self._half_ky = (ky / 2.0).astype(np.float32)
         # Pixels grouped by block shape (raster order kept inside a group: cache-friendly scatter).
         self._groups: list[tuple[np.ndarray, np.ndarray]] = []
+        self._group_deltas: list[list[tuple[int, int]]] = []
         shape_id = kx * (self._MAX_FOOTPRINT + 1) + ky
         for sid in np.unique(shape_id):
             gx, gy = divmod(int(sid), self._MAX_FOOTPRINT + 1)
             members = np.flatnonzero((shape_id == sid) & self._ray_valid)
             if members.size == 0:
                 continue
-            offsets = np.array([dy * self._canvas_w + dx for dy in range(gy) for dx in range(gx)], dtype=np.int64)
+            deltas = [(dx, dy) for dy in range(gy) for dx in range(gx)]
+            offsets = np.array([dy * self._canvas_w + dx for dx, dy in deltas], dtype=np.int64)
             self._groups.append((members, offsets))
+            self._group_deltas.append(deltas)
+        self._not_last_column = (np.arange(valid.size) % depth.width) != depth.width - 1
         self._col_max = (self._canvas_w - kx).astype(np.float32)
         self._row_max = (self._canvas_h - ky).astype(np.float32)
         self._torch_tables: dict[str, dict[str, Any]] = {}
@@ -162,17 +184,26 @@ class DepthToColorRegistration:
             # One scatter for all groups: for each group, every offset of every member.
             scatter_src = np.concatenate([np.repeat(m[None, :], len(o), axis=0).ravel() for m, o in self._groups])
             scatter_off = np.concatenate([np.repeat(o, len(m)) for m, o in self._groups])
+            scatter_dx = np.concatenate(
+                [np.repeat(np.array([d[0] for d in ds], np.float32), len(m)) for (m, _), ds in zip(self._groups, self._group_deltas)]
+            )
+            scatter_dy = np.concatenate(
+                [np.repeat(np.array([d[1] for d in ds], np.float32), len(m)) for (m, _), ds in zip(self._groups, self._group_deltas)]
+            )
             self._torch_tables[key] = {
                 "ray_x": torch.from_numpy(self._ray_x).to(device),
                 "ray_y": torch.from_numpy(self._ray_y).to(device),
                 "ray_z": torch.from_numpy(self._ray_z).to(device),
                 "ray_valid": torch.from_numpy(self._ray_valid).to(device),
+                "not_last_column": torch.from_numpy(self._not_last_column).to(device),
                 "half_kx": torch.from_numpy(self._half_kx).to(device),
                 "half_ky": torch.from_numpy(self._half_ky).to(device),
                 "col_max": torch.from_numpy(self._col_max).to(device),
                 "row_max": torch.from_numpy(self._row_max).to(device),
                 "scatter_src": torch.from_numpy(scatter_src).to(device),
                 "scatter_off": torch.from_numpy(scatter_off).to(device),
+                "scatter_dx": torch.from_numpy(scatter_dx).to(device),
+                "scatter_dy": torch.from_numpy(scatter_dy).to(device),
             }
         return self._torch_tables[key]
 
@@ -193,6 +224,59 @@ class DepthToColorRegistration:
         return u, v, zc, ok
 
     # -- depth -> color ---------------------------------------------------------------------
+
+    def _surface_gradient(self, u, v, z, ok):
+        """dz/du, dz/dv (mm per color pixel) of the surface at every depth pixel (flat arrays,
+        numpy or torch), from where its right/left and lower/upper neighbours land in the color
+        image; 0 where no neighbour on the same surface exists on either side."""
+        if _is_torch(u):
+            import torch
+
+            zeros = torch.zeros_like
+        else:
+            zeros = np.zeros_like
+
+        def forward(a, step):
+            out = zeros(a)
+            out[:-step] = a[step:] - a[:-step]
+            return out
+
+        def backward(a):
+            out = zeros(a)
+            out[1:] = a[:-1]
+            return out
+
+        def pick(step, not_last):
+            du, dv, dz = forward(u, step), forward(v, step), forward(z, step)
+            ok_f = zeros(ok)
+            ok_f[:-step] = ok[step:] & ok[:-step]
+            if not_last is not None:
+                ok_f &= not_last
+            ok_f &= abs(dz) < _SAME_SURFACE_RATIO * z
+            if step == 1:
+                ok_b = backward(ok_f)
+                du = _where(ok_f, du, backward(du))
+                dv = _where(ok_f, dv, backward(dv))
+                dz = _where(ok_f, dz, backward(dz))
+            else:
+                ok_b = zeros(ok)
+                ok_b[step:] = ok_f[:-step]
+                du_b, dv_b, dz_b = zeros(du), zeros(dv), zeros(dz)
+                du_b[step:], dv_b[step:], dz_b[step:] = du[:-step], dv[:-step], dz[:-step]
+                du, dv, dz = _where(ok_f, du, du_b), _where(ok_f, dv, dv_b), _where(ok_f, dz, dz_b)
+            return du, dv, dz, ok_f | ok_b
+
+        not_last = self._not_last_column
+        if _is_torch(u):
+            not_last = self._tables(u.device)["not_last_column"]
+        dux, dvx, dzx, okx = pick(1, not_last)
+        duy, dvy, dzy, oky = pick(self.depth_shape[1], None)
+        det = dux * dvy - dvx * duy
+        valid = okx & oky & (abs(det) > _MIN_JACOBIAN_DET) & (z < _MAX_INTERPOLATED_MM)
+        det = _where(valid, det, 1.0)
+        gu = _where(valid, (dzx * dvy - dzy * dvx) / det, 0.0)
+        gv = _where(valid, (dux * dzy - duy * dzx) / det, 0.0)
+        return gu, gv
 
     def depth_to_color(self, depth, *, backend: str = "auto"):
         """Depth (Hd, Wd) uint16 mm -> registered depth (Hc, Wc) uint16 mm in the color camera.
@@ -228,6 +312,17 @@ class DepthToColorRegistration:
             ws["group_base"] = [np.empty(m.size, np.int64) for m, _ in self._groups]
             ws["group_index"] = [np.empty(m.size, np.int64) for m, _ in self._groups]
             ws["group_enc"] = [np.empty(m.size, np.uint16) for m, _ in self._groups]
+            if self.interpolate:
+                for name in ("g_t1", "g_t2", "g_det", "g_u", "g_v"):
+                    ws[name] = np.empty(n, np.float32)
+                ws["g_tb"] = np.empty(n, bool)
+                for axis in ("x", "y"):
+                    for name in ("du", "dv", "dz"):
+                        ws[f"g_{name}{axis}"] = np.empty(n, np.float32)
+                    ws[f"g_okf{axis}"] = np.empty(n, bool)
+                    ws[f"g_ok{axis}"] = np.empty(n, bool)
+                for name in ("group_e", "group_u", "group_v", "group_value", "group_term"):
+                    ws[name] = [np.empty(m.size, np.float32) for m, _ in self._groups]
             self._local.ws = ws
         return ws
 
@@ -262,47 +357,137 @@ class DepthToColorRegistration:
         y *= color.fy
         y += color.cy
 
+    def _surface_gradient_numpy(self, u, v, z, ok, ws) -> tuple[np.ndarray, np.ndarray]:
+        """`_surface_gradient` for numpy, in workspace buffers (see `_workspace`)."""
+        n, width = u.size, self.depth_shape[1]
+        t1, t2, tb = ws["g_t1"], ws["g_t2"], ws["g_tb"]
+        diffs = []
+        for step, axis in ((1, "x"), (width, "y")):
+            du, dv, dz, okf, okd = (ws[f"g_{name}{axis}"] for name in ("du", "dv", "dz", "okf", "ok"))
+            for d, a in ((du, u), (dv, v), (dz, z)):
+                np.subtract(a[step:], a[:-step], out=d[:-step])
+                d[-step:] = 0
+            np.logical_and(ok[step:], ok[:-step], out=okf[:-step])
+            okf[-step:] = False
+            if step == 1:
+                okf &= self._not_last_column
+            with np.errstate(invalid="ignore"):
+                np.abs(dz, out=t1)
+                np.multiply(z, _SAME_SURFACE_RATIO, out=t2)
+                np.less(t1, t2, out=tb)
+            okf &= tb
+            # Where the forward neighbour is unusable, take the backward one (same surface).
+            np.logical_not(okf, out=tb)
+            tb[:step] = False
+            tb[step:] &= okf[:-step]
+            for d in (du, dv, dz):
+                np.copyto(d[step:], d[:-step].copy(), where=tb[step:])
+            np.copyto(okd, okf)
+            okd[step:] |= okf[:-step]
+            diffs.append((du, dv, dz, okd))
+        (dux, dvx, dzx, okx), (duy, dvy, dzy, oky) = diffs
+        det, gu, gv = ws["g_det"], ws["g_u"], ws["g_v"]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            np.multiply(dux, dvy, out=det)
+            np.multiply(dvx, duy, out=t1)
+            det -= t1
+            np.multiply(dzx, dvy, out=gu)
+            np.multiply(dzy, dvx, out=t1)
+            gu -= t1
+            gu /= det
+            np.multiply(dux, dzy, out=gv)
+            np.multiply(duy, dzx, out=t1)
+            gv -= t1
+            gv /= det
+            np.abs(det, out=t1)
+            np.greater(t1, _MIN_JACOBIAN_DET, out=tb)
+        tb &= okx
+        tb &= oky
+        np.less(z, _MAX_INTERPOLATED_MM, out=okx)  # okx is free again
+        tb &= okx
+        np.logical_not(tb, out=tb)
+        np.copyto(gu, 0.0, where=tb)
+        np.copyto(gv, 0.0, where=tb)
+        return gu, gv
+
     def _depth_to_color_numpy(self, depth: np.ndarray) -> np.ndarray:
         ws = self._workspace()
         self._project_numpy(depth.reshape(-1), ws)
         zc, x, y, ok, tmp = ws["zc"], ws["x"], ws["y"], ws["ok"], ws["tmp_ok"]
-        # x, y <- top-left (col, row) of each pixel's block in the padded canvas
-        x -= self._half_kx
-        np.floor(x, out=x)
-        x += 1 + self._pad
-        y -= self._half_ky
-        np.floor(y, out=y)
-        y += 1 + self._pad
-        for arr, low, high in ((x, 0, self._col_max), (y, 0, self._row_max)):
-            np.greater_equal(arr, low, out=tmp)
+        zc *= 1000.0  # mm from here on
+        if self.interpolate:
+            gu, gv = self._surface_gradient_numpy(x, y, zc, ok, ws)
+        # col, row <- first column / row whose pixel centre lies in each pixel's block
+        col, row = ws["w0"], ws["w1"]
+        np.subtract(x, self._half_kx, out=col)
+        np.floor(col, out=col)
+        col += 1
+        np.subtract(y, self._half_ky, out=row)
+        np.floor(row, out=row)
+        row += 1
+        if self.interpolate:
+            # zc <- depth extrapolated to the block's first pixel centre
+            x -= col
+            x *= gu
+            zc -= x
+            y -= row
+            y *= gv
+            zc -= y
+        col += self._pad
+        row += self._pad
+        for arr, high in ((col, self._col_max), (row, self._row_max)):
+            np.greater_equal(arr, 0, out=tmp)
             ok &= tmp
             np.less_equal(arr, high, out=tmp)
             ok &= tmp
-        zc *= 1000.0
-        np.rint(zc, out=zc)
-        np.greater_equal(zc, 1, out=tmp)
+        np.greater_equal(zc, 0.5, out=tmp)
         ok &= tmp
-        np.less(zc, _NO_DEPTH, out=tmp)
+        np.less(zc, _NO_DEPTH - 0.5, out=tmp)
         ok &= tmp
-        y *= self._canvas_w
-        y += x
+        row *= self._canvas_w
+        row += col
         base, enc = ws["base"], ws["enc"]
-        # Pixels not drawn (ok False) may hold NaN here; their casts are discarded by `*= ok`.
-        with np.errstate(invalid="ignore"):
-            np.copyto(base, y, casting="unsafe")
-            base *= ok
-            # z-buffer on encoded values enc = -z (mod 2**16): nearest = largest, and an empty
-            # canvas (0) decodes to 0, so neither the init nor the readout needs a mask.
-            np.copyto(enc, zc, casting="unsafe")
-        np.negative(enc, out=enc)
-        enc *= ok
         canvas = ws["canvas"]
         canvas.fill(0)
-        for (members, offsets), gb, gi, ge in zip(self._groups, ws["group_base"], ws["group_index"], ws["group_enc"]):
+        # Pixels not drawn (ok False) may hold NaN here; their casts are discarded by `*= ok`.
+        with np.errstate(invalid="ignore"):
+            np.copyto(base, row, casting="unsafe")
+            base *= ok
+            if not self.interpolate:
+                np.rint(zc, out=zc)
+                # z-buffer on encoded values enc = -z (mod 2**16): nearest = largest, and an
+                # empty canvas (0) decodes to 0, so neither the init nor the readout needs a mask.
+                np.copyto(enc, zc, casting="unsafe")
+                np.negative(enc, out=enc)
+                enc *= ok
+        groups = zip(self._groups, self._group_deltas, ws["group_base"], ws["group_index"], ws["group_enc"])
+        for i, ((members, offsets), deltas, gb, gi, ge) in enumerate(groups):
             np.take(base, members, out=gb)
-            np.take(enc, members, out=ge)
-            # ufunc.at is fast on numpy >= 1.25 when the targets are nearly sorted, as here.
-            for offset in offsets:
+            if not self.interpolate:
+                np.take(enc, members, out=ge)
+                # ufunc.at is fast on numpy >= 1.25 when the targets are nearly sorted, as here.
+                for offset in offsets:
+                    np.add(gb, offset, out=gi)
+                    np.maximum.at(canvas, gi, ge)
+                continue
+            # enc = 2**16 - round(z) = trunc(65536.5 - z): one subtraction per pixel instead of a
+            # rint and a negation per block pixel. Undrawn pixels write into the canvas's top
+            # margin (base 0), which is never read back. No clipping needed: gradients are at
+            # most ~3% of z per pixel and zero beyond _MAX_INTERPOLATED_MM, so a block's values
+            # stay within (0, 65535) mm.
+            g_e, g_u, g_v, value, term = (ws[name][i] for name in ("group_e", "group_u", "group_v", "group_value", "group_term"))
+            np.take(zc, members, out=g_e)
+            np.subtract(65536.5, g_e, out=g_e)
+            np.take(gu, members, out=g_u)
+            np.take(gv, members, out=g_v)
+            for offset, (dx, dy) in zip(offsets, deltas):
+                np.multiply(g_u, -float(dx), out=value)
+                value += g_e
+                if dy:
+                    np.multiply(g_v, -float(dy), out=term)
+                    value += term
+                with np.errstate(invalid="ignore"):
+                    np.copyto(ge, value, casting="unsafe")
                 np.add(gb, offset, out=gi)
                 np.maximum.at(canvas, gi, ge)
         hc, wc = self.color_shape
@@ -318,18 +503,28 @@ class DepthToColorRegistration:
         u, v, zc, ok = self._color_projection(z_m, tables["ray_x"], tables["ray_y"], tables["ray_z"])
         # Pixels without a ray are in no scatter group, like in the numpy kernel.
         ok = ok & (flat > 0)
-        col = torch.floor(u - tables["half_kx"]) + (1 + self._pad)
-        row = torch.floor(v - tables["half_ky"]) + (1 + self._pad)
-        z_mm = torch.round(zc * 1000.0)
+        z_mm = zc * 1000.0
+        col = torch.floor(u - tables["half_kx"]) + 1
+        row = torch.floor(v - tables["half_ky"]) + 1
+        if self.interpolate:
+            gu, gv = self._surface_gradient(u, v, z_mm, ok)
+            z_mm = z_mm - gu * (u - col) - gv * (v - row)
+        col = col + self._pad
+        row = row + self._pad
         ok = ok & (col >= 0) & (col <= tables["col_max"]) & (row >= 0) & (row <= tables["row_max"])
-        ok = ok & (z_mm >= 1) & (z_mm < _NO_DEPTH)
+        ok = ok & (z_mm >= 0.5) & (z_mm < _NO_DEPTH - 0.5)
         base = torch.where(ok, (row * self._canvas_w + col).to(torch.int64), 0)
-        # Same encoding as the numpy kernel: 2**16 - z, nearest = largest, empty = 0.
-        enc = torch.where(ok, 65536 - z_mm.to(torch.int32), 0)
         src = tables["scatter_src"]
         index = base[src] + tables["scatter_off"]
+        if self.interpolate:
+            values = z_mm[src] + gu[src] * tables["scatter_dx"] + gv[src] * tables["scatter_dy"]
+            values = torch.round(values.clamp(1.0, _NO_DEPTH - 1.0))
+        else:
+            values = torch.round(z_mm[src])
+        # Same encoding as the numpy kernel: 2**16 - z, nearest = largest, empty = 0.
+        enc = torch.where(ok[src], 65536 - values.to(torch.int32), 0)
         canvas = torch.zeros(self._canvas_h * self._canvas_w, dtype=torch.int32, device=depth.device)
-        canvas.scatter_reduce_(0, index, enc[src], reduce="amax", include_self=True)
+        canvas.scatter_reduce_(0, index, enc, reduce="amax", include_self=True)
         hc, wc = self.color_shape
         view = canvas.reshape(self._canvas_h, self._canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
         return ((65536 - view) & 0xFFFF).to(torch.uint16)

@@ -50,8 +50,8 @@ def test_plane_lands_on_same_plane_in_color(reg_1080, normal):
     assert abs(fitted @ centre - d_color) < 0.001
     distance = np.abs(points @ n_color - d_color)
     assert np.median(distance) < 0.0006  # mm rounding of input and output
-    # Constant depth over a footprint: on the 40 degree slant a 3-pixel block spans ~2 mm of depth.
-    assert np.percentile(distance, 99) < 0.004
+    # Blocks follow the local surface gradient; splatted flat, the 40 degree slant reaches ~3 mm.
+    assert np.percentile(distance, 99) < 0.0015
     # Dense: the footprints leave no hole inside the covered area, even on a 40 degree slant.
     covered = registered > 0
     assert (ndimage.binary_fill_holes(covered) & ~covered).sum() == 0
@@ -90,7 +90,11 @@ def test_numpy_and_torch_agree(reg_1080):
     np.testing.assert_array_equal(cpu_fast.numpy(), expected)
     torch_ops = reg_1080.depth_to_color(torch.from_numpy(depth.astype(np.int32)), backend="torch")
     diff = np.abs(torch_ops.numpy().astype(int) - expected.astype(int))
-    # float32 rounding may flip a value at a millimetre boundary or a block edge.
+    # The kernels round half-way values differently, and float32 may flip a block edge.
+    assert (diff > 0).mean() < 0.01 and (diff > 1).sum() <= 5
+    flat = DepthToColorRegistration(reg_1080.calibration, interpolate=False)
+    expected = flat.depth_to_color(depth)
+    diff = np.abs(flat.depth_to_color(torch.from_numpy(depth.astype(np.int32)), backend="torch").numpy() - expected.astype(int))
     assert (diff > 0).mean() < 1e-4 and (diff > 1).sum() <= 5
 
 
@@ -103,7 +107,7 @@ def test_cuda_matches_numpy(reg_1080):
     got = reg_1080.depth_to_color(torch.from_numpy(depth.astype(np.int32)).cuda())
     assert got.device.type == "cuda"
     diff = np.abs(got.cpu().numpy().astype(int) - expected.astype(int))
-    assert (diff > 0).mean() < 1e-4 and (diff > 1).sum() <= 5
+    assert (diff > 0).mean() < 0.01 and (diff > 1).sum() <= 5
     color = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
     c_np = reg_1080.color_to_depth(color, depth)
     c_cuda = reg_1080.color_to_depth(torch.from_numpy(color).cuda(), torch.from_numpy(depth.astype(np.int32)).cuda())
@@ -166,18 +170,24 @@ def test_real_recording_frame(k4a_sample_dir, raw_json):
     cal = K4aCalibration.from_raw_json(raw_json, ColorResolution.RES_720P, DepthMode.NFOV_UNBINNED)
     registered = register_depth_to_color(depth, cal)
     assert 0.4 < (registered > 0).mean() < 0.9
-    # Every registered value is the color-camera Z of some depth pixel landing there: check
-    # against an independent float64 projection of each depth pixel (nearest surface wins).
+    flat = DepthToColorRegistration(cal, interpolate=False).depth_to_color(depth)
+    np.testing.assert_array_equal(flat > 0, registered > 0)
+    # Check against an independent float64 projection of each depth pixel: the pixel it lands
+    # on holds its color-camera Z, or a nearer surface's.
     points, ok = cal.depth.unproject(cal.depth.pixel_grid(), depth / 1000.0)
     pc = cal.T_color_from_depth.apply(points[ok])
     pixels, inside = cal.color.project(pc, require_inside=True)
     u = np.rint(pixels[inside, 0]).astype(int)
     v = np.rint(pixels[inside, 1]).astype(int)
     z = np.rint(pc[inside, 2] * 1000)
-    got = registered[v, u].astype(float)
+    got = flat[v, u].astype(float)
     assert (got > 0).all()
     assert (got <= z + 1).all()  # nothing farther than the pixel landing there
     assert np.mean(np.abs(got - z) <= 1) > 0.9
+    # Interpolated blocks follow the (noisy) local surface: within a few mm of the same values.
+    got = registered[v, u].astype(float)
+    assert np.mean(np.abs(got - z) <= 1) > 0.8
+    assert np.mean(got - z > 10) < 1e-3
 
 
 def test_input_checks(reg_1080):
