@@ -278,15 +278,17 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
         scale = np.float32(noise.sigma_m / noise.sigma_ref_z_m**2)
         sigma = scale * z * z / np.sqrt(np.maximum(cos, np.float32(0.25)))
         z = np.where(valid, z + sigma * rng.standard_normal(z.shape, dtype=np.float32), np.float32(0))
-        # Dropouts where the surface is seen at grazing incidence.
-        lo, hi = (math.cos(math.radians(a)) for a in noise.grazing_deg)
-        p_drop = np.float32(1) - np.clip((cos - np.float32(hi)) / np.float32(lo - hi), 0, 1)
-        drop = (cos > 0) & (rng.random(z.shape, dtype=np.float32) < p_drop)
         # Depth edges: a 3x3 neighbour much farther (a missing one counts as farther).
         big = np.float32(1e4)
         exact = np.where(valid, depth_m, big).astype(np.float32)
         far = maximum_filter(exact, size=3, mode="nearest")
         near = minimum_filter(exact, size=3, mode="nearest")
+        # Dropouts where the surface is seen at grazing incidence; the incidence estimate is
+        # meaningless across a depth edge, whose pixels are handled below instead.
+        lo, hi = (math.cos(math.radians(a)) for a in noise.grazing_deg)
+        p_drop = np.float32(1) - np.clip((cos - np.float32(hi)) / np.float32(lo - hi), 0, 1)
+        smooth = (far - near) <= noise.edge_jump_m
+        drop = smooth & (cos > 0) & (rng.random(z.shape, dtype=np.float32) < p_drop)
         edge = valid & (far - exact > noise.edge_jump_m)
         u = rng.random(z.shape, dtype=np.float32)
         edge_drop = edge & (u < noise.edge_drop_p)
