@@ -30,6 +30,15 @@ from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 KINECT_LIKE_DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """The fitter's small ops lose to OpenMP spin-waits on a shared 2-core machine: one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def bfm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bfm")
@@ -63,7 +72,7 @@ def test_recovers_pose_and_coefficients(bfm, truth, n_cameras, distortion):
     res = fitter.fit(obs, fit_identity=True)
     err_mm, rot_deg, t_mm = _errors(res, gt, r, t)
     assert res.converged and not res.lost and res.depth_used and "cold_start" in res.flags
-    assert err_mm.mean() < 0.4 and err_mm.max() < 1.0
+    assert err_mm.mean() < 0.3 and err_mm.max() < 1.0
     assert rot_deg < 0.3 and t_mm < 0.6
     assert np.abs(res.exp_coeffs - truth["beta"]).max() < 0.15
     assert np.abs(res.id_coeffs - truth["alpha"]).max() < 0.3
