@@ -5,7 +5,8 @@
 Uses the real device calibration and the first depth frame of ../shared/samples/k4a_recording when
 present, otherwise a synthetic calibration and a synthetic head-sized sphere in front of a wall.
 Prints a markdown table of ms/frame (median and 90th percentile) for numpy, torch on CPU (through
-the numpy kernel, and with torch ops at 1 and 2 threads) and CUDA when available.
+the numpy kernel, and with torch ops at 1 and 2 threads) and CUDA when available; depth->color
+with blocks following the surface gradient (the default) and flat.
 """
 
 from __future__ import annotations
@@ -58,20 +59,25 @@ def load_inputs(resolution: str, depth_mode: str) -> tuple[K4aCalibration, np.nd
     return cal, depth, source
 
 
-def time_ms(fn, repeats: int, sync=None) -> tuple[float, float]:
+def time_ms(fn, repeats: int, sync=None) -> tuple[float, float, float]:
+    """(median wall ms, 90th percentile wall ms, median process CPU ms) per call.
+
+    CPU time is what the call cost this process: on a machine shared with other jobs it is
+    the better estimate of the wall time on an idle core (for single-threaded kernels)."""
     for _ in range(3):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         if sync:
             sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         if sync:
             sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+    wall.sort()
+    return statistics.median(wall), wall[int(0.9 * (len(wall) - 1))], statistics.median(cpu)
 
 
 def main() -> int:
@@ -91,8 +97,10 @@ def main() -> int:
     color_t = torch.from_numpy(color)
     default_threads = torch.get_num_threads()
 
+    flat = DepthToColorRegistration(cal, interpolate=False)
     rows = []
     rows.append(("depth->color", "numpy", *time_ms(lambda: reg.depth_to_color(depth), args.repeats)))
+    rows.append(("depth->color, flat blocks", "numpy", *time_ms(lambda: flat.depth_to_color(depth), args.repeats)))
     rows.append(("depth->color", "torch CPU tensor (numpy kernel)", *time_ms(lambda: reg.depth_to_color(depth_t), args.repeats)))
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
@@ -109,6 +117,11 @@ def main() -> int:
         sync = torch.cuda.synchronize
         name = torch.cuda.get_device_name()
         rows.append(("depth->color", f"torch CUDA ({name})", *time_ms(lambda: reg.depth_to_color(depth_c), args.repeats, sync)))
+        rows.append((
+            "depth->color, flat blocks",
+            f"torch CUDA ({name})",
+            *time_ms(lambda: flat.depth_to_color(depth_c), args.repeats, sync),
+        ))
         rows.append(("color->depth", f"torch CUDA ({name})", *time_ms(lambda: reg.color_to_depth(color_c, depth_c), args.repeats, sync)))
 
     print(f"### Registration: {args.depth_mode} {depth.shape[1]}x{depth.shape[0]} -> {args.resolution} {wc}x{hc}")
@@ -118,10 +131,10 @@ def main() -> int:
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"{args.repeats} repeats.")
     print()
-    print("| operation | backend | median ms/frame | p90 ms/frame |")
-    print("|---|---|---:|---:|")
-    for op, backend, median, p90 in rows:
-        print(f"| {op} | {backend} | {median:.1f} | {p90:.1f} |")
+    print("| operation | backend | median wall ms/frame | p90 wall ms/frame | median CPU ms/frame |")
+    print("|---|---|---:|---:|---:|")
+    for op, backend, median, p90, cpu in rows:
+        print(f"| {op} | {backend} | {median:.1f} | {p90:.1f} | {cpu:.1f} |")
     return 0
 
 

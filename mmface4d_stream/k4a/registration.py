@@ -321,7 +321,7 @@ class DepthToColorRegistration:
                         ws[f"g_{name}{axis}"] = np.empty(n, np.float32)
                     ws[f"g_okf{axis}"] = np.empty(n, bool)
                     ws[f"g_ok{axis}"] = np.empty(n, bool)
-                for name in ("group_e", "group_u", "group_v", "group_value", "group_term"):
+                for name in ("group_e", "group_u", "group_v", "group_value"):
                     ws[name] = [np.empty(m.size, np.float32) for m, _ in self._groups]
             self._local.ws = ws
         return ws
@@ -380,8 +380,10 @@ class DepthToColorRegistration:
             np.logical_not(okf, out=tb)
             tb[:step] = False
             tb[step:] &= okf[:-step]
+            # (few pixels: at surface edges; their source pixels are not themselves replaced)
+            backward = np.flatnonzero(tb[step:])
             for d in (du, dv, dz):
-                np.copyto(d[step:], d[:-step].copy(), where=tb[step:])
+                d[backward + step] = d[backward]
             np.copyto(okd, okf)
             okd[step:] |= okf[:-step]
             diffs.append((du, dv, dz, okd))
@@ -462,9 +464,10 @@ class DepthToColorRegistration:
                 enc *= ok
         groups = zip(self._groups, self._group_deltas, ws["group_base"], ws["group_index"], ws["group_enc"])
         for i, ((members, offsets), deltas, gb, gi, ge) in enumerate(groups):
-            np.take(base, members, out=gb)
+            # mode="clip": with `out`, the default mode="raise" buffers the whole result first.
+            np.take(base, members, out=gb, mode="clip")
             if not self.interpolate:
-                np.take(enc, members, out=ge)
+                np.take(enc, members, out=ge, mode="clip")
                 # ufunc.at is fast on numpy >= 1.25 when the targets are nearly sorted, as here.
                 for offset in offsets:
                     np.add(gb, offset, out=gi)
@@ -475,17 +478,19 @@ class DepthToColorRegistration:
             # margin (base 0), which is never read back. No clipping needed: gradients are at
             # most ~3% of z per pixel and zero beyond _MAX_INTERPOLATED_MM, so a block's values
             # stay within (0, 65535) mm.
-            g_e, g_u, g_v, value, term = (ws[name][i] for name in ("group_e", "group_u", "group_v", "group_value", "group_term"))
-            np.take(zc, members, out=g_e)
+            g_e, g_u, g_v, value = (ws[name][i] for name in ("group_e", "group_u", "group_v", "group_value"))
+            np.take(zc, members, out=g_e, mode="clip")
             np.subtract(65536.5, g_e, out=g_e)
-            np.take(gu, members, out=g_u)
-            np.take(gv, members, out=g_v)
+            np.take(gu, members, out=g_u, mode="clip")
+            np.take(gv, members, out=g_v, mode="clip")
+            # Offsets run row by row (dx fastest): step the value along instead of recomputing.
             for offset, (dx, dy) in zip(offsets, deltas):
-                np.multiply(g_u, -float(dx), out=value)
-                value += g_e
-                if dy:
-                    np.multiply(g_v, -float(dy), out=term)
-                    value += term
+                if dx == 0:
+                    if dy:
+                        g_e -= g_v
+                    np.copyto(value, g_e)
+                else:
+                    value -= g_u
                 with np.errstate(invalid="ignore"):
                     np.copyto(ge, value, casting="unsafe")
                 np.add(gb, offset, out=gi)
@@ -619,7 +624,7 @@ class DepthToColorRegistration:
                 acc.fill(0.5)  # rounds on the truncating cast below
                 for corner, weight in zip(corners, weights):
                     np.add(i00, corner + c, out=index)
-                    np.take(img, index, out=gathered)
+                    np.take(img, index, out=gathered, mode="clip")
                     np.multiply(gathered, weight, out=term)
                     acc += term
                 np.minimum(acc, 255.0, out=acc)
