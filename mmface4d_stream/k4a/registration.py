@@ -610,8 +610,8 @@ class DepthToColorRegistration:
             v = np.clip(pixels.reshape(-1, 2)[sel, 1], 0, hc - 1)
             u0 = np.minimum(u.astype(np.int64), wc - 2)  # u >= 0: truncation is floor
             v0 = np.minimum(v.astype(np.int64), hc - 2)
-            fu = u - u0
-            fv = v - v0
+            fu = u - u0.astype(np.float32)  # float32 throughout (int64 would promote to float64)
+            fv = v - v0.astype(np.float32)
             weights = ((1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv)
             i00 = (v0 * wc + u0) * channels
             corners = (0, channels, wc * channels, (wc + 1) * channels)
@@ -620,6 +620,7 @@ class DepthToColorRegistration:
             gathered = np.empty(sel.size, np.uint8)
             acc = np.empty(sel.size, np.float32)
             term = np.empty(sel.size, np.float32)
+            result = np.empty((sel.size, channels), np.uint8)
             for c in range(channels):
                 acc.fill(0.5)  # rounds on the truncating cast below
                 for corner, weight in zip(corners, weights):
@@ -628,7 +629,8 @@ class DepthToColorRegistration:
                     np.multiply(gathered, weight, out=term)
                     acc += term
                 np.minimum(acc, 255.0, out=acc)
-                out[sel, c] = acc
+                np.copyto(result[:, c], acc, casting="unsafe")
+            out[sel] = result
             out = out.reshape(hd, wd, channels)
         return out[..., 0] if squeeze else out
 
