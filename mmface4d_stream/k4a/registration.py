@@ -36,7 +36,6 @@ One object may be shared by threads (the scratch arrays are per thread).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from typing import Any
 
