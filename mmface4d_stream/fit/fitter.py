@@ -83,9 +83,10 @@ class FitterConfig:
         translation_temporal_sigma (m) give the pose's frame-to-frame prior.
     identity_frames: frames of a stream during which α is fitted (0: never, keep α = 0 or the warm
         start's).
-    Offsets (`offsets` False disables the step): weights in units of the depth term's 1/σ² (so
-        `offset_magnitude_weight` 0.05 makes 1 cm of offset cost as much as a ~2 mm residual at
-        σ = 1 mm...); `offset_cg_iterations` CG steps per frame.
+    Offsets (`offsets` False disables the step): the weights are in units of the depth term's
+        1/σ², i.e. `offset_magnitude_weight` w makes an offset of length d cost as much as a depth
+        residual of sqrt(w)·d; `offset_landmark_weight` scales the landmark term's pull on the
+        mapped vertices; `offset_cg_iterations` CG steps per frame (warm-started).
     Robustness: `restart_landmark_rms_px`: a warm fit worse than this is redone cold;
         `max_lost_frames_warm`: after that many lost frames the next fit starts cold.
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
@@ -100,7 +101,7 @@ class FitterConfig:
     landmark_sigma_px: float = 2.0
     landmark_huber_px: float = 6.0
 
-    depth_samples: int = 1200
+    depth_samples: int = 800
     depth_sigma_m: float = 0.002
     depth_huber_m: float = 0.004
     depth_gate_m: float = 0.015
@@ -117,12 +118,12 @@ class FitterConfig:
     identity_frames: int = 30
 
     offsets: bool = True
-    offset_laplacian_weight: float = 20.0
+    offset_laplacian_weight: float = 50.0
     offset_edge_weight: float = 1.0
     offset_magnitude_weight: float = 0.02
     offset_temporal_weight: float = 0.2
     offset_landmark_weight: float = 1.0
-    offset_cg_iterations: int = 10
+    offset_cg_iterations: int = 6
 
     restart_landmark_rms_px: float = 25.0
     max_lost_frames_warm: int = 10
@@ -541,10 +542,12 @@ class FaceFitter:
                 break
 
         if self._offset_reg is not None:
-            st = self._offset_step(cams, st, prev_offsets)
+            st, full = self._offset_step(cams, st, prev_offsets)
+        else:
+            full = self._full_points(st)
         if fit_identity:
             self._identity = st.alpha.cpu().numpy().astype(np.float32)
-        return self._result(obs, cams, st, it_done, converged, depth_used, flags)
+        return self._result(obs, cams, st, full, it_done, converged, depth_used, flags)
 
     def _apply_step(self, st: _State, delta: torch.Tensor, fit_identity: bool) -> _State:
         n_id = self._model.n_id if fit_identity else 0
@@ -682,7 +685,8 @@ class FaceFitter:
         g = g + prior_grad
         return h, g, cost
 
-    def _offset_step(self, cams: list[_Cam], st: _State, prev_offsets: torch.Tensor) -> _State:
+    def _offset_step(self, cams: list[_Cam], st: _State, prev_offsets: torch.Tensor) -> tuple[_State, torch.Tensor]:
+        """One regularized least-squares step for the offsets; returns (new state, its model-frame vertices)."""
         cfg = self.config
         model = self._model
         n = model.n_vertices
@@ -736,18 +740,20 @@ class FaceFitter:
                 g.index_add_(1, vid, (w[:, None] * torch.einsum("lji,lj->li", a, c)).T)
                 any_data = True
         if not any_data:
-            return st
+            return st, full
         offsets = self._offset_reg.solve(
             h, g, cfg.offset_magnitude_weight * inv_d, cfg.offset_temporal_weight * inv_d,
             prev_offsets.T.contiguous(), offsets_cf, cfg.offset_cg_iterations,
         )
-        return _State(st.rotation, st.translation, st.alpha, st.beta, offsets.T.contiguous())
+        new_offsets = offsets.T.contiguous()
+        # The vertices with the new offsets, without re-evaluating the bases.
+        return _State(st.rotation, st.translation, st.alpha, st.beta, new_offsets), full - st.offsets + new_offsets
 
     # -- results ---------------------------------------------------------------------------
 
-    def _result(self, obs, cams, st: _State, iterations: int, converged: bool, depth_used: bool, flags: list[str]) -> FitResult:
+    def _result(self, obs, cams, st: _State, full: torch.Tensor, iterations: int, converged: bool,
+                depth_used: bool, flags: list[str]) -> FitResult:
         cfg = self.config
-        full = self._full_points(st)
         r64 = st.rotation.cpu().numpy().astype(np.float64)
         u, _s, vt = np.linalg.svd(r64)
         r64 = u @ vt  # re-orthonormalize: float32 updates drift slowly

@@ -72,12 +72,12 @@ def test_recovers_pose_and_coefficients(bfm, truth, n_cameras, distortion):
     res = fitter.fit(obs, fit_identity=True)
     err_mm, rot_deg, t_mm = _errors(res, gt, r, t)
     assert res.converged and not res.lost and res.depth_used and "cold_start" in res.flags
-    assert err_mm.mean() < 0.3 and err_mm.max() < 1.0
+    assert err_mm.mean() < 0.3 and err_mm.max() < 1.5
     assert rot_deg < 0.3 and t_mm < 0.6
     assert np.abs(res.exp_coeffs - truth["beta"]).max() < 0.15
     assert np.abs(res.id_coeffs - truth["alpha"]).max() < 0.3
     assert res.residuals["landmark_rms_px"] < 0.6 and res.residuals["depth_rms_mm"] < 0.5
-    assert res.residuals["depth_inliers"] > 800 * n_cameras
+    assert res.residuals["depth_inliers"] > 0.6 * fitter.config.depth_samples * n_cameras
     assert res.vertices.dtype == np.float32 and res.vertices.shape == (3000, 3)
 
 
