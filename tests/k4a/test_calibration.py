@@ -317,3 +317,12 @@ def test_read_raw_calibration_file_errors(tmp_path, k4a_sample_dir):
         read_raw_calibration(bad)
     with pytest.raises(InputError, match="cannot read"):
         read_raw_calibration(tmp_path / "missing.json")
+
+
+def test_torch_projection_is_differentiable(raw):
+    # The fitter optimizes through the lens model: gradients must match finite differences.
+    model = raw.color.camera_model(ColorResolution.RES_1080P)
+    points = torch.tensor([[0.1, -0.05, 0.8], [0.0, 0.0, 1.0], [-0.3, 0.2, 0.6]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p: model.project(p)[0], (points,))
+    T = raw.T_color_from_depth
+    assert torch.autograd.gradcheck(lambda p: model.project(T.apply(p))[0], (points,))
