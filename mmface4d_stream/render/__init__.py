@@ -1,1 +1,10 @@
-"""render"""
+"""Offscreen rendering, synthetic Kinect captures with ground truth, and mesh-sequence videos.
+
+- `renderer`: `MeshRenderer` draws a mesh (vertex colours or a uv texture) into a k4a `CameraModel`
+  (Kinect lens distortion included) headless with moderngl/EGL; returns RGB and metric depth.
+- `subject`: the sample subject built at run time from scikit-image's astronaut portrait and
+  MediaPipe FaceMesh, with a deterministic talking performance and speech-like audio.
+- `synth`: `synthesize_capture` writes Kinect MKVs, MMFace4D dataset files and ground truth
+  (`mmface4d synth`).
+- `visualize`: `render_mesh_video` renders a mesh nut triplet to `output.mp4` (`mmface4d visualize`).
+"""
