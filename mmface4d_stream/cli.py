@@ -18,6 +18,7 @@ from mmface4d_stream.errors import InputError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "mmface4d_stream.formats.cli",
+    "mmface4d_stream.pipeline.cli",
     "mmface4d_stream.stream.cli",
     "mmface4d_stream.smoothing_cli",
     "mmface4d_stream.k4a.cli",

@@ -1,0 +1,112 @@
+"""Where meshes go: an MMFace4D mesh nut triplet (+ faces and meta json), or a ZeroMQ publisher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmface4d_stream.formats.mesh_nut import MeshNutWriter, mesh_nut_paths
+from mmface4d_stream.stream.schema import Thumbnail
+from mmface4d_stream.types import MeshFrame
+
+log = logging.getLogger(__name__)
+
+
+def output_paths(save_path: str | os.PathLike) -> dict[str, Path]:
+    """The files of one reconstruction: `OUT_{0,1,2}.nut`, `OUT_faces.npy`, `OUT_meta.json`."""
+    save_path = str(save_path)
+    x, y, z = mesh_nut_paths(save_path)
+    return {"x": x, "y": y, "z": z, "faces": Path(f"{save_path}_faces.npy"), "meta": Path(f"{save_path}_meta.json")}
+
+
+def is_finished(save_path: str | os.PathLike) -> bool:
+    """A reconstruction is finished when its meta json exists: it is written last, after the nut files."""
+    return output_paths(save_path)["meta"].is_file()
+
+
+class MeshNutSink:
+    """Write meshes to `OUT_{0,1,2}.nut` frame by frame; `close(meta)` adds faces and the meta json.
+
+    One output frame per input frame: frames before the first found face repeat the first fitted
+    mesh (they are listed as lost in the meta json, never silently invented); later lost frames
+    carry the previous mesh, as the fitter returns it. The writer finalizes on any exit, so an
+    interrupted run leaves decodable files (and no meta json: a re-run redoes it).
+    """
+
+    def __init__(self, save_path: str | os.PathLike, fps: int = 30):
+        self.save_path = str(save_path)
+        self.paths = output_paths(self.save_path)
+        self.paths["meta"].unlink(missing_ok=True)  # a stale meta would mark a half-done re-run as finished
+        Path(self.save_path).parent.mkdir(parents=True, exist_ok=True)
+        self.writer = MeshNutWriter(self.save_path, fps=fps)
+        self.pending_before_first = 0
+        self.frames_written = 0
+
+    def process(self, mesh: MeshFrame) -> MeshFrame:
+        if not np.isfinite(mesh.vertices).all():
+            self.pending_before_first += 1
+            return mesh
+        for _ in range(self.pending_before_first):
+            self.writer.write(mesh.vertices)
+            self.frames_written += 1
+        self.pending_before_first = 0
+        self.writer.write(mesh.vertices)
+        self.frames_written += 1
+        return mesh
+
+    def close(self, faces: np.ndarray | None = None, meta: dict | None = None, success: bool = True) -> None:
+        self.writer.close(success=success)
+        if faces is not None:
+            tmp = self.paths["faces"].with_name(self.paths["faces"].name + ".partial.npy")
+            np.save(tmp, np.asarray(faces, dtype=np.int32))
+            os.replace(tmp, self.paths["faces"])
+        if success and meta is not None:
+            meta = dict(meta, frames_written=self.frames_written, frames_never_fitted=self.pending_before_first)
+            tmp = self.paths["meta"].with_name(self.paths["meta"].name + ".partial")
+            tmp.write_text(json.dumps(meta, indent=1) + "\n")
+            os.replace(tmp, self.paths["meta"])
+
+
+class PublishSink:
+    """Publish meshes over ZeroMQ (`stream.MeshPublisher`): topology once known, status at 1 Hz, end."""
+
+    def __init__(self, url: str = "tcp://127.0.0.1:5555", drop_when_full: bool = True, publisher=None, **kwargs):
+        from mmface4d_stream.stream.publisher import MeshPublisher
+        from mmface4d_stream.stream.status import StageMeter
+
+        self.publisher = publisher or MeshPublisher(url, drop_when_full=drop_when_full, **kwargs)
+        self._meters: dict[str, StageMeter] = {}
+        self._meter_cls = StageMeter
+        self._topology_shape: tuple[int, int] | None = None
+
+    def set_faces(self, faces: np.ndarray, n_vertices: int) -> None:
+        if self._topology_shape != (len(faces), n_vertices):
+            self.publisher.set_topology(faces, n_vertices)
+            self._topology_shape = (len(faces), n_vertices)
+
+    def process(self, mesh: MeshFrame) -> MeshFrame:
+        if not np.isfinite(mesh.vertices).all():
+            return mesh
+        self.publisher.publish_mesh(
+            mesh.vertices, frame=mesh.frame, t_capture_ns=mesh.t_capture_ns, smoothed=mesh.smoothed,
+            cameras=mesh.cameras, fit={"lost": mesh.lost, "flags": list(mesh.flags),
+                                        **{k: v for k, v in mesh.residuals.items() if np.isfinite(v)}},
+            thumbnails=[Thumbnail(str(cam), jpeg, width, height) for cam, jpeg, width, height in mesh.thumbnails])
+        now = time.monotonic_ns()
+        for stage, ms in mesh.timings_ms.items():
+            self._meters.setdefault(stage, self._meter_cls()).record(ms / 1e3)
+        if mesh.t_source_ns:
+            self._meters.setdefault("capture_to_publish", self._meter_cls()).record((now - mesh.t_source_ns) / 1e9)
+        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()})
+        return mesh
+
+    def close(self) -> None:
+        try:
+            self.publisher.publish_end()
+        finally:
+            self.publisher.close()

@@ -1,0 +1,146 @@
+"""Frame sources: dataset-format sequences and Azure Kinect MKV sessions, one `FrameSet` at a time."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
+from mmface4d_stream.formats.depth_nut import DepthNutReader
+from mmface4d_stream.formats.sequence import DatasetSequence
+from mmface4d_stream.types import CameraFrame, FrameSet
+
+DATASET_FPS = 30
+
+
+class DatasetSource:
+    """Replay a dataset-format sequence (`NAME_i.mp4` + `NAME_i.nut` + `NAME_i.json`) frame by frame.
+
+    cameras: which camera indices to read (default: all present). `t_capture_ns` is frame / 30 s.
+    Streams of different lengths are an error unless `truncate=True` (then the shortest wins).
+    """
+
+    def __init__(self, path: str | os.PathLike, cameras: Sequence[int] | None = None, truncate: bool = False,
+                 max_frames: int | None = None):
+        self.sequence = DatasetSequence(path)
+        self.name = self.sequence.name
+        present = self.sequence.camera_indices
+        self.camera_indices = list(present if cameras is None else cameras)
+        for index in self.camera_indices:
+            cam = self.sequence.camera(index)
+            missing = [s for s, p in (("mp4", cam.color_path), ("nut", cam.depth_path), ("json", cam.intrinsics_path))
+                       if p is None]
+            if missing:
+                raise InputError(f"camera {index} lacks {', '.join(self.name + f'_{index}.' + s for s in missing)}",
+                                 self.sequence.directory / self.name)
+        counts = {f"{self.name}_{i} {k}": n for i in self.camera_indices
+                  for k, n in self.sequence.camera(i).frame_counts().items() if k in ("color", "depth")}
+        if len(set(counts.values())) > 1 and not truncate:
+            detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
+            raise InputError(f"cameras have different frame counts ({detail})", self.sequence.directory / self.name)
+        self.n_frames = min(counts.values())
+        if max_frames is not None:
+            self.n_frames = min(self.n_frames, int(max_frames))
+
+    @property
+    def serials(self) -> list[str]:
+        return [self.sequence.camera(i).intrinsics.serial_number or str(i) for i in self.camera_indices]
+
+    @property
+    def intrinsics(self) -> list:
+        return [self.sequence.camera(i).intrinsics for i in self.camera_indices]
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __iter__(self) -> Iterator[FrameSet]:
+        with ExitStack() as stack:
+            colors = [iter(stack.enter_context(ColorMp4Reader(self.sequence.camera(i).color_path)))
+                      for i in self.camera_indices]
+            depths = [iter(stack.enter_context(DepthNutReader(self.sequence.camera(i).depth_path)))
+                      for i in self.camera_indices]
+            for frame in range(self.n_frames):
+                cameras = []
+                for k, index in enumerate(self.camera_indices):
+                    rgb, depth = next(colors[k]), next(depths[k])
+                    cameras.append(CameraFrame(index, self.serials[k], rgb, depth, self.intrinsics[k]))
+                yield FrameSet(self.name, frame, frame * 1_000_000_000 // DATASET_FPS, cameras,
+                               t_source_ns=time.monotonic_ns())
+
+
+class MkvSource:
+    """Replay the MKVs of one Kinect session, synchronized by device timestamp, depth registered to color.
+
+    Frame sets where a camera dropped its capture carry None for it (counted in `dropped`).
+    Intrinsics are the color cameras' full Kinect lens models from each recording's calibration.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], name: str | None = None, max_frames: int | None = None):
+        from mmface4d_stream.k4a.sync import SessionSync
+
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise InputError("no MKV recordings given")
+        self.name = name or self.paths[0].stem.rsplit("_", 1)[0]
+        self.max_frames = max_frames
+        # Probe once for serials, calibrations and the frame-set count; iteration reopens.
+        with SessionSync(self.paths, tracks=("COLOR", "DEPTH")) as sync:
+            self.serials = [r.serial_number or str(i) for i, r in enumerate(sync.readers)]
+            self.calibrations = [r.calibration for r in sync.readers]
+            self.n_frames = int(sync.frame_count_estimate)
+        if max_frames is not None:
+            self.n_frames = min(self.n_frames, int(max_frames))
+        self.camera_indices = list(range(len(self.paths)))
+        self.dropped = 0
+
+    @property
+    def intrinsics(self) -> list:
+        return [c.color for c in self.calibrations]
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __iter__(self) -> Iterator[FrameSet]:
+        from mmface4d_stream.k4a.registration import DepthToColorRegistration
+        from mmface4d_stream.k4a.sync import SessionSync
+
+        registrations = [DepthToColorRegistration(c) for c in self.calibrations]
+        with SessionSync(self.paths, tracks=("COLOR", "DEPTH")) as sync:
+            start_usec = None
+            for frame_set in sync:
+                if self.max_frames is not None and frame_set.index >= self.max_frames:
+                    break
+                start_usec = frame_set.timestamp_usec if start_usec is None else start_usec
+                cameras: list[CameraFrame | None] = []
+                for k, capture in enumerate(frame_set.captures):
+                    if capture is None or capture.color is None:
+                        cameras.append(None)
+                        self.dropped += 1
+                        continue
+                    depth = None
+                    if capture.depth is not None:
+                        depth = np.asarray(registrations[k].depth_to_color(capture.depth))
+                    cameras.append(CameraFrame(k, self.serials[k], capture.color, depth,
+                                               self.calibrations[k].color, capture.timestamp_usec))
+                yield FrameSet(self.name, frame_set.index, frame_set.timestamp_usec * 1000, cameras,
+                               t_source_ns=time.monotonic_ns())
+
+
+def open_source(inputs: Sequence[str | os.PathLike], cameras: Sequence[int] | None = None,
+                max_frames: int | None = None):
+    """A `MkvSource` for .mkv paths, else a `DatasetSource` for one `<dir>/<name>`."""
+    paths = [Path(p) for p in inputs]
+    if paths and all(p.suffix.lower() == ".mkv" for p in paths):
+        source = MkvSource(paths, max_frames=max_frames)
+        if cameras is not None:
+            raise InputError("--cameras selects dataset cameras; give the wanted MKVs instead")
+        return source
+    if len(paths) != 1:
+        raise InputError("give one dataset sequence <dir>/<name> or a set of .mkv recordings")
+    return DatasetSource(paths[0], cameras=cameras, max_frames=max_frames)

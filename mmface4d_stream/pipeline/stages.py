@@ -1,0 +1,227 @@
+"""Per-frame stages between sources and sinks (no Ray here).
+
+`LandmarkStage` (one per camera set): MediaPipe landmarks, then a crop around the face so only
+small arrays travel further. `FitStage`: the rig's extrinsics and the warm-started fitter.
+`SmoothStage`: causal Butterworth on the vertices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
+from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
+
+log = logging.getLogger(__name__)
+
+# The crop keeps this many face widths around the landmarks' box: the depth term and the offsets
+# need the cheeks and forehead beyond the outermost landmarks.
+CROP_MARGIN = 0.35
+THUMBNAIL_SIDE_PX = 160
+
+
+def face_crop_box(points_px: np.ndarray, width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """Integer box (x0, y0, x1, y1) around finite landmarks (P, 2), grown by `margin` × size, clipped."""
+    finite = points_px[np.isfinite(points_px).all(axis=1)]
+    lo, hi = finite.min(axis=0), finite.max(axis=0)
+    grow = (hi - lo).max() * margin
+    x0, y0 = np.floor(lo - grow).astype(int)
+    x1, y1 = np.ceil(hi + grow).astype(int) + 1
+    return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+def crop_camera(intrinsics, box: tuple[int, int, int, int]) -> FitCamera:
+    """The fitter camera of a crop: same lens, principal point shifted by the crop's corner (pixels)."""
+    camera = FitCamera.from_any(intrinsics)
+    x0, y0, x1, y1 = box
+    return dataclasses.replace(camera, cx=camera.cx - x0, cy=camera.cy - y0, width=x1 - x0, height=y1 - y0)
+
+
+def jpeg_thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE_PX) -> tuple[bytes, int, int]:
+    """A small JPEG (longest side `side` px) of an RGB crop, for previews: (bytes, width, height)."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=70)
+    return buffer.getvalue(), image.width, image.height
+
+
+class LandmarkStage:
+    """Detect landmarks in every camera of a frame set and crop each camera to its face.
+
+    One `FaceLandmarker` per camera keeps its own tracked ROI. Output crops are (h, w) depth in
+    millimetres with a `FitCamera` for the crop, landmarks in crop pixels.
+    """
+
+    def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False):
+        self._landmarkers = [FaceLandmarker(config) for _ in range(n_cameras)]
+        self.thumbnails = thumbnails
+
+    def _one(self, index: int, camera: CameraFrame) -> FaceCrop:
+        result = self._landmarkers[index].process(camera.rgb, camera.depth_mm)
+        height, width = camera.rgb.shape[:2]
+        if not result.found:
+            return FaceCrop(camera.camera, camera.serial, False, 0.0, result.points_px, None,
+                            FitCamera.from_any(camera.intrinsics), (0, 0))
+        box = face_crop_box(result.points_px, width, height)
+        x0, y0, x1, y1 = box
+        depth = None if camera.depth_mm is None else np.ascontiguousarray(camera.depth_mm[y0:y1, x0:x1])
+        thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self.thumbnails else None
+        points = (result.points_px - np.float32([x0, y0])).astype(np.float32)
+        return FaceCrop(camera.camera, camera.serial, True, float(result.confidence), points, depth,
+                        crop_camera(camera.intrinsics, box), (x0, y0), thumbnail)
+
+    def process(self, frame_set: FrameSet) -> ObservedFrame:
+        start = time.perf_counter()
+        crops = [None if cam is None else self._one(k, cam) for k, cam in enumerate(frame_set.cameras)]
+        timings = dict(frame_set.timings_ms, landmarks=(time.perf_counter() - start) * 1e3)
+        return ObservedFrame(frame_set.seq, frame_set.frame, frame_set.t_capture_ns, crops,
+                             frame_set.t_source_ns, timings)
+
+    def close(self) -> None:
+        for landmarker in self._landmarkers:
+            landmarker.close()
+
+
+class FitStage:
+    """Fit the face model to each observed frame, warm-started from the previous one.
+
+    rig_transforms: per camera (in frame-set order) the 4x4 T_ref_from_cam; None for one camera
+    (identity). Use `calibrate_rig` to get them from the first frames of a multi-camera sequence.
+    """
+
+    def __init__(self, rig_transforms: Sequence[np.ndarray] | None = None, model=None, config=None,
+                 device: str = "cpu"):
+        from mmface4d_stream.fit.fitter import FaceFitter
+
+        self.fitter = FaceFitter(model=model, config=config, device=device)
+        self.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
+        self.lost_frames: list[int] = []
+        self.frames = 0
+        self._residual_sums: dict[str, float] = {}
+
+    def observation(self, observed: ObservedFrame):
+        from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+
+        cameras = []
+        for k, crop in enumerate(observed.crops):
+            if crop is None:
+                continue
+            transform = np.eye(4) if self.rig_transforms is None else self.rig_transforms[k]
+            cameras.append(CameraObservation(
+                intrinsics=crop.intrinsics,
+                landmarks_px=crop.landmarks_px if crop.found else None,
+                depth_mm=crop.depth_mm if crop.found else None,
+                landmark_conf=None,
+                T_ref_from_cam=transform,
+            ))
+        return FrameObservation(cameras, frame_index=observed.frame)
+
+    def process(self, observed: ObservedFrame) -> MeshFrame:
+        start = time.perf_counter()
+        result = self.fitter.process(self.observation(observed))
+        self.frames += 1
+        if result.lost:
+            self.lost_frames.append(observed.frame)
+        else:
+            for key, value in result.residuals.items():
+                if np.isfinite(value):
+                    self._residual_sums[key] = self._residual_sums.get(key, 0.0) + float(value)
+        thumbnails = tuple((c.camera, *c.thumbnail_jpeg) for c in observed.crops if c is not None and c.thumbnail_jpeg)
+        timings = dict(observed.timings_ms, fit=(time.perf_counter() - start) * 1e3)
+        return MeshFrame(observed.seq, observed.frame, observed.t_capture_ns,
+                         np.asarray(result.vertices, dtype=np.float32), bool(result.lost), tuple(result.flags),
+                         {k: float(v) for k, v in result.residuals.items()}, False,
+                         tuple(c.serial for c in observed.crops if c is not None), thumbnails,
+                         observed.t_source_ns, timings)
+
+    @property
+    def faces(self) -> np.ndarray | None:
+        model = self.fitter.model
+        return None if model is None else np.asarray(model.triangles, dtype=np.int32)
+
+    @property
+    def model_name(self) -> str:
+        model = self.fitter.model
+        return "template (pending)" if model is None else model.name
+
+    def summary(self) -> dict:
+        fitted = self.frames - len(self.lost_frames)
+        return {
+            "model": self.model_name,
+            "frames": self.frames,
+            "frames_lost_face": list(self.lost_frames),
+            "mean_residuals": {k: v / fitted for k, v in sorted(self._residual_sums.items())} if fitted else {},
+        }
+
+    def close(self) -> None:
+        pass
+
+
+class SmoothStage:
+    """Causal Butterworth low-pass on the vertices (streaming; see `smooth.CausalButterworth`).
+
+    Lost frames pass through unfiltered and restart the filter, so a gap is never smeared into
+    made-up motion.
+    """
+
+    def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0):
+        from mmface4d_stream.smooth import CausalButterworth
+
+        self.filter = CausalButterworth(cutoff_hz=cutoff_hz, order=order, fps=fps)
+        self._shape: tuple[int, ...] | None = None
+
+    def process(self, mesh: MeshFrame) -> MeshFrame:
+        start = time.perf_counter()
+        if mesh.lost or not np.isfinite(mesh.vertices).all():
+            self.filter.reset()
+            self._shape = None
+            return mesh
+        if self._shape is not None and self._shape != mesh.vertices.shape:
+            self.filter.reset()
+        self._shape = mesh.vertices.shape
+        vertices = np.asarray(self.filter.process(mesh.vertices), dtype=np.float32)
+        timings = dict(mesh.timings_ms, smooth=(time.perf_counter() - start) * 1e3)
+        return dataclasses.replace(mesh, vertices=vertices, smoothed=True, timings_ms=timings)
+
+    def close(self) -> None:
+        pass
+
+
+def calibrate_rig(source, landmark_config: LandmarkerConfig | None = None, frames: int = 5,
+                  max_frames: int = 150, reference: int | None = None):
+    """Solve the rig's extrinsics from the first frames where every camera sees the face.
+
+    Runs its own landmark stage over at most `max_frames` frame sets of `source` (an iterable of
+    `FrameSet`), keeping `frames` good ones. Returns a `fit.rig.RigCalibration`.
+    """
+    from mmface4d_stream.errors import InputError
+    from mmface4d_stream.fit.rig import RigCalibrator
+
+    calibrator = RigCalibrator(source.intrinsics, source.serials, reference=reference)
+    landmarkers = [FaceLandmarker(landmark_config) for _ in source.intrinsics]
+    try:
+        for count, frame_set in enumerate(source):
+            if count >= max_frames or calibrator.n_frames >= frames:
+                break
+            if any(c is None or c.depth_mm is None for c in frame_set.cameras):
+                continue
+            results = [lm.process(c.rgb, c.depth_mm) for lm, c in zip(landmarkers, frame_set.cameras)]
+            calibrator.add_frame([r.points_px if r.found else None for r in results],
+                                 [c.depth_mm for c in frame_set.cameras], frame_set.frame)
+    finally:
+        for landmarker in landmarkers:
+            landmarker.close()
+    if calibrator.n_frames == 0:
+        raise InputError(f"no frame among the first {max_frames} where every camera sees the face with depth; "
+                         "cannot calibrate the rig (give --rig rig.json)")
+    return calibrator.solve()

@@ -1,0 +1,96 @@
+"""Small typed records that travel between pipeline stages (and between Ray actors).
+
+Big arrays cross a stage boundary once: sources emit full frames, the landmark stage crops each
+camera to the face, and everything after works on crops and meshes. Times: `t_capture_ns` is the
+capture instant (device timestamp for Kinects, frame index / fps for files), `t_source_ns` the
+host's monotonic clock when the source emitted the frame (for latency), both nanoseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class CameraFrame:
+    """One camera's images of one frame.
+
+    rgb: (H, W, 3) uint8 color image. depth_mm: (H, W) uint16 millimetres registered to the color
+    camera (0 = no measurement), or None. intrinsics: the color camera (anything
+    `fit.camera_terms.FitCamera.from_any` accepts: `IntrinsicsJson`, k4a `CameraModel`, ...).
+    """
+
+    camera: int
+    serial: str
+    rgb: np.ndarray
+    depth_mm: np.ndarray | None
+    intrinsics: Any
+    t_device_us: int | None = None
+
+
+@dataclass
+class FrameSet:
+    """All cameras of one synchronized frame of sequence `seq` (`cameras[i]` None: dropped)."""
+
+    seq: str
+    frame: int
+    t_capture_ns: int
+    cameras: list[CameraFrame | None]
+    t_source_ns: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FaceCrop:
+    """One camera after landmark detection, cropped around the face.
+
+    landmarks_px: (478, 2) float32 in crop pixels (NaN: not found). depth_mm: (h, w) uint16 crop of
+    the registered depth, or None. intrinsics: a `FitCamera` for the crop (principal point shifted
+    by `offset_px`). thumbnail_jpeg: a small JPEG of the crop for previews, or None.
+    """
+
+    camera: int
+    serial: str
+    found: bool
+    confidence: float
+    landmarks_px: np.ndarray
+    depth_mm: np.ndarray | None
+    intrinsics: Any
+    offset_px: tuple[int, int]
+    thumbnail_jpeg: tuple[bytes, int, int] | None = None  # (JPEG bytes, width, height)
+
+
+@dataclass
+class ObservedFrame:
+    """A frame set after landmark detection: crops of every camera (None: camera dropped)."""
+
+    seq: str
+    frame: int
+    t_capture_ns: int
+    crops: list[FaceCrop | None]
+    t_source_ns: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MeshFrame:
+    """A reconstructed mesh: vertices (N, 3) float32 metres in the reference camera's frame.
+
+    lost: no camera saw a face (the vertices carry the previous frame's, or NaN before the first).
+    """
+
+    seq: str
+    frame: int
+    t_capture_ns: int
+    vertices: np.ndarray
+    lost: bool
+    flags: tuple[str, ...] = ()
+    residuals: dict[str, float] = field(default_factory=dict)
+    smoothed: bool = False
+    cameras: tuple[str, ...] = ()
+    thumbnails: tuple[tuple[int, bytes, int, int], ...] = ()  # (camera, JPEG, width, height)
+    t_source_ns: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
