@@ -66,6 +66,7 @@ DEFAULT_METRIC_RADIUS = 1.7
 # the SDK's own acceptance threshold.
 _UNPROJECT_MAX_SQUARED_ERROR_PX = 1e-6
 _UNPROJECT_MAX_ITERATIONS = 20
+_UNPROJECT_CHUNK = 1 << 20  # pixels per numpy batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +562,14 @@ class CameraModel:
         pixels_in = _as_float(pixels)
         if pixels_in.shape[-1] != 2:
             raise ValueError(f"pixels must have shape (..., 2), got {tuple(pixels_in.shape)}.")
+        count = int(np.prod(pixels_in.shape[:-1]))
+        if not _is_torch(pixels_in) and count > _UNPROJECT_CHUNK:
+            # Bound the float64 temporaries (~30 per pixel): a 4096x3072 grid would need GBs.
+            flat = pixels_in.reshape(-1, 2)
+            parts = [self.unproject_to_rays(flat[i : i + _UNPROJECT_CHUNK]) for i in range(0, count, _UNPROJECT_CHUNK)]
+            rays = np.concatenate([p.points for p in parts]).reshape(*pixels_in.shape[:-1], 3)
+            valid = np.concatenate([p.valid for p in parts]).reshape(pixels_in.shape[:-1])
+            return Unprojection(rays, valid)
         uv = _as_float(pixels_in, min_dtype="float64")
         u = uv[..., 0]
         v = uv[..., 1]
