@@ -326,3 +326,16 @@ def test_torch_projection_is_differentiable(raw):
     assert torch.autograd.gradcheck(lambda p: model.project(p)[0], (points,))
     T = raw.T_color_from_depth
     assert torch.autograd.gradcheck(lambda p: model.project(T.apply(p))[0], (points,))
+
+
+def test_large_unprojections_run_in_batches(raw, monkeypatch):
+    import mmface4d_stream.k4a.calibration as calibration
+
+    model = raw.depth.camera_model(DepthMode.WFOV_2X2BINNED)
+    pixels = _sample_grid(model, 5000)
+    whole = model.unproject_to_rays(pixels)
+    monkeypatch.setattr(calibration, "_UNPROJECT_CHUNK", 999)
+    batched = model.unproject_to_rays(pixels)
+    assert batched.points.shape == whole.points.shape
+    np.testing.assert_array_equal(batched.valid, whole.valid)
+    np.testing.assert_array_equal(batched.points, whole.points)
