@@ -139,9 +139,10 @@ def test_color_to_depth_samples_a_known_pattern(reg_1080):
     assert (out[:40] == 0).all()
     gray = reg_1080.color_to_depth(color[..., 0], depth)
     np.testing.assert_array_equal(gray, out[..., 0])
-    tensor = reg_1080.color_to_depth(torch.from_numpy(color), torch.from_numpy(depth.astype(np.int32)))
-    assert tensor.dtype == torch.uint8
-    assert (np.abs(tensor.numpy().astype(int) - out.astype(int)) > 1).sum() == 0
+    for backend in ("auto", "torch"):  # "torch": the ops a GPU tensor runs
+        tensor = reg_1080.color_to_depth(torch.from_numpy(color), torch.from_numpy(depth.astype(np.int32)), backend=backend)
+        assert tensor.dtype == torch.uint8
+        assert (np.abs(tensor.numpy().astype(int) - out.astype(int)) > 1).sum() == 0
 
 
 @pytest.mark.parametrize(
