@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from mmface4d_stream.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

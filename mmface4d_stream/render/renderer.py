@@ -11,11 +11,17 @@ How distortion is handled (the choice this module makes):
   rasterized with straight edges between the distorted vertices. For a finely tessellated mesh
   (a face mesh, edges of a few pixels) the difference from truly curved edges is far below a pixel.
 - Depth: every fragment looks up the exact undistorted ray of its pixel (a per-camera texture built
-  once by inverting the lens model) and intersects it with its triangle's plane (computed per
-  triangle in a geometry shader). Depth is therefore exact for planar triangles whatever the
-  distortion, not an interpolation in distorted image space, which is what the 0.5 mm tests need.
+  once from the camera's unprojection, `camera_ray_map`) and intersects it with its triangle's plane
+  (spanned by the screen derivatives of the interpolated camera-space position). Depth is therefore
+  exact for planar triangles whatever the distortion, not an interpolation in distorted image
+  space (measured: < 0.001 mm on tilted planes through Kinect lenses).
+- Pixels outside the lens model's valid radius stay empty, as on the Kinect.
 Rendering undistorted and remapping would cost an extra full-frame pass, a larger intermediate image
-and a resampling error at every depth edge; projecting vertices avoids all three.
+and a resampling error at every depth edge; projecting vertices avoids all three. Large triangles
+(a few-vertex wall) should be tessellated so that their straight distorted edges stay accurate.
+
+Speed (llvmpipe, 2 shared CPU cores): 35-65 frames/s for a 35709-vertex mesh at 1920x1080 with
+colour and depth read back (`benchmarks/render.py`).
 
 Pixel convention: integer pixel coordinates are pixel centres (OpenCV / Kinect SDK); the image's first
 row is the top (v = 0), so arrays come back without flipping.
@@ -30,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
