@@ -90,6 +90,8 @@ class FitterConfig:
     Robustness: `restart_landmark_rms_px`: a warm fit worse than this is redone cold;
         `max_lost_frames_warm`: after that many lost frames the next fit starts cold.
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
+    normals_refresh_frames: model normals (visibility gating only) are recomputed every this many
+        chained warm-started frames.
     """
 
     cold_iterations: int = 20
@@ -128,6 +130,7 @@ class FitterConfig:
     restart_landmark_rms_px: float = 25.0
     max_lost_frames_warm: int = 10
     template_subdivisions: int = 2
+    normals_refresh_frames: int = 3
 
 
 def vertex_normals_torch(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
@@ -298,6 +301,9 @@ class FaceFitter:
                 model.n_vertices, model.triangles, cfg.offset_laplacian_weight * w, cfg.offset_edge_weight * w, dev
             )
         self._id_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_fit: FitResult | None = None
+        self._final_full: torch.Tensor | None = None
+        self._normals_age = 0
 
     def _build_template(self, obs: FrameObservation) -> None:
         from mmface4d_stream.face.topology import N_FACEMESH_POINTS
@@ -492,7 +498,7 @@ class FaceFitter:
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
         flags += self._make_patches(cams, st)
-        self._update_sample_normals(st)
+        self._update_normals(st, warm_start)
         depth_used = any(c.patch is not None for c in cams)
         if not depth_used:
             flags.append("no_depth")
@@ -547,7 +553,9 @@ class FaceFitter:
             full = self._full_points(st)
         if fit_identity:
             self._identity = st.alpha.cpu().numpy().astype(np.float32)
-        return self._result(obs, cams, st, full, it_done, converged, depth_used, flags)
+        result = self._result(obs, cams, st, full, it_done, converged, depth_used, flags)
+        self._last_fit, self._final_full = result, full
+        return result
 
     def _apply_step(self, st: _State, delta: torch.Tensor, fit_identity: bool) -> _State:
         n_id = self._model.n_id if fit_identity else 0
@@ -578,11 +586,21 @@ class FaceFitter:
             out.append((idx, p[idx], n[idx]))
         return out
 
-    def _update_sample_normals(self, st: _State) -> None:
-        # Normals need the full mesh; they change slowly, so once per frame is plenty.
-        full = self._full_points(st)
+    def _update_normals(self, st: _State, warm_start: FitResult | None) -> None:
+        """Model-frame vertex normals for this frame's visibility tests.
+
+        They only gate associations and the shape changes little between frames, so a warm start
+        from this fitter's previous result reuses that frame's final vertices (no basis
+        evaluation) and refreshes the normals every `normals_refresh_frames` frames only.
+        """
+        chained = warm_start is not None and warm_start is self._last_fit and self._final_full is not None
+        if chained and self._normals_age + 1 < self.config.normals_refresh_frames:
+            self._normals_age += 1
+            return
+        full = self._final_full if chained else self._full_points(st)
         self._frame_normals = vertex_normals_torch(full, self._t.triangles)
         self._frame_sample_normals = self._frame_normals[self._samples]
+        self._normals_age = 0
 
     def _normal_equations(self, cams, st: _State, prev: _State | None, assoc, fit_identity: bool, n_par: int, with_jac: bool):
         """Gauss-Newton system (H (P, P) float64, g (P,), cost) or, with with_jac False, the cost only."""

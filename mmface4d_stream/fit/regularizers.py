@@ -49,8 +49,9 @@ def _to_torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": it is enough here
         return torch.sparse_csr_tensor(
-            torch.as_tensor(m.indptr, dtype=torch.int64),
-            torch.as_tensor(m.indices, dtype=torch.int64),
+            # 32-bit indices: MKL's sparse product is ~1.5x faster with them.
+            torch.as_tensor(m.indptr, dtype=torch.int32),
+            torch.as_tensor(m.indices, dtype=torch.int32),
             torch.as_tensor(m.data, dtype=torch.float32),
             size=m.shape,
             check_invariants=False,
@@ -109,7 +110,7 @@ class OffsetRegularizer:
             return (blocks * x[None]).sum(1)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            return block_mv(h_blocks, x) + torch.sparse.mm(self.matrix, x.T).T + diag_w * x
+            return block_mv(h_blocks, x) + torch.sparse.mm(self.matrix, x.T.contiguous()).T + diag_w * x
 
         eye = torch.eye(3, dtype=h_blocks.dtype, device=h_blocks.device)[:, :, None]
         precond = _inverse_3x3(h_blocks + (self.diagonal[None, None, :] + diag_w) * eye)
