@@ -78,5 +78,47 @@ def lift_landmarks(
             points = np.nanmean(lifts, axis=0)
     n_views = (~np.isnan(lifts[..., 0])).sum(0)
     valid = n_views > 0
+    valid &= _plausible_face_points(points, valid)
+    n_views[~valid] = 0
     points[~valid] = np.nan
     return points, valid, n_views
+
+
+# A face fits in a ball of this radius around its median point; lifts beyond it hit the background.
+_FACE_RADIUS_M = 0.15
+# A FaceMesh point farther than this from the median of its mesh neighbours is a depth outlier
+# (silhouette pixels seen over the background, flying pixels); the template fills it smoothly.
+_NEIGHBOUR_TOLERANCE_M = 0.02
+
+
+def _plausible_face_points(points: np.ndarray, valid: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Mask (P,) of lifted points consistent with a face surface: near the face and near their neighbours."""
+    keep = valid.copy()
+    if keep.sum() < 4:
+        return keep
+    centre = np.median(points[keep], axis=0)
+    keep &= np.linalg.norm(np.nan_to_num(points) - centre, axis=1) < _FACE_RADIUS_M
+    if len(points) < 468:
+        return keep
+    from mmface4d_stream.face.topology import mediapipe_triangles
+
+    tri = mediapipe_triangles()
+    edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    for _ in range(rounds):
+        usable = keep[edges[:, 1]]
+        src, dst = edges[usable, 0], edges[usable, 1]
+        order = np.argsort(src, kind="stable")
+        src, dst = src[order], dst[order]
+        bounds = np.searchsorted(src, np.arange(len(points) + 1))
+        changed = False
+        for i in np.flatnonzero(keep[:468]):
+            neighbours = dst[bounds[i]:bounds[i + 1]]
+            if len(neighbours) < 2:
+                continue
+            if np.linalg.norm(points[i] - np.median(points[neighbours], axis=0)) > _NEIGHBOUR_TOLERANCE_M:
+                keep[i] = False
+                changed = True
+        if not changed:
+            break
+    return keep
