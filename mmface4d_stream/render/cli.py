@@ -20,7 +20,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     capture = synthesize_capture(
         args.out, frames=args.frames, cameras=args.cameras, seed=args.seed, name=args.name,
         noise=DepthNoise(enabled=not args.exact_depth), distortion=not args.pinhole,
-        write_mkv=not args.no_mkv, progress=True,
+        write_mkv=not args.no_mkv, progress=True, reuse=args.reuse,
     )
     print(f"wrote {capture.n_frames} frames x {capture.n_cameras} cameras to {capture.out_dir} "
           f"(sequence {capture.sequence_prefix}, ground truth in {capture.gt_faces_path.parent})", file=sys.stderr)
@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exact-depth", action="store_true", help="no Kinect-like depth noise (mm quantization only)")
     p.add_argument("--pinhole", action="store_true", help="cameras without lens distortion")
     p.add_argument("--no-mkv", action="store_true", help="skip the Kinect MKVs (dataset files and ground truth only)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a complete capture already in --out made with the same arguments")
     p.set_defaults(func=cmd_synth)
 
     v = subparsers.add_parser(

@@ -17,7 +17,13 @@
     out_dir/gt/cameras.json     per device: serial, color/depth intrinsics with lens parameters,
                                 T_ref_from_color / T_ref_from_depth (4x4, metres)
     out_dir/gt/calibration_i.json   each device's calibration.json (as attached to its MKV)
-    out_dir/gt/performance.npz  per-frame expression parameters and head pose
+    out_dir/gt/performance.npz  per-frame expression parameters and head pose (rotation vector,
+                                translation of the head centre in the reference frame)
+    out_dir/gt/synth.json       the arguments, written last (marks a complete capture)
+
+Like the released dataset, `NAME_i.json` holds only the pinhole part of the color camera; its
+images carry the Kinect lens distortion (`distortion=False` / `--pinhole` renders pinhole cameras),
+whose parameters are in `gt/cameras.json` and each device's calibration.
 
 Geometry: the world frame is device 0's color camera (x right, y down, z forward, metres). The
 subject's nose tip rests 0.7 m in front of it; devices 1, 2, ... stand on the circle of radius
@@ -83,6 +89,7 @@ SUBORDINATE_DELAY_USEC = 160
 FIRST_TIMESTAMP_USEC = 233_000  # devices start streaming a moment after power-up
 BACKDROP_Z_M = 1.8
 DEPTH_RANGE_M = (0.25, 3.86)  # NFOV unbinned operating range
+SYNTH_VERSION = 1  # bump when the rendered content changes, so that `reuse` renders again
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,7 @@ def synthesize_capture(
     write_mkv: bool = True,
     write_dataset: bool = True,
     progress: bool = True,
+    reuse: bool = False,
 ) -> SynthCapture:
     """Render a synthetic session and write MKVs, dataset files and ground truth (see module doc).
 
@@ -364,6 +372,8 @@ def synthesize_capture(
         distortion: Kinect lens distortion (False: pinhole cameras).
         write_mkv / write_dataset: skip one family of outputs (ground truth is always written).
         progress: tqdm progress bar on stderr.
+        reuse: when `out_dir` already holds a complete capture made with the same arguments
+            (`gt/synth.json`, written last), return it without rendering again.
     Returns:
         `SynthCapture` with the paths written.
     """
@@ -386,12 +396,6 @@ def synthesize_capture(
     if write_mkv:
         (out / "kinect").mkdir(exist_ok=True)
 
-    subject = sample_subject(2)
-    performance = generate_performance(frames, seed=seed, fps=FPS)
-    devices = build_rig(cameras, seed=seed, distortion=distortion)
-    faces, uv, wall = _scene_mesh(subject)
-    n_scene = subject.n_vertices + len(wall)
-
     capture = SynthCapture(
         out_dir=out, name=name, n_frames=frames, n_cameras=cameras, seed=seed,
         mkv_paths=tuple(out / "kinect" / f"{name}_{i}.mkv" for i in range(cameras)) if write_mkv else (),
@@ -405,6 +409,28 @@ def synthesize_capture(
         calibration_paths=tuple(gt / f"calibration_{i}.json" for i in range(cameras)),
         performance_path=gt / "performance.npz",
     )
+    manifest_path = gt / "synth.json"
+    manifest = {
+        "version": SYNTH_VERSION, "frames": frames, "cameras": cameras, "seed": seed, "name": name,
+        "noise": [noise.enabled, noise.sigma_m, noise.sigma_ref_z_m, list(noise.grazing_deg), noise.edge_jump_m,
+                  noise.edge_drop_p, noise.flying_p],
+        "distortion": distortion, "write_mkv": write_mkv, "write_dataset": write_dataset,
+    }
+    if reuse and manifest_path.is_file():
+        try:
+            same = json.loads(manifest_path.read_text()) == manifest
+        except (OSError, ValueError):
+            same = False
+        if same and all(p.is_file() for p in _all_paths(capture)):
+            logger.info("reusing the synthetic capture in %s (same parameters)", out)
+            return capture
+    manifest_path.unlink(missing_ok=True)
+
+    subject = sample_subject(2)
+    performance = generate_performance(frames, seed=seed, fps=FPS)
+    devices = build_rig(cameras, seed=seed, distortion=distortion)
+    faces, uv, wall = _scene_mesh(subject)
+    n_scene = subject.n_vertices + len(wall)
 
     # Static ground truth first: topology, cameras, calibrations, performance, audio.
     np.save(capture.gt_faces_path, subject.face_faces.astype(np.int32))
@@ -498,5 +524,17 @@ def synthesize_capture(
             IntrinsicsJson(fx=m.fx, fy=m.fy, cx=m.cx, cy=m.cy, width=m.width, height=m.height,
                            color_mode=COLOR_MODE, depth_mode=DEPTH_MODE, serial_number=device.serial_number,
                            stream_length_usec=frames * FRAME_PERIOD_USEC).save(capture.intrinsics_paths[i])
+    # Written last: its presence marks a complete capture that `reuse` may return as is.
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     logger.info("synthetic capture %s: %d frames x %d cameras in %s", name, frames, cameras, out)
     return capture
+
+
+def _all_paths(capture: SynthCapture) -> list[Path]:
+    from mmface4d_stream.formats.mesh_nut import mesh_nut_paths
+
+    return [
+        *capture.mkv_paths, *capture.color_paths, *capture.depth_paths, *capture.intrinsics_paths,
+        capture.wav_path, *mesh_nut_paths(capture.gt_mesh_prefix), capture.gt_faces_path, capture.cameras_path,
+        *capture.calibration_paths, capture.performance_path,
+    ]

@@ -83,4 +83,12 @@ def test_synth_cli_writes_dataset_and_ground_truth(tmp_path):
                  "gt/mesh_0.nut", "gt/mesh_1.nut", "gt/mesh_2.nut"):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "kinect").exists()
+    assert (tmp_path / "gt" / "synth.json").is_file()
+    stamp = (tmp_path / "demo_0.nut").stat().st_mtime_ns
+    args = ["synth", "--out", str(tmp_path), "--frames", "2", "--cameras", "1", "--seed", "3", "--name", "demo",
+            "--no-mkv", "--reuse"]
+    assert main(args) == 0
+    assert (tmp_path / "demo_0.nut").stat().st_mtime_ns == stamp  # same arguments: reused
+    assert main(args[:8] + ["4"] + args[9:]) == 0  # other seed: rendered again
+    assert (tmp_path / "demo_0.nut").stat().st_mtime_ns != stamp
     assert main(["synth", "--out", str(tmp_path), "--frames", "0"]) == 2
