@@ -86,7 +86,9 @@ class FitterConfig:
     Offsets (`offsets` False disables the step): the weights are in units of the depth term's
         1/σ², i.e. `offset_magnitude_weight` w makes an offset of length d cost as much as a depth
         residual of sqrt(w)·d; `offset_landmark_weight` scales the landmark term's pull on the
-        mapped vertices; `offset_cg_iterations` CG steps per frame (warm-started).
+        mapped vertices; `offset_cg_iterations` CG steps per frame (warm-started);
+        `offset_data_vertices`: vertices carrying the depth data term (a fixed random subset when
+        the model has more; all of them for the template).
     Robustness: `restart_landmark_rms_px`: a warm fit worse than this is redone cold;
         `max_lost_frames_warm`: after that many lost frames the next fit starts cold.
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
@@ -126,6 +128,7 @@ class FitterConfig:
     offset_temporal_weight: float = 0.2
     offset_landmark_weight: float = 1.0
     offset_cg_iterations: int = 6
+    offset_data_vertices: int = 12000
 
     restart_landmark_rms_px: float = 25.0
     max_lost_frames_warm: int = 10
@@ -291,9 +294,9 @@ class FaceFitter:
         self._s_mean = self._t.mean_shape[self._samples]
         self._s_id = self._t.id_basis[self._samples]
         self._s_exp = self._t.exp_basis[self._samples]
-        usable = np.ones(model.n_vertices, bool)
-        usable[model.depth_excluded] = False
-        self._depth_usable = torch.as_tensor(usable, device=dev)
+        k_off = min(cfg.offset_data_vertices, len(candidates))
+        offset_data = candidates if k_off == len(candidates) else np.sort(rng.choice(candidates, size=k_off, replace=False))
+        self._offset_data_idx = torch.as_tensor(offset_data, dtype=torch.int64, device=dev)
         self._offset_reg = None
         if cfg.offsets:
             w = 1.0 / cfg.depth_sigma_m**2
@@ -715,43 +718,47 @@ class FaceFitter:
         h = torch.zeros((3, 3, n), dtype=torch.float32, device=dev)
         g = torch.zeros((3, n), dtype=torch.float32, device=dev)
         r_mat, t_vec = st.rotation, st.translation
-        x_ref = full @ r_mat.T + t_vec
-        n_ref = normals @ r_mat.T
         offsets_cf = st.offsets.T.contiguous()
         inv_d = 1.0 / cfg.depth_sigma_m**2
         any_data = False
+        # Depth data on a fixed vertex subset (~2 mm apart on the BFM, about the depth sampling):
+        # the smoothness terms carry it to every vertex at a fraction of the association cost.
+        sub = self._offset_data_idx
+        x_ref = full[sub] @ r_mat.T + t_vec
+        n_ref = normals[sub] @ r_mat.T
+        off_sub = offsets_cf[:, sub]
+        h_sub = torch.zeros((3, 3, len(sub)), dtype=torch.float32, device=dev)
+        g_sub = torch.zeros((3, len(sub)), dtype=torch.float32, device=dev)
         for cam in cams:
             if cam.patch is None:
                 continue
             xc = x_ref @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
             nc = n_ref @ cam.r_cam_from_ref.T
             ok, p, nd = associate(cam.patch, cam.camera, xc, nc, cfg.depth_gate_m, cfg.depth_min_normal_cos)
-            ok &= self._depth_usable
             if not bool(ok.any()):
                 continue
             any_data = True
-            # Dense over all vertices with zero weight where unassociated: cheaper than gathers.
+            # Dense over the subset with zero weight where unassociated: cheaper than gathers.
             res = (nd * (xc - p)).sum(1)
-            ar = res.abs()
-            w = torch.where(ar <= cfg.depth_huber_m, torch.ones_like(ar), cfg.depth_huber_m / ar.clamp_min(1e-12)) * inv_d
+            w = _huber_weight(res.abs(), cfg.depth_huber_m) * inv_d
             w = torch.where(ok, w, torch.zeros_like(w))
-            n_model = (nd @ (cam.r_cam_from_ref @ r_mat)).T.contiguous()  # (3, N)
-            c = res - (n_model * offsets_cf).sum(0)
+            n_model = (nd @ (cam.r_cam_from_ref @ r_mat)).T.contiguous()  # (3, M)
+            c = res - (n_model * off_sub).sum(0)
             wn = w[None] * n_model
-            h += wn[:, None, :] * n_model[None, :, :]
-            g += c[None] * wn
+            h_sub += wn[:, None, :] * n_model[None, :, :]
+            g_sub += c[None] * wn
+        h[:, :, sub] = h_sub
+        g[:, sub] = g_sub
         if cfg.offset_landmark_weight > 0:
             inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
             for cam in cams:
                 if len(cam.lm_rows) == 0:
                     continue
                 vid = self._t.landmark_vertex[cam.lm_rows]
-                xc = x_ref[vid] @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
+                xc = (full[vid] @ r_mat.T + t_vec) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
                 uv, jp = project_pinhole(xc, cam.camera.fx, cam.camera.fy, cam.camera.cx, cam.camera.cy)
                 res = uv - cam.lm_target
-                norm = torch.linalg.norm(res, dim=1)
-                robust = torch.where(norm <= cfg.landmark_huber_px, torch.ones_like(norm), cfg.landmark_huber_px / norm.clamp_min(1e-9))
-                w = cam.lm_conf * robust * inv_lm
+                w = cam.lm_conf * _huber_weight(torch.linalg.norm(res, dim=1), cfg.landmark_huber_px) * inv_lm
                 a = jp @ cam.r_cam_from_ref @ r_mat  # (Lc, 2, 3)
                 c = res - torch.einsum("lij,lj->li", a, st.offsets[vid])
                 h.index_add_(2, vid, (w[:, None, None] * (a.transpose(1, 2) @ a)).permute(1, 2, 0))
