@@ -24,6 +24,11 @@ def output_paths(save_path: str | os.PathLike) -> dict[str, Path]:
     return {"x": x, "y": y, "z": z, "faces": Path(f"{save_path}_faces.npy"), "meta": Path(f"{save_path}_meta.json")}
 
 
+def has_mesh(mesh: MeshFrame) -> bool:
+    """False before the first fitted frame (no vertices yet, or NaN placeholders)."""
+    return mesh.vertices.size > 0 and bool(np.isfinite(mesh.vertices).all())
+
+
 def is_finished(save_path: str | os.PathLike) -> bool:
     """A reconstruction is finished when its meta json exists: it is written last, after the nut files."""
     return output_paths(save_path)["meta"].is_file()
@@ -48,7 +53,7 @@ class MeshNutSink:
         self.frames_written = 0
 
     def process(self, mesh: MeshFrame) -> MeshFrame:
-        if not np.isfinite(mesh.vertices).all():
+        if not has_mesh(mesh):
             self.pending_before_first += 1
             return mesh
         for _ in range(self.pending_before_first):
@@ -90,7 +95,7 @@ class PublishSink:
             self._topology_shape = (len(faces), n_vertices)
 
     def process(self, mesh: MeshFrame) -> MeshFrame:
-        if not np.isfinite(mesh.vertices).all():
+        if not has_mesh(mesh):
             return mesh
         self.publisher.publish_mesh(
             mesh.vertices, frame=mesh.frame, t_capture_ns=mesh.t_capture_ns, smoothed=mesh.smoothed,

@@ -182,7 +182,7 @@ class SmoothStage:
 
     def process(self, mesh: MeshFrame) -> MeshFrame:
         start = time.perf_counter()
-        if mesh.lost or not np.isfinite(mesh.vertices).all():
+        if mesh.lost or mesh.vertices.size == 0 or not np.isfinite(mesh.vertices).all():
             self.filter.reset()
             self._shape = None
             return mesh
