@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from mmface4d_stream.errors import InputError
@@ -94,14 +95,25 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     sink = MeshNutSink(save_path)
     start = time.perf_counter()
     success = False
+    stage_ms: dict[str, list[float]] = {}
     try:
         with tqdm(total=len(source), desc=f"reconstruct {source.name}", unit="frame", file=sys.stderr,
                   disable=not options.progress, dynamic_ncols=True) as bar:
-            for frame_set in source:
+            frames = iter(source)
+            while True:
+                t0 = time.perf_counter()
+                frame_set = next(frames, None)
+                if frame_set is None:
+                    break
+                stage_ms.setdefault("source", []).append((time.perf_counter() - t0) * 1e3)
                 mesh = fitter.process(landmarks.process(frame_set))
                 if smoother is not None:
                     mesh = smoother.process(mesh)
+                t0 = time.perf_counter()
                 sink.process(mesh)
+                stage_ms.setdefault("encode", []).append((time.perf_counter() - t0) * 1e3)
+                for stage, ms in mesh.timings_ms.items():
+                    stage_ms.setdefault(stage, []).append(ms)
                 bar.update()
         success = True
     finally:
@@ -116,6 +128,8 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
             **fitter.summary(),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(fitter.frames / elapsed, 3) if elapsed > 0 else None,
+            "stage_ms": {stage: {"mean": round(float(np.mean(v)), 3), "p50": round(float(np.percentile(v, 50)), 3),
+                                 "p95": round(float(np.percentile(v, 95)), 3)} for stage, v in stage_ms.items()},
         }
         sink.close(faces=fitter.faces, meta=meta, success=success)
     if sink.frames_written == 0:
