@@ -1,0 +1,406 @@
+// mmface4d live preview: draws the newest reconstructed face mesh pushed by the preview server.
+//
+// The server (mmface4d_stream/preview/server.py) sends binary messages for the topology, meshes and
+// camera thumbnails (layout in mmface4d_stream/preview/framing.py) and a JSON status text message
+// twice a second. The page keeps only the newest mesh: one that arrives before the previous one was
+// drawn replaces it. After drawing, the page acknowledges the meshes it received, which gives the
+// server credit to send more; a slow page therefore receives fewer meshes instead of a queue.
+import * as THREE from 'three';
+import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
+
+// Binary framing: the same numbers as framing.py (tests/preview checks that they agree).
+const FRAMING_VERSION = 1;
+const MSG_MESH = 1;
+const MSG_TOPOLOGY = 2;
+const MSG_THUMBNAIL = 3;
+const FLAG_SMOOTHED = 1;
+const FLAG_LOST = 2;
+const MESH_HEADER_BYTES = 20;
+const TOPOLOGY_HEADER_BYTES = 16;
+const THUMBNAIL_HEADER_BYTES = 12;
+
+const MAX_CAMERAS_SHOWN = 8;
+const FPS_WINDOW_MS = 1000;
+
+const stats = {
+  connected: false,
+  connections: 0,
+  meshesReceived: 0,
+  meshesDrawn: 0,
+  meshesSkipped: 0,
+  badFrames: 0,
+  lastError: null,
+  fps: 0,
+  topologies: 0,
+  nVertices: 0,
+  nFaces: 0,
+  lastSeq: 0,
+  lastFrame: null,
+  lost: false,
+  smoothed: false,
+  thumbnails: 0,
+  statusMessages: 0,
+  webgl: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// ------------------------------------------------------------------------------------- scene
+
+const canvas = $('view');
+let renderer = null;
+try {
+  renderer = new THREE.WebGLRenderer({ canvas, antialias: true });
+  renderer.setPixelRatio(window.devicePixelRatio || 1);
+  stats.webgl = true;
+} catch (err) {
+  stats.lastError = `WebGL unavailable: ${err.message}`;
+}
+
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0x1b1d22);
+const camera = new THREE.PerspectiveCamera(30, 1, 0.01, 100);
+camera.position.set(0, 0, 1);
+const controls = new OrbitControls(camera, canvas);
+controls.addEventListener('change', () => { needsRender = true; });
+
+scene.add(new THREE.HemisphereLight(0xf4f1ec, 0x30343c, 1.1));
+// A light that follows the viewer, so the side being looked at is always lit.
+const headlight = new THREE.DirectionalLight(0xffffff, 1.9);
+scene.add(headlight, headlight.target);
+
+// Stream vertices are in the reference camera's frame (x right, y down, z forward); turning the
+// group half a turn about x gives three.js's convention (y up, viewer looking down -z).
+const faceGroup = new THREE.Group();
+faceGroup.rotation.x = Math.PI;
+scene.add(faceGroup);
+const material = new THREE.MeshStandardMaterial({
+  color: 0xd8b6a0, roughness: 0.6, metalness: 0.0, side: THREE.DoubleSide,
+});
+const faceMesh = new THREE.Mesh(new THREE.BufferGeometry(), material);
+faceMesh.visible = false;
+faceMesh.frustumCulled = false;
+faceGroup.add(faceMesh);
+
+let topology = null; // {key, nVertices, nFaces}
+let needsFraming = true;
+let needsRender = true;
+let pending = null; // newest mesh not drawn yet: {buffer, seq, frame, flags, key, nVertices}
+let unacked = 0;
+let socket = null;
+const drawTimes = [];
+
+function resize() {
+  const w = canvas.clientWidth || window.innerWidth;
+  const h = canvas.clientHeight || window.innerHeight;
+  if (renderer) renderer.setSize(w, h, false);
+  camera.aspect = w / Math.max(h, 1);
+  camera.updateProjectionMatrix();
+  needsRender = true;
+}
+window.addEventListener('resize', resize);
+resize();
+
+function frameView() {
+  const geometry = faceMesh.geometry;
+  if (!geometry.boundingSphere) geometry.computeBoundingSphere();
+  const sphere = geometry.boundingSphere;
+  if (!sphere || !Number.isFinite(sphere.radius) || sphere.radius <= 0) return;
+  faceGroup.updateMatrixWorld(true);
+  const center = faceGroup.localToWorld(sphere.center.clone());
+  const distance = (sphere.radius / Math.sin(THREE.MathUtils.degToRad(camera.fov / 2))) * 1.05;
+  controls.target.copy(center);
+  camera.position.copy(center).add(new THREE.Vector3(0, 0, distance));
+  camera.near = distance / 100;
+  camera.far = distance * 100;
+  camera.updateProjectionMatrix();
+  controls.update();
+  needsFraming = false;
+  needsRender = true;
+}
+$('reset-view').addEventListener('click', frameView);
+
+// -------------------------------------------------------------------------------- messages
+
+function setTopology(buffer) {
+  if (buffer.byteLength < TOPOLOGY_HEADER_BYTES) throw new Error(`topology message of ${buffer.byteLength} bytes`);
+  const view = new DataView(buffer);
+  const key = view.getUint32(4, true);
+  const nVertices = view.getUint32(8, true);
+  const nFaces = view.getUint32(12, true);
+  if (buffer.byteLength !== TOPOLOGY_HEADER_BYTES + nFaces * 12) {
+    throw new Error(`topology message is ${buffer.byteLength} bytes, expected ${TOPOLOGY_HEADER_BYTES + nFaces * 12}`);
+  }
+  const faces = new Int32Array(buffer, TOPOLOGY_HEADER_BYTES, nFaces * 3);
+  const index = new Uint32Array(faces.length);
+  for (let i = 0; i < faces.length; i++) {
+    const v = faces[i];
+    if (v < 0 || v >= nVertices) throw new Error(`topology index ${v} outside [0, ${nVertices})`);
+    index[i] = v;
+  }
+  const geometry = new THREE.BufferGeometry();
+  const positions = new THREE.BufferAttribute(new Float32Array(nVertices * 3), 3);
+  positions.setUsage(THREE.DynamicDrawUsage);
+  geometry.setAttribute('position', positions);
+  geometry.setIndex(new THREE.BufferAttribute(index, 1));
+  faceMesh.geometry.dispose();
+  faceMesh.geometry = geometry;
+  faceMesh.visible = false;
+  const changedSize = !topology || topology.nVertices !== nVertices;
+  topology = { key, nVertices, nFaces };
+  stats.topologies += 1;
+  stats.nVertices = nVertices;
+  stats.nFaces = nFaces;
+  // Same mesh size after a reconnect: keep the operator's view; a new model gets framed.
+  if (changedSize) needsFraming = true;
+}
+
+function receiveMesh(buffer) {
+  unacked += 1;
+  if (buffer.byteLength < MESH_HEADER_BYTES) throw new Error(`mesh message of ${buffer.byteLength} bytes`);
+  const view = new DataView(buffer);
+  const mesh = {
+    buffer,
+    flags: view.getUint16(2, true),
+    seq: view.getUint32(4, true),
+    frame: view.getUint32(8, true),
+    nVertices: view.getUint32(12, true),
+    key: view.getUint32(16, true),
+  };
+  if (buffer.byteLength !== MESH_HEADER_BYTES + mesh.nVertices * 12) {
+    throw new Error(`mesh message is ${buffer.byteLength} bytes, expected ${MESH_HEADER_BYTES + mesh.nVertices * 12}`);
+  }
+  stats.meshesReceived += 1;
+  if (pending) stats.meshesSkipped += 1;
+  pending = mesh;
+}
+
+function drawMesh(mesh) {
+  if (!topology || mesh.key !== topology.key || mesh.nVertices !== topology.nVertices) {
+    stats.meshesSkipped += 1;
+    return;
+  }
+  const source = new Float32Array(mesh.buffer, MESH_HEADER_BYTES, mesh.nVertices * 3);
+  for (let i = 0; i < source.length; i++) {
+    if (!Number.isFinite(source[i])) throw new Error('mesh has non-finite vertex coordinates');
+  }
+  const geometry = faceMesh.geometry;
+  const positions = geometry.getAttribute('position');
+  positions.array.set(source);
+  positions.needsUpdate = true;
+  geometry.computeVertexNormals();
+  geometry.computeBoundingSphere();
+  faceMesh.visible = true;
+  if (needsFraming) frameView();
+  if (stats.lastSeq && mesh.seq > stats.lastSeq + 1) stats.meshesSkipped += mesh.seq - stats.lastSeq - 1;
+  stats.lastSeq = mesh.seq;
+  stats.lastFrame = mesh.frame;
+  stats.lost = (mesh.flags & FLAG_LOST) !== 0;
+  stats.smoothed = (mesh.flags & FLAG_SMOOTHED) !== 0;
+  stats.meshesDrawn += 1;
+  drawTimes.push(performance.now());
+  needsRender = true;
+}
+
+function showThumbnail(buffer) {
+  if (buffer.byteLength < THUMBNAIL_HEADER_BYTES) throw new Error(`thumbnail message of ${buffer.byteLength} bytes`);
+  const view = new DataView(buffer);
+  const nameBytes = view.getUint16(2, true);
+  const jpegBytes = view.getUint32(8, true);
+  const start = THUMBNAIL_HEADER_BYTES + nameBytes + ((4 - (nameBytes % 4)) % 4);
+  if (buffer.byteLength !== start + jpegBytes) {
+    throw new Error(`thumbnail message is ${buffer.byteLength} bytes, expected ${start + jpegBytes}`);
+  }
+  const name = new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array(buffer, THUMBNAIL_HEADER_BYTES, nameBytes));
+  const box = $('thumbnails');
+  let figure = Array.from(box.children).find((f) => f.dataset.camera === name);
+  if (!figure) {
+    if (box.children.length >= MAX_CAMERAS_SHOWN) throw new Error(`more than ${MAX_CAMERAS_SHOWN} cameras`);
+    figure = document.createElement('figure');
+    figure.dataset.camera = name;
+    figure.appendChild(document.createElement('img'));
+    const caption = document.createElement('figcaption');
+    caption.textContent = `camera ${name}`;
+    figure.appendChild(caption);
+    box.appendChild(figure);
+  }
+  const img = figure.querySelector('img');
+  const url = URL.createObjectURL(new Blob([new Uint8Array(buffer, start, jpegBytes)], { type: 'image/jpeg' }));
+  const old = img.dataset.url;
+  img.alt = `camera ${name}`;
+  img.src = url;
+  img.dataset.url = url;
+  if (old) URL.revokeObjectURL(old);
+  stats.thumbnails += 1;
+}
+
+function handleBinary(buffer) {
+  if (buffer.byteLength < 2) throw new Error(`binary message of ${buffer.byteLength} bytes`);
+  const bytes = new Uint8Array(buffer, 0, 2);
+  if (bytes[1] !== FRAMING_VERSION) {
+    if (bytes[0] === MSG_MESH) unacked += 1;
+    throw new Error(`framing version ${bytes[1]}, expected ${FRAMING_VERSION}`);
+  }
+  if (bytes[0] === MSG_MESH) receiveMesh(buffer);
+  else if (bytes[0] === MSG_TOPOLOGY) setTopology(buffer);
+  else if (bytes[0] === MSG_THUMBNAIL) showThumbnail(buffer);
+  else throw new Error(`unknown binary message type ${bytes[0]}`);
+}
+
+// One entry point for everything the socket delivers; a malformed message is counted and skipped.
+function handleMessage(data) {
+  try {
+    if (typeof data === 'string') showStatus(data);
+    else if (data instanceof ArrayBuffer) handleBinary(data);
+    else throw new Error(`unexpected message of type ${typeof data}`);
+  } catch (err) {
+    stats.badFrames += 1;
+    stats.lastError = String(err && err.message ? err.message : err);
+    console.warn('mmface4d preview: skipped a malformed message:', stats.lastError);
+    // A bad mesh still used the server's credit: give it back if nothing is waiting to be drawn.
+    if (!pending) acknowledge();
+  }
+}
+
+function acknowledge() {
+  if (unacked > 0 && socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ type: 'ack', n: unacked }));
+  }
+  unacked = 0;
+}
+
+// ---------------------------------------------------------------------------------- status
+
+const fmt = (value, digits = 1, unit = '') => (
+  typeof value === 'number' && Number.isFinite(value) ? `${value.toFixed(digits)}${unit}` : '–'
+);
+
+function setBanner(text, level) {
+  const banner = $('banner');
+  banner.textContent = text || '';
+  banner.className = text ? `banner ${level === 'warn' ? 'warn' : ''}` : 'banner hidden';
+}
+
+function showStatus(text) {
+  const message = JSON.parse(text);
+  if (!message || typeof message !== 'object' || message.type !== 'status' || typeof message.stream !== 'object' || !message.stream) {
+    throw new Error('text message is not a status report');
+  }
+  stats.statusMessages += 1;
+  window.mmfPreview.lastStatus = message;
+  const s = message.stream;
+  const state = String(s.state);
+  const connection = $('connection');
+  connection.textContent = `${String(s.url)} · ${state}`;
+  connection.className = state === 'streaming' ? 'ok' : (state === 'ended' || state === 'waiting' ? 'warn' : 'bad');
+  $('fps-stream').textContent = `${fmt(s.rate_fps)} fps received`;
+  $('latency').textContent = `${fmt(s.latency_ms, 0, ' ms')} capture → preview`;
+  const stages = s.stages && typeof s.stages === 'object' ? s.stages : {};
+  let pipelineDrops = 0;
+  for (const stage of Object.values(stages)) pipelineDrops += Number(stage && stage.drops) || 0;
+  $('drops').textContent = `pipeline ${pipelineDrops} · network ${Number(s.dropped) || 0} · not drawn ${stats.meshesSkipped}`
+    + (s.rejected ? ` · rejected ${s.rejected}` : '');
+  const mesh = s.mesh && typeof s.mesh === 'object' ? s.mesh : {};
+  const cameras = Array.isArray(mesh.cameras) ? mesh.cameras.map(String).join(', ') : '';
+  $('frame').textContent = mesh.frame === undefined ? '–' : `${mesh.frame}${cameras ? ` (cameras ${cameras})` : ''}${mesh.smoothed ? ' smoothed' : ''}`;
+  const topo = s.topology;
+  $('topology').textContent = topo ? `${topo.n_vertices} vertices · ${topo.n_faces} triangles` : '–';
+  renderStages(stages);
+  const notes = [];
+  if (s.rejected) notes.push(`last rejected message: ${String(s.last_error)}`);
+  if (s.waiting_for_topology) notes.push('waiting for the mesh topology');
+  if (stats.badFrames) notes.push(`${stats.badFrames} malformed preview messages skipped`);
+  $('notes').textContent = notes.join(' · ');
+
+  if (!stats.connected) setBanner('preview server unreachable — retrying', 'bad');
+  else if (state === 'waiting') setBanner(`waiting for the mesh stream at ${String(s.url)}`, 'warn');
+  else if (state === 'stalled') setBanner(`no data for ${fmt(s.age_s, 0)} s — is the capture running?`, 'bad');
+  else if (state === 'ended') setBanner(`stream ended (${String(s.end_reason)})`, 'warn');
+  else if (mesh.lost) setBanner('FACE LOST — the subject is out of view', 'bad');
+  else setBanner('', null);
+}
+
+function renderStages(stages) {
+  const table = $('stages');
+  table.replaceChildren();
+  const names = Object.keys(stages);
+  if (!names.length) return;
+  const head = table.insertRow();
+  for (const label of ['stage', 'fps', 'latency', 'drops']) {
+    const th = document.createElement('th');
+    th.textContent = label;
+    head.appendChild(th);
+  }
+  for (const name of names.slice(0, 16)) {
+    const stage = stages[name] || {};
+    const row = table.insertRow();
+    for (const text of [name, fmt(stage.fps), fmt(stage.latency_ms, 0, ' ms'), String(Number(stage.drops) || 0)]) {
+      row.insertCell().textContent = text;
+    }
+  }
+}
+
+function updateFps() {
+  const now = performance.now();
+  while (drawTimes.length && drawTimes[0] < now - FPS_WINDOW_MS) drawTimes.shift();
+  stats.fps = drawTimes.length * (1000 / FPS_WINDOW_MS);
+  $('fps-drawn').textContent = `${fmt(stats.fps)} fps`;
+}
+setInterval(updateFps, 250);
+
+// ------------------------------------------------------------------------------- main loop
+
+function animate() {
+  requestAnimationFrame(animate);
+  if (pending) {
+    const mesh = pending;
+    pending = null;
+    try {
+      drawMesh(mesh);
+    } catch (err) {
+      stats.badFrames += 1;
+      stats.lastError = String(err.message || err);
+      console.warn('mmface4d preview: could not draw a mesh:', stats.lastError);
+    }
+    acknowledge();
+  }
+  if (needsRender && renderer) {
+    headlight.position.copy(camera.position).addScaledVector(camera.up, 0.3 * camera.position.distanceTo(controls.target));
+    headlight.target.position.copy(controls.target);
+    renderer.render(scene, camera);
+    needsRender = false;
+  }
+}
+requestAnimationFrame(animate);
+
+// ------------------------------------------------------------------------------- websocket
+
+let retryMs = 500;
+
+function connect() {
+  const protocol = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(`${protocol}//${window.location.host}/ws${window.location.search}`);
+  ws.binaryType = 'arraybuffer';
+  socket = ws;
+  ws.onopen = () => {
+    stats.connected = true;
+    stats.connections += 1;
+    retryMs = 500;
+    unacked = 0;
+    pending = null;
+  };
+  ws.onmessage = (event) => handleMessage(event.data);
+  ws.onclose = () => {
+    if (socket !== ws) return;
+    stats.connected = false;
+    setBanner('preview server unreachable — retrying', 'bad');
+    $('connection').textContent = 'disconnected from the preview server';
+    $('connection').className = 'bad';
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 4000);
+  };
+}
+
+window.mmfPreview = { stats, handleMessage, lastStatus: null, frameView };
+if (!renderer) setBanner('this browser cannot draw WebGL: the preview needs it', 'bad');
+connect();
