@@ -294,6 +294,9 @@ class FaceFitter:
         self._s_mean = self._t.mean_shape[self._samples]
         self._s_id = self._t.id_basis[self._samples]
         self._s_exp = self._t.exp_basis[self._samples]
+        # Per-coordinate contiguous copies (S, K) for the depth Jacobian's n·B products.
+        self._s_id_c = tuple(self._s_id[:, c, :].contiguous() for c in range(3))
+        self._s_exp_c = tuple(self._s_exp[:, c, :].contiguous() for c in range(3))
         k_off = min(cfg.offset_data_vertices, len(candidates))
         offset_data = candidates if k_off == len(candidates) else np.sort(rng.choice(candidates, size=k_off, replace=False))
         self._offset_data_idx = torch.as_tensor(offset_data, dtype=torch.int64, device=dev)
@@ -569,7 +572,11 @@ class FaceFitter:
         return _State(r, t, alpha, beta, st.offsets)
 
     def _associate(self, cams: list[_Cam], st: _State, gate: float) -> list:
-        """Per camera: (ok (S,), target points (S, 3), target normals (S, 3)) or None."""
+        """Per camera: (ok (S,) as 0/1 float, target points (S, 3), target normals (S, 3)) or None.
+
+        Dense over the depth samples (unassociated rows get weight 0 later): on the CPU, masked
+        arithmetic over all S rows is cheaper than gathering the associated rows' bases.
+        """
         cfg = self.config
         out = []
         if not any(c.patch is not None for c in cams):
@@ -585,8 +592,7 @@ class FaceFitter:
             xc = x_ref @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
             nc = n_ref @ cam.r_cam_from_ref.T
             ok, p, n = associate(cam.patch, cam.camera, xc, nc, gate, cfg.depth_min_normal_cos)
-            idx = torch.nonzero(ok).squeeze(1)
-            out.append((idx, p[idx], n[idx]))
+            out.append((ok.to(p.dtype), p, n) if bool(ok.any()) else None)
         return out
 
     def _update_normals(self, st: _State, warm_start: FitResult | None) -> None:
@@ -644,28 +650,28 @@ class FaceFitter:
         inv_d = 1.0 / cfg.depth_sigma_m**2
         if any(a is not None for a in assoc):
             s_pts = self._sub_points(st, self._s_mean, self._s_id, self._s_exp, self._samples)
+            rp = s_pts @ r_mat.T
+            depth_cost = torch.zeros((), dtype=rp.dtype, device=dev)
             for cam, a in zip(cams, assoc):
-                if a is None or len(a[0]) == 0:
+                if a is None:
                     continue
-                idx, p, n = a
-                rp = s_pts[idx] @ r_mat.T
+                ok, p, n = a
                 xc = (rp + t_vec) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-                res = (n * (xc - p)).sum(1)
+                res = (n * (xc - p)).sum(1) * ok
                 ar = res.abs()
-                w = _huber_weight(ar, cfg.depth_huber_m) * inv_d
-                cost += float((inv_d * _huber_cost(ar, cfg.depth_huber_m)).sum())
+                depth_cost = depth_cost + (_huber_cost(ar, cfg.depth_huber_m) * ok).sum()
                 if with_jac:
-                    g_ref = n @ cam.r_cam_from_ref  # (M, 3) n^T R_c
+                    w = _huber_weight(ar, cfg.depth_huber_m) * (inv_d * ok)
+                    g_ref = n @ cam.r_cam_from_ref  # (S, 3) n^T R_c
                     jw = torch.linalg.cross(rp, g_ref, dim=1)
                     parts = [jw, g_ref]
-                    n_model = g_ref @ r_mat
-                    if n_id:
-                        parts.append(torch.einsum("mc,mck->mk", n_model, self._s_id[idx]))
-                    if model.n_exp:
-                        parts.append(torch.einsum("mc,mck->mk", n_model, self._s_exp[idx]))
+                    nm = g_ref @ r_mat  # normal in the model frame
+                    for basis in ((self._s_id_c,) if n_id else ()) + ((self._s_exp_c,) if model.n_exp else ()):
+                        parts.append(nm[:, 0:1] * basis[0] + nm[:, 1:2] * basis[1] + nm[:, 2:3] * basis[2])
                     blocks_j.append(torch.cat(parts, 1))
                     blocks_r.append(res)
                     blocks_w.append(w)
+            cost += inv_d * float(depth_cost)
         # Priors and temporal terms: diagonal, added directly.
         prior_diag = torch.zeros(n_par, dtype=torch.float64, device=dev)
         prior_grad = torch.zeros(n_par, dtype=torch.float64, device=dev)
@@ -805,13 +811,13 @@ class FaceFitter:
             sq, cnt = 0.0, 0
             s_pts = self._sub_points(st_out, self._s_mean, self._s_id, self._s_exp, self._samples)
             for cam, a in zip(cams, assoc):
-                if a is None or len(a[0]) == 0:
+                if a is None:
                     continue
-                idx, p, n = a
-                xc = (s_pts[idx] @ r_t.T + st.translation) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-                res = (n * (xc - p)).sum(1)
+                ok, p, n = a
+                xc = (s_pts @ r_t.T + st.translation) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
+                res = (n * (xc - p)).sum(1) * ok
                 sq += float((res * res).sum())
-                cnt += len(res)
+                cnt += int(ok.sum())
             residuals["depth_rms_mm"] = 1e3 * math.sqrt(sq / cnt) if cnt else float("nan")
             residuals["depth_inliers"] = float(cnt)
         return FitResult(
