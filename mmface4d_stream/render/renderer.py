@@ -130,7 +130,13 @@ def shared_context():
     if _CONTEXT is None:
         import moderngl
 
-        _CONTEXT = moderngl.create_standalone_context(backend="egl", require=330)
+        try:
+            _CONTEXT = moderngl.create_standalone_context(backend="egl", require=330)
+        except Exception as exc:  # moderngl/glcontext raise plain Exceptions for a missing EGL
+            raise RuntimeError(
+                "headless OpenGL (EGL) is not available; on Debian/Ubuntu install libegl1, libegl-mesa0 "
+                f"and libgl1-mesa-dri (Mesa llvmpipe renders on the CPU) ({exc})"
+            ) from exc
         logger.debug("OpenGL context: %s, %s", _CONTEXT.info["GL_RENDERER"], _CONTEXT.info["GL_VERSION"])
     return _CONTEXT
 

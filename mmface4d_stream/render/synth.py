@@ -468,7 +468,7 @@ def synthesize_capture(
                     capture.mkv_paths[i], calibration_raw=device.raw_calibration.to_json(),
                     color_mode=COLOR_MODE, depth_mode=DEPTH_MODE, ir=True, fps=FPS,
                     serial_number=device.serial_number,
-                    wired_sync_mode="MASTER" if i == 0 else "SUBORDINATE",
+                    wired_sync_mode="STANDALONE" if cameras == 1 else ("MASTER" if i == 0 else "SUBORDINATE"),
                     subordinate_delay_usec=0 if i == 0 else SUBORDINATE_DELAY_USEC * i,
                     atomic=True)))
             if write_dataset:
