@@ -494,8 +494,8 @@ class TemplateModel(FaceModel):
             points_cam: float (468, 3) metres (extra iris rows 468..477 are ignored), OpenCV camera
                 frame of the face that looks roughly at that camera.
             valid: bool (468,) rows with a measured position; the others are filled by harmonic
-                interpolation over the mesh. At least 60 % must be valid, including the eye
-                corners, forehead and chin points that define the model frame.
+                interpolation over the mesh (the forehead under hair, a silhouette point whose
+                depth pixel hit the background). At least 60 % must be valid.
             subdivisions: midpoint subdivision levels (0: 468 vertices; 1: 1,790; 2: 6,996).
         Returns:
             (model, R_cam_from_model (3, 3), t_cam_from_model (3,)): the pose that puts the
@@ -510,11 +510,8 @@ class TemplateModel(FaceModel):
             raise ValueError(f"points_cam must be (468, 3) or (478, 3), got {pts.shape}")
         pts = pts[:N_FACEMESH_POINTS]
         valid = np.isfinite(pts).all(1) if valid is None else (np.asarray(valid, bool)[:N_FACEMESH_POINTS] & np.isfinite(pts).all(1))
-        needed = [_MP_RIGHT_EYE_OUTER, _MP_LEFT_EYE_OUTER, _MP_FOREHEAD, _MP_CHIN]
-        if valid.mean() < 0.6 or not valid[needed].all():
-            raise ValueError(
-                f"only {valid.sum()} of 468 template points have depth (need 60 % including eye corners, forehead, chin)"
-            )
+        if valid.mean() < 0.6:
+            raise ValueError(f"only {valid.sum()} of 468 template points have depth (need 60 %)")
         if subdivisions < 0:
             raise ValueError(f"subdivisions must be >= 0, got {subdivisions}")
         tris_cam = mediapipe_triangles().astype(np.int64)

@@ -35,7 +35,22 @@ alone and flagged. The default model (`model=None`) is the built-in template
 (`face.models.TemplateModel`), built from the first frame with a face and depth.
 
 Everything is deterministic for a given input on a given device and thread count (no random
-choices at run time; the depth subset comes from a fixed seed).
+choices at run time; the vertex subsets come from a fixed seed). On CUDA, `index_add_` (normals,
+landmark offset blocks) adds floats in a nondeterministic order: results agree to ~1e-7.
+Threads: the per-frame work is many small tensor ops; on a shared CPU, `torch.set_num_threads(1)`
+per fitter process is usually faster than OpenMP's spin-waiting threads.
+
+Usage (one stream; the graph builds observations from the landmark detector and registered depth):
+
+    fitter = FaceFitter(BfmModel.load(bfm_dir, landmark_mapping=mapping_json))  # or FaceFitter()
+    for i, frame in enumerate(frames):
+        obs = FrameObservation([
+            CameraObservation(intrinsics=calib[c].color,            # k4a CameraModel (lens model)
+                              landmarks_px=lm[c].points_px if lm[c].found else None,   # (478, 2)
+                              depth_mm=depth[c],                     # (H, W) uint16, in colour camera
+                              T_ref_from_cam=rig[c])                 # (4, 4)
+            for c in range(n_cameras)], frame_index=i)
+        result = fitter.process(obs)   # result.vertices: (N, 3) float32 metres, reference camera
 """
 
 from __future__ import annotations

@@ -281,3 +281,23 @@ def test_template_mode_builds_the_subject_and_tracks_expressions():
         if k == 0:
             assert "template_built" in res.flags
         assert np.median(err) < 1.0 and np.percentile(err, 95) < 3.0
+
+
+def test_fit_camera_matches_the_real_kinect_colour_model(k4a_sample_dir):
+    """FitCamera built from the real device's k4a CameraModel projects like that model does."""
+    from mmface4d_stream.k4a.calibration import read_raw_calibration
+
+    model = read_raw_calibration(k4a_sample_dir / "calibration.json").calibration("1080P", "NFOV_UNBINNED").color
+    cam = FitCamera.from_any(model)
+    assert cam.distortion is not None and (cam.width, cam.height) == (1920, 1080)
+    rng = np.random.default_rng(0)
+    pts = np.stack([rng.uniform(-0.3, 0.3, 200), rng.uniform(-0.2, 0.2, 200), rng.uniform(0.5, 1.2, 200)], 1)
+    expected = np.asarray(model.project(pts).pixels)
+    got = cam.project_torch(torch.tensor(pts, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # The undistorted ray map inverts it to ~1e-3 px (coarse grid + bilinear interpolation).
+    rays = cam.ray_map("cpu")
+    uv = np.array([[100, 80], [960, 540], [1850, 1000]])
+    xy = rays[uv[:, 1], uv[:, 0]].numpy().astype(np.float64)
+    back = cam.project_torch(torch.tensor(np.concatenate([xy, np.ones((3, 1))], 1))).numpy()
+    np.testing.assert_allclose(back, uv, atol=0.02)
