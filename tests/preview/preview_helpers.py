@@ -66,20 +66,33 @@ def free_tcp_url() -> str:
 
 
 class StreamPlayer:
-    """Publishes a deforming sphere at `fps` from a thread until `stop()`.
+    """Publishes meshes at `fps` from a thread until `stop()`.
 
-    Every mesh carries `fit={"lost": lost}`; `thumbnails` (camera -> JPEG bytes) ride along when
-    given; a status report goes out once a second.
+    By default a deforming sphere (`n_lat`, `n_lon`); with `frames` (float32 (N, 3) metres each)
+    and `faces`, those meshes in a loop. Every mesh carries `fit={"lost": lost, ...}`;
+    `thumbnails` (camera -> JPEG bytes) ride along when given; `stages` (name -> StageStatus)
+    go out in a status report once a second.
     """
 
     def __init__(self, url: str, *, n_lat: int = 24, n_lon: int = 48, fps: float = 30.0,
-                 thumbnails: dict[str, bytes] | None = None, lost: bool = False):
-        _, self.faces, self.unit = sphere_mesh(n_lat, n_lon)
-        self.n_vertices = len(self.unit)
+                 thumbnails: dict[str, bytes] | None = None, lost: bool = False,
+                 frames: list[np.ndarray] | None = None, faces: np.ndarray | None = None,
+                 stages: dict | None = None):
+        from mmface4d_stream.stream.schema import StageStatus
+
+        if frames is None:
+            _, self.faces, self.unit = sphere_mesh(n_lat, n_lon)
+            self.n_vertices = len(self.unit)
+        else:
+            self.faces, self.unit = np.asarray(faces, np.int32), None
+            self.n_vertices = len(frames[0])
+        self.frames = frames
         self.url = url
         self.fps = fps
         self.lost = lost
         self.thumbnails = thumbnails or {}
+        self.stages = stages or {"fitter": StageStatus(fps=fps, latency_ms=12.5, drops=1),
+                                 "publisher": StageStatus(fps=fps, latency_ms=0.5, drops=0)}
         self.frames_sent = 0
         self.last_vertices: np.ndarray | None = None
         self.publisher = bind_retrying(url)
@@ -89,23 +102,23 @@ class StreamPlayer:
         self._thread.start()
 
     def _run(self) -> None:
-        from mmface4d_stream.stream.schema import StageStatus, Thumbnail
+        from mmface4d_stream.stream.schema import Thumbnail
 
         thumbs = [Thumbnail(camera=c, jpeg=j, width=96, height=64) for c, j in self.thumbnails.items()]
         period = 1.0 / self.fps
         next_t = time.monotonic()
         while not self._stop.is_set():
-            vertices = deformed(self.unit, self.frames_sent)
+            if self.frames is None:
+                vertices = deformed(self.unit, self.frames_sent)
+            else:
+                vertices = self.frames[self.frames_sent % len(self.frames)]
             self.publisher.publish_mesh(
                 vertices, frame=self.frames_sent, fit={"lost": self.lost, "iterations": 3},
-                cameras=list(self.thumbnails) or ["0"], thumbnails=thumbs, smoothed=True,
+                cameras=list(self.thumbnails) or ["0", "1", "2"], thumbnails=thumbs, smoothed=True,
             )
             self.last_vertices = vertices
             self.frames_sent += 1
-            self.publisher.publish_status(
-                {"fitter": StageStatus(fps=self.fps, latency_ms=12.5, drops=1),
-                 "publisher": StageStatus(fps=self.fps, latency_ms=0.5, drops=0)}
-            )
+            self.publisher.publish_status(self.stages)
             next_t += period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
