@@ -83,10 +83,12 @@ class FitterConfig:
         warm_iterations: LM iterations for a warm-started frame.
         step_tolerance: converged when no rotation (rad) / translation (m) / coefficient changes more
             than this (translation uses it ×0.1, coefficients ×10).
-        cost_tolerance: ... or when an accepted step lowers the cost by less than this fraction
-            (re-association makes ICP-style costs cycle by tiny amounts near the optimum).
+        cost_tolerance: ... or when an accepted step lowers the cost by less than this fraction, or
+            when, after re-association, the cost is not this fraction below the previous
+            iteration's (pixel-discrete associations make ICP-style costs cycle near the optimum).
     Landmarks:
-        landmark_sigma_px: expected detector noise, pixels.  landmark_huber_px: robust threshold.
+        landmark_sigma_px: expected detector noise, pixels (MediaPipe on a ~250 px wide face:
+            ~3 px rms).  landmark_huber_px: robust threshold.
     Depth:
         depth_samples: vertices used by the depth term in the LM iterations.
         depth_sigma_m, depth_huber_m: noise and robust threshold, metres.
@@ -117,7 +119,7 @@ class FitterConfig:
     cost_tolerance: float = 1e-3
     initial_damping: float = 1e-4
 
-    landmark_sigma_px: float = 2.0
+    landmark_sigma_px: float = 3.0
     landmark_huber_px: float = 6.0
 
     depth_samples: int = 800
@@ -530,11 +532,18 @@ class FaceFitter:
         damping = cfg.initial_damping
         converged = False
         it_done = 0
+        previous_start_cost = math.inf
         for it in range(max_iter):
             widened = prev is None and it < 3  # a cold start's first associations need a wider gate
             gate = cfg.depth_gate_m * (3.0 if widened else 1.0)
             assoc = self._associate(cams, st, gate)
             h, g, cost = self._normal_equations(cams, st, prev, assoc, fit_identity, n_par, with_jac=True)
+            if not widened and cost > (1 - cfg.cost_tolerance) * previous_start_cost:
+                # Re-association gave back what the last step gained: the ICP-style limit cycle of
+                # discrete pixel associations around the optimum.
+                converged = True
+                break
+            previous_start_cost = cost if not widened else math.inf
             accepted = False
             for _ in range(8):
                 a = h + damping * torch.diag(torch.diagonal(h).clamp_min(1e-9)) + 1e-9 * torch.eye(n_par, dtype=h.dtype, device=h.device)

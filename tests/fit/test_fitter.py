@@ -68,7 +68,7 @@ def _errors(result, gt_vertices, r_true, t_true):
 def test_recovers_pose_and_coefficients(bfm, truth, n_cameras, distortion):
     r, t = truth["pose"]
     obs, gt = synthetic_frame(bfm, make_rig(n_cameras, distortion=distortion), r, t, truth["alpha"], truth["beta"])
-    fitter = FaceFitter(bfm, FitterConfig())
+    fitter = FaceFitter(bfm, FitterConfig(landmark_sigma_px=1.0))  # exact landmarks: trust them
     res = fitter.fit(obs, fit_identity=True)
     err_mm, rot_deg, t_mm = _errors(res, gt, r, t)
     assert res.converged and not res.lost and res.depth_used and "cold_start" in res.flags
@@ -301,3 +301,43 @@ def test_fit_camera_matches_the_real_kinect_colour_model(k4a_sample_dir):
     xy = rays[uv[:, 1], uv[:, 0]].numpy().astype(np.float64)
     back = cam.project_torch(torch.tensor(np.concatenate([xy, np.ones((3, 1))], 1))).numpy()
     np.testing.assert_allclose(back, uv, atol=0.02)
+
+
+def test_template_fit_on_a_rendered_kinect_capture(tmp_path):
+    """End to end on realistic data: the render helper's synthetic Kinect capture (lens distortion,
+    Kinect-like depth noise), MediaPipe landmarks from the landmark helper, the built-in template."""
+    from scipy.spatial import cKDTree
+
+    from mmface4d_stream.face.landmarks import FaceLandmarker
+    from mmface4d_stream.fit.fitter import vertex_normals_torch
+    from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
+    from mmface4d_stream.formats.depth_nut import DepthNutReader
+    from mmface4d_stream.formats.mesh_nut import MeshNutReader
+    from mmface4d_stream.render.synth import synthesize_capture
+
+    import json
+
+    n_cam, n_frames = 2, 4
+    cap = synthesize_capture(tmp_path, frames=n_frames, cameras=n_cam, seed=3, write_mkv=False, progress=False)
+    devices = json.loads(cap.cameras_path.read_text())["devices"]
+    colors = [list(ColorMp4Reader(p)) for p in cap.color_paths]
+    depths = [list(DepthNutReader(p)) for p in cap.depth_paths]
+    truth = list(MeshNutReader(cap.gt_mesh_prefix))
+    faces = torch.as_tensor(np.load(cap.gt_faces_path).astype(np.int64))
+    detectors = [FaceLandmarker() for _ in range(n_cam)]
+    fitter = FaceFitter()
+    for i in range(n_frames):
+        cams = []
+        for c in range(n_cam):
+            lm = detectors[c].process(colors[c][i], depths[c][i])
+            cams.append(CameraObservation(devices[c]["color"], lm.points_px if lm.found else None, depths[c][i],
+                                          None, np.array(devices[c]["T_ref_from_color"])))
+        res = fitter.process(FrameObservation(cams, i))
+        assert not res.lost and res.depth_used
+        gt = truth[i]
+        # Ground-truth vertices 0..467 are the MediaPipe points, like the template's.
+        assert 1e3 * np.linalg.norm(res.vertices[:468] - gt[:468], axis=1).mean() < 8.0
+        normals = vertex_normals_torch(torch.as_tensor(gt), faces).numpy()
+        _, j = cKDTree(gt).query(res.vertices)
+        to_surface_mm = 1e3 * np.abs(((res.vertices - gt[j]) * normals[j]).sum(1))
+        assert np.median(to_surface_mm) < 0.6 and np.mean(to_surface_mm) < 1.0
