@@ -35,6 +35,7 @@ _TAIL_SEARCH_BYTES = 1 << 16
 # Frame-accurate corruption detection: level 3 FFV1 carries a CRC per slice. FFmpeg's decoder only
 # logs a damaged slice (and conceals it), so readers watch the decoder's error log.
 FFV1_LEVEL = 3
+LARGE_FRAME_PIXELS = 512 * 512
 FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 
 
@@ -156,9 +157,13 @@ class Gray16VideoReader:
             self._container.close()
             raise InputError("contains no video stream", self.path)
         self._stream = self._container.streams.video[0]
-        # One decoding thread: FFmpeg's log lines from worker threads reach Python late, and the
-        # corruption check must tie each error to the packet just decoded.
-        self._stream.codec_context.thread_count = 1
+        # Small frames (mesh coordinates) decode on one thread: threads cost more than they save.
+        # Full-HD depth decodes several times faster on all cores. FFmpeg's worker threads log
+        # inside the decode call, so the per-packet (process-wide) log capture still sees them.
+        large = self._stream.codec_context.width * self._stream.codec_context.height > LARGE_FRAME_PIXELS
+        self._stream.codec_context.thread_count = 0 if large else 1
+        if large:
+            self._stream.codec_context.thread_type = "SLICE"  # frame threads would delay output frames
         self.width = self._stream.codec_context.width
         self.height = self._stream.codec_context.height
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
