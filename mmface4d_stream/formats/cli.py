@@ -111,7 +111,7 @@ def describe_path(path_text: str, n_vertices: int | None = None) -> dict:
             raise InputError("file not found", path)
         from mmface4d_stream.k4a.mkv import describe_mkv
 
-        return describe_mkv(path)
+        return {"kind": "kinect_mkv", **describe_mkv(path)}
     if suffix == ".mp4":
         with ColorMp4Reader(path) as reader:
             return {"kind": "color_video", "path": str(path), "frames": len(reader),
