@@ -132,6 +132,57 @@ class MkvSource:
                                t_source_ns=time.monotonic_ns())
 
 
+class LoopingSource:
+    """Replay `inner` `loops` times back to back (long runs from a short capture: benchmarks, soak tests).
+
+    Frame numbers and capture times keep counting across laps, so downstream stages see one long
+    sequence; memory stays that of one pass (each lap re-reads the files).
+    """
+
+    def __init__(self, inner, loops: int):
+        if loops < 1:
+            raise ValueError(f"loops must be at least 1, got {loops}")
+        self.inner = inner
+        self.loops = int(loops)
+        self.name = inner.name
+        self.camera_indices = inner.camera_indices
+
+    @property
+    def serials(self) -> list[str]:
+        return self.inner.serials
+
+    @property
+    def intrinsics(self) -> list:
+        return self.inner.intrinsics
+
+    def __len__(self) -> int:
+        return len(self.inner) * self.loops
+
+    def __iter__(self) -> Iterator[FrameSet]:
+        frame_offset, time_offset_ns = 0, 0
+        period_ns = 1_000_000_000 // DATASET_FPS
+        for _ in range(self.loops):
+            first_ns = last_ns = None
+            last_frame = -1
+            for frame_set in self.inner:
+                first_ns = frame_set.t_capture_ns if first_ns is None else first_ns
+                last_ns, last_frame = frame_set.t_capture_ns, frame_set.frame
+                frame_set.frame += frame_offset
+                frame_set.t_capture_ns += time_offset_ns
+                yield frame_set
+            if first_ns is None:
+                return
+            frame_offset += last_frame + 1
+            time_offset_ns += last_ns - first_ns + period_ns
+
+
+def skip_to(frame_sets, start_frame: int) -> Iterator[FrameSet]:
+    """Frame sets of an iterable from frame number `start_frame` on (resuming a stream after a restart)."""
+    for frame_set in frame_sets:
+        if frame_set.frame >= start_frame:
+            yield frame_set
+
+
 def open_source(inputs: Sequence[str | os.PathLike], cameras: Sequence[int] | None = None,
                 max_frames: int | None = None):
     """A `MkvSource` for .mkv paths, else a `DatasetSource` for one `<dir>/<name>`."""

@@ -27,6 +27,30 @@ CROP_MARGIN = 0.35
 THUMBNAIL_SIDE_PX = 160
 
 
+class StageError(RuntimeError):
+    """A stage failed on one frame: names the stage, the sequence, the frame and the camera (None: all).
+
+    Picklable (it crosses Ray actor boundaries); `cause` is the original exception's one-line text.
+    """
+
+    def __init__(self, stage: str, seq: str, frame: int, camera: int | None = None, cause: str = ""):
+        self.stage, self.seq, self.frame, self.camera, self.cause = stage, seq, frame, camera, cause
+        where = f"sequence {seq}, frame {frame}" + ("" if camera is None else f", camera {camera}")
+        super().__init__(f"stage {stage} failed on {where}: {cause}")
+
+    def __reduce__(self):
+        return StageError, (self.stage, self.seq, self.frame, self.camera, self.cause)
+
+
+def _stage_error(stage: str, seq: str, frame: int, camera: int | None, exc: BaseException) -> BaseException:
+    """Wrap an unexpected exception with its frame context (user-input errors pass unchanged)."""
+    from mmface4d_stream.errors import InputError
+
+    if isinstance(exc, (InputError, StageError)):
+        return exc
+    return StageError(stage, seq, frame, camera, f"{type(exc).__name__}: {exc}")
+
+
 def face_crop_box(points_px: np.ndarray, width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
     """Integer box (x0, y0, x1, y1) around finite landmarks (P, 2), grown by `margin` × size, clipped."""
     finite = points_px[np.isfinite(points_px).all(axis=1)]
@@ -82,7 +106,15 @@ class LandmarkStage:
 
     def process(self, frame_set: FrameSet) -> ObservedFrame:
         start = time.perf_counter()
-        crops = [None if cam is None else self._one(k, cam) for k, cam in enumerate(frame_set.cameras)]
+        crops = []
+        for k, cam in enumerate(frame_set.cameras):
+            try:
+                crops.append(None if cam is None else self._one(k, cam))
+            except Exception as exc:
+                wrapped = _stage_error("landmarks", frame_set.seq, frame_set.frame, cam.camera, exc)
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
         timings = dict(frame_set.timings_ms, landmarks=(time.perf_counter() - start) * 1e3)
         return ObservedFrame(frame_set.seq, frame_set.frame, frame_set.t_capture_ns, crops,
                              frame_set.t_source_ns, timings)
@@ -104,6 +136,7 @@ class FitStage:
         from mmface4d_stream.fit.fitter import FaceFitter
 
         self.fitter = FaceFitter(model=model, config=config, device=device)
+        self._given_model = model
         self.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
         self.lost_frames: list[int] = []
         self.frames = 0
@@ -128,7 +161,13 @@ class FitStage:
 
     def process(self, observed: ObservedFrame) -> MeshFrame:
         start = time.perf_counter()
-        result = self.fitter.process(self.observation(observed))
+        try:
+            result = self.fitter.process(self.observation(observed))
+        except Exception as exc:
+            wrapped = _stage_error("fitter", observed.seq, observed.frame, None, exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         self.frames += 1
         if result.lost:
             self.lost_frames.append(observed.frame)
@@ -163,6 +202,41 @@ class FitStage:
             "mean_residuals": {k: v / fitted for k, v in sorted(self._residual_sums.items())} if fitted else {},
         }
 
+    def state(self) -> dict:
+        """The stream state after the last frame (picklable): warm start, identity, counters, and the
+        template model when the fitter built it (a user-given model is not copied).
+
+        `restore(state)` on a fresh `FitStage` built with the same arguments continues the stream as
+        if uninterrupted (up to the fitter's derived caches, rebuilt on the next frames).
+        """
+        fitter = self.fitter
+        built_here = self._given_model is None
+        return {
+            "model": fitter.model if built_here else None,
+            "template_pose": fitter._template_pose,
+            "last": fitter._last,
+            "identity": fitter._identity,
+            "lost_run": fitter._lost_run,
+            "fitted_frames": fitter._fitted_frames,
+            "lost_frames": list(self.lost_frames),
+            "frames": self.frames,
+            "residual_sums": dict(self._residual_sums),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` taken by a `FitStage` with the same model and rig."""
+        fitter = self.fitter
+        if state["model"] is not None:
+            fitter._set_model(state["model"])
+        fitter._template_pose = state["template_pose"]
+        fitter._last = state["last"]
+        fitter._identity = state["identity"]
+        fitter._lost_run = state["lost_run"]
+        fitter._fitted_frames = state["fitted_frames"]
+        self.lost_frames = list(state["lost_frames"])
+        self.frames = state["frames"]
+        self._residual_sums = dict(state["residual_sums"])
+
     def close(self) -> None:
         pass
 
@@ -192,6 +266,17 @@ class SmoothStage:
         vertices = np.asarray(self.filter.process(mesh.vertices), dtype=np.float32)
         timings = dict(mesh.timings_ms, smooth=(time.perf_counter() - start) * 1e3)
         return dataclasses.replace(mesh, vertices=vertices, smoothed=True, timings_ms=timings)
+
+    def state(self) -> dict:
+        """The filter's section state and frame shape after the last frame (picklable)."""
+        return {"zi": None if self.filter._zi is None else self.filter._zi.copy(),
+                "frame_shape": self.filter._frame_shape, "shape": self._shape}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` of a `SmoothStage` with the same design."""
+        self.filter._zi = None if state["zi"] is None else np.array(state["zi"])
+        self.filter._frame_shape = state["frame_shape"]
+        self._shape = state["shape"]
 
     def close(self) -> None:
         pass
