@@ -296,3 +296,79 @@ def associate(
         # A model point whose normal faces away from the camera cannot be the surface seen here.
         ok &= (normals_cam * points_cam).sum(1) < 0
     return ok, p, n
+
+
+class PatchSet:
+    """Several cameras' depth patches packed for batched association (one set of ops for K cameras).
+
+    Args:
+        cameras: the K cameras (FitCamera) that have a patch.
+        patches: their DepthPatch, same order.
+        r_cam_from_ref: (K, 3, 3), t_cam_from_ref: (K, 3) tensors (reference -> camera).
+    """
+
+    def __init__(self, cameras: list[FitCamera], patches: list[DepthPatch], r_cam_from_ref: torch.Tensor,
+                 t_cam_from_ref: torch.Tensor):
+        if not cameras or len(cameras) != len(patches):
+            raise ValueError("PatchSet needs one patch per camera and at least one camera")
+        dev, dt = r_cam_from_ref.device, r_cam_from_ref.dtype
+        self.k = len(cameras)
+        self.r = r_cam_from_ref
+        self.t = t_cam_from_ref
+
+        def col(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=dt, device=dev)[:, None]
+
+        self.fx = col([c.fx for c in cameras])
+        self.fy = col([c.fy for c in cameras])
+        self.cx = col([c.cx for c in cameras])
+        self.cy = col([c.cy for c in cameras])
+        dist = [c.distortion or (0.0,) * 8 for c in cameras]
+        self.has_distortion = any(c.distortion is not None for c in cameras)
+        self.dist = [col([d[i] for d in dist]) for i in range(8)]
+        # A limit of 1e12 is "no limit" for the clamp below.
+        self.r2_limit = col([min(c._radial_limit_r2(), 1e12) for c in cameras])
+        self.x0 = col([p.x0 for p in patches])
+        self.y0 = col([p.y0 for p in patches])
+        self.stride = col([p.stride for p in patches])
+        self.width = torch.tensor([p.width for p in patches], dtype=torch.int64, device=dev)[:, None]
+        self.height = torch.tensor([p.height for p in patches], dtype=torch.int64, device=dev)[:, None]
+        sizes = [p.width * p.height for p in patches]
+        self.offset = torch.tensor(np.cumsum([0] + sizes[:-1]), dtype=torch.int64, device=dev)[:, None]
+        self.points = torch.cat([p.points for p in patches])
+        self.normals = torch.cat([p.normals for p in patches])
+        self.valid = torch.cat([p.valid for p in patches])
+
+    def to_cameras(self, points_ref: torch.Tensor) -> torch.Tensor:
+        """(M, 3) reference-frame points -> (K, M, 3) in each camera's frame."""
+        return torch.einsum("kij,mj->kmi", self.r, points_ref) + self.t[:, None, :]
+
+    def project(self, points_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, M, 3) camera-frame points -> raw pixel coordinates u, v (K, M) with each lens model."""
+        z = points_cam[..., 2].clamp_min(1e-6)
+        x, y = points_cam[..., 0] / z, points_cam[..., 1] / z
+        if self.has_distortion:
+            k1, k2, k3, k4, k5, k6, p1, p2 = self.dist
+            r2 = x * x + y * y
+            r2c = torch.minimum(r2, self.r2_limit)
+            radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
+            x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                    y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+        return x * self.fx + self.cx, y * self.fy + self.cy
+
+    def associate(self, points_cam: torch.Tensor, normals_cam: torch.Tensor | None, gate_m: float,
+                  min_normal_cos: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched `associate`: (K, M, 3) points / normals -> ok (K, M) bool, targets (K, M, 3) x2."""
+        u_px, v_px = self.project(points_cam)
+        u = torch.round((u_px - self.x0) / self.stride).long()
+        v = torch.round((v_px - self.y0) / self.stride).long()
+        inside = (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height) & (points_cam[..., 2] > 0)
+        idx = torch.where(inside, self.offset + v * self.width + u, torch.zeros_like(u))
+        ok = inside & self.valid[idx]
+        p = self.points[idx]
+        n = self.normals[idx]
+        ok &= torch.linalg.norm(points_cam - p, dim=-1) < gate_m
+        if normals_cam is not None:
+            ok &= (normals_cam * n).sum(-1) > min_normal_cos
+            ok &= (normals_cam * points_cam).sum(-1) < 0
+        return ok, p, n

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel, TemplateModel
-from mmface4d_stream.fit.camera_terms import DepthPatch, FitCamera, associate, make_depth_patch, project_pinhole
+from mmface4d_stream.fit.camera_terms import DepthPatch, FitCamera, PatchSet, make_depth_patch, project_pinhole
 from mmface4d_stream.fit.geometry import kabsch, skew_torch, so3_exp_torch, so3_log
 from mmface4d_stream.fit.regularizers import OffsetRegularizer
 from mmface4d_stream.fit.template_lift import lift_landmarks
@@ -521,8 +521,13 @@ class FaceFitter:
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
         flags += self._make_patches(cams, st)
+        with_patch = [c for c in cams if c.patch is not None]
+        self._patches = PatchSet(
+            [c.camera for c in with_patch], [c.patch for c in with_patch],
+            torch.stack([c.r_cam_from_ref for c in with_patch]), torch.stack([c.t_cam_from_ref for c in with_patch]),
+        ) if with_patch else None
         self._update_normals(st, warm_start)
-        depth_used = any(c.patch is not None for c in cams)
+        depth_used = self._patches is not None
         if not depth_used:
             flags.append("no_depth")
             logger.warning("frame %s: no usable depth near the face; landmark-only fit", obs.frame_index)
@@ -536,7 +541,7 @@ class FaceFitter:
         for it in range(max_iter):
             widened = prev is None and it < 3  # a cold start's first associations need a wider gate
             gate = cfg.depth_gate_m * (3.0 if widened else 1.0)
-            assoc = self._associate(cams, st, gate)
+            assoc = self._associate(st, gate)
             h, g, cost = self._normal_equations(cams, st, prev, assoc, fit_identity, n_par, with_jac=True)
             if not widened and cost > (1 - cfg.cost_tolerance) * previous_start_cost:
                 # Re-association gave back what the last step gained: the ICP-style limit cycle of
@@ -595,29 +600,24 @@ class FaceFitter:
         beta = st.beta + delta[6 + n_id:]
         return _State(r, t, alpha, beta, st.offsets)
 
-    def _associate(self, cams: list[_Cam], st: _State, gate: float) -> list:
-        """Per camera: (ok (S,) as 0/1 float, target points (S, 3), target normals (S, 3)) or None.
+    def _associate(self, st: _State, gate: float):
+        """Depth samples vs this frame's patches: (ok (K, S) as 0/1 float, targets (K, S, 3),
+        target normals (K, S, 3)) for the K cameras with depth, or None.
 
-        Dense over the depth samples (unassociated rows get weight 0 later): on the CPU, masked
+        Dense over the samples (unassociated rows get weight 0 later): on the CPU, masked
         arithmetic over all S rows is cheaper than gathering the associated rows' bases.
         """
-        cfg = self.config
-        out = []
-        if not any(c.patch is not None for c in cams):
-            return [None] * len(cams)
+        ps = self._patches
+        if ps is None:
+            return None
         pts = self._sub_points(st, self._s_mean, self._s_id, self._s_exp, self._samples)
-        normals = self._frame_sample_normals
         x_ref = pts @ st.rotation.T + st.translation
-        n_ref = normals @ st.rotation.T
-        for cam in cams:
-            if cam.patch is None:
-                out.append(None)
-                continue
-            xc = x_ref @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-            nc = n_ref @ cam.r_cam_from_ref.T
-            ok, p, n = associate(cam.patch, cam.camera, xc, nc, gate, cfg.depth_min_normal_cos)
-            out.append((ok.to(p.dtype), p, n) if bool(ok.any()) else None)
-        return out
+        n_ref = self._frame_sample_normals @ st.rotation.T
+        ok, p, n = ps.associate(ps.to_cameras(x_ref), torch.einsum("kij,mj->kmi", ps.r, n_ref), gate,
+                                self.config.depth_min_normal_cos)
+        if not bool(ok.any()):
+            return None
+        return ok.to(p.dtype), p, n
 
     def _update_normals(self, st: _State, warm_start: FitResult | None) -> None:
         """Model-frame vertex normals for this frame's visibility tests.
@@ -672,30 +672,26 @@ class FaceFitter:
                 blocks_r.append(r_flat)
                 blocks_w.append(w)
         inv_d = 1.0 / cfg.depth_sigma_m**2
-        if any(a is not None for a in assoc):
+        if assoc is not None:
+            ok, p, n = assoc
+            ps = self._patches
             s_pts = self._sub_points(st, self._s_mean, self._s_id, self._s_exp, self._samples)
             rp = s_pts @ r_mat.T
-            depth_cost = torch.zeros((), dtype=rp.dtype, device=dev)
-            for cam, a in zip(cams, assoc):
-                if a is None:
-                    continue
-                ok, p, n = a
-                xc = (rp + t_vec) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-                res = (n * (xc - p)).sum(1) * ok
-                ar = res.abs()
-                depth_cost = depth_cost + (_huber_cost(ar, cfg.depth_huber_m) * ok).sum()
-                if with_jac:
-                    w = _huber_weight(ar, cfg.depth_huber_m) * (inv_d * ok)
-                    g_ref = n @ cam.r_cam_from_ref  # (S, 3) n^T R_c
-                    jw = torch.linalg.cross(rp, g_ref, dim=1)
-                    parts = [jw, g_ref]
-                    nm = g_ref @ r_mat  # normal in the model frame
-                    for basis in ((self._s_id_c,) if n_id else ()) + ((self._s_exp_c,) if model.n_exp else ()):
-                        parts.append(nm[:, 0:1] * basis[0] + nm[:, 1:2] * basis[1] + nm[:, 2:3] * basis[2])
-                    blocks_j.append(torch.cat(parts, 1))
-                    blocks_r.append(res)
-                    blocks_w.append(w)
-            cost += inv_d * float(depth_cost)
+            xc = ps.to_cameras(rp + t_vec)  # (K, S, 3)
+            res = (n * (xc - p)).sum(-1) * ok
+            ar = res.abs()
+            cost += inv_d * float((_huber_cost(ar, cfg.depth_huber_m) * ok).sum())
+            if with_jac:
+                w = _huber_weight(ar, cfg.depth_huber_m) * (inv_d * ok)
+                g_ref = torch.einsum("ksi,kij->ksj", n, ps.r)  # n^T R_c, (K, S, 3)
+                jw = torch.linalg.cross(rp.expand_as(g_ref), g_ref, dim=-1)
+                parts = [jw, g_ref]
+                nm = g_ref @ r_mat  # normals in the model frame
+                for basis in ((self._s_id_c,) if n_id else ()) + ((self._s_exp_c,) if model.n_exp else ()):
+                    parts.append(nm[..., 0:1] * basis[0] + nm[..., 1:2] * basis[1] + nm[..., 2:3] * basis[2])
+                blocks_j.append(torch.cat(parts, -1).reshape(-1, n_par))
+                blocks_r.append(res.reshape(-1))
+                blocks_w.append(w.reshape(-1))
         # Priors and temporal terms: diagonal, added directly.
         prior_diag = torch.zeros(n_par, dtype=torch.float64, device=dev)
         prior_grad = torch.zeros(n_par, dtype=torch.float64, device=dev)
@@ -757,26 +753,24 @@ class FaceFitter:
         x_ref = full[sub] @ r_mat.T + t_vec
         n_ref = normals[sub] @ r_mat.T
         off_sub = offsets_cf[:, sub]
-        h_sub = torch.zeros((3, 3, len(sub)), dtype=torch.float32, device=dev)
-        g_sub = torch.zeros((3, len(sub)), dtype=torch.float32, device=dev)
-        for cam in cams:
-            if cam.patch is None:
-                continue
-            xc = x_ref @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-            nc = n_ref @ cam.r_cam_from_ref.T
-            ok, p, nd = associate(cam.patch, cam.camera, xc, nc, cfg.depth_gate_m, cfg.depth_min_normal_cos)
-            if not bool(ok.any()):
-                continue
-            any_data = True
+        ps = self._patches
+        if ps is not None:
+            xc = ps.to_cameras(x_ref)  # (K, M, 3)
+            ok, p, nd = ps.associate(xc, torch.einsum("kij,mj->kmi", ps.r, n_ref), cfg.depth_gate_m,
+                                     cfg.depth_min_normal_cos)
+            any_data = bool(ok.any())
             # Dense over the subset with zero weight where unassociated: cheaper than gathers.
-            res = (nd * (xc - p)).sum(1)
-            w = _huber_weight(res.abs(), cfg.depth_huber_m) * inv_d
-            w = torch.where(ok, w, torch.zeros_like(w))
-            n_model = (nd @ (cam.r_cam_from_ref @ r_mat)).T.contiguous()  # (3, M)
-            c = res - (n_model * off_sub).sum(0)
-            wn = w[None] * n_model
-            h_sub += wn[:, None, :] * n_model[None, :, :]
-            g_sub += c[None] * wn
+            res = (nd * (xc - p)).sum(-1)
+            w = _huber_weight(res.abs(), cfg.depth_huber_m) * (inv_d * ok.to(res.dtype))
+            n_model = torch.einsum("kmi,kij->kmj", nd, ps.r) @ r_mat  # (K, M, 3) model-frame normals
+            c = res - (n_model * off_sub.T[None]).sum(-1)
+            wn = w[..., None] * n_model
+            h_sub = torch.stack([torch.stack([(wn[..., i] * n_model[..., j]).sum(0) for j in range(3)])
+                                 for i in range(3)])  # (3, 3, M)
+            g_sub = (wn * c[..., None]).sum(0).T  # (3, M)
+        else:
+            h_sub = torch.zeros((3, 3, len(sub)), dtype=torch.float32, device=dev)
+            g_sub = torch.zeros((3, len(sub)), dtype=torch.float32, device=dev)
         h[:, :, sub] = h_sub
         g[:, sub] = g_sub
         if cfg.offset_landmark_weight > 0:
@@ -813,7 +807,10 @@ class FaceFitter:
         u, _s, vt = np.linalg.svd(r64)
         r64 = u @ vt  # re-orthonormalize: float32 updates drift slowly
         t64 = st.translation.cpu().numpy().astype(np.float64)
-        verts = (full.cpu().numpy().astype(np.float64) @ r64.T + t64).astype(np.float32)
+        # In torch: numpy's BLAS would start its own threads (not bound by torch.set_num_threads).
+        r_t64 = torch.as_tensor(r64, dtype=torch.float64, device=self.device)
+        t_t64 = torch.as_tensor(t64, dtype=torch.float64, device=self.device)
+        verts = (full.to(torch.float64) @ r_t64.T + t_t64).to(torch.float32).cpu().numpy()
         residuals: dict[str, float] = {}
         lm_sq, lm_n = 0.0, 0
         lm_pts = self._sub_points(st, self._lm_mean, self._lm_id, self._lm_exp, self._t.landmark_vertex)
@@ -831,17 +828,15 @@ class FaceFitter:
             residuals["landmark_rms_px"] = math.sqrt(lm_sq / lm_n)
         if depth_used:
             st_out = _State(r_t, st.translation, st.alpha, st.beta, st.offsets)
-            assoc = self._associate(cams, st_out, cfg.depth_gate_m)
+            assoc = self._associate(st_out, cfg.depth_gate_m)
             sq, cnt = 0.0, 0
-            s_pts = self._sub_points(st_out, self._s_mean, self._s_id, self._s_exp, self._samples)
-            for cam, a in zip(cams, assoc):
-                if a is None:
-                    continue
-                ok, p, n = a
-                xc = (s_pts @ r_t.T + st.translation) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-                res = (n * (xc - p)).sum(1) * ok
-                sq += float((res * res).sum())
-                cnt += int(ok.sum())
+            if assoc is not None:
+                ok, p, n = assoc
+                s_pts = self._sub_points(st_out, self._s_mean, self._s_id, self._s_exp, self._samples)
+                xc = self._patches.to_cameras(s_pts @ r_t.T + st.translation)
+                res = (n * (xc - p)).sum(-1) * ok
+                sq = float((res * res).sum())
+                cnt = int(ok.sum())
             residuals["depth_rms_mm"] = 1e3 * math.sqrt(sq / cnt) if cnt else float("nan")
             residuals["depth_inliers"] = float(cnt)
         return FitResult(
