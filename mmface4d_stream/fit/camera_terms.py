@@ -24,7 +24,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FitCamera", "DepthPatch", "make_depth_patch", "associate", "project_pinhole"]
+__all__ = ["FitCamera", "DepthPatch", "PatchSet", "make_depth_patch", "project_pinhole"]
 
 _DIST_NAMES = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
 
@@ -260,44 +260,6 @@ def make_depth_patch(
     return DepthPatch(x0, y0, w, h, pts.reshape(-1, 3), n.reshape(-1, 3), ok.reshape(-1), stride)
 
 
-def associate(
-    patch: DepthPatch,
-    camera: FitCamera,
-    points_cam: torch.Tensor,
-    normals_cam: torch.Tensor | None,
-    gate_m: float,
-    min_normal_cos: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Projective association of model points with a depth patch.
-
-    Args:
-        points_cam: (M, 3) model points in this camera's frame, metres.
-        normals_cam: (M, 3) model normals in this camera's frame, or None (no orientation test).
-        gate_m: reject pairs farther apart than this (occlusion, background, wrong surface).
-        min_normal_cos: reject pairs whose normals disagree more (and model points facing away).
-    Returns:
-        (ok bool (M,), target points (M, 3), target normals (M, 3)); rows with ok False are junk.
-    """
-    uv = camera.project_torch(points_cam)
-    if patch.stride == 1:
-        u = torch.round(uv[:, 0]).long() - patch.x0
-        v = torch.round(uv[:, 1]).long() - patch.y0
-    else:
-        u = torch.round((uv[:, 0] - patch.x0) / patch.stride).long()
-        v = torch.round((uv[:, 1] - patch.y0) / patch.stride).long()
-    inside = (u >= 0) & (u < patch.width) & (v >= 0) & (v < patch.height) & (points_cam[:, 2] > 0)
-    idx = torch.where(inside, v * patch.width + u, torch.zeros_like(u))
-    ok = inside & patch.valid[idx]
-    p = patch.points[idx]
-    n = patch.normals[idx]
-    ok &= torch.linalg.norm(points_cam - p, dim=1) < gate_m
-    if normals_cam is not None:
-        ok &= (normals_cam * n).sum(1) > min_normal_cos
-        # A model point whose normal faces away from the camera cannot be the surface seen here.
-        ok &= (normals_cam * points_cam).sum(1) < 0
-    return ok, p, n
-
-
 class PatchSet:
     """Several cameras' depth patches packed for batched association (one set of ops for K cameras).
 
@@ -358,7 +320,18 @@ class PatchSet:
 
     def associate(self, points_cam: torch.Tensor, normals_cam: torch.Tensor | None, gate_m: float,
                   min_normal_cos: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batched `associate`: (K, M, 3) points / normals -> ok (K, M) bool, targets (K, M, 3) x2."""
+        """Projective association of model points with each camera's patch.
+
+        Args:
+            points_cam: (K, M, 3) model points in each camera's frame, metres.
+            normals_cam: (K, M, 3) model normals in each camera's frame, or None (no orientation test).
+            gate_m: reject pairs farther apart than this (occlusion, background, wrong surface).
+            min_normal_cos: reject pairs whose normals disagree more, and model points facing away
+                from the camera (they cannot be the surface it sees).
+        Returns:
+            (ok bool (K, M), target points (K, M, 3), target normals (K, M, 3)); rows with ok False
+            hold junk (finite).
+        """
         u_px, v_px = self.project(points_cam)
         u = torch.round((u_px - self.x0) / self.stride).long()
         v = torch.round((v_px - self.y0) / self.stride).long()
