@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel, TemplateModel
-from mmface4d_stream.fit.camera_terms import DepthPatch, FitCamera, PatchSet, make_depth_patch, project_pinhole
+from mmface4d_stream.fit.camera_terms import DepthPatch, FitCamera, PatchSet, make_depth_patch
 from mmface4d_stream.fit.geometry import kabsch, skew_torch, so3_exp_torch, so3_log
 from mmface4d_stream.fit.regularizers import OffsetRegularizer
 from mmface4d_stream.fit.template_lift import lift_landmarks
@@ -186,6 +186,54 @@ class _Cam:
     lm_conf: torch.Tensor  # (Lc,)
     depth: np.ndarray | None
     patch: DepthPatch | None = None
+
+
+@dataclass
+class _LandmarkBatch:
+    """The cameras that see landmarks, stacked: every camera carries the whole landmark table,
+    with confidence 0 where it did not observe a point (one set of ops for K cameras)."""
+
+    cam_index: list[int]
+    r: torch.Tensor  # (K, 3, 3) reference -> camera
+    t: torch.Tensor  # (K, 3)
+    focal: torch.Tensor  # (K, 1, 2) fx, fy
+    centre: torch.Tensor  # (K, 1, 2) cx, cy
+    target: torch.Tensor  # (K, L, 2) pinhole pixels (0 where unobserved)
+    conf: torch.Tensor  # (K, L)
+
+    @classmethod
+    def build(cls, cams: list["_Cam"], n_landmarks: int) -> "_LandmarkBatch | None":
+        seen = [c for c in cams if len(c.lm_rows)]
+        if not seen:
+            return None
+        dev, dt = seen[0].lm_target.device, seen[0].lm_target.dtype
+        target = torch.zeros((len(seen), n_landmarks, 2), dtype=dt, device=dev)
+        conf = torch.zeros((len(seen), n_landmarks), dtype=dt, device=dev)
+        for k, c in enumerate(seen):
+            target[k, c.lm_rows] = c.lm_target
+            conf[k, c.lm_rows] = c.lm_conf
+        return cls(
+            [c.index for c in seen],
+            torch.stack([c.r_cam_from_ref for c in seen]),
+            torch.stack([c.t_cam_from_ref for c in seen]),
+            torch.tensor([[[c.camera.fx, c.camera.fy]] for c in seen], dtype=dt, device=dev),
+            torch.tensor([[[c.camera.cx, c.camera.cy]] for c in seen], dtype=dt, device=dev),
+            target, conf,
+        )
+
+    def project(self, points_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, 3) reference-frame points -> pinhole pixels (K, L, 2) and d pixel / d X_cam (K, L, 2, 3)."""
+        xc = torch.einsum("kij,lj->kli", self.r, points_ref) + self.t[:, None, :]
+        iz = 1.0 / xc[..., 2:3].clamp_min(1e-6)
+        xy = xc[..., :2] * iz
+        uv = xy * self.focal + self.centre
+        fi = self.focal * iz  # (K, L, 2): fx/z, fy/z
+        zero = torch.zeros_like(iz[..., 0])
+        jp = torch.stack([
+            torch.stack([fi[..., 0], zero, -fi[..., 0] * xy[..., 0]], -1),
+            torch.stack([zero, fi[..., 1], -fi[..., 1] * xy[..., 1]], -1),
+        ], -2)
+        return uv, jp
 
 
 @dataclass
@@ -520,6 +568,7 @@ class FaceFitter:
             max_iter = cfg.cold_iterations
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
+        self._lm_batch = _LandmarkBatch.build(cams, model.n_landmarks)
         flags += self._make_patches(cams, st)
         with_patch = [c for c in cams if c.patch is not None]
         self._patches = PatchSet(
@@ -646,31 +695,26 @@ class FaceFitter:
         cost = 0.0
         lm_pts = self._sub_points(st, self._lm_mean, self._lm_id, self._lm_exp, self._t.landmark_vertex)
         inv_lm = 1.0 / cfg.landmark_sigma_px**2
-        for cam in cams:
-            if len(cam.lm_rows) == 0:
-                continue
-            p_model = lm_pts[cam.lm_rows]
-            rp = p_model @ r_mat.T
-            xc = (rp + t_vec) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-            uv, jp = project_pinhole(xc, cam.camera.fx, cam.camera.fy, cam.camera.cx, cam.camera.cy)
-            res = uv - cam.lm_target
-            norm = torch.linalg.norm(res, dim=1)
-            robust = _huber_weight(norm, cfg.landmark_huber_px)
-            w = (cam.lm_conf * robust * inv_lm).repeat_interleave(2)
-            r_flat = res.reshape(-1)
-            cost += float((cam.lm_conf * inv_lm * _huber_cost(norm, cfg.landmark_huber_px)).sum())
+        lb = self._lm_batch
+        if lb is not None:
+            rp = lm_pts @ r_mat.T
+            uv, jp = lb.project(rp + t_vec)
+            res = uv - lb.target  # (K, L, 2)
+            norm = torch.linalg.norm(res, dim=-1)
+            cost += inv_lm * float((lb.conf * _huber_cost(norm, cfg.landmark_huber_px)).sum())
             if with_jac:
-                jt = jp @ cam.r_cam_from_ref  # (Lc, 2, 3) d uv / d X_ref
-                jw = -jt @ skew_torch(rp)
+                w = (lb.conf * _huber_weight(norm, cfg.landmark_huber_px) * inv_lm)[..., None].expand_as(res)
+                jt = jp @ lb.r[:, None]  # (K, L, 2, 3) d uv / d X_ref
+                jw = -jt @ skew_torch(rp)[None]
                 parts = [jw, jt]
                 a = jt @ r_mat  # d uv / d model point
                 if n_id:
-                    parts.append(a @ self._lm_id[cam.lm_rows])
+                    parts.append(a @ self._lm_id[None])
                 if model.n_exp:
-                    parts.append(a @ self._lm_exp[cam.lm_rows])
-                blocks_j.append(torch.cat(parts, 2).reshape(-1, n_par))
-                blocks_r.append(r_flat)
-                blocks_w.append(w)
+                    parts.append(a @ self._lm_exp[None])
+                blocks_j.append(torch.cat(parts, -1).reshape(-1, n_par))
+                blocks_r.append(res.reshape(-1))
+                blocks_w.append(w.reshape(-1))
         inv_d = 1.0 / cfg.depth_sigma_m**2
         if assoc is not None:
             ok, p, n = assoc
@@ -773,21 +817,21 @@ class FaceFitter:
             g_sub = torch.zeros((3, len(sub)), dtype=torch.float32, device=dev)
         h[:, :, sub] = h_sub
         g[:, sub] = g_sub
-        if cfg.offset_landmark_weight > 0:
+        lb = self._lm_batch
+        if cfg.offset_landmark_weight > 0 and lb is not None:
             inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
-            for cam in cams:
-                if len(cam.lm_rows) == 0:
-                    continue
-                vid = self._t.landmark_vertex[cam.lm_rows]
-                xc = (full[vid] @ r_mat.T + t_vec) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-                uv, jp = project_pinhole(xc, cam.camera.fx, cam.camera.fy, cam.camera.cx, cam.camera.cy)
-                res = uv - cam.lm_target
-                w = cam.lm_conf * _huber_weight(torch.linalg.norm(res, dim=1), cfg.landmark_huber_px) * inv_lm
-                a = jp @ cam.r_cam_from_ref @ r_mat  # (Lc, 2, 3)
-                c = res - torch.einsum("lij,lj->li", a, st.offsets[vid])
-                h.index_add_(2, vid, (w[:, None, None] * (a.transpose(1, 2) @ a)).permute(1, 2, 0))
-                g.index_add_(1, vid, (w[:, None] * torch.einsum("lji,lj->li", a, c)).T)
-                any_data = True
+            vid = self._t.landmark_vertex
+            uv, jp = lb.project(full[vid] @ r_mat.T + t_vec)
+            res = uv - lb.target
+            w = lb.conf * _huber_weight(torch.linalg.norm(res, dim=-1), cfg.landmark_huber_px) * inv_lm  # (K, L)
+            a = jp @ lb.r[:, None] @ r_mat  # (K, L, 2, 3) d uv / d offset
+            c = res - (a @ st.offsets[vid][None, :, :, None])[..., 0]
+            at = a.transpose(-1, -2)
+            blocks = (w[..., None, None] * (at @ a)).sum(0)  # (L, 3, 3)
+            grads = (w[..., None] * (at @ c[..., None])[..., 0]).sum(0)  # (L, 3)
+            h.index_add_(2, vid, blocks.permute(1, 2, 0))
+            g.index_add_(1, vid, grads.T)
+            any_data = True
         if not any_data:
             return st, full
         offsets = self._offset_reg.solve(
@@ -815,15 +859,16 @@ class FaceFitter:
         lm_sq, lm_n = 0.0, 0
         lm_pts = self._sub_points(st, self._lm_mean, self._lm_id, self._lm_exp, self._t.landmark_vertex)
         r_t = torch.as_tensor(r64, dtype=torch.float32, device=self.device)
-        for cam in cams:
-            if len(cam.lm_rows) == 0:
-                continue
-            xc = (lm_pts[cam.lm_rows] @ r_t.T + st.translation) @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
-            uv, _ = project_pinhole(xc, cam.camera.fx, cam.camera.fy, cam.camera.cx, cam.camera.cy)
-            e = ((uv - cam.lm_target) ** 2).sum(1)
-            residuals[f"landmark_rms_px/cam{cam.index}"] = float(e.mean().sqrt())
-            lm_sq += float(e.sum())
-            lm_n += len(e)
+        lb = self._lm_batch
+        if lb is not None:
+            uv, _ = lb.project(lm_pts @ r_t.T + st.translation)
+            e = ((uv - lb.target) ** 2).sum(-1)
+            seen = lb.conf > 0
+            for k, index in enumerate(lb.cam_index):
+                ek = e[k][seen[k]]
+                residuals[f"landmark_rms_px/cam{index}"] = float(ek.mean().sqrt())
+                lm_sq += float(ek.sum())
+                lm_n += len(ek)
         if lm_n:
             residuals["landmark_rms_px"] = math.sqrt(lm_sq / lm_n)
         if depth_used:
