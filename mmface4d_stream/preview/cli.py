@@ -14,7 +14,6 @@ import logging
 import time
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.preview.assets import missing_assets
 from mmface4d_stream.preview.server import DEFAULT_HOST, DEFAULT_PORT, start_preview_server
 from mmface4d_stream.stream.cli import _read_key
 from mmface4d_stream.stream.publisher import DEFAULT_URL
@@ -60,8 +59,6 @@ def run_preview(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     try:
-        if missing_assets():
-            log.error("the page will only show how to build its assets: run tools/build_preview_assets.sh")
         log.info("open %s in a browser (Ctrl-C stops)", server.url)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:

@@ -306,11 +306,13 @@ def _finite(value: float | None) -> float | None:
 
 
 def _scalars(fit: Mapping[str, Any]) -> dict[str, Any]:
-    """The plain scalar entries of a fit dict (what the page can show in a line)."""
+    """The plain scalar entries of a fit dict (what the page can show in a line); string lists joined."""
     out = {}
     for key, value in fit.items():
         if isinstance(value, bool) or value is None or isinstance(value, str):
             out[key] = value
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            out[key] = ", ".join(value)
         elif isinstance(value, (int, float)):
             out[key] = _finite(value) if isinstance(value, float) else value
     return out

@@ -17,8 +17,9 @@ and mesh at once.
 
 Binding to anything but loopback shows faces to the network; the server then requires a random
 access token in the URL (``?token=…``, part of `PreviewServer.url`) unless one is given. The
-WebSocket also refuses cross-origin pages, so a web site open in the operator's browser cannot
-read the stream from a loopback server.
+WebSocket also refuses cross-origin pages, and without a token every request must name a loopback
+host, so a web site open in the operator's browser cannot read the stream from a loopback server
+(not even by rebinding its own name to 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class PreviewServer:
         self.stream_url = stream_url
         self.host = host
         self.port = int(port)
+        if token is not None and not token:
+            raise ValueError("token must be a non-empty string (or None)")
         if token is None and not is_loopback_host(host):
             token = secrets.token_urlsafe(16)
         self.token = token
@@ -249,7 +252,9 @@ class PreviewServer:
 
     def _authorized(self, request: web.Request) -> bool:
         if self.token is None:
-            return True
+            # No token means loopback only: a page must also have reached us by a loopback name,
+            # or a site could rebind its own name to 127.0.0.1 and read the stream (DNS rebinding).
+            return is_loopback_host(urlsplit(f"//{request.host}").hostname or "")
         return secrets.compare_digest(request.query.get("token", ""), self.token)
 
     async def _handle_index(self, request: web.Request) -> web.StreamResponse:

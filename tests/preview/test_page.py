@@ -117,10 +117,14 @@ def test_page_draws_the_stream_and_its_figures(server, stream_url, page_on):
         later = page.stats()
         png = page.tab.screenshot()
         fps_text = page.text("fps-drawn")
-        stages = page.text("stages")
         stream_fps = page.text("fps-stream")
-        thumbs = page.tab.eval_on_selector_all(
-            "#thumbnails img", "imgs => imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight])")
+        # Figures from the status reports and decoded thumbnails: wait for them rather than race.
+        fit = wait_until(lambda: (lambda t: t if t != "–" else None)(page.text("fit")), what="the fit row")
+        stages = wait_until(lambda: (lambda t: t if "fitter" in t else None)(page.text("stages")), what="stages")
+        thumbs = wait_until(lambda: (lambda t: t if len(t) == 2 and all(w for _, w, _ in t) else None)(
+            page.tab.eval_on_selector_all(
+                "#thumbnails img", "imgs => imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight])")),
+            what="decoded thumbnails")
     finally:
         player.stop()
     assert later["meshesDrawn"] > first["meshesDrawn"]
@@ -131,6 +135,7 @@ def test_page_draws_the_stream_and_its_figures(server, stream_url, page_on):
     assert face_region_coverage(png) > 0.5
     assert "fitter" in stages and "13 ms" in stages  # 12.5 ms, rounded by JavaScript
     assert float(stream_fps.split()[0]) > 10
+    assert fit == "iterations 3"
     assert sorted(thumbs) == [["camera 1", 96, 64], ["camera 2", 96, 64]]
     assert later["badFrames"] == 0 and page.errors == []
     assert later["webgl"] and later["connections"] == 1

@@ -334,6 +334,19 @@ def test_token_and_origin_checks(stream_url):
                      "cross_origin": 403, "same_origin": "status"}
 
 
+def test_without_a_token_only_loopback_host_names_are_served(server):
+    async def body():
+        codes = []
+        async with aiohttp.ClientSession() as session:
+            for host in ("127.0.0.1", "localhost", "attacker.example", "192.168.1.20"):
+                url = f"http://127.0.0.1:{server.port}/status.json"
+                async with session.get(url, headers={"Host": f"{host}:{server.port}"}) as response:
+                    codes.append(response.status)
+        return codes
+
+    assert asyncio.run(body()) == [200, 200, 403, 403]
+
+
 def test_non_loopback_host_gets_a_token():
     from mmface4d_stream.preview.server import PreviewServer
 
@@ -341,6 +354,8 @@ def test_non_loopback_host_gets_a_token():
     assert server.token and len(server.token) >= 16
     assert server.url.startswith("http://127.0.0.1:0/?token=")
     assert PreviewServer("tcp://127.0.0.1:5555", host="::1", port=8000).token is None
+    with pytest.raises(ValueError, match="token must be a non-empty string"):
+        PreviewServer("tcp://127.0.0.1:5555", token="")
 
 
 def test_bad_arguments(stream_url):
@@ -362,3 +377,21 @@ def test_cli_serves_until_duration_and_reports_a_busy_port(stream_url, capsys):
     with start_preview_server(stream_url, "127.0.0.1", 0) as srv:
         assert main(["preview", stream_url, "--port", str(srv.port)]) == 2
     assert f"port {srv.port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
+def test_server_relays_a_bfm_sized_stream_at_camera_rate(server, stream_url):
+    """35,911 vertices (a BFM-sized sphere) at 30 frames/s reach an acknowledging page at >= 20 frames/s."""
+    player = StreamPlayer(stream_url, n_lat=190, n_lon=189)
+    assert player.n_vertices == 189 * 189 + 2
+    try:
+        async def body(page):
+            await page.read_for(10, until=lambda p: len(p.meshes) >= 3)
+            t0, n0 = time.monotonic(), len(page.meshes)
+            await page.read_for(3.0)
+            return (len(page.meshes) - n0) / (time.monotonic() - t0)
+
+        rate = run_page(server, body)
+    finally:
+        player.stop()
+    print(f"preview server delivered {rate:.1f} BFM-sized meshes/s (publisher at 30/s, shared 2-core machine)")
+    assert rate >= 20

@@ -355,6 +355,10 @@ function showStatus(text) {
   const mesh = s.mesh && typeof s.mesh === 'object' ? s.mesh : {};
   const cameras = Array.isArray(mesh.cameras) ? mesh.cameras.map(String).join(', ') : '';
   $('frame').textContent = mesh.frame === undefined ? '–' : `${mesh.frame}${cameras ? ` (cameras ${cameras})` : ''}${mesh.smoothed ? ' smoothed' : ''}`;
+  const fit = mesh.fit && typeof mesh.fit === 'object' ? mesh.fit : {};
+  const fitText = Object.entries(fit).filter(([key, value]) => key !== 'lost' && value !== '' && value !== null)
+    .slice(0, 6).map(([key, value]) => `${key} ${Number.isInteger(value) ? value : (typeof value === 'number' ? fmt(value, 2) : String(value))}`);
+  $('fit').textContent = fitText.length ? fitText.join(' · ') : '–';
   const topo = s.topology;
   $('topology').textContent = topo ? `${topo.n_vertices} vertices · ${topo.n_faces} triangles` : '–';
   renderStages(stages);
