@@ -15,14 +15,11 @@ is converted per frame (`DepthPatch`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["FitCamera", "DepthPatch", "PatchSet", "make_depth_patch", "project_pinhole"]
 

@@ -9,6 +9,8 @@ at all; MediaPipe still places occluded points, on whatever surface is in front)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mmface4d_stream.fit.camera_terms import FitCamera
@@ -67,15 +69,13 @@ def lift_landmarks(
         p_cam = np.concatenate([xy * z[:, None], z[:, None]], 1)
         t = np.asarray(cam_obs.T_ref_from_cam, dtype=np.float64)
         lifts[c, :k] = p_cam @ t[:3, :3].T + t[:3, 3]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(lifts, axis=0)
-            dist = np.linalg.norm(lifts - median[None], axis=2)
-            lifts[~(dist < consensus_m)] = np.nan
-            points = np.nanmean(lifts, axis=0)
+    # Points no camera measured are all-NaN columns: their (NaN) statistics are expected.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(lifts, axis=0)
+        dist = np.linalg.norm(lifts - median[None], axis=2)
+        lifts[~(dist < consensus_m)] = np.nan
+        points = np.nanmean(lifts, axis=0)
     n_views = (~np.isnan(lifts[..., 0])).sum(0)
     valid = n_views > 0
     valid &= _plausible_face_points(points, valid)

@@ -11,7 +11,8 @@ import torch
 from mmface4d_stream.fit.camera_terms import FitCamera, PatchSet, make_depth_patch, project_pinhole
 from mmface4d_stream.fit.geometry import kabsch, so3_exp, so3_exp_torch, so3_log
 from mmface4d_stream.fit.regularizers import OffsetRegularizer, uniform_laplacian
-from mmface4d_stream.fit.synthetic import synthetic_face_model
+from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
+from mmface4d_stream.fit.template_lift import lift_landmarks
 
 DIST = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 
@@ -125,3 +126,16 @@ def test_rotations_and_kabsch():
     np.testing.assert_allclose(t_est, t, atol=1e-12)
     with pytest.raises(ValueError, match="kabsch"):
         kabsch(src[:2], src[:2])
+
+
+def test_lift_landmarks_with_depth_from_three_cameras():
+    model = synthetic_face_model(n_vertices=1500, n_id=2, n_exp=2, seed=2)
+    r, t = frontal_pose(5, 10, 0, (0.0, 0.01, 0.65))
+    obs, gt = synthetic_frame(model, make_rig(3, distortion=DIST), r, t)
+    # The synthetic detector has 60 points (below 468 the FaceMesh neighbourhood check is off).
+    points, valid, views = lift_landmarks(obs, n_points=60)
+    mapped = model.landmark_detector_index
+    assert valid[mapped].mean() > 0.9
+    err = np.linalg.norm(points[mapped] - gt[model.landmark_vertex], axis=1)[valid[mapped]]
+    assert np.median(err) < 1e-3 and err.max() < 5e-3  # 1 mm depth steps, pixel-rounded lookups
+    assert views[mapped].max() == 3 and np.isnan(points[~valid]).all()
