@@ -264,6 +264,7 @@ class FaceFitter:
         self.config = config or FitterConfig()
         self.device = torch.device(device)
         self._model: FaceModel | None = None
+        self._built_model = False  # the model is a template built from the stream
         self._template_pose: tuple[np.ndarray, np.ndarray] | None = None
         self.reset()
         if model is not None:
@@ -282,6 +283,37 @@ class FaceFitter:
         self._identity: np.ndarray | None = None  # latest fitted α: cold starts reuse it once frozen
         self._lost_run = 0
         self._fitted_frames = 0
+
+    def stream_state(self, include_model: bool | None = None) -> dict:
+        """The stream state after the last frame, picklable, for checkpoints.
+
+        Holds the warm start (last result), identity estimate, counters, and the model when
+        `include_model` (default: only when the fitter built it, i.e. the template; a user's BFM is
+        not copied). `restore_stream_state` on a fresh fitter with the same config continues the
+        stream as if uninterrupted (derived caches are rebuilt on the next frame).
+        """
+        if include_model is None:
+            include_model = self._built_model
+        return {
+            "model": self._model if include_model else None,
+            "built_model": self._built_model,
+            "template_pose": self._template_pose,
+            "last": self._last,
+            "identity": self._identity,
+            "lost_run": self._lost_run,
+            "fitted_frames": self._fitted_frames,
+        }
+
+    def restore_stream_state(self, state: dict) -> None:
+        """Continue from a `stream_state()` (see there)."""
+        if state.get("model") is not None:
+            self._set_model(state["model"])
+            self._built_model = bool(state.get("built_model", True))
+        self._template_pose = state["template_pose"]
+        self._last = state["last"]
+        self._identity = state["identity"]
+        self._lost_run = state["lost_run"]
+        self._fitted_frames = state["fitted_frames"]
 
     def process(self, obs: FrameObservation) -> FitResult:
         """Fit the next frame of a stream, warm-started from the previous one.
@@ -382,6 +414,7 @@ class FaceFitter:
         points, valid, _ = lift_landmarks(obs, N_FACEMESH_POINTS)
         model, r, t = TemplateModel.from_points(points, valid, subdivisions=self.config.template_subdivisions)
         self._set_model(model)
+        self._built_model = True
         self._template_pose = (r, t)
 
     # -- per-frame preparation -------------------------------------------------------------

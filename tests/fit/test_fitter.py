@@ -341,3 +341,25 @@ def test_template_fit_on_a_rendered_kinect_capture(tmp_path):
         _, j = cKDTree(gt).query(res.vertices)
         to_surface_mm = 1e3 * np.abs(((res.vertices - gt[j]) * normals[j]).sum(1))
         assert np.median(to_surface_mm) < 0.6 and np.mean(to_surface_mm) < 1.0
+
+
+def test_stream_state_round_trip_continues_identically(bfm, truth):
+    import pickle
+
+    rig = make_rig(2)
+    frames = []
+    for k in range(4):
+        r, t = frontal_pose(12 + k, -8, 4, (0.02, -0.01 + 0.002 * k, 0.66))
+        frames.append(synthetic_frame(bfm, rig, r, t, truth["alpha"], truth["beta"] * (1 - 0.1 * k), frame_index=k)[0])
+    straight = FaceFitter(bfm, FitterConfig(identity_frames=2))
+    expected = [straight.process(f) for f in frames][-1]
+    first = FaceFitter(bfm, FitterConfig(identity_frames=2))
+    for f in frames[:2]:
+        first.process(f)
+    state = pickle.loads(pickle.dumps(first.stream_state()))
+    assert state["model"] is None  # a user-given model is not copied
+    resumed = FaceFitter(bfm, FitterConfig(identity_frames=2))
+    resumed.restore_stream_state(state)
+    got = [resumed.process(f) for f in frames[2:]][-1]
+    np.testing.assert_allclose(got.vertices, expected.vertices, atol=1e-4)
+    np.testing.assert_array_equal(got.id_coeffs, expected.id_coeffs)
