@@ -363,3 +363,18 @@ def test_stream_state_round_trip_continues_identically(bfm, truth):
     got = [resumed.process(f) for f in frames[2:]][-1]
     np.testing.assert_allclose(got.vertices, expected.vertices, atol=1e-4)
     np.testing.assert_array_equal(got.id_coeffs, expected.id_coeffs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(bfm, truth):
+    r, t = truth["pose"]
+    rig = make_rig(3, distortion=KINECT_LIKE_DISTORTION)
+    results = {}
+    for device in ("cpu", "cuda"):
+        fitter = FaceFitter(bfm, device=device)
+        for k in range(3):
+            obs, gt = synthetic_frame(bfm, rig, r, t + [0.0, 0.0, 0.002 * k], truth["alpha"], truth["beta"])
+            results[device] = fitter.process(obs)
+    assert 1e3 * np.linalg.norm(results["cuda"].vertices - gt, axis=1).mean() < 0.3
+    np.testing.assert_allclose(results["cuda"].vertices, results["cpu"].vertices, atol=2e-4)
