@@ -46,12 +46,13 @@ def uniform_laplacian(n_vertices: int, triangles: np.ndarray) -> tuple[sp.csr_ma
 def _to_torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
     m = m.tocsr()
     m.sort_indices()
+    # 32-bit indices: MKL's CPU sparse product is ~1.5x faster with them; CUDA keeps the default.
+    index_dtype = torch.int32 if torch.device(device).type == "cpu" else torch.int64
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": it is enough here
         return torch.sparse_csr_tensor(
-            # 32-bit indices: MKL's sparse product is ~1.5x faster with them.
-            torch.as_tensor(m.indptr, dtype=torch.int32),
-            torch.as_tensor(m.indices, dtype=torch.int32),
+            torch.as_tensor(m.indptr, dtype=index_dtype),
+            torch.as_tensor(m.indices, dtype=index_dtype),
             torch.as_tensor(m.data, dtype=torch.float32),
             size=m.shape,
             check_invariants=False,
