@@ -290,6 +290,7 @@ class FaceFitter:
         self._identity: np.ndarray | None = None  # latest fitted α: cold starts reuse it once frozen
         self._lost_run = 0
         self._fitted_frames = 0
+        self._no_depth_run = False
 
     def stream_state(self, include_model: bool | None = None) -> dict:
         """The stream state after the last frame, picklable, for checkpoints.
@@ -619,7 +620,10 @@ class FaceFitter:
         depth_used = self._patches is not None
         if not depth_used:
             flags.append("no_depth")
-            logger.warning("frame %s: no usable depth near the face; landmark-only fit", obs.frame_index)
+            # Once per run of such frames: every result carries the flag anyway.
+            log = logger.debug if self._no_depth_run else logger.warning
+            log("frame %s: no usable depth near the face; landmark-only fit", obs.frame_index)
+        self._no_depth_run = not depth_used
 
         n_id = model.n_id if fit_identity else 0
         n_par = 6 + n_id + model.n_exp
