@@ -38,6 +38,8 @@ class ReconstructOptions:
     smooth: bool = False
     max_frames: int | None = None
     progress: bool = True
+    # The fitter is many small tensor ops: one thread is fastest on a CPU shared with the decoders.
+    torch_threads: int = 1
 
 
 def load_face_model(options: ReconstructOptions):
@@ -53,11 +55,13 @@ def load_face_model(options: ReconstructOptions):
     raise InputError(f"unknown face model {options.face_model!r} (template or bfm)")
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, torch_threads: int | None = None) -> str:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device is available (use --device cpu)")
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
     return device
 
 
@@ -85,7 +89,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     options = options or ReconstructOptions()
     save_path = str(save_path)
     Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    check_device(options.device)
+    check_device(options.device, options.torch_threads)
     model = load_face_model(options)
     source = open_source(inputs, cameras=options.cameras, max_frames=options.max_frames)
     transforms, rig = rig_transforms_for(source, options, save_path)
