@@ -1,6 +1,6 @@
 # The two commands of the README. Both bootstrap first (idempotent: packages, .venv, torch, project).
 PY := .venv/bin/python
-PYTEST_ARGS ?= -m "not gpu" -x -q
+PYTEST_ARGS ?= -m "not gpu" -q --timeout=900 --durations=15
 
 .PHONY: demo test test-all bootstrap bench clean
 
