@@ -328,6 +328,10 @@ class PreviewServer:
             log.debug("preview page send stopped: %s", exc)
         except asyncio.CancelledError:
             pass
+        except Exception:
+            # A bug must not leave a page connected but silent: close it, and it reconnects.
+            log.exception("preview: sending to a page failed")
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"preview server error")
 
     async def _send_news(self, page: _Page) -> None:
         """Send what `page` has not seen yet, within its mesh window and the rate limits."""

@@ -395,3 +395,25 @@ def test_server_relays_a_bfm_sized_stream_at_camera_rate(server, stream_url):
         player.stop()
     print(f"preview server delivered {rate:.1f} BFM-sized meshes/s (publisher at 30/s, shared 2-core machine)")
     assert rate >= 20
+
+
+def test_encrypted_stream_with_the_publisher_key(stream_url):
+    from mmface4d_stream.stream import MeshPublisher
+    from preview_helpers import sphere_mesh
+
+    public, secret = zmq.curve_keypair()
+    vertices, faces, _ = sphere_mesh(8, 16)
+    publisher = MeshPublisher(stream_url, curve_public_key=public, curve_secret_key=secret)
+    try:
+        publisher.set_topology(faces, len(vertices))
+        with start_preview_server(stream_url, "127.0.0.1", 0,
+                                  subscriber_options={"curve_server_key": public.decode()}) as srv:
+            def delivered():
+                publisher.publish_mesh(vertices, frame=1)
+                time.sleep(0.05)
+                return srv.relay.snapshot().mesh
+
+            mesh = wait_until(delivered, what="an encrypted mesh")
+    finally:
+        publisher.close(0)
+    np.testing.assert_array_equal(framing.decode_frame(mesh.frame).vertices, vertices)
