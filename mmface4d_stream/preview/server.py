@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import logging
 import secrets
@@ -42,6 +41,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from mmface4d_stream.preview import framing
 from mmface4d_stream.preview.assets import STATIC_DIR, missing_assets, missing_assets_message
 from mmface4d_stream.preview.relay import StreamRelay
+from mmface4d_stream.stream.publisher import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ CREDIT_TIMEOUT_S = 3.0
 # Page -> server messages are tiny acknowledgements.
 MAX_PAGE_MESSAGE_BYTES = 4096
 _LOG_BAD_FIRST = 5
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (an address or ``localhost``) is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclasses.dataclass(eq=False)

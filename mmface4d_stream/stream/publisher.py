@@ -74,7 +74,11 @@ def is_loopback_endpoint(url: str) -> bool:
         return True
     if scheme != "tcp":
         return False
-    host = urlsplit(f"//{rest}").hostname or ""
+    return is_loopback_host(urlsplit(f"//{rest}").hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an address or ``localhost``) is reachable only from this machine."""
     if host == "localhost":
         return True
     try:
