@@ -1,1 +1,18 @@
-"""Thin Ray actors around the library stages (no algorithms here)."""
+"""Thin Ray actors around the library stages (no algorithms here).
+
+Each class is a plain Python class; `graphs/` makes it a Ray actor (`ray.remote(cls).options(...)`)
+with its CPU share and restart policy. Methods take and return the small records of
+`mmface4d_stream.types` plus the markers of `actors.records` (end of stream: None; a dropped frame:
+`Dropped`), and pass markers they do not handle straight through, so one graph serves both policies.
+"""
+
+from actors.camera_source import CameraSource
+from actors.fitter import Fitter
+from actors.landmark_detector import LandmarkDetector
+from actors.nut_encoder import NutEncoder
+from actors.records import Dropped, FrameReport, MeshPacket
+from actors.smoother import Smoother
+from actors.zmq_publisher import ZmqPublisher
+
+__all__ = ["CameraSource", "LandmarkDetector", "Fitter", "Smoother", "NutEncoder", "ZmqPublisher",
+           "Dropped", "FrameReport", "MeshPacket"]

@@ -1,0 +1,115 @@
+"""CameraSource: a sequence's frame sets (dataset files, MKV session, or live Kinects) into the graph."""
+
+from __future__ import annotations
+
+import logging
+
+from actors.records import inject_fault
+from mmface4d_stream.pipeline.sources import LoopingSource, open_source, skip_to
+from mmface4d_stream.pipeline.stages import calibrate_rig
+
+log = logging.getLogger(__name__)
+
+
+class CameraSource:
+    """Reads one sequence. Offline: `read` returns the next frame set (blocking on the files). Live
+    (`live=True`): a thread keeps only the newest frame set (paced at device rate when `pace`) and
+    `read` returns it; frames the graph was too busy to take are counted (`stats()["dropped"]`).
+
+    inputs: MKV paths of one session, one dataset prefix `<dir>/<name>`, or `["kinect"]` for live
+    devices (`kinect` options: serials, ...). record_dir: live only: also write every frame set
+    as a dataset sequence there (the capture itself).
+    """
+
+    def __init__(self, inputs: list[str], cameras: list[int] | None = None, max_frames: int | None = None,
+                 loop: int = 1, live: bool = False, pace: bool = False, kinect: dict | None = None,
+                 record_dir: str | None = None, name: str | None = None, fault: dict | None = None):
+        if inputs == ["kinect"]:
+            from mmface4d_stream.pipeline.live import KinectSource
+
+            self.source = KinectSource(name=name or "live", max_frames=max_frames, **(kinect or {}))
+        else:
+            self.source = open_source(inputs, cameras=cameras, max_frames=max_frames)
+            if loop > 1:
+                self.source = LoopingSource(self.source, loop)
+        self.name = name or self.source.name
+        self.live, self.pace = live, pace
+        self.record_dir = record_dir
+        self.recorder = None
+        self.fault = fault
+        self._frames = None
+        self._latest = None
+        self.read_count = 0
+
+    def info(self) -> dict:
+        return {"name": self.name, "frames": len(self.source), "serials": list(self.source.serials),
+                "camera_indices": list(self.source.camera_indices)}
+
+    def calibrate(self, reference: int | None = None, rig_path: str | None = None,
+                  save_path: str | None = None) -> tuple[list | None, int | None]:
+        """(T_ref_from_cam per camera, reference index): identity (None) for one camera, else from
+        `rig_path` or calibrated on the first frames (saved to `save_path_rig.json`)."""
+        from mmface4d_stream.fit.rig import RigCalibration
+
+        if len(self.source.camera_indices) == 1:
+            return None, None
+        if rig_path:
+            rig = RigCalibration.load(rig_path)
+        else:
+            rig = calibrate_rig(self.source, reference=reference)
+            if save_path:
+                rig.save(f"{save_path}_rig.json")
+        return [t.tolist() for t in rig.transforms_for(self.source.serials, rig_path)], rig.reference
+
+    def start(self, frame: int = 0) -> bool:
+        """(Re)start reading at frame number `frame` (after an actor restart the graph resumes there)."""
+        self.stop()
+        frames = iter(self.source) if frame == 0 else skip_to(self.source, frame)
+        if self.live:
+            from mmface4d_stream.pipeline.live import DatasetRecorder, LatestFrameSource
+
+            if self.record_dir and self.recorder is None:
+                self.recorder = DatasetRecorder(self.record_dir, self.name, self.source.serials,
+                                                self.source.intrinsics)
+            self._latest = LatestFrameSource(frames, pace=self.pace,
+                                             on_frame=None if self.recorder is None else self.recorder.write)
+        else:
+            self._frames = frames
+        return True
+
+    def read(self, tick: int):
+        """The next frame set (offline) or the newest one (live); None when the sequence is over."""
+        if self._latest is not None:
+            frame_set = self._latest.next()
+        else:
+            frame_set = next(self._frames, None)
+        if frame_set is not None:
+            inject_fault(self.fault, "source", frame_set.seq, frame_set.frame)
+            self.read_count += 1
+        return frame_set
+
+    def stats(self) -> dict:
+        latest = self._latest
+        return {"read": self.read_count, "dropped": 0 if latest is None else latest.dropped,
+                "captured": self.read_count if latest is None else latest.read,
+                "recorded": 0 if self.recorder is None else self.recorder.frames}
+
+    def stop(self) -> None:
+        if self._latest is not None:
+            self._latest.close()
+            self._latest = None
+        self._frames = None
+
+    def close(self) -> list[str]:
+        """Stop reading; finalize the recording (if any) and release devices. Returns recorded files."""
+        self.stop()
+        written = []
+        if self.recorder is not None:
+            written = [str(p) for p in self.recorder.close()]
+            self.recorder = None
+        if hasattr(self.source, "close"):
+            self.source.close()
+        return written
+
+    def ping(self) -> bool:
+        return True

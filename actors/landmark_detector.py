@@ -1,0 +1,51 @@
+"""LandmarkDetector: `LandmarkStage` as an actor (full frames in, face crops out)."""
+
+from __future__ import annotations
+
+import time
+
+from actors.records import Dropped, inject_fault
+from mmface4d_stream.pipeline.stages import LandmarkStage
+from mmface4d_stream.types import FrameSet
+
+
+class LandmarkDetector:
+    """Landmarks + crop for every camera of a frame set. max_latency_ms (live policy): a frame set
+    older than this when it arrives is dropped here (`Dropped`), before any work is spent on it."""
+
+    def __init__(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
+                 fault: dict | None = None):
+        self.n_cameras, self.thumbnails = n_cameras, thumbnails
+        self._stage = None
+        self.max_latency_ms = max_latency_ms
+        self.fault = fault
+
+    @property
+    def stage(self) -> LandmarkStage:
+        # Built on first use, in the thread that runs the calls (a compiled graph's loop thread).
+        if self._stage is None:
+            self._stage = LandmarkStage(self.n_cameras, thumbnails=self.thumbnails)
+        return self._stage
+
+    def detect(self, frame_set):
+        if not isinstance(frame_set, FrameSet):
+            return frame_set
+        if self.max_latency_ms is not None and frame_set.t_source_ns:
+            age_ms = (time.monotonic_ns() - frame_set.t_source_ns) / 1e6
+            if age_ms > self.max_latency_ms:
+                return Dropped(frame_set.seq, frame_set.frame, "landmarks", f"{age_ms:.0f} ms old")
+        inject_fault(self.fault, "landmarks", frame_set.seq, frame_set.frame)
+        return self.stage.process(frame_set)
+
+    def reset(self) -> bool:
+        """Forget the tracked face regions (after the stream was rewound)."""
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
+
+    def ping(self) -> bool:
+        return True

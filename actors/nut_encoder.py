@@ -1,0 +1,68 @@
+"""NutEncoder: `MeshNutSink` as an actor: the sequence's mesh nut triplet, one frame per capture frame."""
+
+from __future__ import annotations
+
+import time
+
+from actors.records import Dropped, FrameReport, MeshPacket, inject_fault, latency_ms_since
+
+
+class NutEncoder:
+    """Writes meshes in frame order; a gap in the frame numbers (dropped frames) repeats the previous
+    mesh so file frame i stays capture frame i. Frames below the next expected number (re-run after
+    a restart) are ignored. With `write=False` only reports are produced (publish-only graphs)."""
+
+    def __init__(self, save_path: str, fps: int = 30, write: bool = True, fault: dict | None = None):
+        from mmface4d_stream.pipeline.graph_sinks import IndexedMeshNutSink
+
+        self.sink = IndexedMeshNutSink(save_path, fps=fps) if write else None
+        self.next_frame = 0
+        self.faces = None
+        self.dropped: list[int] = []
+        self.fault = fault
+        self.closed = False
+
+    def write(self, packet) -> FrameReport | None:
+        if packet is None:
+            return None
+        if isinstance(packet, Dropped):
+            self.dropped.append(packet.frame)
+            return FrameReport(packet.seq, packet.frame, "dropped")
+        mesh = packet.mesh
+        if mesh.frame < self.next_frame:
+            return FrameReport(mesh.seq, mesh.frame, "replayed", checkpoint=packet.checkpoint)
+        inject_fault(self.fault, "encoder", mesh.seq, mesh.frame)
+        start = time.perf_counter()
+        if packet.faces is not None:
+            self.faces = packet.faces
+        filled = mesh.frame - self.next_frame
+        if self.sink is not None:
+            self.sink.fill_to(mesh.frame)
+            self.sink.process(mesh)
+        self.next_frame = mesh.frame + 1
+        timings = dict(mesh.timings_ms, encode=(time.perf_counter() - start) * 1e3)
+        return FrameReport(mesh.seq, mesh.frame, "lost" if mesh.lost else "mesh", filled,
+                           latency_ms_since(mesh.t_source_ns), timings, packet.checkpoint)
+
+    def close(self, faces=None, meta: dict | None = None, success: bool = True) -> dict:
+        """Finalize the files (always decodable); the meta json only when `success`. Returns counts."""
+        if self.closed:
+            return {}
+        self.closed = True
+        counts = {"frames_out": self.next_frame}
+        if self.sink is not None:
+            self.sink.close(faces=faces if faces is not None else self.faces, meta=meta, success=success)
+            counts.update(frames_written=self.sink.frames_written, frames_filled=self.sink.frames_filled,
+                          frames_never_fitted=self.sink.pending_before_first)
+        return counts
+
+    def __del__(self):
+        # An actor torn down without close() (driver killed) still finalizes its files.
+        if not getattr(self, "closed", True) and getattr(self, "sink", None) is not None:
+            try:
+                self.sink.writer.close(success=False)
+            except Exception:
+                pass
+
+    def ping(self) -> bool:
+        return True

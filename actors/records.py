@@ -1,0 +1,76 @@
+"""Markers and small records that flow through the graph besides the library's stage records."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmface4d_stream.pipeline.stages import StageError
+from mmface4d_stream.types import MeshFrame
+
+
+@dataclass
+class Dropped:
+    """Frame `frame` of `seq` was dropped by `stage` (live policy: too old); later stages pass it on."""
+
+    seq: str
+    frame: int
+    stage: str
+    reason: str
+
+
+@dataclass
+class MeshPacket:
+    """A mesh and, when the fitter's topology is new (first frame, after a restore), its triangles (F, 3).
+
+    checkpoint: every `checkpoint_every` frames the stream state after this frame ({"fitter": ...,
+    "smoother": ...}); it rides along to the encoder, which hands it to the driver in its report.
+    """
+
+    mesh: MeshFrame
+    faces: np.ndarray | None = None
+    checkpoint: dict | None = None
+
+
+@dataclass
+class FrameReport:
+    """What the encoder did with one tick, returned to the driver (small).
+
+    kind: "mesh" (fitted), "lost" (no face: previous mesh repeated), "dropped", "end" (source
+    exhausted) or "replayed" (a frame re-run after a restart, already written). filled: frames
+    repeated before this one to close a gap of dropped frames. latency_ms: source emit → encoded
+    (same host only). timings_ms: per-stage milliseconds of this frame.
+    """
+
+    seq: str
+    frame: int
+    kind: str
+    filled: int = 0
+    latency_ms: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    checkpoint: dict | None = None
+
+
+def latency_ms_since(t_source_ns: int) -> float | None:
+    """Milliseconds since a `time.monotonic_ns()` stamp taken on this host (None without one)."""
+    return (time.monotonic_ns() - t_source_ns) / 1e6 if t_source_ns else None
+
+
+def inject_fault(fault: dict | None, stage: str, seq: str, frame: int) -> None:
+    """The config's test aid (`faults`): sleep, raise a `StageError`, or kill this process once."""
+    if not fault or fault.get("stage") != stage:
+        return
+    if fault.get("delay_ms"):
+        time.sleep(fault["delay_ms"] / 1e3)
+    if fault.get("frame") is None or frame != fault["frame"]:
+        return
+    if fault.get("kind") == "raise":
+        raise StageError(stage, seq, frame, None, "RuntimeError: injected failure (faults config)")
+    if fault.get("kind") == "exit":
+        import ray
+
+        if not ray.get_runtime_context().was_current_actor_reconstructed:
+            os._exit(1)

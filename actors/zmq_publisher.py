@@ -1,0 +1,70 @@
+"""ZmqPublisher: `PublishSink` as an actor: meshes, topology, 1 Hz status and end over ZeroMQ."""
+
+from __future__ import annotations
+
+from actors.records import Dropped, MeshPacket, inject_fault
+
+
+class ZmqPublisher:
+    """Publishes every mesh packet (DESIGN.md wire protocol). Offline (`drop_when_full=False`) a
+    subscriber receives every frame in order; live, a slow subscriber loses frames, never the graph.
+    Frames below the next expected number (re-run after a restart) are not published twice."""
+
+    def __init__(self, url: str, drop_when_full: bool = True, send_hwm: int = 4, send_timeout_s: float | None = 10.0,
+                 fault: dict | None = None):
+        from mmface4d_stream.pipeline.graph_sinks import CountingPublishSink
+
+        options = {"send_hwm": send_hwm}
+        if not drop_when_full:
+            options["send_timeout_s"] = send_timeout_s
+        self.sink = CountingPublishSink(url, drop_when_full=drop_when_full, **options)
+        self.next_frame = 0
+        self.fault = fault
+        self.closed = False
+
+    @property
+    def endpoint(self) -> str:
+        return self.sink.publisher.endpoint
+
+    def get_endpoint(self) -> str:
+        return self.endpoint
+
+    def wait_for_subscribers(self, n: int, timeout_s: float) -> bool:
+        return self.sink.publisher.wait_for_subscribers(n, timeout_s)
+
+    def publish(self, packet):
+        if packet is None:
+            return None
+        if isinstance(packet, Dropped):
+            self.sink.record_drop("graph")
+            return packet.frame
+        mesh = packet.mesh
+        if mesh.frame < self.next_frame:
+            return None
+        inject_fault(self.fault, "publisher", mesh.seq, mesh.frame)
+        if mesh.frame > self.next_frame:
+            self.sink.record_drop("graph", mesh.frame - self.next_frame)
+        if packet.faces is not None:
+            self.sink.set_faces(packet.faces, len(mesh.vertices))
+        self.next_frame = mesh.frame + 1
+        if not self.sink.has_topology:
+            return None  # no topology yet (no face fitted so far): nothing a subscriber could draw
+        self.sink.process(mesh)
+        return mesh.frame
+
+    def stats(self) -> dict:
+        stats = self.sink.publisher.stats
+        return {k: v for k, v in vars(stats).items() if isinstance(v, (int, float))}
+
+    def close(self, reason: str = "finished") -> bool:
+        if self.closed:
+            return False
+        self.closed = True
+        try:
+            self.sink.publisher.publish_end(reason)
+        finally:
+            self.sink.publisher.close()
+        return True
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,373 @@
+"""The per-frame graph of one sequence, live or offline, as Ray actors.
+
+    source -> landmarks -> fitter -> [smoother] -> {encoder, publisher}
+
+The driver feeds frame ticks; each tick pulls one frame set through every actor. Actors execute
+their calls in order, so the fitter's warm start and the smoother's state follow the frames.
+`ray.compiled: true` declares the chain once as a Ray compiled graph (`InputNode`,
+`experimental_compile`: shared-memory channels, no per-call scheduling); otherwise every tick is a
+chain of plain actor calls. At most `policy.max_inflight` ticks are in the graph at once: memory
+is constant offline, latency is bounded live (where the source also keeps only the newest frame).
+
+Faults: an actor whose process dies is restarted by Ray (`max_restarts`); the driver rewinds the
+stream to the last checkpoint (fitter warm start and smoother state, taken every
+`ray.checkpoint_every` frames), restores it and goes on; the encoder ignores frames it has
+already written. A stage that raises stops the sequence with a `PipelineError` naming stage,
+sequence, camera and frame; the encoder always finalizes its files.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, Smoother, ZmqPublisher
+from actors.records import FrameReport
+from graphs.config import GraphConfig
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.pipeline.stages import StageError
+
+log = logging.getLogger(__name__)
+
+# Exceptions that mean an actor's process is gone (restartable), as opposed to a stage raising.
+try:
+    from ray.exceptions import RayChannelError, RayChannelTimeoutError
+except ImportError:  # pragma: no cover - older Ray
+    RayChannelError = RayChannelTimeoutError = ()
+_ACTOR_LOST = tuple(e for e in (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                                RayChannelError) if isinstance(e, type))
+_TIMEOUTS = tuple(e for e in (ray.exceptions.GetTimeoutError, RayChannelTimeoutError) if isinstance(e, type))
+
+
+class PipelineError(RuntimeError):
+    """A sequence stopped: a stage failed (its `StageError` is the cause) or restarts ran out."""
+
+
+@dataclass
+class SequenceJob:
+    """One sequence to reconstruct: its inputs (MKVs of one session, one dataset prefix, or
+    ["kinect"]) and the output prefix (`save_path_{0,1,2}.nut`, `_faces.npy`, `_meta.json`)."""
+
+    inputs: list[str]
+    save_path: str
+    name: str | None = None
+    kinect: dict | None = None
+    record_dir: str | None = None
+
+
+@dataclass
+class SequenceResult:
+    """What a run produced: the meta json's content plus per-stage latency figures."""
+
+    job: SequenceJob
+    meta: dict
+    ok: bool
+    error: str | None = None
+    interrupted: bool = False
+    stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
+            "mean": round(float(a.mean()), 2), "n": int(a.size)}
+
+
+class SequencePipeline:
+    """Builds the actors of one sequence and runs it to the end (or until `stop` is set)."""
+
+    def __init__(self, job: SequenceJob, config: GraphConfig, publish_url: str | None = None,
+                 progress: bool = True, position: int = 0, stop: threading.Event | None = None):
+        self.job = job
+        self.config = config
+        self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
+        self.progress = progress
+        self.position = position
+        self.stop = stop or threading.Event()
+        self.live = config.policy.mode == "live"
+        self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
+        self.restarts = 0
+        self.reports: list[FrameReport] = []
+        self._dag = None
+        self.actors: dict[str, object] = {}
+        self.endpoint: str | None = None
+
+    # ----------------------------------------------------------------------------- actors
+
+    def _remote(self, cls, num_cpus: float = 0.0, restarts: int | None = None):
+        max_restarts = self.config.ray.max_restarts if restarts is None else restarts
+        return ray.remote(cls).options(num_cpus=num_cpus, max_restarts=max_restarts)
+
+    def _new_landmarks(self) -> None:
+        cfg = self.config
+        self.actors["landmarks"] = self._remote(LandmarkDetector, cfg.landmarks.num_cpus).remote(
+            self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
+            max_latency_ms=cfg.policy.max_latency_ms if self.live else None, fault=self._fault_for("landmarks"))
+
+    def _fault_for(self, stage: str) -> dict | None:
+        return self.fault if self.fault and self.fault["stage"] == stage else None
+
+    def build(self) -> dict:
+        """Create the actors (source first: its info sizes the rest) and calibrate the rig."""
+        cfg = self.config
+        Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
+        self.actors["source"] = self._remote(CameraSource).remote(
+            self.job.inputs, cameras=cfg.source.cameras, max_frames=cfg.source.max_frames, loop=cfg.source.loop,
+            live=self.live, pace=cfg.source.pace, kinect=self.job.kinect, record_dir=self.job.record_dir,
+            name=self.job.name, fault=self._fault_for("source"))
+        self.info = self._get(self.actors["source"].info.remote(), "source")
+        transforms, self.reference = self._get(self.actors["source"].calibrate.remote(
+            cfg.fitter.reference, cfg.fitter.rig, self.job.save_path), "source")
+        n_cameras = len(self.info["camera_indices"])
+        self._n_cameras = n_cameras
+        self._new_landmarks()
+        self.actors["fitter"] = self._remote(Fitter, cfg.fitter.num_cpus).remote(
+            transforms, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every, fault=self._fault_for("fitter"))
+        if cfg.smoother.enabled:
+            self.actors["smoother"] = self._remote(Smoother).remote(
+                cfg.smoother.cutoff_hz, cfg.smoother.order, float(cfg.output.fps), cfg.ray.checkpoint_every,
+                fault=self._fault_for("smoother"))
+        # The encoder cannot append to a file a dead process left: it is never restarted.
+        self.actors["encoder"] = self._remote(NutEncoder, restarts=0).remote(
+            self.job.save_path, cfg.output.fps, cfg.output.write_meshes, fault=self._fault_for("encoder"))
+        if self.publish_url:
+            self.actors["publisher"] = self._remote(ZmqPublisher).remote(
+                self.publish_url, drop_when_full=self.live, send_hwm=cfg.publish.send_hwm,
+                send_timeout_s=cfg.publish.send_timeout_s, fault=self._fault_for("publisher"))
+            self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
+            if cfg.publish.wait_subscribers:
+                self._get(self.actors["publisher"].wait_for_subscribers.remote(
+                    cfg.publish.wait_subscribers, cfg.publish.wait_timeout_s), "publisher")
+        self._get([a.ping.remote() for a in self.actors.values()], "setup")
+        return self.info
+
+    def _get(self, refs, stage: str):
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            if isinstance(cause, InputError):
+                raise InputError(str(cause)) from None
+            raise
+
+    # ------------------------------------------------------------------------------ graph
+
+    def _compile(self):
+        from ray.dag import InputNode, MultiOutputNode
+
+        a = self.actors
+        with InputNode() as tick:
+            packet = a["fitter"].fit.bind(a["landmarks"].detect.bind(a["source"].read.bind(tick)))
+            if "smoother" in a:
+                packet = a["smoother"].smooth.bind(packet)
+            outputs = [a["encoder"].write.bind(packet)]
+            if "publisher" in a:
+                outputs.append(a["publisher"].publish.bind(packet))
+            dag = MultiOutputNode(outputs)
+        return dag.experimental_compile(_max_inflight_executions=self.config.policy.max_inflight + 1,
+                                        _submit_timeout=self.config.ray.frame_timeout_s)
+
+    def _submit_plain(self, tick: int) -> list:
+        a = self.actors
+        packet = a["fitter"].fit.remote(a["landmarks"].detect.remote(a["source"].read.remote(tick)))
+        if "smoother" in a:
+            packet = a["smoother"].smooth.remote(packet)
+        outputs = [a["encoder"].write.remote(packet)]
+        if "publisher" in a:
+            outputs.append(a["publisher"].publish.remote(packet))
+        return outputs
+
+    def _teardown(self) -> None:
+        """Stop the compiled graph. MediaPipe inside the landmark actor keeps Ray's teardown waiting
+        forever (Ray 2.60), so that actor (stateless) is killed first and rebuilt when needed."""
+        if self._dag is not None:
+            dag, self._dag = self._dag, None
+            landmarks = self.actors.pop("landmarks", None)
+            if landmarks is not None:
+                ray.kill(landmarks, no_restart=True)
+            try:
+                dag.teardown()
+            except Exception as exc:  # a dead actor can make teardown complain; the graph is gone either way
+                log.debug("compiled graph teardown: %s", exc)
+
+    # -------------------------------------------------------------------------------- run
+
+    def run(self) -> SequenceResult:
+        cfg = self.config
+        start = time.perf_counter()
+        interrupted = False
+        error: str | None = None
+        failure: BaseException | None = None
+        self.build()
+        total = self.info["frames"] or None
+        name = self.info["name"]
+        self._get(self.actors["source"].start.remote(0), "source")
+        checkpoint = {"frame": -1, "fitter": None, "smoother": None}
+        bar = tqdm(total=total, desc=name, unit="frame", file=sys.stderr, disable=not self.progress,
+                   position=self.position, leave=True, dynamic_ncols=True)
+        try:
+            while True:
+                try:
+                    self._run_stream(bar, checkpoint)
+                    break
+                except _TIMEOUTS as exc:
+                    raise PipelineError(f"sequence {name}: no result within ray.frame_timeout_s = "
+                                        f"{cfg.ray.frame_timeout_s} s; the graph is stuck ({type(exc).__name__})") from None
+                except _ACTOR_LOST as exc:
+                    self._teardown()
+                    self.restarts += 1
+                    if self.restarts > cfg.ray.max_restarts:
+                        raise PipelineError(f"sequence {name}: an actor died {self.restarts} times, giving up "
+                                            f"({type(exc).__name__}: {exc})") from None
+                    resume = checkpoint["frame"] + 1
+                    log.warning("sequence %s: an actor died (%s); restarting from frame %d (restart %d of %d)",
+                                name, type(exc).__name__, resume, self.restarts, cfg.ray.max_restarts)
+                    self._resume(resume, checkpoint)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("sequence %s: interrupted; finalizing the outputs", name)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            failure = cause
+            error = str(cause) if isinstance(cause, (StageError, InputError)) else f"{type(cause).__name__}: {cause}"
+            error = error.splitlines()[0] if isinstance(cause, (StageError, InputError)) else error
+        except PipelineError as exc:
+            failure, error = exc, str(exc)
+        finally:
+            bar.close()
+            self._teardown()
+        # Live capture ends with Ctrl-C: that is a normal end, so the meta json is written.
+        success = error is None and (not interrupted or self.live)
+        meta = self._finish(start, success, interrupted, error)
+        result = SequenceResult(self.job, meta, success, error, interrupted, meta.get("stage_latency_ms", {}))
+        if failure is not None and isinstance(failure, StageError):
+            log.error("%s", error)
+        return result
+
+    def _run_stream(self, bar, checkpoint: dict) -> None:
+        cfg = self.config
+        compiled = cfg.ray.compiled
+        if compiled and self._dag is None:
+            self._dag = self._compile()
+        inflight: collections.deque = collections.deque()
+        tick = self._next_tick = getattr(self, "_next_tick", 0)
+        ended = False
+        while True:
+            while not ended and not self.stop.is_set() and len(inflight) < cfg.policy.max_inflight:
+                inflight.append(self._dag.execute(tick) if compiled else self._submit_plain(tick))
+                tick += 1
+            if not inflight:
+                break
+            head = inflight.popleft()
+            outputs = ray.get(head, timeout=cfg.ray.frame_timeout_s)
+            report = outputs[0]
+            if report is None:
+                ended = True
+                continue
+            if report.checkpoint is not None:
+                checkpoint.update(frame=report.frame, fitter=report.checkpoint["fitter"],
+                                  smoother=report.checkpoint.get("smoother"))
+                report.checkpoint = None
+            if report.kind != "replayed":
+                self.reports.append(report)
+                bar.update(1 + report.filled)
+                if report.kind == "dropped":
+                    bar.set_postfix_str(f"dropped {sum(r.kind == 'dropped' for r in self.reports)}", refresh=False)
+        self._next_tick = tick
+        if self.stop.is_set() and not ended:
+            raise KeyboardInterrupt
+
+    def _resume(self, frame: int, checkpoint: dict) -> None:
+        """After an actor restart: wait for every actor, rewind the stream to `frame`, restore state."""
+        if "landmarks" not in self.actors:
+            self._new_landmarks()
+        a = self.actors
+        deadline = time.monotonic() + 120.0
+        while True:
+            try:
+                ray.get([actor.ping.remote() for actor in a.values()], timeout=30.0)
+                break
+            except _ACTOR_LOST + (ray.exceptions.GetTimeoutError,):
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"sequence {self.info['name']}: actors did not come back after a crash") from None
+                time.sleep(0.5)
+        calls = [a["fitter"].restore.remote(checkpoint["fitter"]), a["landmarks"].reset.remote(),
+                 a["source"].start.remote(frame)]
+        if "smoother" in a:
+            calls.append(a["smoother"].restore.remote(checkpoint["smoother"]))
+        ray.get(calls)
+
+    def _finish(self, start: float, success: bool, interrupted: bool, error: str | None) -> dict:
+        a = self.actors
+        elapsed = time.perf_counter() - start
+        summary, faces, source_stats = {}, None, {}
+        try:
+            summary, faces, source_stats = ray.get([a["fitter"].summary.remote(), a["fitter"].faces.remote(),
+                                                    a["source"].stats.remote()], timeout=60.0)
+        except Exception as exc:  # a dead fitter loses only the summary: the files are finalized below
+            log.warning("could not collect the fitter summary: %s", exc)
+        recorded = []
+        try:
+            recorded = ray.get(a["source"].close.remote(), timeout=120.0)
+        except Exception as exc:
+            log.warning("closing the source: %s", exc)
+        kinds = collections.Counter(r.kind for r in self.reports)
+        dropped = sorted({r.frame for r in self.reports if r.kind == "dropped"}
+                         | {f for r in self.reports for f in range(r.frame - r.filled, r.frame)})
+        stage_ms: dict[str, list[float]] = collections.defaultdict(list)
+        for r in self.reports:
+            for stage, ms in r.timings_ms.items():
+                stage_ms[stage].append(ms)
+            if r.latency_ms is not None:
+                stage_ms["end_to_end"].append(r.latency_ms)
+        frames_done = sum(1 + r.filled for r in self.reports)
+        meta = {
+            "source": list(self.job.inputs),
+            "cameras": [{"index": i, "serial": s} for i, s in zip(self.info["camera_indices"], self.info["serials"])],
+            "reference_camera": self.reference,
+            "device": self.config.fitter.device,
+            "smoothed": self.config.smoother.enabled,
+            "policy": self.config.policy.mode,
+            "compiled_graph": self.config.ray.compiled,
+            **summary,
+            "frames_in": frames_done,
+            "frames_dropped": dropped,
+            "source_frames_dropped": source_stats.get("dropped", 0),
+            "restarts": self.restarts,
+            "seconds": round(elapsed, 3),
+            "frames_per_second": round(frames_done / elapsed, 3) if elapsed > 0 else None,
+            "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
+            "recorded": recorded,
+            "counts": dict(kinds),
+        }
+        if error:
+            meta["error"] = error
+        if interrupted:
+            meta["interrupted"] = True
+        try:
+            counts = ray.get(a["encoder"].close.remote(faces, meta, success), timeout=120.0)
+            meta.update(counts)
+        except Exception as exc:
+            log.error("finalizing %s: %s", self.job.save_path, exc)
+        if "publisher" in a:
+            try:
+                ray.get(a["publisher"].close.remote("interrupted" if interrupted else "error" if error else "finished"),
+                        timeout=30.0)
+            except Exception as exc:
+                log.warning("closing the publisher: %s", exc)
+        for actor in a.values():
+            ray.kill(actor, no_restart=True)
+        self.actors = {}
+        return meta

@@ -1,0 +1,90 @@
+"""Run many sequences: one pipeline per sequence, as many at once as the Ray cluster's CPUs allow.
+
+`ensure_ray(config)` starts a local Ray (or joins `ray.address`); `run_jobs(jobs, config)` runs
+every job whose outputs are not finished yet (`pipeline.sinks.is_finished`: re-runs resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import ray
+
+from graphs.config import GraphConfig
+from graphs.frame_graph import SequenceJob, SequencePipeline, SequenceResult
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.pipeline.sinks import is_finished
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(config: GraphConfig) -> dict:
+    """Connect to `config.ray.address` or start a local Ray (no dashboard); returns cluster resources."""
+    if not ray.is_initialized():
+        # The project's modules must be importable by the workers (actors/, graphs/ at the repo root).
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}}
+        if config.ray.address:
+            try:
+                ray.init(address=config.ray.address, runtime_env=runtime_env, logging_level=logging.WARNING,
+                         log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise InputError(f"cannot join the Ray cluster at {config.ray.address}: {exc}") from None
+        else:
+            ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                     logging_level=logging.WARNING, log_to_driver=False)
+    return ray.cluster_resources()
+
+
+def pipelines_at_once(config: GraphConfig, resources: dict, publishing: bool) -> int:
+    """How many sequences run concurrently: the configured number, or the cluster's CPUs divided by
+    one pipeline's reservation. Publishing serializes sequences (one stream endpoint)."""
+    if publishing:
+        return 1
+    if config.ray.max_pipelines:
+        return config.ray.max_pipelines
+    per_pipeline = config.landmarks.num_cpus + config.fitter.num_cpus
+    if per_pipeline <= 0:
+        return 1
+    return max(1, int(resources.get("CPU", 1) // per_pipeline))
+
+
+def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: str | None = None,
+             progress: bool = True, skip_finished: bool = True, stop: threading.Event | None = None,
+             on_result: Callable[[SequenceResult], None] | None = None) -> list[SequenceResult | None]:
+    """Run every job; finished outputs are skipped (None in the result list) when `skip_finished`."""
+    resources = ensure_ray(config)
+    stop = stop or threading.Event()
+    todo = []
+    for index, job in enumerate(jobs):
+        if skip_finished and is_finished(job.save_path):
+            log.info("%s: finished already (%s_meta.json exists), skipped", job.name or job.save_path, job.save_path)
+            continue
+        todo.append((index, job))
+    results: list[SequenceResult | None] = [None] * len(jobs)
+    publishing = bool(publish_url or config.publish.enabled)
+    workers = min(max(1, len(todo)), pipelines_at_once(config, resources, publishing))
+
+    def run_one(slot: int, index: int, job: SequenceJob) -> None:
+        if stop.is_set():
+            return
+        pipeline = SequencePipeline(job, config, publish_url=publish_url, progress=progress, position=slot, stop=stop)
+        result = pipeline.run()
+        results[index] = result
+        if on_result is not None:
+            on_result(result)
+
+    if workers == 1:
+        for index, job in todo:
+            run_one(0, index, job)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run_one, k % workers, index, job) for k, (index, job) in enumerate(todo)]
+            for future in futures:
+                future.result()
+    return results

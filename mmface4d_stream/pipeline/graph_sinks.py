@@ -1,0 +1,64 @@
+"""Sinks for graphs that may drop frames: frame-numbered mesh files and drop-counting publishers.
+
+`IndexedMeshNutSink` keeps file frame i = capture frame i when frames are dropped (live policy):
+the gap repeats the last mesh and is counted. `CountingPublishSink` adds drop counts to the
+status reports. Both extend the sinks of `pipeline.sinks` without changing them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmface4d_stream.pipeline.sinks import MeshNutSink, PublishSink
+from mmface4d_stream.types import MeshFrame
+
+
+class IndexedMeshNutSink(MeshNutSink):
+    """`MeshNutSink` plus `fill_to(frame)`: account for dropped frames before `frame`."""
+
+    def __init__(self, save_path, fps: int = 30):
+        super().__init__(save_path, fps=fps)
+        self.frames_filled = 0
+        self._last_vertices: np.ndarray | None = None
+
+    @property
+    def frames_accounted(self) -> int:
+        """Frames written or waiting for the first fitted mesh: the next frame's index in the file."""
+        return self.frames_written + self.pending_before_first
+
+    def process(self, mesh: MeshFrame) -> MeshFrame:
+        written = self.frames_written
+        result = super().process(mesh)
+        if self.frames_written > written:
+            self._last_vertices = mesh.vertices
+        return result
+
+    def fill_to(self, frame: int) -> int:
+        """Repeat the last mesh for frames dropped before `frame`; returns how many were filled."""
+        gap = int(frame) - self.frames_accounted
+        if gap <= 0:
+            return 0
+        if self._last_vertices is None:
+            self.pending_before_first += gap
+        else:
+            for _ in range(gap):
+                self.writer.write(self._last_vertices)
+            self.frames_written += gap
+        self.frames_filled += gap
+        return gap
+
+    def close(self, faces=None, meta: dict | None = None, success: bool = True) -> None:
+        if meta is not None:
+            meta = dict(meta, frames_filled=self.frames_filled)
+        super().close(faces=faces, meta=meta, success=success)
+
+
+class CountingPublishSink(PublishSink):
+    """`PublishSink` that also reports dropped frames per stage in its 1 Hz status."""
+
+    @property
+    def has_topology(self) -> bool:
+        return self._topology_shape is not None
+
+    def record_drop(self, stage: str, n: int = 1) -> None:
+        self._meters.setdefault(stage, self._meter_cls()).drop(n)
