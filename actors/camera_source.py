@@ -33,7 +33,8 @@ class CameraSource:
             if loop > 1:
                 self.source = LoopingSource(self.source, loop)
         self.name = name or self.source.name
-        self.live, self.pace = live, pace
+        # Devices deliver at their own rate; only recordings need pacing.
+        self.live, self.pace = live, pace and inputs != ["kinect"]
         self.record_dir = record_dir
         self.recorder = None
         self.fault = fault
