@@ -41,6 +41,7 @@ class CameraSource:
         self._frames = None
         self._latest = None
         self.read_count = 0
+        self.start_frame = 0
 
     def info(self) -> dict:
         return {"name": self.name, "frames": len(self.source), "serials": list(self.source.serials),
@@ -65,6 +66,7 @@ class CameraSource:
     def start(self, frame: int = 0) -> bool:
         """(Re)start reading at frame number `frame` (after an actor restart the graph resumes there)."""
         self.stop()
+        self.start_frame = frame
         frames = iter(self.source) if frame == 0 else skip_to(self.source, frame)
         if self.live:
             from mmface4d_stream.pipeline.live import DatasetRecorder, LatestFrameSource
@@ -92,7 +94,7 @@ class CameraSource:
     def stats(self) -> dict:
         latest = self._latest
         return {"read": self.read_count, "dropped": 0 if latest is None else latest.dropped,
-                "captured": self.read_count if latest is None else latest.read,
+                "captured": self.read_count if latest is None else self.start_frame + latest.read,
                 "recorded": 0 if self.recorder is None else self.recorder.frames}
 
     def stop(self) -> None:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import time
 
 from actors.records import Dropped, FrameReport, MeshPacket, inject_fault, latency_ms_since
+from mmface4d_stream.pipeline.stages import StageError
 
 
 class NutEncoder:
     """Writes meshes in frame order; a gap in the frame numbers (dropped frames) repeats the previous
     mesh so file frame i stays capture frame i. Frames below the next expected number (re-run after
-    a restart) are ignored. With `write=False` only reports are produced (publish-only graphs)."""
+    a restart) are ignored. With `write=False` only reports are produced (publish-only graphs).
+    allow_gaps=False (offline policy): a gap is an error instead (an earlier stage failed on it)."""
 
-    def __init__(self, save_path: str, fps: int = 30, write: bool = True, fault: dict | None = None):
+    def __init__(self, save_path: str, fps: int = 30, write: bool = True, allow_gaps: bool = True,
+                 fault: dict | None = None):
         from mmface4d_stream.pipeline.graph_sinks import IndexedMeshNutSink
 
         self.sink = IndexedMeshNutSink(save_path, fps=fps) if write else None
         self.next_frame = 0
         self.faces = None
         self.dropped: list[int] = []
+        self.allow_gaps = allow_gaps
         self.fault = fault
         self.closed = False
 
@@ -36,6 +40,10 @@ class NutEncoder:
         if packet.faces is not None:
             self.faces = packet.faces
         filled = mesh.frame - self.next_frame
+        if filled and not self.allow_gaps:
+            # Offline nothing is dropped: a missing frame means an earlier stage failed on it.
+            raise StageError("encoder", mesh.seq, mesh.frame, None,
+                             f"frames {self.next_frame}..{mesh.frame - 1} never arrived (offline policy drops nothing)")
         if self.sink is not None:
             self.sink.fill_to(mesh.frame)
             self.sink.process(mesh)
@@ -43,6 +51,14 @@ class NutEncoder:
         timings = dict(mesh.timings_ms, encode=(time.perf_counter() - start) * 1e3)
         return FrameReport(mesh.seq, mesh.frame, "lost" if mesh.lost else "mesh", filled,
                            latency_ms_since(mesh.t_source_ns), timings, packet.checkpoint)
+
+    def fill_to(self, frames_total: int) -> int:
+        """Live end of stream: account for captured frames after the last mesh (dropped ones)."""
+        if self.sink is None or frames_total <= self.next_frame:
+            return 0
+        filled = self.sink.fill_to(frames_total)
+        self.next_frame = frames_total
+        return filled
 
     def close(self, faces=None, meta: dict | None = None, success: bool = True) -> dict:
         """Finalize the files (always decodable); the meta json only when `success`. Returns counts."""

@@ -77,6 +77,18 @@ class SequenceResult:
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def original_error(exc: BaseException) -> BaseException:
+    """The exception a stage raised, out of Ray's wrappers (a failure propagates through later stages)."""
+    seen = set()
+    while isinstance(exc, ray.exceptions.RayTaskError) and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    return exc
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -141,7 +153,8 @@ class SequencePipeline:
                 fault=self._fault_for("smoother"))
         # The encoder cannot append to a file a dead process left: it is never restarted.
         self.actors["encoder"] = self._remote(NutEncoder, restarts=0).remote(
-            self.job.save_path, cfg.output.fps, cfg.output.write_meshes, fault=self._fault_for("encoder"))
+            self.job.save_path, cfg.output.fps, cfg.output.write_meshes, allow_gaps=self.live,
+            fault=self._fault_for("encoder"))
         if self.publish_url:
             self.actors["publisher"] = self._remote(ZmqPublisher).remote(
                 self.publish_url, drop_when_full=self.live, send_hwm=cfg.publish.send_hwm,
@@ -157,9 +170,9 @@ class SequencePipeline:
         try:
             return ray.get(refs)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            cause = original_error(exc)
             if isinstance(cause, InputError):
-                raise InputError(str(cause)) from None
+                raise InputError(str(cause).splitlines()[0]) from None
             raise
 
     # ------------------------------------------------------------------------------ graph
@@ -239,10 +252,11 @@ class SequencePipeline:
             interrupted = True
             log.warning("sequence %s: interrupted; finalizing the outputs", name)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
-            failure = cause
-            error = str(cause) if isinstance(cause, (StageError, InputError)) else f"{type(cause).__name__}: {cause}"
-            error = error.splitlines()[0] if isinstance(cause, (StageError, InputError)) else error
+            failure = original_error(exc)
+            if isinstance(failure, (StageError, InputError)):
+                error = str(failure).splitlines()[0]
+            else:
+                error = f"{type(failure).__name__}: {failure}"
         except PipelineError as exc:
             failure, error = exc, str(exc)
         finally:
@@ -324,15 +338,21 @@ class SequencePipeline:
         except Exception as exc:
             log.warning("closing the source: %s", exc)
         kinds = collections.Counter(r.kind for r in self.reports)
-        dropped = sorted({r.frame for r in self.reports if r.kind == "dropped"}
-                         | {f for r in self.reports for f in range(r.frame - r.filled, r.frame)})
+        if self.live and source_stats.get("captured"):
+            try:  # frames captured after the last mesh are dropped ones too: the file covers them all
+                ray.get(a["encoder"].fill_to.remote(int(source_stats["captured"])), timeout=60.0)
+            except Exception as exc:
+                log.warning("filling the last dropped frames: %s", exc)
+        fitted = {r.frame for r in self.reports if r.kind in ("mesh", "lost")}
+        last = max([r.frame for r in self.reports] + [int(source_stats.get("captured", 0)) - 1 if self.live else -1])
+        dropped = [f for f in range(last + 1) if f not in fitted]
         stage_ms: dict[str, list[float]] = collections.defaultdict(list)
         for r in self.reports:
             for stage, ms in r.timings_ms.items():
                 stage_ms[stage].append(ms)
             if r.latency_ms is not None:
                 stage_ms["end_to_end"].append(r.latency_ms)
-        frames_done = sum(1 + r.filled for r in self.reports)
+        frames_done = last + 1
         meta = {
             "source": list(self.job.inputs),
             "cameras": [{"index": i, "serial": s} for i, s in zip(self.info["camera_indices"], self.info["serials"])],
@@ -343,6 +363,7 @@ class SequencePipeline:
             "compiled_graph": self.config.ray.compiled,
             **summary,
             "frames_in": frames_done,
+            "frames_captured": source_stats.get("captured"),
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
             "restarts": self.restarts,

@@ -22,13 +22,16 @@ from mmface4d_stream.pipeline.sinks import is_finished
 log = logging.getLogger(__name__)
 
 
+def worker_runtime_env() -> dict:
+    """Ray runtime env that makes the project's `actors/` and `graphs/` importable by the workers."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}}
+
+
 def ensure_ray(config: GraphConfig) -> dict:
     """Connect to `config.ray.address` or start a local Ray (no dashboard); returns cluster resources."""
     if not ray.is_initialized():
-        # The project's modules must be importable by the workers (actors/, graphs/ at the repo root).
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}}
+        runtime_env = worker_runtime_env()
         if config.ray.address:
             try:
                 ray.init(address=config.ray.address, runtime_env=runtime_env, logging_level=logging.WARNING,

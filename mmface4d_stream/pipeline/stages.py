@@ -30,16 +30,16 @@ THUMBNAIL_SIDE_PX = 160
 class StageError(RuntimeError):
     """A stage failed on one frame: names the stage, the sequence, the frame and the camera (None: all).
 
-    Picklable (it crosses Ray actor boundaries); `cause` is the original exception's one-line text.
+    Picklable (it crosses Ray actor boundaries); `detail` is the original exception's one-line text.
     """
 
-    def __init__(self, stage: str, seq: str, frame: int, camera: int | None = None, cause: str = ""):
-        self.stage, self.seq, self.frame, self.camera, self.cause = stage, seq, frame, camera, cause
+    def __init__(self, stage: str, seq: str, frame: int, camera: int | None = None, detail: str = ""):
+        self.stage, self.seq, self.frame, self.camera, self.detail = stage, seq, frame, camera, detail
         where = f"sequence {seq}, frame {frame}" + ("" if camera is None else f", camera {camera}")
-        super().__init__(f"stage {stage} failed on {where}: {cause}")
+        super().__init__(f"stage {stage} failed on {where}: {detail}")
 
     def __reduce__(self):
-        return StageError, (self.stage, self.seq, self.frame, self.camera, self.cause)
+        return StageError, (self.stage, self.seq, self.frame, self.camera, self.detail)
 
 
 def _stage_error(stage: str, seq: str, frame: int, camera: int | None, exc: BaseException) -> BaseException:

@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""The Ray graph end to end: frames/s, per-stage latency, memory over long runs, stream latency,
+and Ray compiled graphs against plain actor calls. Prints markdown tables.
+
+    python benchmarks/pipeline.py                      # everything, short settings
+    python benchmarks/pipeline.py --memory-frames 300 1800   # the full memory check (slow on 2 cores)
+
+Captures are synthesized once into out/bench/ (reused on later runs). The machine may be shared:
+numbers are what this run measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from graphs.config import load_config  # noqa: E402
+from graphs.frame_graph import SequenceJob, SequencePipeline  # noqa: E402
+from graphs.runner import ensure_ray  # noqa: E402
+
+OUT = Path("out/bench")
+
+
+def capture(frames: int, cameras: int):
+    from mmface4d_stream.render.synth import synthesize_capture
+
+    return synthesize_capture(OUT / f"capture_{frames}x{cameras}", frames=frames, cameras=cameras, seed=1,
+                              name="bench", write_mkv=True, progress=False, reuse=True)
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) of the driver plus every Ray actor process, sampled every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.peaks: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for proc in self.psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid == self.psutil.Process().pid or cmd.startswith("ray::") and any(
+                    name in cmd for name in ("CameraSource", "LandmarkDetector", "Fitter", "Smoother", "NutEncoder")):
+                rss = (proc.info["memory_info"].rss if proc.info["memory_info"] else 0) / 2**20
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0.0), rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._sample()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def total_mib(self) -> float:
+        return sum(self.peaks.values())
+
+
+def run_graph(prefix_or_mkvs, overrides: dict, name: str):
+    config = load_config(None, {"ray.frame_timeout_s": 120.0, **overrides})
+    job = SequenceJob(list(prefix_or_mkvs), str(OUT / "meshes" / name), name)
+    result = SequencePipeline(job, config, progress=False).run()
+    if not result.ok:
+        raise RuntimeError(f"{name}: {result.error}")
+    return result.meta
+
+
+def error_mm(meta: dict, cap, name: str) -> str:
+    from mmface4d_stream.fit.evaluate import evaluate_sequence
+
+    try:
+        error = evaluate_sequence(OUT / "meshes" / name, cap.gt_mesh_prefix.parent,
+                                  reference_device=meta["reference_camera"] or (1 if len(meta["cameras"]) == 1 and
+                                                                                  meta["cameras"][0]["index"] == 1 else 0))
+        return f"{error.recon_to_gt.mean_mm:.2f}"
+    except Exception as exc:
+        return f"– ({str(exc)[:40]})"
+
+
+def stage_rows(label: str, meta: dict, error: str = "–") -> list[str]:
+    lat = meta["stage_latency_ms"]
+    cells = []
+    for stage in ("landmarks", "fit", "smooth", "encode", "end_to_end"):
+        s = lat.get(stage)
+        cells.append(f"{s['p50']:.0f} / {s['p95']:.0f}" if s else "–")
+    fps = meta["frames_out"] / meta["seconds"]
+    return [f"| {label} | {meta['frames_out']} | {fps:.2f} | {len(meta['frames_dropped'])} | " + " | ".join(cells)
+            + f" | {error} |"]
+
+
+def bench_throughput(frames: int) -> None:
+    cap = capture(frames, 3)
+    print("\n### End to end (offline unless noted)\n")
+    print("| run | frames | frames/s (incl. setup) | dropped | landmarks p50/p95 ms | fit | smooth | encode | "
+          "source→encoded | mean error mm |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        ("3 cameras, plain actor calls", [str(cap.sequence_prefix)], {"source.cameras": [0, 1, 2]}),
+        ("3 cameras, smoothed vertices", [str(cap.sequence_prefix)], {"source.cameras": [0, 1, 2],
+                                                                      "smoother.enabled": True}),
+        ("3 cameras, compiled graph", [str(cap.sequence_prefix)], {"source.cameras": [0, 1, 2], "ray.compiled": True}),
+        ("1 camera, plain actor calls", [str(cap.sequence_prefix)], {"source.cameras": [1]}),
+        ("1 camera MKV, live-paced 30 fps", [str(cap.mkv_paths[1])],
+         {"policy.mode": "live", "source.pace": True, "smoother.enabled": True, "policy.max_inflight": 2,
+          "policy.max_latency_ms": 300.0}),
+    ]
+    for label, inputs, overrides in rows:
+        try:
+            name = label.replace(",", "").replace(" ", "_")
+            meta = run_graph(inputs, overrides, name)
+            error = error_mm(meta, cap, name) if not inputs[0].endswith(".mkv") else "–"
+            for line in stage_rows(label, meta, error):
+                print(line, flush=True)
+        except Exception as exc:
+            print(f"| {label} | failed: {str(exc).splitlines()[0][:120]} | | | | | | | | |", flush=True)
+
+
+def bench_memory(frame_counts: list[int]) -> None:
+    cap = capture(30, 1)
+    print("\n### Peak resident memory (driver + actor processes), 1 camera looped\n")
+    print("| frames | seconds | frames/s | peak RSS MiB (sum over processes) |")
+    print("|---:|---:|---:|---:|")
+    for count in frame_counts:
+        loops = -(-count // 30)
+        with PeakMemory() as memory:
+            meta = run_graph([str(cap.sequence_prefix)], {"source.loop": loops, "source.max_frames": count},
+                             f"memory_{count}")
+        print(f"| {meta['frames_out']} | {meta['seconds']:.0f} | {meta['frames_out'] / meta['seconds']:.2f} | "
+              f"{memory.total_mib:.0f} |", flush=True)
+
+
+def bench_stream(subscribers: int = 8, messages: int = 300, n_vertices: int = 6996) -> None:
+    from mmface4d_stream.stream.publisher import MeshPublisher
+    from mmface4d_stream.stream.schema import MeshMessage
+    from mmface4d_stream.stream.subscriber import MeshSubscriber
+
+    url = "tcp://127.0.0.1:57411"
+    latencies: list[list[float]] = [[] for _ in range(subscribers)]
+    counts = [0] * subscribers
+    ready = threading.Barrier(subscribers + 1)
+
+    def listen(k: int) -> None:
+        with MeshSubscriber(url, timeout_s=5.0, receive_hwm=8) as sub:
+            ready.wait()
+            for message in sub:
+                if isinstance(message, MeshMessage):
+                    latencies[k].append((time.time_ns() - message.t_publish_ns) / 1e6)
+                    counts[k] += 1
+
+    faces = np.arange(30, dtype=np.int32).reshape(10, 3)
+    with MeshPublisher(url, drop_when_full=True, send_hwm=8) as publisher:
+        threads = [threading.Thread(target=listen, args=(k,), daemon=True) for k in range(subscribers)]
+        for t in threads:
+            t.start()
+        ready.wait()
+        publisher.wait_for_subscribers(subscribers, 10.0)
+        publisher.set_topology(faces, n_vertices)
+        vertices = np.random.default_rng(0).normal(size=(n_vertices, 3)).astype(np.float32)
+        start = time.perf_counter()
+        for i in range(messages):
+            publisher.publish_mesh(vertices, frame=i)
+            time.sleep(max(0.0, start + (i + 1) / 30 - time.perf_counter()))
+        publisher.publish_end()
+        for t in threads:
+            t.join(10)
+    allv = np.concatenate([np.asarray(v) for v in latencies if v])
+    print(f"\n### Publisher → subscriber latency, {subscribers} subscribers, {messages} meshes of {n_vertices} "
+          "vertices at 30 Hz (live mode)\n")
+    print("| p50 ms | p95 ms | max ms | received per subscriber (min / max) |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {np.percentile(allv, 50):.2f} | {np.percentile(allv, 95):.2f} | {allv.max():.2f} | "
+          f"{min(counts)} / {max(counts)} |", flush=True)
+
+
+def bench_overhead(frames: int = 60) -> None:
+    """Per-frame cost of moving a 3-camera 1080p frame set through 3 trivial actors."""
+    import ray
+    from ray.dag import InputNode
+
+    @ray.remote(num_cpus=0)
+    class Source:
+        def __init__(self):
+            self.rgb = np.zeros((1080, 1920, 3), np.uint8)
+            self.depth = np.zeros((1080, 1920), np.uint16)
+
+        def read(self, i):
+            return [(self.rgb, self.depth) for _ in range(3)]
+
+    @ray.remote(num_cpus=0)
+    class Crop:
+        def crop(self, cams):
+            return [(rgb[:300, :300].copy(), depth[:300, :300].copy()) for rgb, depth in cams]
+
+    @ray.remote(num_cpus=0)
+    class Sink:
+        def take(self, crops):
+            return len(crops)
+
+    source, crop, sink = Source.remote(), Crop.remote(), Sink.remote()
+    ray.get(sink.take.remote(crop.crop.remote(source.read.remote(0))))
+    rows = []
+    for label, inflight in (("sequential", 1), ("3 in flight", 3)):
+        start = time.perf_counter()
+        pending = []
+        for i in range(frames):
+            pending.append(sink.take.remote(crop.crop.remote(source.read.remote(i))))
+            if len(pending) >= inflight:
+                ray.get(pending.pop(0))
+        ray.get(pending)
+        rows.append((f"plain actor calls, {label}", (time.perf_counter() - start) / frames * 1e3))
+    with InputNode() as tick:
+        dag = sink.take.bind(crop.crop.bind(source.read.bind(tick)))
+    compiled = dag.experimental_compile(_max_inflight_executions=4)
+    try:
+        for label, inflight in (("sequential", 1), ("3 in flight", 3)):
+            ray.get(compiled.execute(0))
+            start = time.perf_counter()
+            pending = []
+            for i in range(frames):
+                pending.append(compiled.execute(i))
+                if len(pending) >= inflight:
+                    ray.get(pending.pop(0))
+            for ref in pending:
+                ray.get(ref)
+            rows.append((f"compiled graph, {label}", (time.perf_counter() - start) / frames * 1e3))
+    finally:
+        compiled.teardown()
+    print("\n### Graph overhead: a 3-camera 1080p frame set through source → crop → sink (no real work)\n")
+    print("| execution | ms per frame |")
+    print("|---|---:|")
+    for label, ms in rows:
+        print(f"| {label} | {ms:.1f} |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=30, help="frames of the throughput capture (default 30)")
+    parser.add_argument("--memory-frames", type=int, nargs="*", default=[120, 480],
+                        help="run lengths for the memory check (default 120 480; the issue's: 300 1800)")
+    parser.add_argument("--only", choices=("throughput", "memory", "stream", "overhead"), action="append")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    ensure_ray(load_config(None, {"ray.num_cpus": args.num_cpus}))
+    only = set(args.only or ("throughput", "memory", "stream", "overhead"))
+    print(f"## benchmarks/pipeline.py ({args.num_cpus} Ray CPUs; shared machine, load at start: "
+          f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())})")
+    if "overhead" in only:
+        bench_overhead()
+    if "stream" in only:
+        bench_stream()
+    if "throughput" in only:
+        bench_throughput(args.frames)
+    if "memory" in only and args.memory_frames:
+        bench_memory(args.memory_frames)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Graph config: YAML files <-> dataclasses, defaults in one place, one clear line for a bad config."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graphs.config import CONFIG_DIR, ConfigError, GraphConfig, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_yaml_lists_every_key_with_the_dataclass_default():
+    assert yaml.safe_load((CONFIG_DIR / "defaults.yaml").read_text()) == GraphConfig().to_dict()
+
+
+@pytest.mark.parametrize("name", ["defaults", "1-cam", "3-cam", "live", "offline-cluster"])
+def test_shipped_configs_load(name):
+    config = load_config(name)
+    assert isinstance(config, GraphConfig)
+    # A config round-trips through YAML unchanged.
+    assert config_from_dict(yaml.safe_load(config.to_yaml())) == config
+
+
+def test_live_and_one_camera_configs_say_what_they_are():
+    live = load_config("live")
+    assert live.policy.mode == "live" and live.source.pace and live.publish.enabled and live.smoother.enabled
+    assert load_config("1-cam").source.cameras == [1]
+    assert load_config("3-cam", {"policy.max_inflight": 5}).policy.max_inflight == 5
+
+
+@pytest.mark.parametrize("text, key", [
+    ("policy:\n  max_inflght: 3\n", "policy.max_inflght"),
+    ("polcy:\n  mode: live\n", "polcy"),
+    ("policy:\n  mode: sometimes\n", "policy.mode"),
+    ("policy:\n  max_inflight: three\n", "policy.max_inflight"),
+    ("policy:\n  max_inflight: 0\n", "policy.max_inflight"),
+    ("source:\n  cameras: [0, x]\n", "source.cameras[1]"),
+    ("smoother:\n  cutoff_hz: 20\n", "smoother.cutoff_hz"),
+    ("ray:\n  compiled: 2\n", "ray.compiled"),
+    ("fitter:\n  face_model: bfm\n", "fitter.face_model"),
+])
+def test_bad_config_names_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert key in message and str(path) in message and "\n" not in message
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("policy: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no config file 'nope'.*3-cam"):
+        load_config("nope")
+
+
+def test_overrides_are_checked_too():
+    with pytest.raises(ConfigError, match="ray.max_restarts must not be negative"):
+        load_config(None, {"ray.max_restarts": -1})
+    assert dataclasses.asdict(load_config(None, {"faults.stage": "fitter"}).faults)["stage"] == "fitter"
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy:\n  max_inflight: -2\n")
+    result = subprocess.run([sys.executable, str(REPO / "run_offline.py"), str(tmp_path), "--config", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "policy.max_inflight must be positive" in lines[0] and "Traceback" not in result.stderr
