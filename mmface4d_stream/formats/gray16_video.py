@@ -14,6 +14,7 @@ Robustness rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from fractions import Fraction
 import os
@@ -115,13 +116,30 @@ class Gray16VideoWriter:
         self.close(success=exc_type is None)
 
 
-def _enable_error_log() -> None:
-    """Let FFmpeg's error-level log lines reach Python (PyAV silences them by default)."""
-    level = av.logging.get_level()
-    if level is None or level < av.logging.ERROR:
+@contextlib.contextmanager
+def ffmpeg_log() -> Iterator[list[tuple[int, str, str]]]:
+    """Collect FFmpeg's log lines (level, source, text) emitted inside the block; see `error_lines`.
+
+    PyAV routes FFmpeg's log through Python only while a level is set, and its callback then needs
+    the GIL: an FFmpeg worker thread that logs while the main thread holds the GIL (e.g. freeing a
+    threaded decoder) would deadlock. So the callback is installed only for the block, and only
+    single-threaded decoders use this.
+    """
+    previous = av.logging.get_level()
+    if previous is None or previous < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
     # PyAV drops a line identical to the previous one, which would hide the same damage seen twice.
     av.logging.set_skip_repeated(False)
+    try:
+        with av.logging.Capture(local=False) as messages:
+            yield messages
+    finally:
+        av.logging.set_level(previous)
+
+
+def error_lines(messages: list[tuple[int, str, str]]) -> list[str]:
+    """The error-level texts among captured FFmpeg log lines."""
+    return [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
 
 
 def nut_is_finalized(path: str | os.PathLike) -> bool:
@@ -145,22 +163,22 @@ class Gray16VideoReader:
             raise InputError("file not found", self.path)
         if self.path.stat().st_size == 0:
             raise InputError("file is empty", self.path)
-        _enable_error_log()
         try:
             # NUT reads its index at open: damage there shows only as logged errors.
-            with av.logging.Capture(local=False) as open_messages:
+            with ffmpeg_log() as open_messages:
                 self._container = av.open(str(self.path), mode="r")
         except av.error.FFmpegError as exc:
             raise InputError(f"not a readable video file ({exc.strerror or exc})", self.path) from None
-        self._open_errors = [text.strip() for level, _, text in open_messages if level <= av.logging.ERROR]
+        self._open_errors = error_lines(open_messages)
         if not self._container.streams.video:
             self._container.close()
             raise InputError("contains no video stream", self.path)
         self._stream = self._container.streams.video[0]
-        # Small frames (mesh coordinates) decode on one thread: threads cost more than they save.
-        # Full-HD depth decodes several times faster on all cores. FFmpeg's worker threads log
-        # inside the decode call, so the per-packet (process-wide) log capture still sees them.
+        # Small frames (mesh coordinates) decode on one thread, where each damaged frame is caught
+        # from the decoder's error log. Full-HD depth decodes ~2.5x faster with FFmpeg's slice
+        # threads; those frames are not log-checked (see `ffmpeg_log`: threads + log = deadlock).
         large = self._stream.codec_context.width * self._stream.codec_context.height > LARGE_FRAME_PIXELS
+        self.threaded = large
         self._stream.codec_context.thread_count = 0 if large else 1
         if large:
             self._stream.codec_context.thread_type = "SLICE"  # frame threads would delay output frames
@@ -176,7 +194,7 @@ class Gray16VideoReader:
         pts: list[int] = []
         keys: list[int] = []
         first_error_at: int | None = 0 if self._open_errors else None
-        with av.logging.Capture(local=False) as messages:
+        with ffmpeg_log() as messages:
             try:
                 for packet in self._container.demux(self._stream):
                     if first_error_at is None and any(m[0] <= av.logging.ERROR for m in messages):
@@ -188,7 +206,7 @@ class Gray16VideoReader:
                         keys.append(packet.pts)
             except av.error.FFmpegError as exc:
                 messages.append((av.logging.ERROR, "", str(exc)))
-        errors = self._open_errors + [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
+        errors = self._open_errors + error_lines(messages)
         if errors and self.finalized:
             at = len(pts) if first_error_at is None else first_error_at
             raise InputError(f"corrupt container ({errors[0]})", self.path, frame=at)
@@ -226,10 +244,14 @@ class Gray16VideoReader:
                     continue
                 if packet.pts > last_pts:
                     break
-                # A capture per packet, never held across a yield: readers are interleaved generators.
-                with av.logging.Capture(local=False) as messages:
+                if self.threaded:
                     frames = packet.decode()
-                errors = [text.strip() for level, _, text in messages if level <= av.logging.ERROR]
+                    errors = []
+                else:
+                    # A capture per packet, never held across a yield: readers are interleaved generators.
+                    with ffmpeg_log() as messages:
+                        frames = packet.decode()
+                    errors = error_lines(messages)
                 if errors:
                     raise InputError(f"corrupt frame ({'; '.join(errors[:2])})", self.path,
                                      frame=self._frame_index(packet.pts))
