@@ -12,11 +12,9 @@ class Smoother:
     """Filters each mesh causally; adds its state to the packets that carry a checkpoint, and
     `restore` continues from one after a restart."""
 
-    def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0, checkpoint_every: int = 15,
-                 fault: dict | None = None):
+    def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0, fault: dict | None = None):
         self.design = {"cutoff_hz": cutoff_hz, "order": order, "fps": fps}
         self.stage = SmoothStage(**self.design)
-        self.checkpoint_every = int(checkpoint_every)
         self.fault = fault
 
     def smooth(self, packet):

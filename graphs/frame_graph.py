@@ -149,8 +149,7 @@ class SequencePipeline:
             transforms, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every, fault=self._fault_for("fitter"))
         if cfg.smoother.enabled:
             self.actors["smoother"] = self._remote(Smoother).remote(
-                cfg.smoother.cutoff_hz, cfg.smoother.order, float(cfg.output.fps), cfg.ray.checkpoint_every,
-                fault=self._fault_for("smoother"))
+                cfg.smoother.cutoff_hz, cfg.smoother.order, float(cfg.output.fps), fault=self._fault_for("smoother"))
         # The encoder cannot append to a file a dead process left: it is never restarted.
         self.actors["encoder"] = self._remote(NutEncoder, restarts=0).remote(
             self.job.save_path, cfg.output.fps, cfg.output.write_meshes, allow_gaps=self.live,
@@ -223,7 +222,16 @@ class SequencePipeline:
         interrupted = False
         error: str | None = None
         failure: BaseException | None = None
-        self.build()
+        try:
+            self.build()
+        except BaseException as exc:
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)
+            self.actors = {}
+            if isinstance(exc, InputError):
+                log.error("%s: %s", self.job.name or self.job.save_path, exc)
+                return SequenceResult(self.job, {}, False, str(exc))
+            raise
         total = self.info["frames"] or None
         name = self.info["name"]
         self._get(self.actors["source"].start.remote(0), "source")

@@ -69,7 +69,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_capture
             out.append(packet)
         return out
 
-    fitter, smoother = Fitter(None, options, checkpoint_every=3), Smoother(checkpoint_every=3)
+    fitter, smoother = Fitter(None, options, checkpoint_every=3), Smoother()
     straight = run(fitter, smoother, observed)
     assert all(isinstance(p, MeshPacket) and not p.mesh.lost for p in straight)
     assert straight[0].faces is not None and straight[1].faces is None
@@ -77,7 +77,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_capture
     assert checkpoint is not None and set(checkpoint) == {"fitter", "smoother"} and straight[4].checkpoint is None
 
     # A fresh pair (as after a process restart) restored to frame 3 continues like the uninterrupted run.
-    fitter2, smoother2 = Fitter(None, options, checkpoint_every=3), Smoother(checkpoint_every=3)
+    fitter2, smoother2 = Fitter(None, options, checkpoint_every=3), Smoother()
     fitter2.restore(checkpoint["fitter"])
     smoother2.restore(checkpoint["smoother"])
     resumed = run(fitter2, smoother2, observed[4:])
