@@ -209,15 +209,8 @@ class FitStage:
         `restore(state)` on a fresh `FitStage` built with the same arguments continues the stream as
         if uninterrupted (up to the fitter's derived caches, rebuilt on the next frames).
         """
-        fitter = self.fitter
-        built_here = self._given_model is None
         return {
-            "model": fitter.model if built_here else None,
-            "template_pose": fitter._template_pose,
-            "last": fitter._last,
-            "identity": fitter._identity,
-            "lost_run": fitter._lost_run,
-            "fitted_frames": fitter._fitted_frames,
+            "fitter": self.fitter.stream_state(include_model=self._given_model is None),
             "lost_frames": list(self.lost_frames),
             "frames": self.frames,
             "residual_sums": dict(self._residual_sums),
@@ -225,14 +218,7 @@ class FitStage:
 
     def restore(self, state: dict) -> None:
         """Continue from a `state()` taken by a `FitStage` with the same model and rig."""
-        fitter = self.fitter
-        if state["model"] is not None:
-            fitter._set_model(state["model"])
-        fitter._template_pose = state["template_pose"]
-        fitter._last = state["last"]
-        fitter._identity = state["identity"]
-        fitter._lost_run = state["lost_run"]
-        fitter._fitted_frames = state["fitted_frames"]
+        self.fitter.restore_stream_state(state["fitter"])
         self.lost_frames = list(state["lost_frames"])
         self.frames = state["frames"]
         self._residual_sums = dict(state["residual_sums"])
