@@ -119,7 +119,8 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
                 for stage, ms in mesh.timings_ms.items():
                     stage_ms.setdefault(stage, []).append(ms)
                 bar.update()
-        success = True
+        # Nothing fitted is not a finished reconstruction: no meta json, so a re-run tries again.
+        success = sink.frames_written > 0
     finally:
         landmarks.close()
         elapsed = time.perf_counter() - start

@@ -37,8 +37,6 @@ def test_one_camera_from_the_mkv(short_capture, tmp_path):
     out = tmp_path / "mkv1"
     meta = reconstruct([short_capture.mkv_paths[0]], out, ReconstructOptions(progress=False, max_frames=6))
     assert meta["frames"] == 6 and meta["reference_camera"] is None
-    error = evaluate_sequence(out, short_capture.gt_mesh_prefix.parent, reference_device=0,
-                              ) if len(MeshNutReader(out)) == 10 else None
     with MeshNutReader(out) as reader:
         assert len(reader) == 6
         first = reader[0]
@@ -49,7 +47,6 @@ def test_one_camera_from_the_mkv(short_capture, tmp_path):
         truth = gt[0]
     faces = np.load(short_capture.gt_faces_path)
     assert np.median(point_to_surface_m(first, truth, faces)) < 0.0025
-    assert error is None
 
 
 def _blank_sequence(folder, frames=(3, 3)):
@@ -68,7 +65,7 @@ def test_face_never_found_is_a_clear_error(tmp_path):
     prefix = _blank_sequence(tmp_path, frames=(3,))
     with pytest.raises(InputError, match="no face was found"):
         reconstruct([prefix], tmp_path / "out", ReconstructOptions(progress=False))
-    assert not (tmp_path / "out_meta.json").exists() or json.loads((tmp_path / "out_meta.json").read_text())
+    assert not (tmp_path / "out_meta.json").exists()  # not finished: a re-run redoes it
 
 
 def test_cameras_with_different_frame_counts(tmp_path):
