@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -11,10 +10,11 @@ import av
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.video_writer import VideoWriter
 
 
-class ColorMp4Writer:
-    """Stream RGB frames, uint8 (height, width, 3), to an H.264 mp4 (width and height even).
+class ColorMp4Writer(VideoWriter):
+    """Stream RGB frames, uint8 (height, width, 3), to an H.264 mp4 (libx264, yuv420p; even sizes).
 
     A context manager: the file is finalized (moov written) when leaving the block, also on error.
     With `atomic=True` the file is written under a hidden temporary name and renamed on success.
@@ -24,48 +24,15 @@ class ColorMp4Writer:
                  atomic: bool = False, preset: str = "veryfast"):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"yuv420p needs a positive even frame size, got {width}x{height}")
-        self.path = Path(path)
-        self.width, self.height, self.fps = int(width), int(height), int(fps)
-        self.atomic = atomic
-        self._write_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}") if atomic else self.path
-        self._write_path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self._write_path), mode="w", format="mp4")
-        self._stream = self._container.add_stream("libx264", rate=self.fps)
-        self._stream.width, self._stream.height = self.width, self.height
-        self._stream.pix_fmt = "yuv420p"
-        self._stream.codec_context.time_base = Fraction(1, self.fps)
-        self._stream.options = {"crf": str(crf), "preset": preset}
-        self.frames_written = 0
-        self._closed = False
+        super().__init__(path, width, height, fps, container_format="mp4", codec="libx264", pix_fmt="yuv420p",
+                         input_format="rgb24", atomic=atomic, options={"crf": str(crf), "preset": preset})
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one frame: uint8 (height, width, 3) RGB."""
         if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
             raise ValueError(f"{self.path}: expected uint8 RGB of shape {(self.height, self.width, 3)}, "
                              f"got {rgb.dtype} {rgb.shape}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.frames_written
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames_written += 1
-
-    def close(self, success: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()
-        if self.atomic and success:
-            os.replace(self._write_path, self.path)
-
-    def __enter__(self) -> "ColorMp4Writer":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(success=exc_type is None)
+        self._encode(rgb)
 
 
 class ColorMp4Reader:

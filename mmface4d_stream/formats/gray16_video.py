@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from fractions import Fraction
 import os
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ import av.logging
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.video_writer import VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,80 +40,28 @@ LARGE_FRAME_PIXELS = 512 * 512
 FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 
 
-def _temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
-class Gray16VideoWriter:
+class Gray16VideoWriter(VideoWriter):
     """Write uint16 (H, W) frames to a NUT file as FFV1 gray16le at a fixed frame rate.
 
-    With `atomic=True` frames go to a hidden temporary file beside `path`, renamed to `path` by a
+    Level 3 FFV1 with slice CRCs (`FFV1_DEFAULT_OPTIONS`, overridable by `codec_options`). With
+    `atomic=True` frames go to a hidden temporary file beside `path`, renamed to `path` by a
     successful `close()`; on error the temporary file is kept (decodable) and `path` is untouched.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        width: int,
-        height: int,
-        fps: int = 30,
-        atomic: bool = False,
-        codec_options: dict[str, str] | None = None,
-    ):
-        if width <= 0 or height <= 0:
-            raise ValueError(f"frame size must be positive, got {width}x{height}")
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        self.path = Path(path)
-        self.width, self.height, self.fps = int(width), int(height), int(fps)
-        self.atomic = atomic
-        self._write_path = _temporary_path(self.path) if atomic else self.path
-        self._write_path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self._write_path), mode="w", format="nut")
-        self._stream = self._container.add_stream("ffv1", rate=self.fps)
-        self._stream.width = self.width
-        self._stream.height = self.height
-        self._stream.pix_fmt = "gray16le"
-        self._stream.codec_context.time_base = Fraction(1, self.fps)
-        self._stream.codec_context.level = FFV1_LEVEL
-        self._stream.codec_context.options = {**FFV1_DEFAULT_OPTIONS, **(codec_options or {})}
-        self.frames_written = 0
-        self._closed = False
-        self._failed = False
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, atomic: bool = False,
+                 codec_options: dict[str, str] | None = None):
+        super().__init__(path, width, height, fps, container_format="nut", codec="ffv1", pix_fmt="gray16le",
+                         input_format="gray16le", atomic=atomic, level=FFV1_LEVEL,
+                         options={**FFV1_DEFAULT_OPTIONS, **(codec_options or {})})
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame: uint16 array of shape (height, width)."""
-        if self._closed:
-            raise ValueError(f"{self.path}: writer is closed")
         if frame.shape != (self.height, self.width) or frame.dtype != np.uint16:
             raise ValueError(
                 f"{self.path}: expected a uint16 frame of shape {(self.height, self.width)}, "
                 f"got {frame.dtype} {frame.shape}"
             )
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gray16le")
-        video_frame.pts = self.frames_written
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
-        self.frames_written += 1
-
-    def close(self, success: bool = True) -> None:
-        """Flush the encoder and write the trailer; rename into place when atomic and successful."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()
-        if self.atomic and success:
-            os.replace(self._write_path, self.path)
-
-    def __enter__(self) -> "Gray16VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(success=exc_type is None)
+        self._encode(frame)
 
 
 @contextlib.contextmanager
