@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +27,22 @@ def k4a_sample_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real Azure Kinect sample not found at {path} (CI provides ../shared/samples)")
     return path
+
+
+@pytest.fixture(scope="session")
+def astronaut_face_points() -> np.ndarray:
+    """MediaPipe's 478 points on scikit-image's astronaut, placed ~0.65 m in front of a camera (metres)."""
+    mp = pytest.importorskip("mediapipe")
+    import skimage.data
+
+    img = skimage.data.astronaut()
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
+        found = fm.process(img)
+    if not found.multi_face_landmarks:
+        pytest.skip("MediaPipe found no face on the astronaut image")
+    p = np.array([[q.x, q.y, q.z] for q in found.multi_face_landmarks[0].landmark])
+    metres_per_px = 0.15 / ((p[:, 0].max() - p[:, 0].min()) * img.shape[1])
+    px = p * img.shape[1]
+    centre = px[:, :2].mean(0)
+    return np.stack([(px[:, 0] - centre[0]) * metres_per_px, (px[:, 1] - centre[1]) * metres_per_px,
+                     0.65 + px[:, 2] * metres_per_px], 1)

@@ -88,15 +88,11 @@ class ModeInfo(NamedTuple):
     height: int
 
 
-class ColorResolution(Enum):
-    """Azure Kinect color camera resolutions (4:3 sensor of 4096x3072 pixels)."""
+class _SensorMode:
+    """What color resolutions and depth modes share: their row of `MODE_TABLE` and the SDK's ids.
 
-    RES_720P = "720P"
-    RES_1080P = "1080P"
-    RES_1440P = "1440P"
-    RES_1536P = "1536P"
-    RES_2160P = "2160P"
-    RES_3072P = "3072P"
+    The SDK numbers both enums from 1 in declaration order (0 is OFF), as pyk4a does.
+    """
 
     @property
     def mode_info(self) -> ModeInfo:
@@ -110,15 +106,27 @@ class ColorResolution(Enum):
 
     @property
     def k4a_id(self) -> int:
-        """The SDK's `k4a_color_resolution_t` value (pyk4a's `ColorResolution` values)."""
-        return list(ColorResolution).index(self) + 1
+        """The SDK's enum value (`k4a_color_resolution_t` / `k4a_depth_mode_t`, pyk4a's values)."""
+        return list(type(self)).index(self) + 1
 
     @classmethod
-    def from_k4a_id(cls, value: int) -> ColorResolution:
+    def from_k4a_id(cls, value: int):
         members = list(cls)
         if not 1 <= int(value) <= len(members):
-            raise ValueError(f"k4a color resolution id must be 1..{len(members)} (0 is OFF), got {value}.")
+            raise ValueError(f"k4a {cls.__name__} id must be 1..{len(members)} (0 is OFF), got {value}.")
         return members[int(value) - 1]
+
+
+class ColorResolution(_SensorMode, Enum):
+    """Azure Kinect color camera resolutions (4:3 sensor of 4096x3072 pixels)."""
+
+    RES_720P = "720P"
+    RES_1080P = "1080P"
+    RES_1440P = "1440P"
+    RES_1536P = "1536P"
+    RES_2160P = "2160P"
+    RES_3072P = "3072P"
+
 
     @classmethod
     def parse(cls, value: ColorResolution | str | int) -> ColorResolution:
@@ -145,7 +153,7 @@ class ColorResolution(Enum):
         )
 
 
-class DepthMode(Enum):
+class DepthMode(_SensorMode, Enum):
     """Azure Kinect depth camera modes (1024x1024 sensor)."""
 
     NFOV_2X2BINNED = "NFOV_2X2BINNED"
@@ -154,27 +162,6 @@ class DepthMode(Enum):
     WFOV_UNBINNED = "WFOV_UNBINNED"
     PASSIVE_IR = "PASSIVE_IR"
 
-    @property
-    def mode_info(self) -> ModeInfo:
-        return MODE_TABLE[self]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) in pixels."""
-        info = MODE_TABLE[self]
-        return info.width, info.height
-
-    @property
-    def k4a_id(self) -> int:
-        """The SDK's `k4a_depth_mode_t` value (pyk4a's `DepthMode` values)."""
-        return list(DepthMode).index(self) + 1
-
-    @classmethod
-    def from_k4a_id(cls, value: int) -> DepthMode:
-        members = list(cls)
-        if not 1 <= int(value) <= len(members):
-            raise ValueError(f"k4a depth mode id must be 1..{len(members)} (0 is OFF), got {value}.")
-        return members[int(value) - 1]
 
     @classmethod
     def parse(cls, value: DepthMode | str) -> DepthMode:

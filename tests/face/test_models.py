@@ -116,26 +116,8 @@ def test_subdivide_midpoint_keeps_original_indices():
     assert np.isclose(np.linalg.norm(normals, axis=1).sum() / 2, 0.5)  # same total area
 
 
-def _astronaut_face_points() -> np.ndarray:
-    """MediaPipe's 478 points on scikit-image's astronaut, placed in a camera frame (metres)."""
-    mp = pytest.importorskip("mediapipe")
-    import skimage.data
-
-    img = skimage.data.astronaut()
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
-        found = fm.process(img)
-    if not found.multi_face_landmarks:
-        pytest.skip("MediaPipe found no face on the astronaut image")
-    p = np.array([[q.x, q.y, q.z] for q in found.multi_face_landmarks[0].landmark])
-    metres_per_px = 0.15 / ((p[:, 0].max() - p[:, 0].min()) * img.shape[1])
-    px = p * img.shape[1]
-    centre = px[:, :2].mean(0)
-    return np.stack([(px[:, 0] - centre[0]) * metres_per_px, (px[:, 1] - centre[1]) * metres_per_px,
-                     0.65 + px[:, 2] * metres_per_px], 1)
-
-
-def test_template_from_mediapipe_points():
-    pts = _astronaut_face_points()
+def test_template_from_mediapipe_points(astronaut_face_points):
+    pts = astronaut_face_points
     valid = np.ones(478, bool)
     valid[[1, 2, 50, 280]] = False  # filled by harmonic interpolation
     model, r, t = TemplateModel.from_points(pts, valid, subdivisions=2)
@@ -160,8 +142,8 @@ def test_template_from_mediapipe_points():
     assert brow[282, 1] > 0.002 and abs(brow[52, 1]) < 1e-4
 
 
-def test_template_rejects_too_few_points():
-    pts = _astronaut_face_points()
+def test_template_rejects_too_few_points(astronaut_face_points):
+    pts = astronaut_face_points
     valid = np.zeros(478, bool)
     valid[:200] = True
     with pytest.raises(ValueError, match="have depth"):

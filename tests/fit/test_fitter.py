@@ -247,27 +247,9 @@ def test_fit_camera_from_k4a_style_object():
     assert pinhole.distortion is None
 
 
-def _astronaut_face_points() -> np.ndarray:
-    """MediaPipe's 478 points on scikit-image's astronaut, placed in a camera frame (metres)."""
-    mp = pytest.importorskip("mediapipe")
-    import skimage.data
-
-    img = skimage.data.astronaut()
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
-        found = fm.process(img)
-    if not found.multi_face_landmarks:
-        pytest.skip("MediaPipe found no face on the astronaut image")
-    p = np.array([[q.x, q.y, q.z] for q in found.multi_face_landmarks[0].landmark])
-    metres_per_px = 0.15 / ((p[:, 0].max() - p[:, 0].min()) * img.shape[1])
-    px = p * img.shape[1]
-    centre = px[:, :2].mean(0)
-    return np.stack([(px[:, 0] - centre[0]) * metres_per_px, (px[:, 1] - centre[1]) * metres_per_px,
-                     0.65 + px[:, 2] * metres_per_px], 1)
-
-
-def test_template_mode_builds_the_subject_and_tracks_expressions():
+def test_template_mode_builds_the_subject_and_tracks_expressions(astronaut_face_points):
     """No model given: the fitter lifts the first frame's MediaPipe points into a template, then fits."""
-    subject, r0, t0 = TemplateModel.from_points(_astronaut_face_points(), subdivisions=1)
+    subject, r0, t0 = TemplateModel.from_points(astronaut_face_points, subdivisions=1)
     rig = make_rig(3)
     fitter = FaceFitter(None, FitterConfig(template_subdivisions=1))
     rng = np.random.default_rng(2)
