@@ -12,7 +12,8 @@ class Fitter:
     """Fits each observed frame; every `checkpoint_every` frames the packet carries the stream state
     to the driver, so a restarted actor continues where the stream was (`restore`).
 
-    rig_transforms: per camera 4x4 T_ref_from_cam as nested lists (None: one camera).
+    rig_transforms: per camera 4x4 T_ref_from_cam as nested lists (None: one camera, or not known
+    yet: the graph starts the actor while the rig is being calibrated and then calls `set_rig`).
     options: `graphs.config.FitterConfig` as a dict.
     """
 
@@ -37,6 +38,13 @@ class Fitter:
                                                    landmark_mapping=self.options.get("landmark_mapping")))
         transforms = None if self.rig_transforms is None else [np.asarray(t) for t in self.rig_transforms]
         return FitStage(transforms, model=model, device=self.options.get("device", "cpu"))
+
+    def set_rig(self, rig_transforms: list | None) -> bool:
+        """Use these extrinsics (per camera 4x4 T_ref_from_cam, None: one camera) from now on."""
+        self.rig_transforms = rig_transforms
+        self.stage.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64)
+                                                                         for t in rig_transforms]
+        return True
 
     def fit(self, observed):
         if not isinstance(observed, ObservedFrame):

@@ -97,6 +97,22 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "mean": round(float(a.mean()), 2), "n": int(a.size)}
 
 
+def throughput_figures(start: float, arrivals: list[float], counts: list[int]) -> dict:
+    """Setup time and steady-state rate of a run.
+
+    start: perf_counter at the run's start; arrivals: perf_counter when each result reached the
+    driver; counts: frames each result stands for (gaps filled live). `first_frame_seconds` is
+    start-up (actors, rig calibration, the first fit); `steady_frames_per_second` the rate from
+    the first result to the last.
+    """
+    if not arrivals:
+        return {"first_frame_seconds": None, "steady_frames_per_second": None}
+    span = arrivals[-1] - arrivals[0]
+    steady = sum(counts[1:]) / span if len(arrivals) > 1 and span > 0 else None
+    return {"first_frame_seconds": round(arrivals[0] - start, 3),
+            "steady_frames_per_second": None if steady is None else round(steady, 3)}
+
+
 class SequencePipeline:
     """Builds the actors of one sequence and runs it to the end (or until `stop` is set)."""
 
@@ -112,6 +128,7 @@ class SequencePipeline:
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self.restarts = 0
         self.reports: list[FrameReport] = []
+        self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
         self._dag = None
         self.actors: dict[str, object] = {}
         self.endpoint: str | None = None
@@ -132,7 +149,12 @@ class SequencePipeline:
         return self.fault if self.fault and self.fault["stage"] == stage else None
 
     def build(self) -> dict:
-        """Create the actors (source first: its info sizes the rest) and calibrate the rig."""
+        """Create the actors (source first: its info sizes the rest) and calibrate the rig.
+
+        The rig calibration (landmarks on the first frame sets) runs while the other actors start
+        (their processes import torch, MediaPipe, PyAV): the fitter gets the extrinsics afterwards
+        through `set_rig`.
+        """
         cfg = self.config
         Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
         self.actors["source"] = self._remote(CameraSource).remote(
@@ -140,13 +162,11 @@ class SequencePipeline:
             live=self.live, pace=cfg.source.pace, kinect=self.job.kinect, record_dir=self.job.record_dir,
             name=self.job.name, fault=self._fault_for("source"))
         self.info = self._get(self.actors["source"].info.remote(), "source")
-        transforms, self.reference = self._get(self.actors["source"].calibrate.remote(
-            cfg.fitter.reference, cfg.fitter.rig, self.job.save_path), "source")
-        n_cameras = len(self.info["camera_indices"])
-        self._n_cameras = n_cameras
+        calibration = self.actors["source"].calibrate.remote(cfg.fitter.reference, cfg.fitter.rig, self.job.save_path)
+        self._n_cameras = len(self.info["camera_indices"])
         self._new_landmarks()
         self.actors["fitter"] = self._remote(Fitter, cfg.fitter.num_cpus).remote(
-            transforms, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every, fault=self._fault_for("fitter"))
+            None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every, fault=self._fault_for("fitter"))
         if cfg.smoother.enabled:
             self.actors["smoother"] = self._remote(Smoother).remote(
                 cfg.smoother.cutoff_hz, cfg.smoother.order, float(cfg.output.fps), fault=self._fault_for("smoother"))
@@ -158,6 +178,9 @@ class SequencePipeline:
             self.actors["publisher"] = self._remote(ZmqPublisher).remote(
                 self.publish_url, drop_when_full=self.live, send_hwm=cfg.publish.send_hwm,
                 send_timeout_s=cfg.publish.send_timeout_s, fault=self._fault_for("publisher"))
+        self.transforms, self.reference = self._get(calibration, "source")
+        self._get(self.actors["fitter"].set_rig.remote(self.transforms), "fitter")
+        if self.publish_url:
             self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
             if cfg.publish.wait_subscribers:
                 self._get(self.actors["publisher"].wait_for_subscribers.remote(
@@ -304,6 +327,7 @@ class SequencePipeline:
                 report.checkpoint = None
             if report.kind != "replayed":
                 self.reports.append(report)
+                self._arrivals.append(time.perf_counter())
                 bar.update(1 + report.filled)
                 if report.kind == "dropped":
                     bar.set_postfix_str(f"dropped {sum(r.kind == 'dropped' for r in self.reports)}", refresh=False)
@@ -325,6 +349,7 @@ class SequencePipeline:
                 if time.monotonic() > deadline:
                     raise PipelineError(f"sequence {self.info['name']}: actors did not come back after a crash") from None
                 time.sleep(0.5)
+        ray.get(a["fitter"].set_rig.remote(self.transforms))
         calls = [a["fitter"].restore.remote(checkpoint["fitter"]), a["landmarks"].reset.remote(),
                  a["source"].start.remote(frame)]
         if "smoother" in a:
@@ -377,6 +402,7 @@ class SequencePipeline:
             "restarts": self.restarts,
             "seconds": round(elapsed, 3),
             "frames_per_second": round(frames_done / elapsed, 3) if elapsed > 0 else None,
+            **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
             "counts": dict(kinds),
