@@ -24,6 +24,17 @@ class CameraSource:
     def __init__(self, inputs: list[str], cameras: list[int] | None = None, max_frames: int | None = None,
                  loop: int = 1, live: bool = False, pace: bool = False, kinect: dict | None = None,
                  record_dir: str | None = None, name: str | None = None, fault: dict | None = None):
+        self.source = None
+        self.recorder = None
+        self.open(inputs, cameras, max_frames, loop, live, pace, kinect, record_dir, name, fault)
+
+    def open(self, inputs: list[str], cameras: list[int] | None = None, max_frames: int | None = None,
+             loop: int = 1, live: bool = False, pace: bool = False, kinect: dict | None = None,
+             record_dir: str | None = None, name: str | None = None, fault: dict | None = None) -> bool:
+        """Read another sequence (the constructor's arguments); the previous one is closed first.
+        Lets one actor process (its imports and caches) serve many sequences."""
+        if self.source is not None:
+            self.close()
         if inputs == ["kinect"]:
             from mmface4d_stream.pipeline.live import KinectSource
 
@@ -42,6 +53,7 @@ class CameraSource:
         self._latest = None
         self.read_count = 0
         self.start_frame = 0
+        return True
 
     def info(self) -> dict:
         return {"name": self.name, "frames": len(self.source), "serials": list(self.source.serials),
@@ -112,6 +124,7 @@ class CameraSource:
             self.recorder = None
         if hasattr(self.source, "close"):
             self.source.close()
+        self.source = None
         return written
 
     def ping(self) -> bool:

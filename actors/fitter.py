@@ -19,6 +19,13 @@ class Fitter:
 
     def __init__(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
                  fault: dict | None = None):
+        self._model_key = self._model = None
+        self.open(rig_transforms, options, checkpoint_every, fault)
+
+    def open(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
+             fault: dict | None = None) -> bool:
+        """Start another sequence (the constructor's arguments) with a fresh stream; a loaded face
+        model is kept when the model options are the same (a template model is per subject: rebuilt)."""
         import torch
 
         torch.set_num_threads(int(options.get("torch_threads", 1)))
@@ -28,14 +35,18 @@ class Fitter:
         self.fault = fault
         self.stage = self._new_stage()
         self._sent_faces = False
+        return True
 
     def _new_stage(self):
         from mmface4d_stream.pipeline.run import ReconstructOptions, load_face_model
         from mmface4d_stream.pipeline.stages import FitStage
 
-        model = load_face_model(ReconstructOptions(face_model=self.options.get("face_model", "template"),
-                                                   bfm_folder=self.options.get("bfm_folder"),
-                                                   landmark_mapping=self.options.get("landmark_mapping")))
+        key = tuple(self.options.get(k) for k in ("face_model", "bfm_folder", "landmark_mapping"))
+        if key != self._model_key:
+            self._model = load_face_model(ReconstructOptions(face_model=key[0] or "template", bfm_folder=key[1],
+                                                             landmark_mapping=key[2]))
+            self._model_key = key
+        model = self._model
         transforms = None if self.rig_transforms is None else [np.asarray(t) for t in self.rig_transforms]
         return FitStage(transforms, model=model, device=self.options.get("device", "cpu"))
 

@@ -15,10 +15,22 @@ class LandmarkDetector:
 
     def __init__(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
                  fault: dict | None = None):
-        self.n_cameras, self.thumbnails = n_cameras, thumbnails
         self._stage = None
+        self.open(n_cameras, thumbnails, max_latency_ms, fault)
+
+    def open(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
+             fault: dict | None = None) -> bool:
+        """Start another sequence (the constructor's arguments): tracked faces are forgotten; the
+        MediaPipe graphs are kept when the camera count and settings are the same."""
+        if self._stage is not None and (n_cameras, thumbnails) != (self.n_cameras, self.thumbnails):
+            self.close()
+        self.n_cameras, self.thumbnails = n_cameras, thumbnails
         self.max_latency_ms = max_latency_ms
         self.fault = fault
+        if self._stage is not None:
+            for landmarker in self._stage._landmarkers:
+                landmarker.reset()
+        return True
 
     @property
     def stage(self) -> LandmarkStage:
@@ -36,6 +48,11 @@ class LandmarkDetector:
                 return Dropped(frame_set.seq, frame_set.frame, "landmarks", f"{age_ms:.0f} ms old")
         inject_fault(self.fault, "landmarks", frame_set.seq, frame_set.frame)
         return self.stage.process(frame_set)
+
+    def warm_up(self) -> bool:
+        """Build the MediaPipe graphs now (plain actor calls run in one thread: the same one later
+        calls use), so the first frame does not pay for them."""
+        return self.stage is not None
 
     def reset(self) -> bool:
         """Forget the tracked face regions (after the stream was rewound)."""

@@ -16,8 +16,17 @@ class NutEncoder:
 
     def __init__(self, save_path: str, fps: int = 30, write: bool = True, allow_gaps: bool = True,
                  fault: dict | None = None):
+        self.closed = True
+        self.open(save_path, fps, write, allow_gaps, fault)
+
+    def open(self, save_path: str, fps: int = 30, write: bool = True, allow_gaps: bool = True,
+             fault: dict | None = None) -> bool:
+        """Write another sequence (the constructor's arguments). The previous one must be closed."""
         from mmface4d_stream.pipeline.graph_sinks import IndexedMeshNutSink
 
+        if not self.closed:
+            raise RuntimeError(f"{self.save_path}: still open; close() it before opening {save_path}")
+        self.save_path = save_path
         self.sink = IndexedMeshNutSink(save_path, fps=fps) if write else None
         self.next_frame = 0
         self.faces = None
@@ -25,6 +34,7 @@ class NutEncoder:
         self.allow_gaps = allow_gaps
         self.fault = fault
         self.closed = False
+        return True
 
     def write(self, packet) -> FrameReport | None:
         if packet is None:

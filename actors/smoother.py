@@ -13,9 +13,14 @@ class Smoother:
     `restore` continues from one after a restart."""
 
     def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0, fault: dict | None = None):
+        self.open(cutoff_hz, order, fps, fault)
+
+    def open(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0, fault: dict | None = None) -> bool:
+        """Start another sequence (the constructor's arguments): a fresh filter."""
         self.design = {"cutoff_hz": cutoff_hz, "order": order, "fps": fps}
         self.stage = SmoothStage(**self.design)
         self.fault = fault
+        return True
 
     def smooth(self, packet):
         if not isinstance(packet, MeshPacket):

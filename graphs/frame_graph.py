@@ -113,11 +113,35 @@ def throughput_figures(start: float, arrivals: list[float], counts: list[int]) -
             "steady_frames_per_second": None if steady is None else round(steady, 3)}
 
 
+class Lane:
+    """Actor processes kept from one sequence to the next (one lane per concurrently running pipeline).
+
+    Starting an actor costs seconds on a small machine (a process importing torch, MediaPipe,
+    PyAV); a folder of short sequences would spend most of its time there. A pipeline given a
+    lane re-opens the lane's actors for its sequence instead (`open(...)` takes the constructor's
+    arguments) and leaves them in the lane when it ends well; after a failure they are discarded.
+    """
+
+    def __init__(self):
+        self.actors: dict[str, object] = {}
+        self.sequences = 0
+
+    def discard(self) -> None:
+        """Kill the kept actors."""
+        for actor in self.actors.values():
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors.clear()
+
+
 class SequencePipeline:
     """Builds the actors of one sequence and runs it to the end (or until `stop` is set)."""
 
     def __init__(self, job: SequenceJob, config: GraphConfig, publish_url: str | None = None,
-                 progress: bool = True, position: int = 0, stop: threading.Event | None = None):
+                 progress: bool = True, position: int = 0, stop: threading.Event | None = None,
+                 lane: Lane | None = None):
         self.job = job
         self.config = config
         self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
@@ -130,7 +154,10 @@ class SequencePipeline:
         self.reports: list[FrameReport] = []
         self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
         self._dag = None
-        self.actors: dict[str, object] = {}
+        self.lane = lane
+        self.actors: dict[str, object] = lane.actors if lane is not None else {}
+        self._open_args: dict[str, tuple[tuple, dict]] = {}  # this sequence's arguments per actor
+        self._reused: set[str] = set()  # actors taken over from the lane's earlier sequences
         self.endpoint: str | None = None
 
     # ----------------------------------------------------------------------------- actors
@@ -139,11 +166,21 @@ class SequencePipeline:
         max_restarts = self.config.ray.max_restarts if restarts is None else restarts
         return ray.remote(cls).options(num_cpus=num_cpus, max_restarts=max_restarts)
 
-    def _new_landmarks(self) -> None:
+    def _actor(self, key: str, cls, *args, num_cpus: float = 0.0, restarts: int | None = None, **kwargs):
+        """This sequence's actor `key`: the lane's one re-opened with these arguments, or a new one.
+        Returns the pending `open` call (None for a new actor)."""
+        self._open_args[key] = (args, kwargs)
+        if key in self.actors:
+            self._reused.add(key)
+            return self.actors[key].open.remote(*args, **kwargs)
+        self.actors[key] = self._remote(cls, num_cpus, restarts).remote(*args, **kwargs)
+        return None
+
+    def _new_landmarks(self):
         cfg = self.config
-        self.actors["landmarks"] = self._remote(LandmarkDetector, cfg.landmarks.num_cpus).remote(
-            self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
-            max_latency_ms=cfg.policy.max_latency_ms if self.live else None, fault=self._fault_for("landmarks"))
+        return self._actor("landmarks", LandmarkDetector, self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
+                           max_latency_ms=cfg.policy.max_latency_ms if self.live else None,
+                           fault=self._fault_for("landmarks"), num_cpus=cfg.landmarks.num_cpus)
 
     def _fault_for(self, stage: str) -> dict | None:
         return self.fault if self.fault and self.fault["stage"] == stage else None
@@ -157,29 +194,37 @@ class SequencePipeline:
         """
         cfg = self.config
         Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
-        self.actors["source"] = self._remote(CameraSource).remote(
-            self.job.inputs, cameras=cfg.source.cameras, max_frames=cfg.source.max_frames, loop=cfg.source.loop,
-            live=self.live, pace=cfg.source.pace, kinect=self.job.kinect, record_dir=self.job.record_dir,
-            name=self.job.name, fault=self._fault_for("source"))
+        if self.lane is not None:
+            self.lane.sequences += 1
+        for key in ("publisher",) + (() if cfg.smoother.enabled else ("smoother",)):
+            if key in self.actors:  # per sequence (publisher) or not wanted now
+                ray.kill(self.actors.pop(key), no_restart=True)
+        opening = [self._actor(
+            "source", CameraSource, self.job.inputs, cameras=cfg.source.cameras, max_frames=cfg.source.max_frames,
+            loop=cfg.source.loop, live=self.live, pace=cfg.source.pace, kinect=self.job.kinect,
+            record_dir=self.job.record_dir, name=self.job.name, fault=self._fault_for("source"))]
+        self._get([r for r in opening if r is not None], "source")
         self.info = self._get(self.actors["source"].info.remote(), "source")
         calibration = self.actors["source"].calibrate.remote(cfg.fitter.reference, cfg.fitter.rig, self.job.save_path)
         self._n_cameras = len(self.info["camera_indices"])
-        self._new_landmarks()
-        self.actors["fitter"] = self._remote(Fitter, cfg.fitter.num_cpus).remote(
-            None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every, fault=self._fault_for("fitter"))
+        opening = [self._new_landmarks()]
+        opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
+                                   fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus))
         if cfg.smoother.enabled:
-            self.actors["smoother"] = self._remote(Smoother).remote(
-                cfg.smoother.cutoff_hz, cfg.smoother.order, float(cfg.output.fps), fault=self._fault_for("smoother"))
+            opening.append(self._actor("smoother", Smoother, cfg.smoother.cutoff_hz, cfg.smoother.order,
+                                       float(cfg.output.fps), fault=self._fault_for("smoother")))
         # The encoder cannot append to a file a dead process left: it is never restarted.
-        self.actors["encoder"] = self._remote(NutEncoder, restarts=0).remote(
-            self.job.save_path, cfg.output.fps, cfg.output.write_meshes, allow_gaps=self.live,
-            fault=self._fault_for("encoder"))
+        opening.append(self._actor("encoder", NutEncoder, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
+                                   allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
         if self.publish_url:
-            self.actors["publisher"] = self._remote(ZmqPublisher).remote(
-                self.publish_url, drop_when_full=self.live, send_hwm=cfg.publish.send_hwm,
-                send_timeout_s=cfg.publish.send_timeout_s, fault=self._fault_for("publisher"))
+            self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
+                        send_hwm=cfg.publish.send_hwm, send_timeout_s=cfg.publish.send_timeout_s,
+                        fault=self._fault_for("publisher"))
+        if not cfg.ray.compiled:  # (a compiled graph runs calls in another thread: MediaPipe is built there)
+            opening.append(self.actors["landmarks"].warm_up.remote())
         self.transforms, self.reference = self._get(calibration, "source")
-        self._get(self.actors["fitter"].set_rig.remote(self.transforms), "fitter")
+        self._get([r for r in opening if r is not None] + [self.actors["fitter"].set_rig.remote(self.transforms)],
+                  "setup")
         if self.publish_url:
             self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
             if cfg.publish.wait_subscribers:
@@ -250,7 +295,7 @@ class SequencePipeline:
         except BaseException as exc:
             for actor in self.actors.values():
                 ray.kill(actor, no_restart=True)
-            self.actors = {}
+            self.actors.clear()
             if isinstance(exc, InputError):
                 log.error("%s: %s", self.job.name or self.job.save_path, exc)
                 return SequenceResult(self.job, {}, False, str(exc))
@@ -349,6 +394,10 @@ class SequencePipeline:
                 if time.monotonic() > deadline:
                     raise PipelineError(f"sequence {self.info['name']}: actors did not come back after a crash") from None
                 time.sleep(0.5)
+        # A restarted actor runs its constructor again, with the arguments it was created with: for an
+        # actor taken over from the lane those were another sequence's, so it opens this one again.
+        ray.get([a[key].open.remote(*args, **kwargs) for key, (args, kwargs) in self._open_args.items()
+                 if key in self._reused and key in ("source", "landmarks", "fitter") and key in a])
         ray.get(a["fitter"].set_rig.remote(self.transforms))
         calls = [a["fitter"].restore.remote(checkpoint["fitter"]), a["landmarks"].reset.remote(),
                  a["source"].start.remote(frame)]
@@ -422,7 +471,9 @@ class SequencePipeline:
                         timeout=30.0)
             except Exception as exc:
                 log.warning("closing the publisher: %s", exc)
-        for actor in a.values():
-            ray.kill(actor, no_restart=True)
-        self.actors = {}
+        # A lane keeps healthy actors for its next sequence; the publisher is per sequence.
+        keep = self.lane is not None and success and not interrupted and self.restarts == 0
+        for key in list(a):
+            if not keep or key == "publisher":
+                ray.kill(a.pop(key), no_restart=True)
         return meta

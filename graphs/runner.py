@@ -2,12 +2,14 @@
 
 `ensure_ray(config)` starts a local Ray (or joins `ray.address`); `run_jobs(jobs, config)` runs
 every job whose outputs are not finished yet (`pipeline.sinks.is_finished`: re-runs resume).
+Each concurrent pipeline has a `Lane`: its actor processes serve one sequence after another.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
@@ -15,7 +17,7 @@ from typing import Callable, Sequence
 import ray
 
 from graphs.config import GraphConfig
-from graphs.frame_graph import SequenceJob, SequencePipeline, SequenceResult
+from graphs.frame_graph import Lane, SequenceJob, SequencePipeline, SequenceResult
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.pipeline.sinks import is_finished
 
@@ -73,21 +75,36 @@ def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: s
     publishing = bool(publish_url or config.publish.enabled)
     workers = min(max(1, len(todo)), pipelines_at_once(config, resources, publishing))
 
-    def run_one(slot: int, index: int, job: SequenceJob) -> None:
+    # One lane of actors per concurrent pipeline, reused by the sequences that run in it.
+    lanes: queue.SimpleQueue = queue.SimpleQueue()
+    all_lanes = [Lane() for _ in range(workers)]
+    for slot, lane in enumerate(all_lanes):
+        lanes.put((slot, lane))
+
+    def run_one(index: int, job: SequenceJob) -> None:
         if stop.is_set():
             return
-        pipeline = SequencePipeline(job, config, publish_url=publish_url, progress=progress, position=slot, stop=stop)
-        result = pipeline.run()
+        slot, lane = lanes.get()
+        try:
+            pipeline = SequencePipeline(job, config, publish_url=publish_url, progress=progress, position=slot,
+                                        stop=stop, lane=lane)
+            result = pipeline.run()
+        finally:
+            lanes.put((slot, lane))
         results[index] = result
         if on_result is not None:
             on_result(result)
 
-    if workers == 1:
-        for index, job in todo:
-            run_one(0, index, job)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(run_one, k % workers, index, job) for k, (index, job) in enumerate(todo)]
-            for future in futures:
-                future.result()
+    try:
+        if workers == 1:
+            for index, job in todo:
+                run_one(index, job)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = [pool.submit(run_one, index, job) for index, job in todo]
+                for future in futures:
+                    future.result()
+    finally:
+        for lane in all_lanes:
+            lane.discard()
     return results
