@@ -145,6 +145,33 @@ def bench_throughput(frames: int, live_loops: int = 10) -> None:
             print(f"| {label} | failed: {str(exc).splitlines()[0][:120]} | | | | | | | | | | |", flush=True)
 
 
+def bench_folder(sequences: int = 4, frames: int = 30) -> None:
+    """A folder of short 3-camera sequences (MMFace4D sentences are a few seconds long) run one after
+    another in one lane (actors started once): each sequence calibrating its rig, then all given
+    the rig file the first one saved (one recording session, `--set fitter.rig=...`)."""
+    from graphs.runner import run_jobs
+
+    cap = capture(frames, 3)
+    print(f"\n### A folder of {sequences} sequences × {frames} frames, 3 cameras, dataset files, one lane\n")
+    print("| rig | sequence | first frame s | steady frames/s | overall frames/s |")
+    print("|---|---|---:|---:|---:|")
+    rig_file = None
+    for rig_label in ("calibrated per sequence", "given (fitter.rig)"):
+        config = load_config("3-cam", {"ray.frame_timeout_s": 120.0, "ray.max_pipelines": 1, "fitter.rig": rig_file})
+        jobs = [SequenceJob([str(cap.sequence_prefix)], str(OUT / "meshes" / f"folder_{k}"), f"seq{k}")
+                for k in range(sequences)]
+        start = time.perf_counter()
+        results = run_jobs(jobs, config, progress=False, skip_finished=False)
+        wall = time.perf_counter() - start
+        total = sum(r.meta.get("frames_written", 0) for r in results if r is not None)
+        for r in results:
+            m = r.meta
+            print(f"| {rig_label} | {r.job.name} | {m.get('first_frame_seconds')} | "
+                  f"{m.get('steady_frames_per_second')} | {m['frames_out'] / m['seconds']:.2f} |")
+        print(f"| {rig_label} | all: {total} frames in {wall:.1f} s | | | {total / wall:.2f} |", flush=True)
+        rig_file = f"{jobs[0].save_path}_rig.json"
+
+
 def bench_memory(frame_counts: list[int]) -> None:
     cap = capture(30, 1)
     print("\n### Peak resident memory (driver + actor processes), 1 camera looped\n")
@@ -270,12 +297,12 @@ def main() -> int:
     parser.add_argument("--memory-frames", type=int, nargs="*", default=[120, 480],
                         help="run lengths for the memory check (default 120 480; the issue's: 300 1800)")
     parser.add_argument("--live-loops", type=int, default=10, help="laps of the live-paced replay (default 10)")
-    parser.add_argument("--only", choices=("throughput", "memory", "stream", "overhead"), action="append")
+    parser.add_argument("--only", choices=("throughput", "folder", "memory", "stream", "overhead"), action="append")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ensure_ray(load_config(None, {"ray.num_cpus": args.num_cpus}))
-    only = set(args.only or ("throughput", "memory", "stream", "overhead"))
+    only = set(args.only or ("throughput", "folder", "memory", "stream", "overhead"))
     print(f"## benchmarks/pipeline.py ({args.num_cpus} Ray CPUs; shared machine, load at start: "
           f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())})")
     if "overhead" in only:
@@ -284,6 +311,8 @@ def main() -> int:
         bench_stream()
     if "throughput" in only:
         bench_throughput(args.frames, args.live_loops)
+    if "folder" in only:
+        bench_folder()
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     return 0
