@@ -10,11 +10,16 @@ Robustness rules:
 - A file whose writer was killed (no trailer) is read up to its last complete frame.
 - Readers scan packet timestamps once at open (demuxing only, no decoding, constant memory), which
   gives the frame count and random access by frame index.
+- A damaged frame is an `InputError` naming the file and the frame. Files with FFV1 slice CRCs (what
+  our writers write) are checked packet by packet in Python before decoding (`ffv1_crc`), which lets
+  FFmpeg decode on its own threads; other files (the released dataset's FFV1 version 1) decode on one
+  thread with FFmpeg's error log watched per frame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 from pathlib import Path
@@ -25,6 +30,7 @@ import av.logging
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.ffv1_crc import carries_slice_crcs, check_slices
 from mmface4d_stream.formats.video_writer import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -33,10 +39,14 @@ log = logging.getLogger(__name__)
 # a file without one was not finalized (its writer was killed), so a damaged last packet is truncation.
 _NUT_INDEX_STARTCODE = bytes.fromhex("4e58dd672f23e64e")
 _TAIL_SEARCH_BYTES = 1 << 16
-# Frame-accurate corruption detection: level 3 FFV1 carries a CRC per slice. FFmpeg's decoder only
-# logs a damaged slice (and conceals it), so readers watch the decoder's error log.
+# Frame-accurate corruption detection: level 3 FFV1 carries a CRC per slice, which readers check
+# before decoding (FFmpeg's decoder would only log a damaged slice and conceal it).
 FFV1_LEVEL = 3
 LARGE_FRAME_PIXELS = 512 * 512
+# FFmpeg frame threads per small-frame decoder. A mesh triplet runs three decoders at once; on 2 cores
+# 2, 3 and 4 threads decode at the same speed within noise (benchmarks/codec.py); 3 keeps both cores busy
+# when one file's frames are slower than the others'.
+DECODER_THREADS = 3
 FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 
 
@@ -71,7 +81,8 @@ def ffmpeg_log() -> Iterator[list[tuple[int, str, str]]]:
     PyAV routes FFmpeg's log through Python only while a level is set, and its callback then needs
     the GIL: an FFmpeg worker thread that logs while the main thread holds the GIL (e.g. freeing a
     threaded decoder) would deadlock. So the callback is installed only for the block, and only
-    single-threaded decoders use this.
+    around demuxing and single-threaded decoding. Threaded decoders of other readers may be busy
+    meanwhile; they log only errors at this level, and their packets passed the CRC check.
     """
     previous = av.logging.get_level()
     if previous is None or previous < av.logging.ERROR:
@@ -98,14 +109,54 @@ def nut_is_finalized(path: str | os.PathLike) -> bool:
         return _NUT_INDEX_STARTCODE in handle.read()
 
 
+class Decoding(str, enum.Enum):
+    """How a reader runs FFmpeg's decoder and catches a damaged frame."""
+
+    SINGLE_THREAD_CRC = "one thread, slice CRCs checked"
+    SINGLE_THREAD_LOG = "one thread, FFmpeg's error log watched"
+    FRAME_THREADS_CRC = "frame threads, slice CRCs checked"
+    SLICE_THREADS_CRC = "slice threads, slice CRCs checked"
+    SLICE_THREADS_UNCHECKED = "slice threads, no per-frame check"
+
+    @property
+    def checks_crcs(self) -> bool:
+        return self in (Decoding.SINGLE_THREAD_CRC, Decoding.FRAME_THREADS_CRC, Decoding.SLICE_THREADS_CRC)
+
+
+def choose_decoding(width: int, height: int, slice_crcs: bool, threads: int) -> Decoding:
+    """The decoding mode for a stream of (width, height) frames.
+
+    Small frames (mesh coordinates, ~2 ms each) gain from frame threads, full-HD depth from slice
+    threads (frame threads would buffer several 4 MB frames). Threads and FFmpeg's log callback must
+    not meet (see `ffmpeg_log`), so a file without slice CRCs decodes on one thread unless it is
+    large, where speed wins over the per-frame check, as before CRCs were checked.
+    """
+    large = width * height > LARGE_FRAME_PIXELS
+    if threads <= 1:
+        return Decoding.SINGLE_THREAD_CRC if slice_crcs else Decoding.SINGLE_THREAD_LOG
+    if large:
+        return Decoding.SLICE_THREADS_CRC if slice_crcs else Decoding.SLICE_THREADS_UNCHECKED
+    return Decoding.FRAME_THREADS_CRC if slice_crcs else Decoding.SINGLE_THREAD_LOG
+
+
 class Gray16VideoReader:
     """Read a 16-bit single-channel video (NUT/FFV1 or any container PyAV decodes to gray16).
 
     Iterating yields uint16 (height, width) frames in order; `reader[i]` decodes frame `i` (seeking
     to the previous keyframe). Memory is constant in the number of frames.
+
+    Args:
+        path: the video file.
+        threads: FFmpeg decoder threads for small frames when the file carries FFV1 slice CRCs
+            (frame threads; 1 decodes on the calling thread). Large frames use slice threads, one
+            per core, unless `threads` is 1. See `choose_decoding`.
+
+    Attributes:
+        slice_crcs: the file carries FFV1 slice CRCs (judged from its first packet).
+        decoding: the `Decoding` mode in use.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, threads: int = DECODER_THREADS):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError("file not found", self.path)
@@ -122,26 +173,40 @@ class Gray16VideoReader:
             self._container.close()
             raise InputError("contains no video stream", self.path)
         self._stream = self._container.streams.video[0]
-        # Small frames (mesh coordinates) decode on one thread, where each damaged frame is caught
-        # from the decoder's error log. Full-HD depth decodes ~2.5x faster with FFmpeg's slice
-        # threads; those frames are not log-checked (see `ffmpeg_log`: threads + log = deadlock).
-        large = self._stream.codec_context.width * self._stream.codec_context.height > LARGE_FRAME_PIXELS
-        self.threaded = large
-        self._stream.codec_context.thread_count = 0 if large else 1
-        if large:
-            self._stream.codec_context.thread_type = "SLICE"  # frame threads would delay output frames
         self.width = self._stream.codec_context.width
         self.height = self._stream.codec_context.height
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
         self.fps = float(rate) if rate else 30.0
         self.finalized = nut_is_finalized(self.path) if self.path.suffix == ".nut" else True
+        self.slice_crcs = False
         self._pts, self._keyframe_pts = self._scan_packets()
+        self.decoding = choose_decoding(self.width, self.height, self.slice_crcs, threads)
+        self._threads = threads
+        self._configure_decoder()
+
+    @property
+    def threaded(self) -> bool:
+        """FFmpeg decodes on its own threads (and FFmpeg's log is never watched)."""
+        return self.decoding not in (Decoding.SINGLE_THREAD_CRC, Decoding.SINGLE_THREAD_LOG)
+
+    def _configure_decoder(self) -> None:
+        """Set the stream's decoder threads; must run before its first decode."""
+        codec = self._stream.codec_context
+        if self.decoding is Decoding.FRAME_THREADS_CRC:
+            codec.thread_type = "FRAME"
+            codec.thread_count = self._threads
+        elif self.threaded:
+            codec.thread_type = "SLICE"
+            codec.thread_count = 0  # one per core
+        else:
+            codec.thread_count = 1
 
     def _scan_packets(self) -> tuple[np.ndarray, np.ndarray]:
-        """Timestamps of every packet and of the keyframes, from demuxing alone."""
+        """Timestamps of every packet and of the keyframes, from demuxing alone; sets `slice_crcs`."""
         pts: list[int] = []
         keys: list[int] = []
         first_error_at: int | None = 0 if self._open_errors else None
+        is_ffv1 = self._stream.codec_context.name == "ffv1"
         with ffmpeg_log() as messages:
             try:
                 for packet in self._container.demux(self._stream):
@@ -149,6 +214,8 @@ class Gray16VideoReader:
                         first_error_at = len(pts)
                     if packet.size == 0 or packet.pts is None:
                         continue
+                    if not pts and is_ffv1:
+                        self.slice_crcs = carries_slice_crcs(packet)
                     pts.append(packet.pts)
                     if packet.is_keyframe:
                         keys.append(packet.pts)
@@ -175,6 +242,8 @@ class Gray16VideoReader:
             self._container.close()
             self._container = av.open(str(self.path), mode="r")
             self._stream = self._container.streams.video[0]
+            if hasattr(self, "decoding"):
+                self._configure_decoder()
 
     def __len__(self) -> int:
         return int(self._pts.size)
@@ -183,31 +252,50 @@ class Gray16VideoReader:
     def n_frames(self) -> int:
         return len(self)
 
-    def _decode_from_current(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Decode forward from the container's current position: (pts, uint16 (H, W)) pairs."""
-        last_pts = int(self._pts[-1]) if self._pts.size else -1
+    def _decode_range(self, start_pts: int, stop_pts: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode the packets from `start_pts` (a keyframe) through `stop_pts`, from the current position.
+
+        Packets before `start_pts` (a seek may land a little early) are skipped without decoding.
+
+        Yields (pts, uint16 (H, W)) pairs. Threaded decoders return frames a few packets late, so the
+        decoder is drained at the end (and before reporting a damaged packet, so that every frame
+        before the damage is yielded first); the next seek resets it.
+        """
+        codec = self._stream.codec_context
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.pts is None:
+                    continue  # the demuxer's final empty packet; the drain below flushes the decoder
+                if packet.pts < start_pts:
                     continue
-                if packet.pts > last_pts:
+                if packet.pts > stop_pts:
                     break
-                if self.threaded:
-                    frames = packet.decode()
-                    errors = []
-                else:
+                if self.decoding.checks_crcs:
+                    check = check_slices(packet)
+                    if not check.intact:
+                        yield from self._frames(codec.decode(None))
+                        raise InputError(f"corrupt frame ({check.describe()})", self.path,
+                                         frame=self._frame_index(packet.pts))
+                    frames = codec.decode(packet)
+                elif self.decoding is Decoding.SINGLE_THREAD_LOG:
                     # A capture per packet, never held across a yield: readers are interleaved generators.
                     with ffmpeg_log() as messages:
-                        frames = packet.decode()
+                        frames = codec.decode(packet)
                     errors = error_lines(messages)
-                if errors:
-                    raise InputError(f"corrupt frame ({'; '.join(errors[:2])})", self.path,
-                                     frame=self._frame_index(packet.pts))
-                for frame in frames:
-                    yield frame.pts, frame.to_ndarray().reshape(self.height, self.width)
+                    if errors:
+                        raise InputError(f"corrupt frame ({'; '.join(errors[:2])})", self.path,
+                                         frame=self._frame_index(packet.pts))
+                else:
+                    frames = codec.decode(packet)
+                yield from self._frames(frames)
+            yield from self._frames(codec.decode(None))
         except av.error.FFmpegError as exc:
             frame_index = self._frame_index(self._last_good_pts + 1)
             raise InputError(f"corrupt data ({exc})", self.path, frame=frame_index) from None
+
+    def _frames(self, frames: list) -> Iterator[tuple[int, np.ndarray]]:
+        for frame in frames:
+            yield frame.pts, frame.to_ndarray().reshape(self.height, self.width)
 
     def _frame_index(self, pts: int) -> int:
         """Index of the first frame at or after `pts`."""
@@ -217,7 +305,9 @@ class Gray16VideoReader:
         self._rewind()
         self._last_good_pts = -1
         expected = 0
-        for pts, frame in self._decode_from_current():
+        if not len(self):
+            return
+        for pts, frame in self._decode_range(int(self._pts[0]), int(self._pts[-1])):
             if expected >= len(self):
                 break
             self._last_good_pts = pts
@@ -237,7 +327,7 @@ class Gray16VideoReader:
         seek_pts = int(self._keyframe_pts[key_at]) if key_at >= 0 else int(self._pts[0])
         self._container.seek(seek_pts, stream=self._stream, backward=True, any_frame=False)
         self._last_good_pts = seek_pts - 1
-        for pts, frame in self._decode_from_current():
+        for pts, frame in self._decode_range(seek_pts, target):
             self._last_good_pts = pts
             if pts == target:
                 return frame
@@ -253,68 +343,3 @@ class Gray16VideoReader:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
-
-
-def _decode_into_queue(path: str, n_frames: int, queue) -> None:
-    """Worker-process body: decode `n_frames` frames of `path` into `queue`, then a sentinel."""
-    try:
-        with Gray16VideoReader(path) as reader:
-            for index, frame in enumerate(reader):
-                if index >= n_frames:
-                    break
-                queue.put(("frame", frame))
-        queue.put(("done", None))
-    except InputError as exc:
-        queue.put(("error", (str(exc),)))
-    except Exception as exc:  # a bug in the worker: pass its text to the parent
-        queue.put(("error", (f"{path}: decoder process failed: {exc!r}",)))
-
-
-def _get_from_worker(queue, worker, path: Path, poll_s: float = 1.0):
-    """Next message of a decoder process, or an error if the process died without sending one."""
-    import queue as queue_module
-
-    while True:
-        try:
-            return queue.get(timeout=poll_s)
-        except queue_module.Empty:
-            if not worker.is_alive():
-                return ("error", (f"{path}: decoder process exited with status {worker.exitcode}",))
-
-
-def iterate_in_processes(paths: list[Path], n_frames: int, queue_depth: int = 8) -> Iterator[tuple[np.ndarray, ...]]:
-    """Decode several videos in lock step, one process each, yielding tuples of uint16 frames.
-
-    PyAV holds the GIL while FFmpeg decodes, so threads cannot overlap the decoders; processes can.
-    Bounded queues keep memory constant (at most `queue_depth` frames ahead per file).
-    """
-    import multiprocessing as mp
-
-    # "spawn": the parent may hold threads (Ray, thread pools) that make fork unsafe.
-    context = mp.get_context("spawn")
-    queues = [context.Queue(maxsize=queue_depth) for _ in paths]
-    workers = [
-        context.Process(target=_decode_into_queue, args=(str(p), n_frames, q), daemon=True)
-        for p, q in zip(paths, queues)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        for _ in range(n_frames):
-            frames = []
-            for path, queue, worker in zip(paths, queues, workers):
-                kind, payload = _get_from_worker(queue, worker, path)
-                if kind == "error":
-                    raise InputError(payload[0])
-                if kind != "frame":
-                    raise InputError("ended before the expected frame count", path)
-                frames.append(payload)
-            yield tuple(frames)
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-            worker.join(timeout=5)
-        for queue in queues:
-            queue.close()
-            queue.cancel_join_thread()

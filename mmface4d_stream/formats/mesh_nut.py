@@ -22,7 +22,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.formats.gray16_video import Gray16VideoReader, Gray16VideoWriter, iterate_in_processes
+from mmface4d_stream.formats.gray16_video import (DECODER_THREADS, Decoding, Gray16VideoReader,
+                                                     Gray16VideoWriter)
 
 HEADER_PIXELS = 4
 QUANT_LEVELS = 65536
@@ -30,7 +31,6 @@ MARGIN_M = 0.05
 # Every frame a keyframe: exact random access with one packet decoded, and damage to one frame does
 # not spread to the next. One slice per (small) frame keeps the files ~8% below the released ones.
 FFV1_OPTIONS = {"g": "1", "slices": "1"}
-PARALLEL_MIN_FRAMES = 120
 
 
 def frame_side(n_vertices: int) -> int:
@@ -189,24 +189,33 @@ class MeshNutReader:
     Iterating yields float32 (N, 3) frames in metres with constant memory; `reader[i]` decodes frame
     `i` by seeking. `n_vertices` defaults to the count inferred from the first frame.
 
-    `parallel` decodes the x, y and z files in three worker processes while iterating (PyAV holds
-    the GIL while decoding, so this is the only way to use more than one core); "auto" does so for
-    sequences of at least `PARALLEL_MIN_FRAMES` frames, where it pays for the process start-up.
+    Files with FFV1 slice CRCs (what `MeshNutWriter` writes) decode on FFmpeg's frame threads, the
+    three files interleaved in this process, which keeps all cores busy; every packet's CRCs are
+    checked before decoding, so a damaged frame is an `InputError` naming its file and index. Files
+    without CRCs (the released dataset) decode on one thread with FFmpeg's error log watched.
+    See `Gray16VideoReader`.
+
+    Args:
+        prefix: the triplet's prefix, or one of its three files.
+        n_vertices: vertices per frame; inferred from the first frame when None.
+        threads: decoder threads per file (1: decode on the calling thread only).
+        parallel: ignored; accepted for callers written when decoding used worker processes.
 
     A triplet whose files hold different numbers of frames is an error, unless some file was left
     unfinished by a killed writer: then the complete frames common to all three are read.
     """
 
     def __init__(self, prefix: str | os.PathLike, n_vertices: int | None = None,
-                 parallel: bool | str = "auto"):
+                 threads: int = DECODER_THREADS, parallel: bool | str | None = None):
         self.prefix = mesh_prefix_of(prefix)
         paths = mesh_nut_paths(self.prefix)
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"missing mesh file(s) {', '.join(missing)}", self.prefix)
-        self._readers = [Gray16VideoReader(p) for p in paths]
-        self._parallel_setting = parallel
+        self._readers: list[Gray16VideoReader] = []
         try:
+            for path in paths:
+                self._readers.append(Gray16VideoReader(path, threads=threads))
             self._check_layout(n_vertices)
         except Exception:
             self.close()
@@ -240,10 +249,6 @@ class MeshNutReader:
                 f"(that side holds {max(lo, 1)}..{hi} vertices)", self.prefix)
         self.n_vertices = int(n_vertices)
         self.fps = first.fps
-        if self._parallel_setting == "auto":
-            self.parallel = self._n_frames >= PARALLEL_MIN_FRAMES and (os.cpu_count() or 1) > 1
-        else:
-            self.parallel = bool(self._parallel_setting)
 
     @property
     def finalized(self) -> bool:
@@ -265,14 +270,16 @@ class MeshNutReader:
             out[:, axis] = decode_coordinate_frame(frame, self.n_vertices)
         return out
 
+    @property
+    def decoding(self) -> tuple[Decoding, Decoding, Decoding]:
+        """How each of the x, y and z files is decoded and checked."""
+        return tuple(r.decoding for r in self._readers)  # type: ignore[return-value]
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        if self.parallel:
-            source = iterate_in_processes([r.path for r in self._readers], self._n_frames)
-        else:
-            iterators = [iter(r) for r in self._readers]
-            source = (tuple(next(it) for it in iterators) for _ in range(self._n_frames))
-        for index, frames in enumerate(source):
-            yield self._decode(frames, index)
+        # Interleaved generators: while this thread reads one file, the others' frame threads decode.
+        iterators = [iter(r) for r in self._readers]
+        for index in range(self._n_frames):
+            yield self._decode(tuple(next(it) for it in iterators), index)
 
     def __getitem__(self, index: int) -> np.ndarray:
         if index < 0:

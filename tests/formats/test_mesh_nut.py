@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from hypothesis import given, settings, HealthCheck
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.formats.gray16_video import Gray16VideoWriter
+from mmface4d_stream.formats.gray16_video import DECODER_THREADS, Decoding, Gray16VideoWriter
 from mmface4d_stream.formats.mesh_nut import (
     MeshNutReader, MeshNutWriter, QUANT_LEVELS, decode_coordinate_frame, encode_coordinate_frame, frame_side,
     mesh_nut_paths)
@@ -168,21 +169,116 @@ def test_corrupt_frame_is_named(tmp_path):
     middle = len(raw) // 2
     raw[middle : middle + 300] = bytes(b ^ 0x5A for b in raw[middle : middle + 300])
     y_path.write_bytes(bytes(raw))
-    with pytest.raises(InputError, match=r"m_1\.nut \(frame \d+\): corrupt"):
-        with MeshNutReader(tmp_path / "m", parallel=False) as reader:
-            list(reader)
-    with pytest.raises(InputError, match=r"m_1\.nut \(frame \d+\): corrupt"):
-        with MeshNutReader(tmp_path / "m", parallel=True) as reader:
-            list(reader)
+    for threads in (1, DECODER_THREADS):
+        with pytest.raises(InputError, match=r"m_1\.nut \(frame \d+\): corrupt"):
+            with MeshNutReader(tmp_path / "m", threads=threads) as reader:
+                list(reader)
 
 
-def test_parallel_and_serial_decoding_agree(tmp_path):
+def _flip_in_packet(path: Path, index: int) -> None:
+    """Flip one byte in the middle of the payload of packet `index` of one file."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+        payload, pos = bytes(packets[index]), packets[index].pos
+    raw = bytearray(path.read_bytes())
+    at = raw.find(payload, pos)
+    raw[at + len(payload) // 2] ^= 0x81
+    path.write_bytes(bytes(raw))
+
+
+def test_our_files_take_the_threaded_path_and_the_sample_the_logged_one(tmp_path, mmface4d_sample_dir):
+    _write_random(tmp_path / "m", 3, 500)
+    with MeshNutReader(tmp_path / "m") as reader:
+        assert reader.decoding == (Decoding.FRAME_THREADS_CRC,) * 3
+    with MeshNutReader(mmface4d_sample_dir / "reconstruct_filt") as reader:
+        assert reader.decoding == (Decoding.SINGLE_THREAD_LOG,) * 3
+
+
+@pytest.mark.parametrize("threads", [1, DECODER_THREADS])
+def test_corrupt_packet_in_the_middle_names_its_frame(tmp_path, threads):
+    data = _write_random(tmp_path / "m", 30, 3000)
+    _flip_in_packet(mesh_nut_paths(tmp_path / "m")[2], 17)
+    with MeshNutReader(tmp_path / "m", threads=threads) as reader:
+        decoded = []
+        with pytest.raises(InputError, match=r"m_2\.nut \(frame 17\): corrupt frame \(FFV1 slice CRC mismatch"):
+            for frame in reader:
+                decoded.append(frame)
+        assert len(decoded) == 17  # every frame before the damaged one, and no later one
+        for original, back in zip(data, decoded):
+            assert (np.abs(back - original) <= _roundtrip_bound(original)).all()
+        with pytest.raises(InputError, match=r"m_2\.nut \(frame 17\)"):
+            reader[17]
+        assert (np.abs(reader[18] - data[18]) <= _roundtrip_bound(data[18])).all()
+
+
+def test_corrupt_first_packet_is_still_caught(tmp_path):
+    _write_random(tmp_path / "m", 10, 3000)
+    _flip_in_packet(mesh_nut_paths(tmp_path / "m")[0], 0)
+    # The x file no longer proves it carries CRCs, so it decodes on one thread with FFmpeg's log
+    # watched, which reports frame 0 (here while the vertex count is inferred from it).
+    with pytest.raises(InputError, match=r"m_0\.nut \(frame 0\): corrupt frame \(.*slice CRC mismatch"):
+        MeshNutReader(tmp_path / "m")
+    with MeshNutReader(tmp_path / "m", n_vertices=3000) as reader:
+        assert reader.decoding == (Decoding.SINGLE_THREAD_LOG, Decoding.FRAME_THREADS_CRC,
+                                   Decoding.FRAME_THREADS_CRC)
+        with pytest.raises(InputError, match=r"m_0\.nut \(frame 0\): corrupt frame"):
+            next(iter(reader))
+
+
+def test_threaded_and_single_thread_decoding_agree(tmp_path):
     _write_random(tmp_path / "m", 12, 3000)
-    with MeshNutReader(tmp_path / "m", parallel=False) as reader:
+    with MeshNutReader(tmp_path / "m", threads=1) as reader:
         serial = np.stack(list(reader))
+    for threads in (2, DECODER_THREADS, 4):
+        with MeshNutReader(tmp_path / "m", threads=threads) as reader:
+            np.testing.assert_array_equal(np.stack(list(reader)), serial)
+    # `parallel` (worker processes, gone) is accepted and ignored.
     with MeshNutReader(tmp_path / "m", parallel=True) as reader:
-        parallel = np.stack(list(reader))
-    np.testing.assert_array_equal(serial, parallel)
+        np.testing.assert_array_equal(np.stack(list(reader)), serial)
+
+
+def test_random_access_on_the_threaded_path(tmp_path):
+    _write_random(tmp_path / "m", 15, 2000)
+    with MeshNutReader(tmp_path / "m", threads=1) as reader:
+        expected = np.stack(list(reader))
+    with MeshNutReader(tmp_path / "m") as reader:
+        assert reader.decoding[0] is Decoding.FRAME_THREADS_CRC
+        for index in (14, 0, 7, 8, 6, -1, 3):
+            np.testing.assert_array_equal(reader[index], expected[index])
+        # Random access in the middle of an iteration, then a fresh iteration.
+        iterator = iter(reader)
+        np.testing.assert_array_equal(next(iterator), expected[0])
+        np.testing.assert_array_equal(reader[9], expected[9])
+        np.testing.assert_array_equal(np.stack(list(reader)), expected)
+
+
+DEADLOCK_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from mmface4d_stream.formats.mesh_nut import MeshNutReader
+prefix = sys.argv[1]
+for round_ in range(5):
+    readers = [MeshNutReader(prefix) for _ in range(4)]
+    iterators = [iter(r) for r in readers]
+    for step in range(3 + round_):
+        for it in iterators:
+            next(it)
+    # Close with frames in flight on every decoder thread, the generators still suspended.
+    for index, reader in enumerate(readers):
+        if index % 2:
+            reader[index]
+        reader.close()
+    del iterators
+print("done")
+"""
+
+
+def test_closing_threaded_readers_mid_iteration_does_not_hang(tmp_path):
+    _write_random(tmp_path / "m", 20, 20000)
+    result = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT.format(repo=str(REPO)), str(tmp_path / "m")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
 
 
 def test_killed_writer_leaves_decodable_frames(tmp_path):
@@ -229,27 +325,25 @@ MEMORY_SCRIPT = """
 import resource, sys
 sys.path.insert(0, {repo!r})
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
-prefix, frames, parallel = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-with MeshNutReader(prefix, parallel=parallel) as reader:
+prefix, frames, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with MeshNutReader(prefix, threads=threads) as reader:
     for index, vertices in enumerate(reader):
         if index + 1 >= frames:
             break
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(own, children)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def _peak_rss_kb(prefix: Path, frames: int, parallel: bool) -> tuple[int, int]:
+def _peak_rss_kb(prefix: Path, frames: int, threads: int) -> int:
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(repo=str(REPO)), str(prefix), str(frames),
-                          "1" if parallel else "0"], capture_output=True, text=True, check=True).stdout.split()
-    return int(out[0]), int(out[1])
+                          str(threads)], capture_output=True, text=True, check=True).stdout
+    return int(out)
 
 
 def test_decoding_the_sample_in_constant_memory(mmface4d_sample_dir):
     prefix = mmface4d_sample_dir / "reconstruct_filt"
-    one, _ = _peak_rss_kb(prefix, 1, parallel=False)
-    everything, _ = _peak_rss_kb(prefix, 67, parallel=False)
+    one = _peak_rss_kb(prefix, 1, threads=1)
+    everything = _peak_rss_kb(prefix, 67, threads=1)
     assert everything - one < 100 * 1024
 
 
@@ -261,8 +355,7 @@ def test_long_sequence_decodes_in_constant_memory(tmp_path):
     with MeshNutWriter(tmp_path / "long") as writer:
         for i in range(400):
             writer.write(base + np.float32(i * 1e-4))
-    for parallel in (False, True):
-        one_self, one_children = _peak_rss_kb(tmp_path / "long", 1, parallel)
-        all_self, all_children = _peak_rss_kb(tmp_path / "long", 400, parallel)
-        assert all_self - one_self < 100 * 1024
-        assert all_children - one_children < 100 * 1024
+    for threads in (1, DECODER_THREADS):
+        one = _peak_rss_kb(tmp_path / "long", 1, threads)
+        everything = _peak_rss_kb(tmp_path / "long", 400, threads)
+        assert everything - one < 100 * 1024
