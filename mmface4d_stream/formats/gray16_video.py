@@ -43,9 +43,8 @@ _TAIL_SEARCH_BYTES = 1 << 16
 # before decoding (FFmpeg's decoder would only log a damaged slice and conceal it).
 FFV1_LEVEL = 3
 LARGE_FRAME_PIXELS = 512 * 512
-# FFmpeg frame threads per small-frame decoder. A mesh triplet runs three decoders at once; on 2 cores
-# 2, 3 and 4 threads decode at the same speed within noise (benchmarks/codec.py); 3 keeps both cores busy
-# when one file's frames are slower than the others'.
+# FFmpeg frame threads per small-frame decoder. A mesh triplet runs three such decoders at once; on
+# 2 cores 3 and 4 threads decode equally fast within noise and 2 a little slower (benchmarks/codec.py).
 DECODER_THREADS = 3
 FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 

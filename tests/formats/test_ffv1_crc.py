@@ -6,7 +6,8 @@ import av
 import numpy as np
 
 from mmface4d_stream.formats.ffv1_crc import (
-    SLICE_FOOTER_BYTES, carries_slice_crcs, check_slices, crc32_msb_first, reverse_bits32, slice_spans)
+    SLICE_FOOTER_BYTES, carries_slice_crcs, check_slices, crc32_msb_first, reverse_bits32, reverse_bits_of_bytes,
+    slice_spans)
 from mmface4d_stream.formats.mesh_nut import MeshNutWriter, mesh_nut_paths
 
 
@@ -102,3 +103,10 @@ def test_the_released_sample_has_no_slice_crcs(mmface4d_sample_dir):
     packets = _packets(mmface4d_sample_dir / "reconstruct_filt_0.nut")
     assert len(packets) == 67
     assert not any(carries_slice_crcs(p) for p in packets)
+
+
+def test_reverse_bits_of_bytes_even_and_odd_lengths():
+    for size in (0, 1, 2, 5, 256):
+        data = np.arange(size, dtype=np.uint8)
+        expected = np.array([int(f"{b:08b}"[::-1], 2) for b in data], dtype=np.uint8)
+        np.testing.assert_array_equal(reverse_bits_of_bytes(data), expected)
