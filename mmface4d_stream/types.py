@@ -21,6 +21,11 @@ class CameraFrame:
     rgb: (H, W, 3) uint8 color image. depth_mm: (H, W) uint16 millimetres registered to the color
     camera (0 = no measurement), or None. intrinsics: the color camera (anything
     `fit.camera_terms.FitCamera.from_any` accepts: `IntrinsicsJson`, k4a `CameraModel`, ...).
+
+    Depth not yet registered (MKV replay: the landmark stage registers only the face's box):
+    depth_mm None, depth_raw (Hd, Wd) uint16 millimetres as the depth camera saw them, and
+    calibration the `k4a.calibration.K4aCalibration` that registers it to `rgb`
+    (`pipeline.sources.DepthRegistrations` does).
     """
 
     camera: int
@@ -29,6 +34,8 @@ class CameraFrame:
     depth_mm: np.ndarray | None
     intrinsics: Any
     t_device_us: int | None = None
+    depth_raw: np.ndarray | None = None
+    calibration: Any = None
 
 
 @dataclass

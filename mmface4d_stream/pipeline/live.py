@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.types import CameraFrame, FrameSet
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ class DatasetRecorder:
 
     Intrinsics are the cameras' pinhole parameters (the dataset's json keeps no distortion);
     `stream_length_usec` is filled in at close. Writers open at the first frame set (its size).
+    Raw depth (MKV replay) is registered to color first, as the dataset stores it.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, serials: Sequence[str], intrinsics: Sequence,
@@ -259,6 +261,7 @@ class DatasetRecorder:
         self.frames = 0
         self._first_us: int | None = None
         self._last_us: int | None = None
+        self._registrations = DepthRegistrations()
 
     def prefix(self, camera: int) -> Path:
         return self.out_dir / f"{self.name}_{camera}"
@@ -283,7 +286,8 @@ class DatasetRecorder:
             camera = camera or self._previous[k]
             self._previous[k] = camera
             self._color[k].write(camera.rgb)
-            depth = camera.depth_mm if camera.depth_mm is not None else np.zeros(camera.rgb.shape[:2], np.uint16)
+            depth = self._registrations.full(camera)
+            depth = depth if depth is not None else np.zeros(camera.rgb.shape[:2], np.uint16)
             self._depth[k].write(depth)
         t_us = frame_set.t_capture_ns // 1000
         self._first_us = t_us if self._first_us is None else self._first_us

@@ -1,4 +1,7 @@
-"""Frame sources: dataset-format sequences and Azure Kinect MKV sessions, one `FrameSet` at a time."""
+"""Frame sources: dataset-format sequences and Azure Kinect MKV sessions, one `FrameSet` at a time.
+
+`DepthRegistrations` registers the raw depth that MKV frames carry (see `types.CameraFrame`).
+"""
 
 from __future__ import annotations
 
@@ -74,11 +77,55 @@ class DatasetSource:
                                t_source_ns=time.monotonic_ns())
 
 
+class DepthRegistrations:
+    """Registers `CameraFrame.depth_raw` to the frame's color image: one
+    `k4a.registration.DepthToColorRegistration` per camera serial, built on first use from the
+    frame's calibration (again if that changes). Frames that come registered (`depth_mm`) pass
+    through. Thread-safe as the registrations are, except the first use of a new camera."""
+
+    def __init__(self):
+        self._by_serial: dict = {}
+
+    def registration(self, camera: CameraFrame):
+        """The `DepthToColorRegistration` of the camera's calibration."""
+        from mmface4d_stream.k4a.registration import DepthToColorRegistration
+
+        reg = self._by_serial.get(camera.serial)
+        if reg is None or not (reg.calibration is camera.calibration or reg.calibration == camera.calibration):
+            if camera.calibration is None:
+                raise ValueError(f"camera {camera.camera} ({camera.serial}) has raw depth but no calibration "
+                                 "to register it")
+            reg = self._by_serial[camera.serial] = DepthToColorRegistration(camera.calibration)
+        return reg
+
+    def full(self, camera: CameraFrame) -> np.ndarray | None:
+        """The camera's depth registered to the whole color image, (H, W) uint16 mm, or None (no depth)."""
+        if camera.depth_mm is not None or camera.depth_raw is None:
+            return camera.depth_mm
+        return np.asarray(self.registration(camera).depth_to_color(camera.depth_raw))
+
+    def crop(self, camera: CameraFrame, box: tuple[int, int, int, int]) -> np.ndarray | None:
+        """The registered depth inside color box (x0, y0, x1, y1), as `full(camera)[y0:y1, x0:x1]`
+        (a new array; empty where the box is) but registering only that box; None: no depth."""
+        x0, y0, x1, y1 = box
+        if camera.depth_mm is not None:
+            return np.ascontiguousarray(camera.depth_mm[y0:y1, x0:x1])
+        if camera.depth_raw is None:
+            return None
+        height, width = camera.rgb.shape[:2]
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0)), np.uint16)
+        return self.registration(camera).depth_to_color(camera.depth_raw, roi=(x0, y0, x1, y1))
+
+
 class MkvSource:
-    """Replay the MKVs of one Kinect session, synchronized by device timestamp, depth registered to color.
+    """Replay the MKVs of one Kinect session, synchronized by device timestamp.
 
     Frame sets where a camera dropped its capture carry None for it (counted in `dropped`).
     Intrinsics are the color cameras' full Kinect lens models from each recording's calibration.
+    Depth is not registered here: cameras carry `depth_raw` and `calibration` (the landmark stage
+    registers only the face's box; `DepthRegistrations` registers what else needs it).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], name: str | None = None, max_frames: int | None = None):
@@ -107,10 +154,8 @@ class MkvSource:
         return self.n_frames
 
     def __iter__(self) -> Iterator[FrameSet]:
-        from mmface4d_stream.k4a.registration import DepthToColorRegistration
         from mmface4d_stream.k4a.sync import SessionSync
 
-        registrations = [DepthToColorRegistration(c) for c in self.calibrations]
         with SessionSync(self.paths, tracks=("COLOR", "DEPTH")) as sync:
             start_usec = None
             for frame_set in sync:
@@ -123,11 +168,9 @@ class MkvSource:
                         cameras.append(None)
                         self.dropped += 1
                         continue
-                    depth = None
-                    if capture.depth is not None:
-                        depth = np.asarray(registrations[k].depth_to_color(capture.depth))
-                    cameras.append(CameraFrame(k, self.serials[k], capture.color, depth,
-                                               self.calibrations[k].color, capture.timestamp_usec))
+                    cameras.append(CameraFrame(k, self.serials[k], capture.color, None, self.calibrations[k].color,
+                                               capture.timestamp_usec, depth_raw=capture.depth,
+                                               calibration=self.calibrations[k]))
                 yield FrameSet(self.name, frame_set.index, frame_set.timestamp_usec * 1000, cameras,
                                t_source_ns=time.monotonic_ns())
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
 
 log = logging.getLogger(__name__)
@@ -79,26 +80,65 @@ def jpeg_thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE_PX) -> tuple[byte
     return buffer.getvalue(), image.width, image.height
 
 
+def _track_on_color(landmarker: FaceLandmarker, rgb: np.ndarray):
+    """The landmarker's result on color alone when it is tracking a face and keeps it, else None.
+
+    FaceLandmarker reads depth only to find a face it is not tracking (the nearest depth blob).
+    None: it was not tracking, or the tracked crop lost the face; its state is then as if the
+    tracked crop had been tried by `process(rgb, depth)` (no face to track), so the caller's
+    `process(rgb, full_depth)` goes on exactly as one call with depth would have. (A lost face
+    costs one extra detector pass, on color, in this frame.)
+    """
+    config = landmarker.config
+    if landmarker._previous is None or (
+        config.redetect_every > 0 and landmarker._frames_since_detection >= config.redetect_every
+    ):
+        return None
+    frames_since_detection = landmarker._frames_since_detection
+    result = landmarker.process(rgb, None)
+    if result.roi_source == "tracked":
+        return result
+    landmarker._previous, landmarker._frames_since_detection = None, frames_since_detection
+    return None
+
+
 class LandmarkStage:
     """Detect landmarks in every camera of a frame set and crop each camera to its face.
 
     One `FaceLandmarker` per camera keeps its own tracked ROI. Output crops are (h, w) depth in
     millimetres with a `FitCamera` for the crop, landmarks in crop pixels.
+
+    Cameras with raw depth (MKV replay, `CameraFrame.depth_raw`) are registered here, one
+    registration per camera serial: while the face is tracked the landmarks need color only and
+    just the crop's box is registered; to find a face (first frame, face lost) the landmarker
+    gets the whole frame registered, as from a source that registers.
     """
 
     def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False):
         self._landmarkers = [FaceLandmarker(config) for _ in range(n_cameras)]
         self.thumbnails = thumbnails
+        self.registrations = DepthRegistrations()
 
     def _one(self, index: int, camera: CameraFrame) -> FaceCrop:
-        result = self._landmarkers[index].process(camera.rgb, camera.depth_mm)
+        landmarker = self._landmarkers[index]
+        full_depth = camera.depth_mm
+        result = None
+        if full_depth is None and camera.depth_raw is not None:
+            result = _track_on_color(landmarker, camera.rgb)
+            if result is None:
+                full_depth = self.registrations.full(camera)
+        if result is None:
+            result = landmarker.process(camera.rgb, full_depth)
         height, width = camera.rgb.shape[:2]
         if not result.found:
             return FaceCrop(camera.camera, camera.serial, False, 0.0, result.points_px, None,
                             FitCamera.from_any(camera.intrinsics), (0, 0))
         box = face_crop_box(result.points_px, width, height)
         x0, y0, x1, y1 = box
-        depth = None if camera.depth_mm is None else np.ascontiguousarray(camera.depth_mm[y0:y1, x0:x1])
+        if full_depth is not None:
+            depth = np.ascontiguousarray(full_depth[y0:y1, x0:x1])
+        else:
+            depth = self.registrations.crop(camera, box)
         thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self.thumbnails else None
         points = (result.points_px - np.float32([x0, y0])).astype(np.float32)
         return FaceCrop(camera.camera, camera.serial, True, float(result.confidence), points, depth,
@@ -280,15 +320,16 @@ def calibrate_rig(source, landmark_config: LandmarkerConfig | None = None, frame
 
     calibrator = RigCalibrator(source.intrinsics, source.serials, reference=reference)
     landmarkers = [FaceLandmarker(landmark_config) for _ in source.intrinsics]
+    registrations = DepthRegistrations()
     try:
         for count, frame_set in enumerate(source):
             if count >= max_frames or calibrator.n_frames >= frames:
                 break
-            if any(c is None or c.depth_mm is None for c in frame_set.cameras):
+            if any(c is None or (c.depth_mm is None and c.depth_raw is None) for c in frame_set.cameras):
                 continue
-            results = [lm.process(c.rgb, c.depth_mm) for lm, c in zip(landmarkers, frame_set.cameras)]
-            calibrator.add_frame([r.points_px if r.found else None for r in results],
-                                 [c.depth_mm for c in frame_set.cameras], frame_set.frame)
+            depths = [registrations.full(c) for c in frame_set.cameras]
+            results = [lm.process(c.rgb, d) for lm, c, d in zip(landmarkers, frame_set.cameras, depths)]
+            calibrator.add_frame([r.points_px if r.found else None for r in results], depths, frame_set.frame)
     finally:
         for landmarker in landmarkers:
             landmarker.close()

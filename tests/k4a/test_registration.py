@@ -244,3 +244,151 @@ def test_pinhole_rig_maps_a_card_where_the_formula_says():
     assert abs(rows.min() - v_edges[0]) < 1.5 and abs(rows.max() - v_edges[1]) < 1.5
     inner = registered[int(v_edges[0]) + 2 : int(v_edges[1]) - 1, int(u_edges[0]) + 2 : int(u_edges[1]) - 1]
     assert (inner == 800).all()
+
+
+# -- registering only a box of the color image --------------------------------------------------
+
+
+def _card_scene(reg):
+    """A wall at 1.5 m, a card at 0.6 m in front of it (depth edges), a hole without depth."""
+    depth = plane_depth(reg, (0, 0, 1), 1.5)
+    depth[250:330, 280:360] = 600
+    depth[50:100, 50:120] = 0
+    return depth
+
+
+def _noise_scene(reg):
+    """Every pixel at its own random depth from 0.25 to 5 m: the widest parallax, no surfaces."""
+    depth = np.random.default_rng(1).integers(250, 5000, reg.depth_shape).astype(np.uint16)
+    return np.where(reg._depth_rays[..., 2] > 0, depth, 0).astype(np.uint16)
+
+
+def _roi_boxes(seed=0, count=12):
+    rng = np.random.default_rng(seed)
+    boxes = [(0, 0, 300, 200), (1620, 880, 1920, 1080), (0, 500, 1920, 501), (700, 0, 701, 1080),
+             (960, 540, 961, 541), (0, 0, 1920, 1080), (850, 350, 1250, 780)]
+    for _ in range(count):
+        x0, y0 = int(rng.integers(0, 1900)), int(rng.integers(0, 1060))
+        boxes.append((x0, y0, min(1920, x0 + int(rng.integers(1, 600))), min(1080, y0 + int(rng.integers(1, 600)))))
+    return boxes
+
+
+@pytest.mark.parametrize("scene", ["slanted", "card", "noise"])
+def test_roi_equals_the_full_registration_sliced(reg_1080, scene):
+    depth = {"slanted": lambda r: plane_depth(r, (0.8, 0.1, 1.0), 0.8), "card": _card_scene,
+             "noise": _noise_scene}[scene](reg_1080)
+    full = reg_1080.depth_to_color(depth)
+    for box in _roi_boxes(seed=len(scene)):
+        x0, y0, x1, y1 = box
+        got = reg_1080.depth_to_color(depth, roi=box)
+        assert got.shape == (y1 - y0, x1 - x0) and got.dtype == np.uint16
+        np.testing.assert_array_equal(got, full[y0:y1, x0:x1], err_msg=f"roi {box}")
+
+
+def test_roi_on_the_real_recording_and_flat_blocks(k4a_sample_dir, raw_json):
+    av = pytest.importorskip("av")
+    with av.open(str(k4a_sample_dir / "recording.mkv")) as container:
+        stream = next(s for s in container.streams.video if s.metadata.get("title") == "DEPTH")
+        packet = next(p for p in container.demux(stream) if p.size)
+        depth = np.frombuffer(bytes(packet), ">u2").reshape(576, 640).astype(np.uint16)
+    for resolution, interpolate in (("1080P", True), ("720P", True), ("1080P", False)):
+        reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, resolution, "NFOV_UNBINNED"),
+                                       interpolate=interpolate)
+        full = reg.depth_to_color(depth)
+        hc, wc = reg.color_shape
+        for x0, y0, x1, y1 in _roi_boxes(seed=7, count=6):
+            x0, y0 = min(x0, wc - 1), min(y0, hc - 1)
+            box = (x0, y0, min(x1, wc), min(y1, hc))
+            np.testing.assert_array_equal(reg.depth_to_color(depth, roi=box), full[box[1] : box[3], box[0] : box[2]],
+                                          err_msg=f"{resolution} interpolate={interpolate} roi {box}")
+
+
+def test_roi_where_no_depth_lands(reg_1080):
+    depth = np.zeros(reg_1080.depth_shape, np.uint16)
+    assert (reg_1080.depth_to_color(depth, roi=(100, 100, 400, 300)) == 0).all()
+    depth[250:330, 280:360] = 600  # a card near the middle: nothing lands in a corner
+    got = reg_1080.depth_to_color(depth, roi=(0, 0, 300, 200))
+    assert got.shape == (200, 300) and (got == 0).all()
+    full = reg_1080.depth_to_color(depth)
+    np.testing.assert_array_equal(reg_1080.depth_to_color(depth, roi=(700, 300, 1200, 800)), full[300:800, 700:1200])
+
+
+def test_roi_tables_are_reused_while_the_box_moves_a_little(raw_json):
+    reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, "1080P", "NFOV_UNBINNED"))
+    depth = _card_scene(reg)
+    full = reg.depth_to_color(depth)
+    for dx, dy in [(0, 0), (3, -2), (-4, 1), (2, 3)]:
+        box = (805 + dx, 405 + dy, 1195 + dx, 795 + dy)
+        np.testing.assert_array_equal(reg.depth_to_color(depth, roi=box), full[box[1] : box[3], box[0] : box[2]])
+    assert len(reg._table_cache) == 1
+    # The region registered is a small part of the depth image.
+    (rect, _), = reg._table_cache
+    c0, r0, c1, r1 = rect
+    assert (c1 - c0) * (r1 - r0) < 0.35 * depth.size
+
+
+def test_roi_with_torch_and_threads(reg_1080):
+    from concurrent.futures import ThreadPoolExecutor
+
+    depth = plane_depth(reg_1080, (0.3, -0.2, 1.0), 0.9)
+    depth[300:340, 300:360] = 500
+    full = reg_1080.depth_to_color(depth)
+    box = (700, 300, 1150, 760)
+    expected = full[300:760, 700:1150]
+    tensor = torch.from_numpy(depth.astype(np.int32))
+    got = reg_1080.depth_to_color(tensor, roi=box)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.uint16
+    np.testing.assert_array_equal(got.numpy(), expected)
+    torch_full = reg_1080.depth_to_color(tensor, backend="torch")
+    got = reg_1080.depth_to_color(tensor, roi=box, backend="torch")
+    np.testing.assert_array_equal(got.numpy(), torch_full.numpy()[300:760, 700:1150])
+    # Scratch arrays are per thread: full frames and boxes of different sizes at the same time.
+    jobs = [None if k % 3 == 0 else (600 + 40 * k, 200 + 20 * k, 1000 + 40 * k, 650 + 20 * k) for k in range(9)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda b: reg_1080.depth_to_color(depth, roi=b), jobs))
+    for box, got in zip(jobs, results):
+        if box is None:
+            np.testing.assert_array_equal(got, full)
+        else:
+            np.testing.assert_array_equal(got, full[box[1] : box[3], box[0] : box[2]])
+
+
+@pytest.mark.parametrize(
+    ("roi", "message"),
+    [((10, 10, 10, 50), "non-empty box"), ((10, 50, 40, 20), "non-empty box"), ((-1, 0, 40, 20), "non-empty box"),
+     ((1900, 0, 1921, 20), r"inside the 1920x1080"), ((0, 1000, 20, 1081), "0 <= y0 < y1 <= 1080"),
+     ((0.5, 0, 20, 20), "integer color pixels"), ((0, 0, 20), "integer color pixels"), (None, None)],
+)
+def test_roi_checks(reg_1080, roi, message):
+    depth = np.zeros((576, 640), np.uint16)
+    if roi is None:
+        assert reg_1080.depth_to_color(depth).shape == (1080, 1920)
+        return
+    with pytest.raises(ValueError, match=message):
+        reg_1080.depth_to_color(depth, roi=roi)
+
+
+@pytest.mark.parametrize(("resolution", "mode"), [("1080P", "NFOV_UNBINNED"), ("720P", "WFOV_UNBINNED")])
+def test_projections_between_depth_levels_stay_near_the_box_of_their_ends(raw_json, resolution, mode):
+    """What the ROI's safety margin relies on: between two depth levels a pixel's projection stays
+    within the box spanned by its projections at the levels, up to a bowing far below 2 px."""
+    from mmface4d_stream.k4a.registration import _ROI_SAFETY_PX, _Scratch
+
+    reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, resolution, mode))
+    hd, wd = reg.depth_shape
+
+    def project(z_mm):
+        ws = reg._projection_buffers(_Scratch(), hd * wd)
+        reg._project_numpy(np.full((hd, wd), z_mm), reg._full, ws)
+        return ws["x"].copy(), ws["y"].copy(), ws["ok"].copy()
+
+    step = reg._level_step
+    for j in (0, 1, 3, 7):
+        (ua, va, oka), (ub, vb, okb) = project(1e12 if j == 0 else 1 / (j * step)), project(1 / ((j + 1) * step))
+        assert np.nanmax(np.abs(ua - ub)[oka & okb]) < 50  # the level spacing: ~32 px of parallax (more at the edges)
+        for inverse_depth in np.linspace(j * step, (j + 1) * step, 5)[1:-1]:
+            u, v, ok = project(1 / inverse_depth)
+            both = oka & okb & ok
+            bow = np.maximum(np.maximum(np.fmin(ua, ub) - u, u - np.fmax(ua, ub)),
+                             np.maximum(np.fmin(va, vb) - v, v - np.fmax(va, vb)))
+            assert bow[both].max() < 0.1 * _ROI_SAFETY_PX
