@@ -40,7 +40,7 @@ temporaries are mapped and unmapped by glibc on every allocation, and on a loade
 page faults cost several times the arithmetic (10 ms vs 1.5 ms for the lens model alone).
 A face box of 300-400 color px (NFOV unbinned -> 1080p) registers in ~1.6-2.8 ms against
 ~18-20 ms for the whole frame; a box on a new 16 px grid cell costs ~1 ms of tables, a depth
-level not seen before ~5 ms (once per calibration).
+level not seen before ~12 ms (once per calibration; a frame spans 3-7 levels).
 One object may be shared by threads (the scratch arrays are per thread).
 """
 
