@@ -38,9 +38,10 @@ median 0.2-0.3 mm, 99th percentile 0.5-1.2 mm up to a 40 degree slant (flat bloc
 Speed: the numpy kernel reuses per-thread scratch arrays between frames. Fresh large
 temporaries are mapped and unmapped by glibc on every allocation, and on a loaded machine those
 page faults cost several times the arithmetic (10 ms vs 1.5 ms for the lens model alone).
-A face box of 300-400 color px (NFOV unbinned -> 1080p) registers in ~1.6-2.8 ms against
-~18-20 ms for the whole frame; a box on a new 16 px grid cell costs ~1 ms of tables, a depth
-level not seen before ~12 ms (once per calibration; a frame spans 3-7 levels).
+A face box of 300-450 color px (NFOV unbinned -> 1080p) registers in ~1.6-4 ms (more when the
+frame's depths spread wide) against ~18-20 ms for the whole frame; a box on a new 16 px grid
+cell costs ~1 ms of tables, a depth level not seen before ~12 ms (once per calibration; a frame
+spans 3-7 levels).
 One object may be shared by threads (the scratch arrays are per thread).
 """
 
