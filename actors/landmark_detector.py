@@ -28,8 +28,7 @@ class LandmarkDetector:
         self.max_latency_ms = max_latency_ms
         self.fault = fault
         if self._stage is not None:
-            for landmarker in self._stage._landmarkers:
-                landmarker.reset()
+            self._stage.reset()
         return True
 
     @property

@@ -159,6 +159,11 @@ class LandmarkStage:
         return ObservedFrame(frame_set.seq, frame_set.frame, frame_set.t_capture_ns, crops,
                              frame_set.t_source_ns, timings)
 
+    def reset(self) -> None:
+        """Forget every camera's tracked face (a new sequence); the MediaPipe graphs are kept."""
+        for landmarker in self._landmarkers:
+            landmarker.reset()
+
     def close(self) -> None:
         for landmarker in self._landmarkers:
             landmarker.close()
