@@ -44,8 +44,9 @@ _TAIL_SEARCH_BYTES = 1 << 16
 FFV1_LEVEL = 3
 LARGE_FRAME_PIXELS = 512 * 512
 # FFmpeg frame threads per small-frame decoder. A mesh triplet runs three such decoders at once; on
-# 2 cores 3 and 4 threads decode equally fast within noise and 2 a little slower (benchmarks/codec.py).
-DECODER_THREADS = 3
+# 2 cores, 600 frames: 2 threads ~229, 3 ~240, 4 ~244 meshes/s, ~7.85 ms CPU per mesh in every case,
+# so 4 is within ~5% of both cores' ceiling (benchmarks/codec.py --threads N).
+DECODER_THREADS = 4
 FFV1_DEFAULT_OPTIONS = {"slicecrc": "1"}
 
 
