@@ -121,7 +121,8 @@ def print_result(result) -> None:
     status = "ok" if result.ok else ("interrupted" if result.interrupted else "FAILED")
     lost = meta.get("frames_lost_face", [])
     line = (f"{result.job.name}: {status}, {meta.get('frames_written', 0)} frames -> {result.job.save_path}_{{0,1,2}}.nut, "
-            f"{meta.get('frames_per_second')} frames/s")
+            f"{meta.get('frames_per_second')} frames/s (first frame after {meta.get('first_frame_seconds')} s, "
+            f"then {meta.get('steady_frames_per_second')} frames/s)")
     if lost:
         line += f", face lost in {len(lost)} frames (first {lost[:5]})"
     if meta.get("frames_dropped"):
