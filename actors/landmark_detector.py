@@ -50,7 +50,10 @@ class LandmarkDetector:
 
     def warm_up(self) -> bool:
         """Build the MediaPipe graphs now (plain actor calls run in one thread: the same one later
-        calls use), so the first frame does not pay for them."""
+        calls use), and import the crops' camera model (it brings torch), so the first frame does not
+        pay for them."""
+        from mmface4d_stream.fit.camera_terms import FitCamera  # noqa: F401
+
         return self.stage is not None
 
     def reset(self) -> bool:

@@ -11,14 +11,16 @@ import dataclasses
 import io
 import logging
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
-from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
+
+if TYPE_CHECKING:  # torch comes with it: only the processes that fit import it
+    from mmface4d_stream.fit.camera_terms import FitCamera
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ def face_crop_box(points_px: np.ndarray, width: int, height: int, margin: float 
 
 def crop_camera(intrinsics, box: tuple[int, int, int, int]) -> FitCamera:
     """The fitter camera of a crop: same lens, principal point shifted by the crop's corner (pixels)."""
+    from mmface4d_stream.fit.camera_terms import FitCamera
+
     camera = FitCamera.from_any(intrinsics)
     x0, y0, x1, y1 = box
     return dataclasses.replace(camera, cx=camera.cx - x0, cy=camera.cy - y0, width=x1 - x0, height=y1 - y0)
@@ -131,6 +135,8 @@ class LandmarkStage:
             result = landmarker.process(camera.rgb, full_depth)
         height, width = camera.rgb.shape[:2]
         if not result.found:
+            from mmface4d_stream.fit.camera_terms import FitCamera
+
             return FaceCrop(camera.camera, camera.serial, False, 0.0, result.points_px, None,
                             FitCamera.from_any(camera.intrinsics), (0, 0))
         box = face_crop_box(result.points_px, width, height)
