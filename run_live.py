@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graphs.config import load_config  # noqa: E402
 from graphs.frame_graph import SequenceJob  # noqa: E402
 from mmface4d_stream.errors import InputError  # noqa: E402
-from run_offline import install_stop_handler, parse_overrides, print_result, start_preview  # noqa: E402
+from run_offline import cli_overrides, install_stop_handler, print_result, start_preview  # noqa: E402
 
 log = logging.getLogger("run_live")
 
@@ -67,14 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 def live(args) -> int:
     from graphs.runner import run_jobs
 
-    overrides = parse_overrides(args.set)
+    overrides = cli_overrides(args)
     overrides.setdefault("policy.mode", "live")
-    if args.max_frames:
-        overrides["source.max_frames"] = args.max_frames
-    if args.num_cpus:
-        overrides["ray.num_cpus"] = args.num_cpus
-    if args.address:
-        overrides["ray.address"] = args.address
     config = load_config(args.config, overrides)
     if config.policy.mode != "live":
         raise InputError("run_live.py runs the live policy; use run_offline.py for policy.mode offline")

@@ -90,6 +90,18 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def cli_overrides(args) -> dict:
+    """Config overrides from the command line: `--set` pairs, then --address, --num-cpus, --max-frames."""
+    overrides = parse_overrides(args.set)
+    if args.address:
+        overrides["ray.address"] = args.address
+    if args.num_cpus:
+        overrides["ray.num_cpus"] = args.num_cpus
+    if args.max_frames:
+        overrides["source.max_frames"] = args.max_frames
+    return overrides
+
+
 def start_preview(url: str):
     """The web preview of the mesh stream, if the preview package is there (else one line saying so)."""
     try:
@@ -199,14 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        overrides = parse_overrides(args.set)
-        if args.address:
-            overrides["ray.address"] = args.address
-        if args.num_cpus:
-            overrides["ray.num_cpus"] = args.num_cpus
-        if args.max_frames:
-            overrides["source.max_frames"] = args.max_frames
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, cli_overrides(args))
         if args.preview and not args.publish:
             args.publish = config.publish.url
         args.publish_url = args.publish

@@ -244,30 +244,28 @@ class SequencePipeline:
 
     # ------------------------------------------------------------------------------ graph
 
+    def _wire(self, tick, call) -> list:
+        """The per-frame chain from `tick`; `call(method, arg)` binds (compiled graph) or submits
+        (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher]."""
+        a = self.actors
+        packet = call(a["fitter"].fit, call(a["landmarks"].detect, call(a["source"].read, tick)))
+        if "smoother" in a:
+            packet = call(a["smoother"].smooth, packet)
+        outputs = [call(a["encoder"].write, packet)]
+        if "publisher" in a:
+            outputs.append(call(a["publisher"].publish, packet))
+        return outputs
+
     def _compile(self):
         from ray.dag import InputNode, MultiOutputNode
 
-        a = self.actors
         with InputNode() as tick:
-            packet = a["fitter"].fit.bind(a["landmarks"].detect.bind(a["source"].read.bind(tick)))
-            if "smoother" in a:
-                packet = a["smoother"].smooth.bind(packet)
-            outputs = [a["encoder"].write.bind(packet)]
-            if "publisher" in a:
-                outputs.append(a["publisher"].publish.bind(packet))
-            dag = MultiOutputNode(outputs)
+            dag = MultiOutputNode(self._wire(tick, lambda method, arg: method.bind(arg)))
         return dag.experimental_compile(_max_inflight_executions=self.config.policy.max_inflight + 1,
                                         _submit_timeout=self.config.ray.frame_timeout_s)
 
     def _submit_plain(self, tick: int) -> list:
-        a = self.actors
-        packet = a["fitter"].fit.remote(a["landmarks"].detect.remote(a["source"].read.remote(tick)))
-        if "smoother" in a:
-            packet = a["smoother"].smooth.remote(packet)
-        outputs = [a["encoder"].write.remote(packet)]
-        if "publisher" in a:
-            outputs.append(a["publisher"].publish.remote(packet))
-        return outputs
+        return self._wire(tick, lambda method, arg: method.remote(arg))
 
     def _teardown(self) -> None:
         """Stop the compiled graph. MediaPipe inside the landmark actor keeps Ray's teardown waiting

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -26,18 +25,6 @@ def _smooth_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray
     base = (x * 37 + y * 11).astype(np.int64)
     frames = [(base + i * 101 + rng.integers(0, 64, (height, width))) % 65536 for i in range(n)]
     return np.asarray(frames, dtype=np.uint16)
-
-
-def _flip_in_packet(path: Path, index: int) -> None:
-    """Flip one byte in the middle of the payload of packet `index` (not in the container's framing)."""
-    with av.open(str(path)) as container:
-        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
-        payload, pos = bytes(packets[index]), packets[index].pos
-    raw = bytearray(path.read_bytes())
-    at = raw.find(payload, pos)
-    assert at >= 0
-    raw[at + len(payload) // 2] ^= 0x24
-    path.write_bytes(bytes(raw))
 
 
 def _read_until_error(reader: Gray16VideoReader) -> tuple[list[np.ndarray], InputError]:
@@ -82,10 +69,10 @@ def test_seek_to_frames_between_keyframes(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, DECODER_THREADS])
-def test_damaged_packet_is_named_after_the_good_frames(tmp_path, threads):
+def test_damaged_packet_is_named_after_the_good_frames(tmp_path, threads, flip_in_packet):
     frames = _smooth_frames(20, 40, 40)
     _write(tmp_path / "v.nut", frames, g="1")
-    _flip_in_packet(tmp_path / "v.nut", 11)
+    flip_in_packet(tmp_path / "v.nut", 11, xor=0x24)
     with Gray16VideoReader(tmp_path / "v.nut", threads=threads) as reader:
         assert reader.decoding.checks_crcs
         good, error = _read_until_error(reader)
@@ -97,10 +84,10 @@ def test_damaged_packet_is_named_after_the_good_frames(tmp_path, threads):
         np.testing.assert_array_equal(reader[12], frames[12])
 
 
-def test_damaged_first_packet_falls_back_to_the_decoder_log(tmp_path):
+def test_damaged_first_packet_falls_back_to_the_decoder_log(tmp_path, flip_in_packet):
     frames = _smooth_frames(6, 40, 40)
     _write(tmp_path / "v.nut", frames, g="1")
-    _flip_in_packet(tmp_path / "v.nut", 0)
+    flip_in_packet(tmp_path / "v.nut", 0, xor=0x24)
     with Gray16VideoReader(tmp_path / "v.nut") as reader:
         # The first packet decides whether the file carries CRCs; damaged, it says no: the slow path,
         # which still sees the damage through FFmpeg's own CRC check.
@@ -111,14 +98,14 @@ def test_damaged_first_packet_falls_back_to_the_decoder_log(tmp_path):
         np.testing.assert_array_equal(reader[3], frames[3])
 
 
-def test_large_frames_use_slice_threads_with_crc_checks(tmp_path):
+def test_large_frames_use_slice_threads_with_crc_checks(tmp_path, flip_in_packet):
     frames = _smooth_frames(6, 540, 640, seed=2)
     _write(tmp_path / "d.nut", frames)
     with Gray16VideoReader(tmp_path / "d.nut") as reader:
         assert reader.decoding is Decoding.SLICE_THREADS_CRC
         np.testing.assert_array_equal(np.stack(list(reader)), frames)
         np.testing.assert_array_equal(reader[4], frames[4])
-    _flip_in_packet(tmp_path / "d.nut", 4)
+    flip_in_packet(tmp_path / "d.nut", 4, xor=0x24)
     with Gray16VideoReader(tmp_path / "d.nut") as reader:
         good, error = _read_until_error(reader)
         assert error.frame == 4 and len(good) == 4

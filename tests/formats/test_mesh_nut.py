@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from hypothesis import given, settings, HealthCheck
@@ -175,17 +174,6 @@ def test_corrupt_frame_is_named(tmp_path):
                 list(reader)
 
 
-def _flip_in_packet(path: Path, index: int) -> None:
-    """Flip one byte in the middle of the payload of packet `index` of one file."""
-    with av.open(str(path)) as container:
-        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
-        payload, pos = bytes(packets[index]), packets[index].pos
-    raw = bytearray(path.read_bytes())
-    at = raw.find(payload, pos)
-    raw[at + len(payload) // 2] ^= 0x81
-    path.write_bytes(bytes(raw))
-
-
 def test_our_files_take_the_threaded_path_and_the_sample_the_logged_one(tmp_path, mmface4d_sample_dir):
     _write_random(tmp_path / "m", 3, 500)
     with MeshNutReader(tmp_path / "m") as reader:
@@ -195,9 +183,9 @@ def test_our_files_take_the_threaded_path_and_the_sample_the_logged_one(tmp_path
 
 
 @pytest.mark.parametrize("threads", [1, DECODER_THREADS])
-def test_corrupt_packet_in_the_middle_names_its_frame(tmp_path, threads):
+def test_corrupt_packet_in_the_middle_names_its_frame(tmp_path, threads, flip_in_packet):
     data = _write_random(tmp_path / "m", 30, 3000)
-    _flip_in_packet(mesh_nut_paths(tmp_path / "m")[2], 17)
+    flip_in_packet(mesh_nut_paths(tmp_path / "m")[2], 17)
     with MeshNutReader(tmp_path / "m", threads=threads) as reader:
         decoded = []
         with pytest.raises(InputError, match=r"m_2\.nut \(frame 17\): corrupt frame \(FFV1 slice CRC mismatch"):
@@ -211,9 +199,9 @@ def test_corrupt_packet_in_the_middle_names_its_frame(tmp_path, threads):
         assert (np.abs(reader[18] - data[18]) <= _roundtrip_bound(data[18])).all()
 
 
-def test_corrupt_first_packet_is_still_caught(tmp_path):
+def test_corrupt_first_packet_is_still_caught(tmp_path, flip_in_packet):
     _write_random(tmp_path / "m", 10, 3000)
-    _flip_in_packet(mesh_nut_paths(tmp_path / "m")[0], 0)
+    flip_in_packet(mesh_nut_paths(tmp_path / "m")[0], 0)
     # The x file no longer proves it carries CRCs, so it decodes on one thread with FFmpeg's log
     # watched, which reports frame 0 (here while the vertex count is inferred from it).
     with pytest.raises(InputError, match=r"m_0\.nut \(frame 0\): corrupt frame \(.*slice CRC mismatch"):
