@@ -232,8 +232,7 @@ class FaceLandmarker:
                     f"image, got {depth_mm.dtype} {depth_mm.shape}"
                 )
 
-        redetect = self.config.redetect_every > 0 and self._frames_since_detection >= self.config.redetect_every
-        if self._previous is not None and not redetect:
+        if self._previous is not None and not self._redetect_due():
             result = self._mesh_on_roi(rgb, self._tracked_roi(self._previous), "tracked")
             if result is not None:
                 return self._keep(result, detected=False)
@@ -258,6 +257,29 @@ class FaceLandmarker:
 
         self._previous = None
         return lost_result(width, height)
+
+    def track(self, rgb: np.ndarray) -> LandmarkResult | None:
+        """Landmarks from the tracked face's region alone: color only, no detection, no depth.
+
+        Returns None when no face is tracked, a periodic re-detection is due, or the face left the
+        tracked region (the landmarker then stops tracking): `process(rgb, depth_mm)` on the same
+        frame then finds the face as one `process` call would have after its tracked attempt.
+        Lets callers that must register depth do so only for a face they cannot track.
+        """
+        if self._closed:
+            raise ValueError("FaceLandmarker is closed")
+        rgb = self._check_rgb(rgb)
+        if self._previous is None or self._redetect_due():
+            return None
+        result = self._mesh_on_roi(rgb, self._tracked_roi(self._previous), "tracked")
+        if result is None:
+            self._previous = None
+            return None
+        return self._keep(result, detected=False)
+
+    def _redetect_due(self) -> bool:
+        every = self.config.redetect_every
+        return every > 0 and self._frames_since_detection >= every
 
     @staticmethod
     def _check_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -84,28 +84,6 @@ def jpeg_thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE_PX) -> tuple[byte
     return buffer.getvalue(), image.width, image.height
 
 
-def _track_on_color(landmarker: FaceLandmarker, rgb: np.ndarray):
-    """The landmarker's result on color alone when it is tracking a face and keeps it, else None.
-
-    FaceLandmarker reads depth only to find a face it is not tracking (the nearest depth blob).
-    None: it was not tracking, or the tracked crop lost the face; its state is then as if the
-    tracked crop had been tried by `process(rgb, depth)` (no face to track), so the caller's
-    `process(rgb, full_depth)` goes on exactly as one call with depth would have. (A lost face
-    costs one extra detector pass, on color, in this frame.)
-    """
-    config = landmarker.config
-    if landmarker._previous is None or (
-        config.redetect_every > 0 and landmarker._frames_since_detection >= config.redetect_every
-    ):
-        return None
-    frames_since_detection = landmarker._frames_since_detection
-    result = landmarker.process(rgb, None)
-    if result.roi_source == "tracked":
-        return result
-    landmarker._previous, landmarker._frames_since_detection = None, frames_since_detection
-    return None
-
-
 class LandmarkStage:
     """Detect landmarks in every camera of a frame set and crop each camera to its face.
 
@@ -128,7 +106,7 @@ class LandmarkStage:
         full_depth = camera.depth_mm
         result = None
         if full_depth is None and camera.depth_raw is not None:
-            result = _track_on_color(landmarker, camera.rgb)
+            result = landmarker.track(camera.rgb)
             if result is None:
                 full_depth = self.registrations.full(camera)
         if result is None:

@@ -188,3 +188,21 @@ def test_periodic_redetection(astronaut_reference):
     with FaceLandmarker(LandmarkerConfig(redetect_every=3)) as landmarker:
         sources = [landmarker.process(paste_face(image, 2.0, 300 + 20 * i, 200)).roi_source for i in range(8)]
     assert sources == ["detector", "tracked", "tracked", "tracked"] * 2
+
+
+def test_track_uses_the_tracked_region_only_and_gives_up_cleanly(astronaut_reference, landmarker):
+    image, ref = astronaut_reference
+    landmarker.reset()
+    face = paste_face(image, 2.0, 400, 300)
+    assert landmarker.track(face) is None  # nothing tracked yet: no detection is attempted
+    assert landmarker.process(face).roi_source == "detector"
+    moved = paste_face(image, 2.0, 430, 310)
+    tracked = landmarker.track(moved)
+    assert tracked is not None and tracked.roi_source == "tracked"
+    face_width = np.ptp(tracked.points_px[:, 0])
+    assert median_error(tracked.points_px, expected_points(ref, 2.0, 430, 310)) < 0.015 * face_width
+    # The face jumps out of the tracked region: track() gives up and process() finds it anew.
+    far = paste_face(image, 2.0, 1300, 500)
+    assert landmarker.track(far) is None
+    again = landmarker.process(far)
+    assert again.found and again.roi_source == "detector"
