@@ -161,13 +161,19 @@ def test_footprints_follow_the_resolution_ratio(raw_json, resolution, mode, larg
     assert fixed.max_footprint == 1
 
 
-def test_real_recording_frame(k4a_sample_dir, raw_json):
+@pytest.fixture
+def sample_depth_frame(k4a_sample_dir) -> np.ndarray:
+    """The real recording's first depth frame, (576, 640) uint16 mm."""
     av = pytest.importorskip("av")
     with av.open(str(k4a_sample_dir / "recording.mkv")) as container:
         stream = next(s for s in container.streams.video if s.metadata.get("title") == "DEPTH")
         packet = next(p for p in container.demux(stream) if p.size)
         # b16g tracks hold big-endian 16-bit millimetres.
-        depth = np.frombuffer(bytes(packet), ">u2").reshape(576, 640).astype(np.uint16)
+        return np.frombuffer(bytes(packet), ">u2").reshape(576, 640).astype(np.uint16)
+
+
+def test_real_recording_frame(sample_depth_frame, raw_json):
+    depth = sample_depth_frame
     cal = K4aCalibration.from_raw_json(raw_json, ColorResolution.RES_720P, DepthMode.NFOV_UNBINNED)
     registered = register_depth_to_color(depth, cal)
     assert 0.4 < (registered > 0).mean() < 0.9
@@ -285,12 +291,8 @@ def test_roi_equals_the_full_registration_sliced(reg_1080, scene):
         np.testing.assert_array_equal(got, full[y0:y1, x0:x1], err_msg=f"roi {box}")
 
 
-def test_roi_on_the_real_recording_and_flat_blocks(k4a_sample_dir, raw_json):
-    av = pytest.importorskip("av")
-    with av.open(str(k4a_sample_dir / "recording.mkv")) as container:
-        stream = next(s for s in container.streams.video if s.metadata.get("title") == "DEPTH")
-        packet = next(p for p in container.demux(stream) if p.size)
-        depth = np.frombuffer(bytes(packet), ">u2").reshape(576, 640).astype(np.uint16)
+def test_roi_on_the_real_recording_and_flat_blocks(sample_depth_frame, raw_json):
+    depth = sample_depth_frame
     for resolution, interpolate in (("1080P", True), ("720P", True), ("1080P", False)):
         reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, resolution, "NFOV_UNBINNED"),
                                        interpolate=interpolate)
