@@ -51,10 +51,9 @@ class Fitter:
         return FitStage(transforms, model=model, device=self.options.get("device", "cpu"))
 
     def set_rig(self, rig_transforms: list | None) -> bool:
-        """Use these extrinsics (per camera 4x4 T_ref_from_cam, None: one camera) from now on."""
+        """Use these extrinsics (per camera 4x4 T_ref_from_cam, None: one camera): a fresh stream."""
         self.rig_transforms = rig_transforms
-        self.stage.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64)
-                                                                         for t in rig_transforms]
+        self.stage = self._new_stage()  # the face model is cached: only the stream state is new
         return True
 
     def fit(self, observed):

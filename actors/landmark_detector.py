@@ -27,9 +27,7 @@ class LandmarkDetector:
         self.n_cameras, self.thumbnails = n_cameras, thumbnails
         self.max_latency_ms = max_latency_ms
         self.fault = fault
-        if self._stage is not None:
-            self._stage.reset()
-        return True
+        return self.reset()
 
     @property
     def stage(self) -> LandmarkStage:
@@ -57,8 +55,9 @@ class LandmarkDetector:
         return self.stage is not None
 
     def reset(self) -> bool:
-        """Forget the tracked face regions (after the stream was rewound)."""
-        self.close()
+        """Forget the tracked face regions (a new sequence, or the stream was rewound)."""
+        if self._stage is not None:
+            self._stage.reset()
         return True
 
     def close(self) -> None:

@@ -111,7 +111,7 @@ def evaluate_sequence(recon_prefix: str | os.PathLike, gt_dir: str | os.PathLike
     transform = ground_truth_transform(gt_dir, reference_device)
     forward, backward = DistanceHistogram(), DistanceHistogram()
     frames = 0
-    with MeshNutReader(recon_prefix, parallel=False) as recon, MeshNutReader(gt_dir / "mesh", parallel=False) as gt:
+    with MeshNutReader(recon_prefix) as recon, MeshNutReader(gt_dir / "mesh") as gt:
         if len(recon) != len(gt):
             raise InputError(f"{len(recon)} reconstructed frames but {len(gt)} ground-truth frames", recon_prefix)
         for index, (r, g) in enumerate(zip(recon, gt)):

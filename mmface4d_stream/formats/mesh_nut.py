@@ -199,14 +199,13 @@ class MeshNutReader:
         prefix: the triplet's prefix, or one of its three files.
         n_vertices: vertices per frame; inferred from the first frame when None.
         threads: decoder threads per file (1: decode on the calling thread only).
-        parallel: ignored; accepted for callers written when decoding used worker processes.
 
     A triplet whose files hold different numbers of frames is an error, unless some file was left
     unfinished by a killed writer: then the complete frames common to all three are read.
     """
 
     def __init__(self, prefix: str | os.PathLike, n_vertices: int | None = None,
-                 threads: int = DECODER_THREADS, parallel: bool | str | None = None):
+                 threads: int = DECODER_THREADS):
         self.prefix = mesh_prefix_of(prefix)
         paths = mesh_nut_paths(self.prefix)
         missing = [str(p) for p in paths if not p.is_file()]

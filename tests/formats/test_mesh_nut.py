@@ -220,9 +220,6 @@ def test_threaded_and_single_thread_decoding_agree(tmp_path):
     for threads in sorted({2, 3, DECODER_THREADS}):
         with MeshNutReader(tmp_path / "m", threads=threads) as reader:
             np.testing.assert_array_equal(np.stack(list(reader)), serial)
-    # `parallel` (worker processes, gone) is accepted and ignored.
-    with MeshNutReader(tmp_path / "m", parallel=True) as reader:
-        np.testing.assert_array_equal(np.stack(list(reader)), serial)
 
 
 def test_random_access_on_the_threaded_path(tmp_path):
