@@ -1,22 +1,31 @@
-"""Face fitter speed: frames per second for 1 and 3 cameras, BFM-size and template-size models.
+"""Face fitter speed: frames/s per stream and in total for batches of B streams, CPU or CUDA.
 
 Synthetic BFM-format models (the BFM itself is licensed and not shipped) at the BFM front size
 (35,709 vertices, 80 identity + 64 expression modes) and at the built-in template's size (6,996
-vertices, 3 + 12 modes), a 1920x1080 Kinect-like rig at 0.66 m, depth rendered from the mesh.
-A stream of frames with a moving head and changing expression is fitted with `FaceFitter.process`
-(warm-started); the first `--warmup` frames (cold start, identity estimation) are excluded from
-the steady-state figure and reported separately. Landmark detection is not included.
+vertices, 3 + 12 modes), a 1920x1080 Kinect-like rig at 0.66 m with lens distortion, depth
+rendered from the mesh. B streams (each a moving head with changing expression, started at a
+different phase of the motion) are fitted together by `MultiStreamFitter.process`; the first
+`--warmup` frames of each stream (cold start, identity estimation, CUDA graph capture) are excluded
+from the steady-state figures. Landmark detection is not included.
 
-    python benchmarks/fitter.py [--frames 30] [--threads 1] [--device cpu|cuda] [--no-offsets]
+    python benchmarks/fitter.py [--batch 1 8] [--cameras 1 3] [--models bfm template]
+                                [--device cpu|cuda] [--legacy] [--json] [--frames 30]
 
-Prints a markdown table: wall-clock frames/s (median), and the process CPU time per frame, which
-depends less on other processes sharing the machine. On a shared machine figures vary with the
-load: report what you got.
+Per configuration: frames/s per stream and in total (wall clock over the steady frames), process
+CPU ms per frame, device -> host reads per steady frame (counted with `fit.host_reads`), aten ops
+per frame, mean vertex error against the ground truth; on CUDA also kernel launches per frame
+(profiler) and both eager and graph-replayed rates. `--legacy` adds the fitter of main d72b0a6 at
+B = 1 for comparison (`benchmarks/legacy_fitter.py`). On a shared machine figures vary with the
+load: report what you got, with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -26,74 +35,200 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig  # noqa: E402
+from mmface4d_stream.fit.fitter import FitterConfig  # noqa: E402
+from mmface4d_stream.fit.host_reads import AtenOpCounter, HostReadCounter  # noqa: E402
+from mmface4d_stream.fit.multi import MultiStreamFitter  # noqa: E402
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame  # noqa: E402
 
 MODELS = {
-    "bfm-size (35709 v, 80+64 modes)": dict(n_vertices=35709, n_id=80, n_exp=64, n_landmarks=64),
-    "template-size (6996 v, 3+12 modes)": dict(n_vertices=6996, n_id=3, n_exp=12, n_landmarks=64),
+    "bfm": ("bfm-size (35709 v, 80+64 modes)", dict(n_vertices=35709, n_id=80, n_exp=64, n_landmarks=64)),
+    "template": ("template-size (6996 v, 3+12 modes)", dict(n_vertices=6996, n_id=3, n_exp=12, n_landmarks=64)),
 }
+DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+PHASES = 8  # distinct starting phases of the synthetic motion across streams
 
 
-def run(model_kwargs: dict, n_cameras: int, n_frames: int, warmup: int, device: str, offsets: bool) -> dict:
-    model = synthetic_face_model(seed=0, **model_kwargs)
-    rig = make_rig(n_cameras, distortion=(0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4))
+def make_frames(model, n_cameras: int, n_frames: int):
+    """n_frames + PHASES - 1 consecutive synthetic frames [(FrameObservation, gt vertices)]."""
+    rig = make_rig(n_cameras, distortion=DISTORTION)
     rng = np.random.default_rng(0)
     alpha = (rng.normal(size=model.n_id) * 0.8).astype(np.float32)
     frames = []
-    for k in range(n_frames):
+    for k in range(n_frames + PHASES - 1):
         beta = (np.sin(0.3 * k + np.arange(model.n_exp)) * 0.8).astype(np.float32)
         r, t = frontal_pose(10 + 5 * np.sin(0.2 * k), -5 + 3 * np.cos(0.15 * k), 2, (0.01, -0.01 + 0.001 * k, 0.66))
         frames.append(synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k))
+    return frames
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _kernel_launches(step, device: str) -> float | None:
+    """CUDA kernel launches (runtime/driver launch calls, graph launches included) in one call of step()."""
+    if not device.startswith("cuda"):
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        _sync(device)
+    names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+    return float(sum(e.count for e in prof.key_averages() if any(e.key.startswith(n) for n in names)))
+
+
+def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int, offsets: bool,
+              cuda_graphs: bool = True) -> dict:
+    """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames."""
     cfg = FitterConfig(offsets=offsets, identity_frames=warmup)
-    fitter = FaceFitter(model, cfg, device=device)
-    times, cpu_times, errors, iterations = [], [], [], []
-    for obs, gt in frames:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    fitter = MultiStreamFitter(model, cfg, device=device, cuda_graphs=cuda_graphs)
+    slots = [fitter.open_stream() for _ in range(batch)]
+    phase = [j % PHASES for j in range(batch)]
+    times, cpu, errors, iters = [], [], [], []
+    reads = ops = launches = None
+
+    def step(k):
+        return fitter.process({s: frames[k + phase[j]][0] for j, s in enumerate(slots)})
+
+    for k in range(n_frames):
+        if k == warmup + 1:  # a steady frame, already captured: count what it does
+            with HostReadCounter() as counter:
+                step(k - 1)
+            reads = counter.total
+            with AtenOpCounter() as op_counter:
+                step(k - 1)
+            ops = op_counter.total
+            launches = _kernel_launches(lambda: step(k - 1), device)
+        _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        res = fitter.process(obs)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        res = step(k)
+        _sync(device)
         times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        errors.append(1e3 * float(np.linalg.norm(res.vertices - gt, axis=1).mean()))
-        iterations.append(res.iterations)
-    steady = np.array(times[warmup:])
+        cpu.append(time.process_time() - c0)
+        if k >= warmup:
+            for j, s in enumerate(slots):
+                errors.append(1e3 * float(np.linalg.norm(res[s].vertices - frames[k + phase[j]][1], axis=1).mean()))
+                iters.append(res[s].iterations)
+    steady = float(np.sum(times[warmup:]))
+    n_steady = n_frames - warmup
     return {
-        "fps": 1.0 / float(np.median(steady)),
-        "ms": 1e3 * float(np.median(steady)),
-        "p90_ms": 1e3 * float(np.percentile(steady, 90)),
-        "cpu_ms": 1e3 * float(np.median(cpu_times[warmup:])),
-        "warmup_ms": 1e3 * float(np.mean(times[:warmup])),
-        "iters": float(np.mean(iterations[warmup:])),
-        "err_mm": float(np.mean(errors[warmup:])),
+        "batch": batch,
+        "fps_per_stream": n_steady / steady,
+        "fps_total": batch * n_steady / steady,
+        "cpu_ms_per_frame": 1e3 * float(np.sum(cpu[warmup:])) / (batch * n_steady),
+        "host_reads_per_step": reads,
+        "aten_ops_per_frame": None if ops is None else ops / batch,
+        "kernel_launches_per_frame": None if launches is None else launches / batch,
+        "iterations": float(np.mean(iters)),
+        "mean_vertex_error_mm": float(np.mean(errors)),
+        "graphs_captured": len(fitter.graphs) if fitter.cuda_graphs else 0,
     }
 
 
+def run_legacy(model, frames, device: str, warmup: int, n_frames: int, offsets: bool) -> dict:
+    """The d72b0a6 fitter on one stream, same frames and figures."""
+    from benchmarks.legacy_fitter import legacy_fitter_class
+
+    cls = legacy_fitter_class()
+    legacy_cfg = sys.modules[cls.__module__].FitterConfig
+    fitter = cls(model, legacy_cfg(**dataclasses.asdict(FitterConfig(offsets=offsets, identity_frames=warmup))),
+                 device=device)
+    times, cpu, errors, iters = [], [], [], []
+    reads = ops = None
+    for k in range(n_frames):
+        if k == warmup + 1:
+            with HostReadCounter() as counter:
+                fitter.process(frames[k - 1][0])
+            reads = counter.total
+            with AtenOpCounter() as op_counter:
+                fitter.process(frames[k - 1][0])
+            ops = op_counter.total
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = fitter.process(frames[k][0])
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        if k >= warmup:
+            errors.append(1e3 * float(np.linalg.norm(res.vertices - frames[k][1], axis=1).mean()))
+            iters.append(res.iterations)
+    steady = float(np.sum(times[warmup:]))
+    n_steady = n_frames - warmup
+    return {
+        "batch": 1, "fps_per_stream": n_steady / steady, "fps_total": n_steady / steady,
+        "cpu_ms_per_frame": 1e3 * float(np.sum(cpu[warmup:])) / n_steady, "host_reads_per_step": reads,
+        "aten_ops_per_frame": ops, "kernel_launches_per_frame": None, "iterations": float(np.mean(iters)),
+        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0,
+    }
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=30, help="frames per configuration (default 30)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Example: python benchmarks/fitter.py --batch 1 8 --cameras 3 --models bfm")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="streams solved together (default 1 8)")
+    parser.add_argument("--cameras", type=int, nargs="+", default=[3], choices=[1, 2, 3], help="cameras (default 3)")
+    parser.add_argument("--models", nargs="+", default=["bfm", "template"], choices=sorted(MODELS))
+    parser.add_argument("--frames", type=int, default=30, help="frames per stream (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="frames excluded from the steady state (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA exists)")
     parser.add_argument("--no-offsets", action="store_true", help="disable the per-vertex offset step")
-    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--legacy", action="store_true", help="also time the fitter of main d72b0a6 at B = 1")
+    parser.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager (no graph) rows")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
-    if args.frames <= args.warmup:
-        parser.error("--frames must exceed --warmup")
+    if args.frames <= args.warmup + 1:
+        parser.error("--frames must exceed --warmup + 1")
+    if any(b < 1 for b in args.batch):
+        parser.error("--batch sizes must be positive")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     devices = [args.device] if args.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), offsets {'off' if args.no_offsets else 'on'}, "
-          f"{args.frames} frames ({args.warmup} warm-up frames excluded)\n")
-    print("| model | cameras | device | frames/s | median ms | p90 ms | CPU ms | warm-up ms/frame | iterations | mean vertex error mm |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for device in devices:
-        for name, kwargs in MODELS.items():
-            for n_cam in args.cameras:
-                r = run(kwargs, n_cam, args.frames, args.warmup, device, not args.no_offsets)
-                print(f"| {name} | {n_cam} | {device} | {r['fps']:.1f} | {r['ms']:.1f} | {r['p90_ms']:.1f} | {r['cpu_ms']:.1f} | "
-                      f"{r['warmup_ms']:.0f} | {r['iters']:.1f} | {r['err_mm']:.3f} |", flush=True)
+    machine = {
+        "torch": torch.__version__, "threads": args.threads, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "frames": args.frames, "warmup": args.warmup, "offsets": not args.no_offsets,
+    }
+    rows = []
+    if not args.json:
+        print(f"torch {torch.__version__}, {args.threads} CPU thread(s) of {os.cpu_count()}, GPU: {machine['gpu']}, "
+              f"offsets {'off' if args.no_offsets else 'on'}, {args.frames} frames per stream "
+              f"({args.warmup} warm-up frames excluded)\n")
+        print("| model | cameras | device | mode | B | frames/s per stream | frames/s total | CPU ms/frame | "
+              "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm |")
+        print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key in args.models:
+        name, kwargs = MODELS[key]
+        model = synthetic_face_model(seed=0, **kwargs)
+        for n_cam in args.cameras:
+            frames = make_frames(model, n_cam, args.frames)
+            for device in devices:
+                modes = ["graph", "eager"] if device.startswith("cuda") and not args.no_eager else \
+                    (["graph"] if device.startswith("cuda") else ["eager"])
+                jobs = [("legacy", 1)] if args.legacy else []
+                jobs += [(mode, b) for b in args.batch for mode in modes]
+                for mode, b in jobs:
+                    if mode == "legacy":
+                        r = run_legacy(model, frames, device, args.warmup, args.frames, not args.no_offsets)
+                    else:
+                        r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
+                                      cuda_graphs=mode == "graph")
+                    r.update(model=key, cameras=n_cam, device=device, mode=mode)
+                    rows.append(r)
+                    if not args.json:
+                        print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
+                              f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "
+                              f"{_fmt(r['aten_ops_per_frame'], '.0f')} | {_fmt(r['kernel_launches_per_frame'], '.1f')} | "
+                              f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} |", flush=True)
+    if args.json:
+        print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return 0
 
 

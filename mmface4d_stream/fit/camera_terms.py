@@ -1,4 +1,4 @@
-"""Camera-side pieces of the fitter: lens model, landmark targets, depth patches, projective association.
+"""The fitter's camera: the Kinect lens model on the host, landmark undistortion and per-pixel rays.
 
 Landmarks are observed in the raw (distorted) colour image. Rather than differentiate through
 the lens model, each observed landmark is undistorted once per frame to the ideal pinhole image
@@ -10,7 +10,7 @@ model into the registered depth map (which lives in the raw colour image), the d
 on is lifted to 3D along that pixel's exact ray (a per-camera ray map), and the residual is the
 point-to-plane distance to the plane fitted from the pixel's neighbours (Chen & Medioni 1992;
 projective data association as in KinectFusion, Newcombe et al. 2011). Only a crop around the face
-is converted per frame (`DepthPatch`).
+is converted per frame (`frame_prep.crop_depth`, `depth_term.lift_patches`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["FitCamera", "DepthPatch", "PatchSet", "make_depth_patch", "project_pinhole"]
+__all__ = ["FitCamera"]
 
 _DIST_NAMES = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
 
@@ -155,190 +155,3 @@ def _ray_map(camera: FitCamera, device: str) -> torch.Tensor:
     sample = torch.stack(torch.meshgrid(pu, pv, indexing="xy"), -1)[None]  # (1, H, W, 2)
     rays = torch.nn.functional.grid_sample(g, sample, mode="bilinear", align_corners=True)[0]
     return rays.permute(1, 2, 0).contiguous().to(device)
-
-
-def project_pinhole(points_cam: torch.Tensor, fx: float, fy: float, cx: float, cy: float):
-    """Pinhole projection and its Jacobian.
-
-    Args:
-        points_cam: (M, 3) camera-frame points, metres (z > 0).
-    Returns:
-        (uv (M, 2) pixels, d_uv_d_point (M, 2, 3) pixels per metre).
-    """
-    x, y, z = points_cam[:, 0], points_cam[:, 1], points_cam[:, 2].clamp_min(1e-6)
-    iz = 1.0 / z
-    uv = torch.stack([fx * x * iz + cx, fy * y * iz + cy], 1)
-    zero = torch.zeros_like(z)
-    j = torch.stack([
-        torch.stack([fx * iz, zero, -fx * x * iz * iz], 1),
-        torch.stack([zero, fy * iz, -fy * y * iz * iz], 1),
-    ], 1)
-    return uv, j
-
-
-@dataclass
-class DepthPatch:
-    """A crop of one camera's registered depth map, lifted to 3D (camera frame, metres).
-
-    Attributes:
-        x0, y0: top-left pixel of the crop in the full image.  width, height: crop size in samples.
-        stride: pixel step between samples (the crop keeps every stride-th pixel of every
-            stride-th row: projective association does not need every pixel, and a 2-pixel grid is
-            ~1.5 mm at 0.7 m, finer than the depth noise).
-        points: float32 (h*w, 3), zeros where invalid.  normals: float32 (h*w, 3) unit, facing the
-            camera.  valid: bool (h*w,) pixel has depth and a well-defined normal.
-    """
-
-    x0: int
-    y0: int
-    width: int
-    height: int
-    points: torch.Tensor
-    normals: torch.Tensor
-    valid: torch.Tensor
-    stride: int = 1
-
-    @property
-    def n_valid(self) -> int:
-        return int(self.valid.sum())
-
-
-def make_depth_patch(
-    depth_mm: np.ndarray,
-    camera: FitCamera,
-    bbox: tuple[int, int, int, int],
-    device,
-    stride: int = 1,
-    max_jump_m: float = 0.02,
-    normal_radius_px: int = 4,
-) -> DepthPatch | None:
-    """Crop `depth_mm` to bbox = (x0, y0, x1, y1) (exclusive end, clipped to the image) and lift it.
-
-    Every `stride`-th pixel is kept; the points are the measured ones. Normals come from central
-    differences `normal_radius_px` pixels away on each side, on depth averaged over a window of
-    the same radius (valid pixels only): a Kinect's ~1-2 mm per-pixel noise over a 2-pixel
-    baseline would tilt normals by tens of degrees and bias the point-to-plane term. Samples with a
-    missing neighbour, or a neighbour or window mean more than `max_jump_m` away in depth
-    (silhouette edges, mixed pixels), are invalid. Returns None when the clipped crop is empty.
-    """
-    h_img, w_img = depth_mm.shape
-    stride = max(int(stride), 1)
-    s = max(1, int(round(normal_radius_px / stride)))  # neighbour offset and window radius, in samples
-    x0, y0, x1, y1 = bbox
-    x0, y0 = max(int(x0), 0), max(int(y0), 0)
-    x1, y1 = min(int(x1), w_img), min(int(y1), h_img)
-    if x1 - x0 <= 2 * s * stride or y1 - y0 <= 2 * s * stride:
-        return None
-    crop = np.ascontiguousarray(depth_mm[y0:y1:stride, x0:x1:stride]).astype(np.float32)
-    z = torch.from_numpy(crop).to(device) * 1e-3
-    h, w = z.shape
-    rays = camera.ray_map(device)[y0:y1:stride, x0:x1:stride]
-    pts = torch.cat([rays * z[..., None], z[..., None]], -1)  # (h, w, 3)
-    has = (z > 0).to(z.dtype)
-    k = 2 * s + 1
-    num = torch.nn.functional.avg_pool2d((z * has)[None, None], k, stride=1, padding=s)[0, 0]
-    den = torch.nn.functional.avg_pool2d(has[None, None], k, stride=1, padding=s)[0, 0]
-    zs = num / den.clamp_min(1e-6)
-    ok = (has > 0) & ((zs - z).abs() < 0.5 * max_jump_m)
-    ps = torch.cat([rays * zs[..., None], zs[..., None]], -1)
-    zp = torch.nn.functional.pad(z, (s, s, s, s))
-    pp = torch.nn.functional.pad(ps.permute(2, 0, 1), (s, s, s, s)).permute(1, 2, 0)
-    right, left = pp[s:s + h, 2 * s:2 * s + w], pp[s:s + h, 0:w]
-    down, up = pp[2 * s:2 * s + h, s:s + w], pp[0:h, s:s + w]
-    for zn in (zp[s:s + h, 2 * s:2 * s + w], zp[s:s + h, 0:w], zp[2 * s:2 * s + h, s:s + w], zp[0:h, s:s + w]):
-        ok &= (zn > 0) & ((zn - z).abs() < max_jump_m)
-    # x right, y down: cross(down - up, right - left) points towards the camera for a frontal plane.
-    n = torch.linalg.cross(down - up, right - left, dim=-1)
-    norm = torch.linalg.norm(n, dim=-1)
-    ok &= norm > 1e-12
-    n = n / norm.clamp_min(1e-12)[..., None]
-    flip = (n * pts).sum(-1) > 0
-    n = torch.where(flip[..., None], -n, n)
-    return DepthPatch(x0, y0, w, h, pts.reshape(-1, 3), n.reshape(-1, 3), ok.reshape(-1), stride)
-
-
-class PatchSet:
-    """Several cameras' depth patches packed for batched association (one set of ops for K cameras).
-
-    Args:
-        cameras: the K cameras (FitCamera) that have a patch.
-        patches: their DepthPatch, same order.
-        r_cam_from_ref: (K, 3, 3), t_cam_from_ref: (K, 3) tensors (reference -> camera).
-    """
-
-    def __init__(self, cameras: list[FitCamera], patches: list[DepthPatch], r_cam_from_ref: torch.Tensor,
-                 t_cam_from_ref: torch.Tensor):
-        if not cameras or len(cameras) != len(patches):
-            raise ValueError("PatchSet needs one patch per camera and at least one camera")
-        dev, dt = r_cam_from_ref.device, r_cam_from_ref.dtype
-        self.k = len(cameras)
-        self.r = r_cam_from_ref
-        self.t = t_cam_from_ref
-
-        def col(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=dt, device=dev)[:, None]
-
-        self.fx = col([c.fx for c in cameras])
-        self.fy = col([c.fy for c in cameras])
-        self.cx = col([c.cx for c in cameras])
-        self.cy = col([c.cy for c in cameras])
-        dist = [c.distortion or (0.0,) * 8 for c in cameras]
-        self.has_distortion = any(c.distortion is not None for c in cameras)
-        self.dist = [col([d[i] for d in dist]) for i in range(8)]
-        # A limit of 1e12 is "no limit" for the clamp below.
-        self.r2_limit = col([min(c._radial_limit_r2(), 1e12) for c in cameras])
-        self.x0 = col([p.x0 for p in patches])
-        self.y0 = col([p.y0 for p in patches])
-        self.stride = col([p.stride for p in patches])
-        self.width = torch.tensor([p.width for p in patches], dtype=torch.int64, device=dev)[:, None]
-        self.height = torch.tensor([p.height for p in patches], dtype=torch.int64, device=dev)[:, None]
-        sizes = [p.width * p.height for p in patches]
-        self.offset = torch.tensor(np.cumsum([0] + sizes[:-1]), dtype=torch.int64, device=dev)[:, None]
-        self.points = torch.cat([p.points for p in patches])
-        self.normals = torch.cat([p.normals for p in patches])
-        self.valid = torch.cat([p.valid for p in patches])
-
-    def to_cameras(self, points_ref: torch.Tensor) -> torch.Tensor:
-        """(M, 3) reference-frame points -> (K, M, 3) in each camera's frame."""
-        return torch.einsum("kij,mj->kmi", self.r, points_ref) + self.t[:, None, :]
-
-    def project(self, points_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, M, 3) camera-frame points -> raw pixel coordinates u, v (K, M) with each lens model."""
-        z = points_cam[..., 2].clamp_min(1e-6)
-        x, y = points_cam[..., 0] / z, points_cam[..., 1] / z
-        if self.has_distortion:
-            k1, k2, k3, k4, k5, k6, p1, p2 = self.dist
-            r2 = x * x + y * y
-            r2c = torch.minimum(r2, self.r2_limit)
-            radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
-            x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                    y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
-        return x * self.fx + self.cx, y * self.fy + self.cy
-
-    def associate(self, points_cam: torch.Tensor, normals_cam: torch.Tensor | None, gate_m: float,
-                  min_normal_cos: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projective association of model points with each camera's patch.
-
-        Args:
-            points_cam: (K, M, 3) model points in each camera's frame, metres.
-            normals_cam: (K, M, 3) model normals in each camera's frame, or None (no orientation test).
-            gate_m: reject pairs farther apart than this (occlusion, background, wrong surface).
-            min_normal_cos: reject pairs whose normals disagree more, and model points facing away
-                from the camera (they cannot be the surface it sees).
-        Returns:
-            (ok bool (K, M), target points (K, M, 3), target normals (K, M, 3)); rows with ok False
-            hold junk (finite).
-        """
-        u_px, v_px = self.project(points_cam)
-        u = torch.round((u_px - self.x0) / self.stride).long()
-        v = torch.round((v_px - self.y0) / self.stride).long()
-        inside = (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height) & (points_cam[..., 2] > 0)
-        idx = torch.where(inside, self.offset + v * self.width + u, torch.zeros_like(u))
-        ok = inside & self.valid[idx]
-        p = self.points[idx]
-        n = self.normals[idx]
-        ok &= torch.linalg.norm(points_cam - p, dim=-1) < gate_m
-        if normals_cam is not None:
-            ok &= (normals_cam * n).sum(-1) > min_normal_cos
-            ok &= (normals_cam * points_cam).sum(-1) < 0
-        return ok, p, n

@@ -1,78 +1,476 @@
-"""Many independent face streams fitted by one object: the API a GPU shared by several sequences uses.
+"""Many independent face streams fitted together: one GPU (or CPU) serving several sequences.
 
 Each stream lives in a slot (`open_stream()`): its own warm start, identity estimate, template
-model (when fitting the built-in template), lost-face counters and checkpoint state, exactly as one
-`FaceFitter` would keep them. `process({slot: observation, ...})` fits the next frame of every
-given stream; streams that share a model shape are solved together.
+model (when fitting the built-in template), lost-face counters and checkpoint state. A call to
+`process({slot: observation, ...})` fits the next frame of every given stream; the streams that
+share a model and a phase (warm or cold start, identity fitted or frozen) are solved together by
+one `lm_solver.solve_frames` call over a batch B, captured as a CUDA graph on CUDA.
+
+Per frame and stream (the streaming policy of the single-stream fitter):
+- no camera sees a face: the previous result flagged `lost` (NaN vertices if there was none yet);
+- the template model (model None) is built from the first frame with a face and depth;
+- warm start from the stream's previous result while it is recent (`max_lost_frames_warm`), else a
+  cold start (landmarks lifted by depth + Kabsch, `cold_iterations` with a widened gate);
+- a warm fit whose landmark error exceeds `restart_landmark_rms_px` is redone cold, and the better
+  one kept (flag "restarted");
+- α is fitted during the stream's first `identity_frames` fitted frames, then frozen.
+
+Warm starts stay on the device between frames (the solve's outputs are the next frame's inputs);
+the host reads each frame's finished mesh, offsets and residual figures once, after the solve.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Mapping
 
-from mmface4d_stream.face.models import FaceModel
-from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
-from mmface4d_stream.fit.types import FitResult, FrameObservation
+import numpy as np
+import torch
+
+from mmface4d_stream.face.models import FaceModel, TemplateModel
+from mmface4d_stream.fit.cuda_graph import GraphCache
+from mmface4d_stream.fit.fitter_config import FitterConfig
+from mmface4d_stream.fit.frame_prep import (
+    PreparedCamera,
+    choose_crops,
+    cold_pose,
+    collate_cameras,
+    collate_crops,
+    patch_radius,
+    prepare_cameras,
+)
+from mmface4d_stream.fit.lm_solver import FrameBatch, SolveOutput, SolveSettings, solve_frames
+from mmface4d_stream.fit.model_pack import ModelPack, apply_basis
+from mmface4d_stream.fit.template_lift import lift_landmarks
+from mmface4d_stream.fit.types import FitResult, FrameObservation, Pose
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MultiStreamFitter"]
 
+_STATE_FIELDS = ("rotation", "translation", "alpha", "beta", "offsets", "v_id", "full")
+
+
+@dataclass
+class _Stream:
+    """One slot's stream state (host side; `device` holds its warm start on the device)."""
+
+    model: FaceModel | None
+    built_model: bool = False
+    template_pose: tuple[np.ndarray, np.ndarray] | None = None
+    last: FitResult | None = None
+    identity: np.ndarray | None = None
+    lost_run: int = 0
+    fitted_frames: int = 0
+    no_depth_run: bool = False
+    device: dict | None = None  # {field: tensor} of `device_for` below
+    device_for: FitResult | None = None
+
+
+@dataclass
+class _Job:
+    """One frame of one stream to solve."""
+
+    stream: _Stream
+    obs: FrameObservation
+    cams: list[PreparedCamera]
+    warm: FitResult | None
+    fit_identity: bool
+    flags: list[str]
+    crops: list = field(default_factory=list)
+    alpha0: np.ndarray | None = None
+    pose0: tuple[np.ndarray, np.ndarray] | None = None
+
 
 class MultiStreamFitter:
-    """Fit several streams (slots) with one model and config on one device.
+    """Fit several streams (slots) with one config on one device.
 
     Args:
         model: the face model shared by every slot; None: each slot builds its own template from its
             first frame with a face and depth (a template is per subject).
         config: `FitterConfig`.  device: torch device.
+        cuda_graphs: on CUDA, capture each solve shape once and replay it (False: eager launches).
     """
 
-    def __init__(self, model: FaceModel | None = None, config: FitterConfig | None = None, device="cpu"):
+    def __init__(self, model: FaceModel | None = None, config: FitterConfig | None = None, device="cpu",
+                 cuda_graphs: bool = True):
         self.config = config or FitterConfig()
-        self.device = device
+        self.device = torch.device(device)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._model = model
-        self._slots: dict[int, FaceFitter] = {}
+        self._streams: dict[int, _Stream] = {}
         self._next = 0
+        self._packs: dict[int, ModelPack] = {}
+        self.graphs = GraphCache()
+
+    # -- slots -----------------------------------------------------------------------------
 
     @property
     def slots(self) -> list[int]:
         """The open slots, in opening order."""
-        return list(self._slots)
+        return list(self._streams)
 
     def open_stream(self) -> int:
         """A new slot with a fresh stream state; returns its id."""
         slot = self._next
         self._next += 1
-        self._slots[slot] = FaceFitter(self._model, self.config, self.device)
+        self._streams[slot] = _Stream(self._model)
         return slot
 
     def close_stream(self, slot: int) -> None:
-        """Forget a slot (its id is not reused)."""
-        self._fitter(slot)
-        del self._slots[slot]
+        """Forget a slot (its id is not reused) and the template it built."""
+        self._stream(slot)
+        del self._streams[slot]
+        self._drop_unused_packs()
 
-    def reset_stream(self, slot: int) -> None:
-        """Restart a slot's stream (warm start, identity, counters); a shared model is kept, a
-        template built by this slot is dropped (the next sequence may be another subject)."""
-        self._slots[slot] = FaceFitter(self._model, self.config, self.device)
+    def reset_stream(self, slot: int, keep_model: bool = False) -> None:
+        """Restart a slot's stream (warm start, identity, counters). A template built by the slot is
+        dropped (the next sequence may be another subject) unless `keep_model`."""
+        old = self._stream(slot)
+        self._streams[slot] = _Stream(old.model if keep_model else self._model,
+                                      built_model=keep_model and old.built_model)
+        self._drop_unused_packs()
 
     def model(self, slot: int) -> FaceModel | None:
         """The model slot `slot` fits (None while its template is not built yet)."""
-        return self._fitter(slot).model
-
-    def process(self, frames: Mapping[int, FrameObservation]) -> dict[int, FitResult]:
-        """Fit the next frame of each given slot; {slot: FitResult} (same semantics as `FaceFitter.process`)."""
-        return {slot: self._fitter(slot).process(obs) for slot, obs in frames.items()}
+        return self._stream(slot).model
 
     def stream_state(self, slot: int, include_model: bool | None = None) -> dict:
-        """Picklable state of one slot (see `FaceFitter.stream_state`)."""
-        return self._fitter(slot).stream_state(include_model)
+        """The slot's stream state after its last frame, picklable, for checkpoints.
+
+        Holds the warm start (last result), identity estimate, counters, and the model when
+        `include_model` (default: only when the slot built it, i.e. the template; a user's BFM is not
+        copied). `restore_stream_state` continues the stream as if uninterrupted.
+        """
+        st = self._stream(slot)
+        if include_model is None:
+            include_model = st.built_model
+        return {
+            "model": st.model if include_model else None,
+            "built_model": st.built_model,
+            "template_pose": st.template_pose,
+            "last": st.last,
+            "identity": st.identity,
+            "lost_run": st.lost_run,
+            "fitted_frames": st.fitted_frames,
+        }
 
     def restore_stream_state(self, slot: int, state: dict) -> None:
         """Continue slot `slot` from a `stream_state` (of this or another fitter with the same config)."""
-        self._fitter(slot).restore_stream_state(state)
+        st = self._stream(slot)
+        if state.get("model") is not None:
+            st.model = state["model"]
+            st.built_model = bool(state.get("built_model", True))
+        st.template_pose = state["template_pose"]
+        st.last = state["last"]
+        st.identity = state["identity"]
+        st.lost_run = state["lost_run"]
+        st.fitted_frames = state["fitted_frames"]
+        st.device = st.device_for = None
 
-    def _fitter(self, slot: int) -> FaceFitter:
+    # -- fitting ---------------------------------------------------------------------------
+
+    def process(self, frames: Mapping[int, FrameObservation]) -> dict[int, FitResult]:
+        """Fit the next frame of each given slot, warm-started from its previous one: {slot: FitResult}."""
+        cfg = self.config
+        results: dict[int, FitResult] = {}
+        jobs: list[tuple[int, _Job, tuple[str, ...]]] = []
+        for slot, obs in frames.items():
+            st = self._stream(slot)
+            if not obs.cameras:
+                raise ValueError("a frame observation needs at least one camera")
+            if not obs.has_face():
+                results[slot] = self._lost(st, obs, "lost")
+                continue
+            extra: tuple[str, ...] = ()
+            if st.model is None:
+                try:
+                    self._build_template(st, obs)
+                    extra = ("template_built",)
+                except ValueError as exc:
+                    logger.info("frame %s: template not built yet (%s)", obs.frame_index, exc)
+                    results[slot] = self._lost(st, obs, "template_pending")
+                    continue
+            last = st.last
+            warm = last if (last is not None and np.isfinite(last.vertices).all()
+                            and st.lost_run <= cfg.max_lost_frames_warm) else None
+            if warm is None and st.template_pose is not None:
+                job = self._job(st, obs, None, None, initial_pose=st.template_pose)
+                st.template_pose = None
+            else:
+                job = self._job(st, obs, warm, None)
+            jobs.append((slot, job, extra))
+        solved = self._solve([job for _, job, _ in jobs])
+        redo = [i for i, (_, job, _) in enumerate(jobs)
+                if job.warm is not None and solved[i][0].residuals.get("landmark_rms_px", 0.0) > cfg.restart_landmark_rms_px]
+        if redo:
+            cold = self._solve([self._job(jobs[i][1].stream, jobs[i][1].obs, None, None) for i in redo])
+            for i, (res, dev) in zip(redo, cold):
+                if res.residuals.get("landmark_rms_px", np.inf) < solved[i][0].residuals["landmark_rms_px"]:
+                    solved[i] = (replace(res, flags=res.flags + ("restarted",)), dev)
+        for (slot, job, extra), (result, dev) in zip(jobs, solved):
+            st = job.stream
+            if extra:
+                result = replace(result, flags=result.flags + extra)
+            if job.fit_identity:
+                st.identity = result.id_coeffs.copy()
+            st.last, st.device, st.device_for = result, dev, result
+            st.lost_run = 0
+            st.fitted_frames += 1
+            results[slot] = result
+        return {slot: results[slot] for slot in frames}
+
+    def fit_frame(self, slot: int, obs: FrameObservation, warm_start: FitResult | None = None,
+                  fit_identity: bool | None = None) -> FitResult:
+        """Fit one frame of slot `slot` from an explicit warm start (None: cold), without advancing
+        the stream (its counters and last result stay); see `FaceFitter.fit`."""
+        st = self._stream(slot)
+        if st.model is None:
+            raise ValueError("the fitter has no model yet: pass one, or let process() build the template")
+        if not obs.cameras:
+            raise ValueError("a frame observation needs at least one camera")
+        if not obs.has_face():
+            return self._lost(st, obs, "lost", count=False)
+        job = self._job(st, obs, warm_start, fit_identity)
+        result, dev = self._solve([job])[0]
+        if job.fit_identity:
+            st.identity = result.id_coeffs.copy()
+        st.device, st.device_for = dev, result
+        return result
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _stream(self, slot: int) -> _Stream:
         try:
-            return self._slots[slot]
+            return self._streams[slot]
         except KeyError:
             raise KeyError(f"no open fitter slot {slot}") from None
+
+    def pack(self, model: FaceModel) -> ModelPack:
+        """The solver tensors of `model` on this fitter's device (built once per model)."""
+        pack = self._packs.get(id(model))
+        if pack is None or pack.model is not model:
+            pack = ModelPack.build(model, self.config, self.device)
+            self._packs[id(model)] = pack
+        return pack
+
+    def _drop_unused_packs(self) -> None:
+        used = {id(st.model) for st in self._streams.values() if st.model is not None}
+        if self._model is not None:
+            used.add(id(self._model))
+        for key in [k for k in self._packs if k not in used]:
+            del self._packs[key]
+            self.graphs.drop(lambda graph_key, k=key: graph_key[0] == k)
+
+    def _build_template(self, st: _Stream, obs: FrameObservation) -> None:
+        from mmface4d_stream.face.topology import N_FACEMESH_POINTS
+
+        points, valid, _ = lift_landmarks(obs, N_FACEMESH_POINTS)
+        model, r, t = TemplateModel.from_points(points, valid, subdivisions=self.config.template_subdivisions)
+        st.model, st.built_model, st.template_pose = model, True, (r, t)
+
+    def _job(self, st: _Stream, obs: FrameObservation, warm: FitResult | None, fit_identity: bool | None,
+             initial_pose=None) -> _Job:
+        cfg = self.config
+        model = st.model
+        pack = self.pack(model)
+        cams = prepare_cameras(obs, model)
+        if fit_identity is None:
+            fit_identity = st.fitted_frames < cfg.identity_frames
+        fit_identity = bool(fit_identity) and model.n_id > 0
+        if warm is not None and (warm.model_name != model.name or warm.offsets.shape != (model.n_vertices, 3)):
+            raise ValueError(
+                f"warm start is for model {warm.model_name!r} with {len(warm.offsets)} vertices, "
+                f"not {model.name!r} with {model.n_vertices}"
+            )
+        if warm is not None and not np.isfinite(warm.vertices).all():
+            warm = None
+        flags: list[str] = []
+        samples = pack.samples_host
+        job = _Job(st, obs, cams, warm, fit_identity, flags)
+        if warm is not None:
+            samples_ref = np.asarray(warm.vertices, np.float64)[samples]
+        else:
+            flags.append("cold_start")
+            alpha = st.identity if st.identity is not None else np.zeros(model.n_id, np.float32)
+            r0, t0 = initial_pose if initial_pose is not None else cold_pose(obs, cams, model, alpha)
+            s_model = model.mean_shape[samples].astype(np.float64)
+            if model.n_id:
+                s_model = s_model + model.id_basis[samples].astype(np.float64) @ alpha.astype(np.float64)
+            samples_ref = s_model @ np.asarray(r0).T + np.asarray(t0)
+            job.alpha0, job.pose0 = np.asarray(alpha, np.float32), (np.asarray(r0), np.asarray(t0))
+        if not fit_identity and model.n_id:
+            flags.append("identity_frozen")
+        job.crops = choose_crops(cams, samples_ref, cfg.depth_stride, cfg.crop_margin)
+        return job
+
+    def _initial_state(self, pack: ModelPack, job: _Job) -> dict[str, torch.Tensor]:
+        """The frame's starting state on the device (without the batch dimension)."""
+        st = job.stream
+        if job.warm is not None and st.device is not None and st.device_for is job.warm:
+            return st.device
+        f32 = dict(dtype=torch.float32, device=self.device)
+        if job.warm is not None:
+            w = job.warm
+            rotation, translation = torch.as_tensor(w.pose.rotation, **f32), torch.as_tensor(w.pose.translation, **f32)
+            alpha, beta = torch.as_tensor(w.id_coeffs, **f32), torch.as_tensor(w.exp_coeffs, **f32)
+            offsets = torch.as_tensor(w.offsets, **f32)
+        else:
+            rotation, translation = torch.as_tensor(job.pose0[0], **f32), torch.as_tensor(job.pose0[1], **f32)
+            alpha = torch.as_tensor(job.alpha0, **f32)
+            beta = torch.zeros(pack.n_exp, **f32)
+            offsets = torch.zeros((pack.n_vertices, 3), **f32)
+        v_id = pack.mean + apply_basis(pack.id_basis, alpha[None])[0]
+        full = v_id + apply_basis(pack.exp_basis, beta[None])[0] + offsets
+        return dict(rotation=rotation, translation=translation, alpha=alpha, beta=beta, offsets=offsets,
+                    v_id=v_id, full=full)
+
+    def _solve(self, jobs: list[_Job]) -> list[tuple[FitResult, dict]]:
+        """Solve jobs grouped by (model, phase); results in the jobs' order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            key = (id(job.stream.model), job.fit_identity, job.warm is None)
+            groups.setdefault(key, []).append(i)
+        out: list = [None] * len(jobs)
+        for indices in groups.values():
+            for i, res in zip(indices, self._solve_group([jobs[i] for i in indices])):
+                out[i] = res
+        return out
+
+    def _solve_group(self, jobs: list[_Job]) -> list[tuple[FitResult, dict]]:
+        cfg = self.config
+        pack = self.pack(jobs[0].stream.model)
+        cold = jobs[0].warm is None
+        settings = SolveSettings(
+            iterations=cfg.cold_iterations if cold else cfg.warm_iterations,
+            widened_iterations=3 if cold else 0,
+            fit_identity=jobs[0].fit_identity,
+            stride=max(int(cfg.depth_stride), 1),
+            radius=patch_radius(cfg.depth_stride),
+            chunk=1 if self.device.type == "cpu" else None,
+        )
+        n_cam = max(len(job.cams) for job in jobs)
+        with torch.no_grad():
+            cameras, lm_target, lm_conf = collate_cameras([job.cams for job in jobs], n_cam, self.device)
+            depth, rays, origin, size = collate_crops([job.crops for job in jobs], n_cam, self.device)
+            states = [self._initial_state(pack, job) for job in jobs]
+            init = {k: _stack([s[k] for s in states]) for k in _STATE_FIELDS}
+            temporal = torch.tensor([0.0 if cold else 1.0] * len(jobs), dtype=torch.float32, device=self.device)
+            fb = FrameBatch(cameras, lm_target, lm_conf, depth, rays, origin, size, init["rotation"],
+                            init["translation"], init["alpha"], init["beta"], init["offsets"], init["v_id"],
+                            init["full"], temporal)
+            fn = partial(_solve_fn, pack, cfg, settings)
+            if self.cuda_graphs:
+                key = (id(pack), len(jobs), n_cam, tuple(depth.shape[2:]), settings)
+                out = self.graphs.run(key, fn, fb)
+                # The graph's outputs are overwritten by its next replay: keep copies.
+                kept = {k: getattr(out, k).clone() for k in _STATE_FIELDS}
+            else:
+                out = fn(fb)
+                kept = {k: getattr(out, k) for k in _STATE_FIELDS}
+            host = _read_back(out)
+        results = []
+        for i, job in enumerate(jobs):
+            results.append((self._result(pack, job, host, i), {k: v[i] for k, v in kept.items()}))
+        return results
+
+    def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:
+        st = job.stream
+        u, _s, vt = np.linalg.svd(host["rotation"][i].astype(np.float64))
+        r64 = u @ vt
+        residuals: dict[str, float] = {}
+        lm_sq, lm_n = 0.0, 0.0
+        for k, cam in enumerate(job.cams):
+            n = float(host["lm_count"][i, k])
+            if n > 0:
+                sq = float(host["lm_sq"][i, k])
+                residuals[f"landmark_rms_px/cam{cam.index}"] = math.sqrt(sq / n)
+                lm_sq, lm_n = lm_sq + sq, lm_n + n
+        if lm_n:
+            residuals["landmark_rms_px"] = math.sqrt(lm_sq / lm_n)
+        flags = list(job.flags)
+        depth_cams = host["camera_depth"][i]
+        flags += [f"no_depth:cam{cam.index}" for k, cam in enumerate(job.cams) if depth_cams[k] <= 0]
+        depth_used = bool((depth_cams[: len(job.cams)] > 0).any())
+        if depth_used:
+            cnt = float(host["depth_count"][i])
+            residuals["depth_rms_mm"] = 1e3 * math.sqrt(float(host["depth_sq"][i]) / cnt) if cnt else float("nan")
+            residuals["depth_inliers"] = cnt
+        else:
+            flags.append("no_depth")
+            # Once per run of such frames: every result carries the flag anyway.
+            log = logger.debug if st.no_depth_run else logger.warning
+            log("frame %s: no usable depth near the face; landmark-only fit", job.obs.frame_index)
+        st.no_depth_run = not depth_used
+        return FitResult(
+            vertices=host["vertices"][i],
+            pose=Pose(r64, host["translation"][i].astype(np.float64)),
+            id_coeffs=host["alpha"][i].astype(np.float32),
+            exp_coeffs=host["beta"][i].astype(np.float32),
+            offsets=host["offsets"][i],
+            residuals=residuals,
+            iterations=int(host["iterations"][i]),
+            converged=bool(host["converged"][i] > 0),
+            lost=False,
+            depth_used=depth_used,
+            flags=tuple(flags),
+            frame_index=job.obs.frame_index,
+            model_name=pack.model.name,
+        )
+
+    def _lost(self, st: _Stream, obs: FrameObservation, reason: str, count: bool = True) -> FitResult:
+        if count:
+            st.lost_run += 1
+        logger.info("frame %s: %s", obs.frame_index, reason)
+        if st.last is not None:
+            return replace(st.last, lost=True, iterations=0, converged=False, flags=(reason,),
+                           frame_index=obs.frame_index, residuals={})
+        model = st.model
+        n = model.n_vertices if model is not None else 0
+        return FitResult(
+            vertices=np.full((n, 3), np.nan, np.float32),
+            pose=Pose(np.eye(3), np.zeros(3)),
+            id_coeffs=np.zeros(model.n_id if model is not None else 0, np.float32),
+            exp_coeffs=np.zeros(model.n_exp if model is not None else 0, np.float32),
+            offsets=np.zeros((n, 3), np.float32),
+            residuals={},
+            iterations=0,
+            converged=False,
+            lost=True,
+            depth_used=False,
+            flags=(reason,),
+            frame_index=obs.frame_index,
+            model_name=model.name if model is not None else "",
+        )
+
+
+def _solve_fn(pack: ModelPack, config, settings: SolveSettings, fb: FrameBatch) -> SolveOutput:
+    return solve_frames(pack, config, fb, settings)
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-stream tensors; rows that are already rows 0..B-1 of one batch tensor are used as is."""
+    base = rows[0]._base
+    if (base is not None and base.shape[0] == len(rows) and all(r._base is base for r in rows)
+            and all(r.storage_offset() == base[i].storage_offset() for i, r in enumerate(rows))):
+        return base
+    return torch.stack(rows)
+
+
+_READ_FIELDS = ("vertices", "offsets", "rotation", "translation", "alpha", "beta", "iterations", "converged",
+                "lm_sq", "lm_count", "depth_sq", "depth_count", "camera_depth")
+
+
+def _read_back(out: SolveOutput) -> dict[str, np.ndarray]:
+    """The host copy of a solve's results: one batch of asynchronous copies, one synchronization."""
+    tensors = {k: getattr(out, k) for k in _READ_FIELDS}
+    if out.vertices.device.type != "cuda":
+        return {k: v.numpy() for k, v in tensors.items()}
+    host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in tensors.items()}
+    for k, v in tensors.items():
+        host[k].copy_(v, non_blocking=True)
+    torch.cuda.current_stream(out.vertices.device).synchronize()
+    return {k: v.numpy() for k, v in host.items()}

@@ -82,6 +82,15 @@ class OffsetRegularizer:
         """dᵀ M d summed over the 3 coordinates, offsets (N, 3) (the smoothness part of the cost)."""
         return float((offsets * torch.sparse.mm(self.matrix, offsets)).sum())
 
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """M x for a batch of offset fields in the coordinate-first layout: x (B, 3, N) -> (B, 3, N).
+
+        All streams and coordinates go through one sparse product (N, N) x (N, 3B).
+        """
+        b = x.shape[0]
+        cols = x.reshape(b * 3, self.n_vertices).T.contiguous()
+        return torch.sparse.mm(self.matrix, cols).T.reshape(b, 3, self.n_vertices)
+
     def solve(
         self,
         h_blocks: torch.Tensor,
@@ -94,56 +103,63 @@ class OffsetRegularizer:
     ) -> torch.Tensor:
         """Approximately minimise the offset energy by preconditioned conjugate gradients.
 
-        Coordinate-first layout throughout (element-wise work on contiguous (N,) rows is ~20x
-        faster than on (N, 3, 3) blocks):
+        A fixed number of steps for every stream and no host reads (a stream whose residual is
+        already zero takes zero steps by arithmetic, not by a branch). Coordinate-first layout
+        throughout (element-wise work on contiguous (N,) rows is ~20x faster than on (N, 3, 3)
+        blocks); a leading batch dimension B of independent streams is optional.
         Args:
-            h_blocks: (3, 3, N) symmetric PSD data blocks H_i.  g: (3, N) data gradients g_i.
+            h_blocks: ([B,] 3, 3, N) symmetric PSD data blocks H_i.  g: ([B,] 3, N) data gradients g_i.
             magnitude_weight, temporal_weight: w_mag, w_tmp.
-            previous: (3, N) D_prev for the temporal term.  start: (3, N) CG starting point.
-            iterations: CG steps (each one sparse product).
+            previous: ([B,] 3, N) D_prev for the temporal term.  start: ([B,] 3, N) CG starting point.
+            iterations: CG steps (each one sparse product for the whole batch).
         Returns:
-            offsets (3, N) float32, metres.
+            offsets ([B,] 3, N) float32, metres.
         """
+        single = g.dim() == 2
+        if single:
+            h_blocks, g, previous, start = h_blocks[None], g[None], previous[None], start[None]
         diag_w = magnitude_weight + temporal_weight
         b = -g + temporal_weight * previous
 
         def block_mv(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return (blocks * x[None]).sum(1)
+            return (blocks * x[:, None]).sum(2)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            return block_mv(h_blocks, x) + torch.sparse.mm(self.matrix, x.T.contiguous()).T + diag_w * x
+            return block_mv(h_blocks, x) + self.apply(x) + diag_w * x
 
         eye = torch.eye(3, dtype=h_blocks.dtype, device=h_blocks.device)[:, :, None]
-        precond = _inverse_3x3(h_blocks + (self.diagonal[None, None, :] + diag_w) * eye)
+        precond = _inverse_3x3(h_blocks + (self.diagonal[None, None, None, :] + diag_w) * eye)
+
+        def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return (u * v).sum((1, 2))[:, None, None]
 
         x = start.clone()
         r = b - apply(x)
         z = block_mv(precond, r)
         p = z.clone()
-        rz = (r * z).sum()
+        rz = dot(r, z)
         for _ in range(int(iterations)):
-            if float(rz) <= 1e-30:
-                break
+            live = rz > 1e-30
             ap = apply(p)
-            alpha = rz / (p * ap).sum().clamp_min(1e-30)
+            alpha = torch.where(live, rz / dot(p, ap).clamp_min(1e-30), torch.zeros_like(rz))
             x = x + alpha * p
             r = r - alpha * ap
             z = block_mv(precond, r)
-            rz_new = (r * z).sum()
-            p = z + (rz_new / rz) * p
+            rz_new = dot(r, z)
+            p = z + torch.where(live, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz)) * p
             rz = rz_new
-        return x
+        return x[0] if single else x
 
 
 def _inverse_3x3(m: torch.Tensor) -> torch.Tensor:
-    """Inverses of (3, 3, N) well-conditioned matrices by the adjugate (much faster than batched LU)."""
-    a, b, c = m[0, 0], m[0, 1], m[0, 2]
-    d, e, f = m[1, 0], m[1, 1], m[1, 2]
-    g, h, i = m[2, 0], m[2, 1], m[2, 2]
+    """Inverses of (..., 3, 3, N) well-conditioned matrices by the adjugate (much faster than batched LU)."""
+    a, b, c = m[..., 0, 0, :], m[..., 0, 1, :], m[..., 0, 2, :]
+    d, e, f = m[..., 1, 0, :], m[..., 1, 1, :], m[..., 1, 2, :]
+    g, h, i = m[..., 2, 0, :], m[..., 2, 1, :], m[..., 2, 2, :]
     co = torch.stack([
         e * i - f * h, c * h - b * i, b * f - c * e,
         f * g - d * i, a * i - c * g, c * d - a * f,
         d * h - e * g, b * g - a * h, a * e - b * d,
-    ], 0).reshape(3, 3, -1)
-    det = a * co[0, 0] + b * co[1, 0] + c * co[2, 0]
-    return co / det[None, None]
+    ], -2).unflatten(-2, (3, 3))
+    det = a * co[..., 0, 0, :] + b * co[..., 1, 0, :] + c * co[..., 2, 0, :]
+    return co / det[..., None, None, :]

@@ -8,8 +8,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from mmface4d_stream.fit.camera_terms import FitCamera, PatchSet, make_depth_patch, project_pinhole
-from mmface4d_stream.fit.geometry import kabsch, so3_exp, so3_exp_torch, so3_log
+from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
+from mmface4d_stream.fit.frame_prep import PreparedCamera, collate_cameras, collate_crops, crop_depth, patch_radius
+from mmface4d_stream.fit.landmark_term import project_pinhole_batch
+from mmface4d_stream.fit.geometry import kabsch, orthonormalize_batch, so3_exp, so3_exp_batch, so3_log, so3_log_batch
 from mmface4d_stream.fit.regularizers import OffsetRegularizer, uniform_laplacian
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
 from mmface4d_stream.fit.template_lift import lift_landmarks
@@ -25,6 +28,16 @@ def _plane_depth(cam: FitCamera, normal: np.ndarray, point: np.ndarray) -> np.nd
     return np.round(z * 1000).astype(np.uint16)
 
 
+def _patches(cams: list[FitCamera], depths: list[np.ndarray], bbox, stride: int = 2):
+    """One stream's CameraBatch and lifted PatchBatch (identity extrinsics), as the solver builds them."""
+    prepared = [PreparedCamera(k, c, np.eye(3), np.zeros(3), np.zeros((1, 2)), np.zeros(1), 0, d)
+                for k, (c, d) in enumerate(zip(cams, depths))]
+    cameras, _, _ = collate_cameras([prepared], len(cams), "cpu")
+    crops = [crop_depth(d, c, bbox, stride) for c, d in zip(cams, depths)]
+    depth, rays, origin, size = collate_crops([crops], len(cams), "cpu")
+    return cameras, PatchBatch.lift(depth, rays, origin, size, stride, patch_radius(stride))
+
+
 @pytest.mark.parametrize("distortion", [None, DIST])
 def test_depth_patch_normals_and_association_on_a_plane(distortion):
     cam = FitCamera(600.0, 600.0, 319.5, 239.5, 640, 480, distortion)
@@ -32,9 +45,11 @@ def test_depth_patch_normals_and_association_on_a_plane(distortion):
     normal /= np.linalg.norm(normal)
     point = np.array([0.0, 0.0, 0.7])
     depth = _plane_depth(cam, normal, point)
-    patch = make_depth_patch(depth, cam, (200, 150, 440, 330), "cpu", stride=2)
-    assert patch.n_valid > 0.9 * patch.width * patch.height
-    n = patch.normals[patch.valid].numpy()
+    cameras, patches = _patches([cam], [depth], (200, 150, 440, 330))
+    w, h = (int(v) for v in patches.size[0, 0])
+    assert (w, h) == (120, 90)
+    assert int(patches.valid.sum()) > 0.9 * w * h
+    n = patches.normals[patches.valid].numpy()
     # Normals face the camera (the plane's normal here points towards it) despite 1 mm quantization.
     assert np.median(n @ normal) > 0.999
     # Points on the plane, associated back to themselves.
@@ -42,46 +57,59 @@ def test_depth_patch_normals_and_association_on_a_plane(distortion):
     uv = np.stack([rng.uniform(230, 410, 100), rng.uniform(180, 300, 100)], 1)
     xy = cam.undistort(uv)
     rays = np.concatenate([xy, np.ones((100, 1))], 1)
-    pts = rays * ((normal @ point) / (rays @ normal))[:, None]
-    r = torch.eye(3)[None]
-    ps = PatchSet([cam], [patch], r, torch.zeros(1, 3))
-    model_normals = torch.tensor(np.tile(normal, (100, 1)), dtype=torch.float32)[None]
-    ok, p, nd = ps.associate(torch.tensor(pts, dtype=torch.float32)[None], model_normals, 0.01, 0.5)
+    pts = torch.tensor(rays * ((normal @ point) / (rays @ normal))[:, None], dtype=torch.float32)[None, None]
+    model_normals = torch.tensor(np.tile(normal, (1, 1, 100, 1)), dtype=torch.float32)
+    ok, p, nd = patches.associate(cameras, pts, model_normals, 0.01, 0.5)
     assert bool(ok.all())
     # Point-to-plane residuals are at the quantization level.
-    res = ((torch.tensor(pts, dtype=torch.float32)[None] - p) * nd).sum(-1)
+    res = ((pts - p) * nd).sum(-1)
     assert float(res.abs().max()) < 1.5e-3
     # A point 3 cm behind the plane is gated out; a model normal facing away is rejected.
-    ok_far, _, _ = ps.associate(torch.tensor(pts * 1.05, dtype=torch.float32)[None], model_normals, 0.01, 0.5)
+    ok_far, _, _ = patches.associate(cameras, pts * 1.05, model_normals, 0.01, 0.5)
     assert not bool(ok_far.any())
-    ok_back, _, _ = ps.associate(torch.tensor(pts, dtype=torch.float32)[None], -model_normals, 0.01, 0.5)
+    ok_back, _, _ = patches.associate(cameras, pts, -model_normals, 0.01, 0.5)
     assert not bool(ok_back.any())
 
 
-def test_patch_set_batches_cameras_like_separate_calls():
+def test_patches_batch_cameras_like_separate_calls():
     cams = [FitCamera(600.0, 600.0, 319.5, 239.5, 640, 480, d) for d in (None, DIST)]
     normal = np.array([0.0, 0.0, -1.0])
-    patches = [make_depth_patch(_plane_depth(c, normal, np.array([0, 0, 0.6])), c, (100, 100, 540, 380), "cpu", 2)
-               for c in cams]
+    depths = [_plane_depth(c, normal, np.array([0, 0, 0.6])) for c in cams]
     pts = torch.tensor([[0.01, 0.02, 0.6], [-0.1, 0.05, 0.6], [0.3, 0.0, 0.6]], dtype=torch.float32)
-    both = PatchSet(cams, patches, torch.eye(3).repeat(2, 1, 1), torch.zeros(2, 3))
-    ok2, p2, _ = both.associate(pts.expand(2, 3, 3), None, 0.01, 0.5)
+    toward = torch.tensor([0.0, 0.0, -1.0]).expand(1, 2, 3, 3)
+    cameras, both = _patches(cams, depths, (100, 100, 540, 380))
+    ok2, p2, _ = both.associate(cameras, pts.expand(1, 2, 3, 3), toward, 0.01, 0.5)
     for k in range(2):
-        one = PatchSet([cams[k]], [patches[k]], torch.eye(3)[None], torch.zeros(1, 3))
-        ok1, p1, _ = one.associate(pts[None], None, 0.01, 0.5)
-        assert torch.equal(ok1[0], ok2[k]) and torch.allclose(p1[0][ok1[0]], p2[k][ok2[k]])
-    assert ok2[:, :2].all() and not ok2[:, 2].any()  # (0.3, 0, 0.6) projects outside the crop
+        cam1, one = _patches([cams[k]], [depths[k]], (100, 100, 540, 380))
+        ok1, p1, _ = one.associate(cam1, pts[None, None], toward[:, :1], 0.01, 0.5)
+        assert torch.equal(ok1[0, 0], ok2[0, k]) and torch.allclose(p1[0, 0], p2[0, k])
+    assert ok2[0, :, :2].all() and not ok2[0, :, 2].any()  # (0.3, 0, 0.6) projects outside the crop
+
+
+def test_lens_projection_matches_the_host_lens_model():
+    cam = FitCamera(910.0, 905.0, 963.5, 537.5, 1920, 1080, DIST, max_radius=1.2)
+    rng = np.random.default_rng(1)
+    pts = np.stack([rng.uniform(-0.4, 0.4, 200), rng.uniform(-0.25, 0.25, 200), rng.uniform(0.5, 1.0, 200)], 1)
+    cameras, _ = _patches([cam], [np.zeros((1080, 1920), np.uint16)], (0, 0, 64, 64))
+    u, v = cameras.project(torch.tensor(pts, dtype=torch.float32)[None, None])
+    xy = cam.distort(pts[:, :2] / pts[:, 2:3])
+    expected = np.stack([xy[:, 0] * cam.fx + cam.cx, xy[:, 1] * cam.fy + cam.cy], 1)
+    np.testing.assert_allclose(np.stack([u[0, 0].numpy(), v[0, 0].numpy()], 1), expected, atol=2e-3)
 
 
 def test_project_pinhole_jacobian_matches_finite_differences():
-    pts = torch.tensor([[0.05, -0.03, 0.7], [-0.1, 0.08, 0.9]], dtype=torch.float64)
-    uv, j = project_pinhole(pts, 910.0, 905.0, 960.0, 540.0)
+    f64 = dict(dtype=torch.float64)
+    cameras = CameraBatch(torch.eye(3, **f64)[None, None], torch.zeros(1, 1, 3, **f64),
+                          torch.tensor([[[910.0, 905.0]]], **f64), torch.tensor([[[960.0, 540.0]]], **f64),
+                          torch.zeros(1, 1, 8, **f64), torch.full((1, 1), 1e12, **f64))
+    pts = torch.tensor([[[0.05, -0.03, 0.7], [-0.1, 0.08, 0.9]]], **f64)
+    uv, j = project_pinhole_batch(cameras, pts)
     eps = 1e-7
     for c in range(3):
-        d = torch.zeros(3, dtype=torch.float64)
+        d = torch.zeros(3, **f64)
         d[c] = eps
-        num = (project_pinhole(pts + d, 910.0, 905.0, 960.0, 540.0)[0] - project_pinhole(pts - d, 910.0, 905.0, 960.0, 540.0)[0]) / (2 * eps)
-        torch.testing.assert_close(j[:, :, c], num, atol=1e-3, rtol=1e-6)
+        num = (project_pinhole_batch(cameras, pts + d)[0] - project_pinhole_batch(cameras, pts - d)[0]) / (2 * eps)
+        torch.testing.assert_close(j[..., c], num, atol=1e-3, rtol=1e-6)
 
 
 def test_offset_solver_converges_to_the_direct_solution():
@@ -116,7 +144,16 @@ def test_rotations_and_kabsch():
         r = so3_exp(w)
         np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
         np.testing.assert_allclose(so3_log(r), w, atol=1e-9)
-        np.testing.assert_allclose(so3_exp_torch(torch.tensor(w)).numpy(), r, atol=1e-12)
+        np.testing.assert_allclose(so3_exp_batch(torch.tensor(w)[None])[0].numpy(), r, atol=1e-12)
+        if np.linalg.norm(w) < 3.0:
+            np.testing.assert_allclose(so3_log_batch(torch.tensor(r)[None])[0].numpy(), w, atol=1e-9)
+    tiny = torch.tensor([[1e-6, -2e-6, 5e-7]], dtype=torch.float64)  # the Taylor branch
+    np.testing.assert_allclose(so3_exp_batch(tiny)[0].numpy(), so3_exp(tiny[0].numpy()), atol=1e-15)
+    np.testing.assert_allclose(so3_log_batch(so3_exp_batch(tiny)).numpy(), tiny.numpy(), atol=1e-12)
+    drifted = torch.tensor(so3_exp(np.array([0.2, 0.1, -0.3])) + 1e-4 * rng.normal(size=(3, 3)))[None]
+    fixed = orthonormalize_batch(drifted)[0].numpy()
+    np.testing.assert_allclose(fixed @ fixed.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(fixed, drifted[0].numpy(), atol=5e-4)
     near_pi = so3_exp(np.array([0.0, np.pi - 1e-6, 0.0]))
     np.testing.assert_allclose(so3_exp(so3_log(near_pi)), near_pi, atol=1e-6)
     src = rng.normal(size=(20, 3))

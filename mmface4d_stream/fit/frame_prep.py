@@ -1,0 +1,269 @@
+"""Host-side preparation of a frame for the batched solver: cameras, landmark targets, depth crops.
+
+Everything here runs once per frame on the host in numpy (no device reads): observed landmarks are
+undistorted to pinhole pixels, each camera's depth map is cropped around where the frame's starting
+mesh projects (with the landmarks' box), and the crops of a batch are padded to one size
+(`collate`) so the device sees fixed shapes. The cold-start pose (landmarks lifted by depth, then
+Kabsch with outlier rejection) is host work too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
+from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.depth_term import CameraBatch
+from mmface4d_stream.fit.geometry import kabsch
+from mmface4d_stream.fit.template_lift import lift_landmarks
+from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+
+__all__ = ["PreparedCamera", "DepthCrop", "prepare_cameras", "crop_depth", "choose_crops", "cold_pose",
+           "collate_cameras", "collate_crops", "patch_radius", "bucket"]
+
+# Depth patch normals come from neighbours this many pixels away (see depth_term.lift_patches).
+NORMAL_RADIUS_PX = 4
+
+
+@dataclass
+class PreparedCamera:
+    """One camera of one frame, ready for the solver.
+
+    Attributes:
+        index: position in the observation.  camera: the lens model.
+        r_cam_from_ref (3, 3), t_cam_from_ref (3,): reference -> camera, float64.
+        lm_target: (L, 2) pinhole pixels per model landmark (0 where unobserved).  lm_conf: (L,).
+        n_observed: landmarks observed.  depth: uint16 (H, W) mm or None.
+    """
+
+    index: int
+    camera: FitCamera
+    r_cam_from_ref: np.ndarray
+    t_cam_from_ref: np.ndarray
+    lm_target: np.ndarray
+    lm_conf: np.ndarray
+    n_observed: int
+    depth: np.ndarray | None
+
+
+@dataclass
+class DepthCrop:
+    """A strided crop of one camera's depth map: metres (h, w) float32 and the rays (h, w, 2) of its
+    samples; x0, y0 its top-left pixel."""
+
+    x0: int
+    y0: int
+    depth_m: np.ndarray
+    rays: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.depth_m.shape
+
+
+def patch_radius(stride: int) -> int:
+    """Normal / window radius in samples for a sample stride."""
+    return max(1, int(round(NORMAL_RADIUS_PX / max(int(stride), 1))))
+
+
+def bucket(n: int, step: int = 16) -> int:
+    """n rounded up to a multiple of `step` (padded sizes: few distinct shapes, few CUDA graphs)."""
+    return max(step, -(-int(n) // step) * step)
+
+
+def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCamera]:
+    """Check and convert a frame's camera observations (ValueError names the camera on bad input)."""
+    if not obs.cameras:
+        raise ValueError("a frame observation needs at least one camera")
+    det_idx = model.landmark_detector_index
+    n_lm = model.n_landmarks
+    cams = []
+    for c, co in enumerate(obs.cameras):
+        if not isinstance(co, CameraObservation):
+            raise ValueError(f"camera {c}: expected a CameraObservation, got {type(co).__name__}")
+        cam = FitCamera.from_any(co.intrinsics)
+        t_rc = np.asarray(co.T_ref_from_cam, dtype=np.float64)
+        if t_rc.shape != (4, 4):
+            raise ValueError(f"camera {c}: T_ref_from_cam must be 4x4, got {t_rc.shape}")
+        r_cr = t_rc[:3, :3].T
+        t_cr = -r_cr @ t_rc[:3, 3]
+        target = np.zeros((n_lm, 2))
+        conf = np.zeros(n_lm)
+        n_obs = 0
+        if co.has_face():
+            lm = np.asarray(co.landmarks_px, dtype=np.float64)
+            if lm.ndim != 2 or lm.shape[1] != 2:
+                raise ValueError(f"camera {c}: landmarks_px must be (P, 2), got {lm.shape}")
+            p = len(lm)
+            cf = np.ones(p) if co.landmark_conf is None else np.asarray(co.landmark_conf, np.float64).ravel()
+            if len(cf) != p:
+                raise ValueError(f"camera {c}: landmark_conf has {len(cf)} values for {p} landmarks")
+            rows = np.flatnonzero(det_idx < p)
+            d = det_idx[rows]
+            ok = np.isfinite(lm[d]).all(1) & (cf[d] > 0)
+            rows = rows[ok]
+            target[rows] = cam.undistort_to_pinhole_px(lm[det_idx[rows]])
+            conf[rows] = np.clip(cf[det_idx[rows]], 0, 1)
+            n_obs = len(rows)
+        depth = None
+        if co.depth_mm is not None:
+            depth = np.asarray(co.depth_mm)
+            if depth.shape != (cam.height, cam.width):
+                raise ValueError(
+                    f"camera {c}: depth map is {depth.shape[1]}x{depth.shape[0]} but the camera is {cam.width}x{cam.height}"
+                )
+        cams.append(PreparedCamera(c, cam, r_cr, t_cr, target, conf, n_obs, depth))
+    return cams
+
+
+def crop_depth(depth_mm: np.ndarray, camera: FitCamera, bbox: tuple[int, int, int, int], stride: int) -> DepthCrop | None:
+    """Crop `depth_mm` to bbox = (x0, y0, x1, y1) (exclusive end, clipped to the image), every
+    `stride`-th pixel; None when the clipped crop is too small for the patch normals."""
+    h_img, w_img = depth_mm.shape
+    stride = max(int(stride), 1)
+    s = patch_radius(stride)
+    x0, y0, x1, y1 = bbox
+    x0, y0 = max(int(x0), 0), max(int(y0), 0)
+    x1, y1 = min(int(x1), w_img), min(int(y1), h_img)
+    if x1 - x0 <= 2 * s * stride or y1 - y0 <= 2 * s * stride:
+        return None
+    crop = depth_mm[y0:y1:stride, x0:x1:stride].astype(np.float32) * np.float32(1e-3)
+    rays = camera.ray_map("cpu")[y0:y1:stride, x0:x1:stride].numpy()
+    return DepthCrop(x0, y0, crop, rays)
+
+
+def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: int, margin: float) -> list[DepthCrop | None]:
+    """Each camera's depth crop: the box of the projected starting mesh and the observed landmarks,
+    grown by `margin` of its size (+4 px) on each side. samples_ref: (S, 3) reference-frame points."""
+    crops: list[DepthCrop | None] = []
+    for cam in cams:
+        if cam.depth is None:
+            crops.append(None)
+            continue
+        xc = samples_ref @ cam.r_cam_from_ref.T + cam.t_cam_from_ref
+        front = xc[:, 2] > 0.05
+        if int(front.sum()) < 10:
+            crops.append(None)
+            continue
+        p = xc[front]
+        xy = cam.camera.distort(p[:, :2] / p[:, 2:3])
+        uv = np.stack([xy[:, 0] * cam.camera.fx + cam.camera.cx, xy[:, 1] * cam.camera.fy + cam.camera.cy], 1)
+        lo, hi = uv.min(0), uv.max(0)
+        if cam.n_observed:
+            seen = cam.lm_conf > 0  # pinhole pixels are close enough for a crop box
+            lo, hi = np.minimum(lo, cam.lm_target[seen].min(0)), np.maximum(hi, cam.lm_target[seen].max(0))
+        m = margin * (hi - lo) + 4
+        lo, hi = lo - m, hi + m
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            crops.append(None)
+            continue
+        crops.append(crop_depth(cam.depth, cam.camera, (int(lo[0]), int(lo[1]), int(hi[0]) + 1, int(hi[1]) + 1), stride))
+    return crops
+
+
+def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceModel, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Initial model -> reference pose (R (3, 3), t (3,)) without a warm start.
+
+    Landmarks lifted by depth + Kabsch with outlier rejection; without depth at the landmarks, a
+    frontal face towards the camera with the most landmarks, at the distance where the model's
+    landmark spread matches the observed one.
+    """
+    det_idx = model.landmark_detector_index
+    n_det = int(det_idx.max()) + 1
+    points, valid, _ = lift_landmarks(obs, n_det)
+    lv = model.landmark_vertex
+    lm_model = model.mean_shape[lv].astype(np.float64)
+    if model.n_id:
+        lm_model = lm_model + model.id_basis[lv].astype(np.float64) @ np.asarray(alpha, np.float64)
+    rows = np.flatnonzero(valid[det_idx])
+    if len(rows) >= 6:
+        src, dst = lm_model[rows], points[det_idx[rows]]
+        r, t = kabsch(src, dst)
+        for _ in range(2):
+            err = np.linalg.norm(src @ r.T + t - dst, axis=1)
+            keep = err < max(3.0 * np.median(err), 0.01)
+            if keep.sum() < 6:
+                break
+            r, t = kabsch(src[keep], dst[keep])
+        return r, t
+    best = max(cams, key=lambda c: c.n_observed)
+    seen = best.lm_conf > 0
+    target = best.lm_target[seen]
+    src = lm_model[seen]
+    spread_model = np.sqrt(((src[:, :2] - src[:, :2].mean(0)) ** 2).sum(1).mean())
+    spread_px = np.sqrt(((target - target.mean(0)) ** 2).sum(1).mean())
+    f = 0.5 * (best.camera.fx + best.camera.fy)
+    z = f * spread_model / max(spread_px, 1e-6)
+    ctr = target.mean(0)
+    ray = np.array([(ctr[0] - best.camera.cx) / best.camera.fx, (ctr[1] - best.camera.cy) / best.camera.fy, 1.0])
+    r_cam = R_CAMERA_FROM_MODEL_FRONTAL
+    t_cam = ray * z - r_cam @ src.mean(0)
+    r_rc = best.r_cam_from_ref.T
+    t_rc = -r_rc @ best.t_cam_from_ref
+    return r_rc @ r_cam, r_rc @ t_cam + t_rc
+
+
+def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) -> tuple[CameraBatch, torch.Tensor, torch.Tensor]:
+    """Stack B frames' cameras, padded to `n_cameras` (padding: identity pose, no landmarks).
+
+    Returns (CameraBatch, lm_target (B, C, L, 2), lm_conf (B, C, L)) on `device`.
+    """
+    b = len(frames)
+    n_lm = len(frames[0][0].lm_conf)
+    r = np.tile(np.eye(3, dtype=np.float32), (b, n_cameras, 1, 1))
+    t = np.zeros((b, n_cameras, 3), np.float32)
+    t[..., 2] = 1.0
+    intr = np.zeros((b, n_cameras, 4), np.float32)
+    intr[...] = (1.0, 1.0, 0.0, 0.0)
+    dist = np.zeros((b, n_cameras, 8), np.float32)
+    r2 = np.full((b, n_cameras), 1e12, np.float32)
+    target = np.zeros((b, n_cameras, n_lm, 2), np.float32)
+    conf = np.zeros((b, n_cameras, n_lm), np.float32)
+    for i, cams in enumerate(frames):
+        for k, cam in enumerate(cams):
+            r[i, k], t[i, k] = cam.r_cam_from_ref, cam.t_cam_from_ref
+            c = cam.camera
+            intr[i, k] = (c.fx, c.fy, c.cx, c.cy)
+            if c.distortion is not None:
+                dist[i, k] = c.distortion
+            r2[i, k] = min(c._radial_limit_r2(), 1e12)
+            target[i, k], conf[i, k] = cam.lm_target, cam.lm_conf
+
+    def dev(a):
+        return torch.as_tensor(a).to(device, non_blocking=True)
+
+    intr_t = dev(intr)
+    cameras = CameraBatch(dev(r), dev(t), intr_t[..., :2], intr_t[..., 2:], dev(dist), dev(r2))
+    return cameras, dev(target), dev(conf)
+
+
+def collate_crops(frames: list[list[DepthCrop | None]], n_cameras: int, device):
+    """Pad B frames' crops to one bucketed size.
+
+    Returns (depth_m (B, C, H, W), rays (B, C, H, W, 2), origin (B, C, 2), size (B, C, 2) long) on `device`.
+    """
+    b = len(frames)
+    shapes = [crop.shape for crops in frames for crop in crops if crop is not None]
+    h = bucket(max((s[0] for s in shapes), default=1))
+    w = bucket(max((s[1] for s in shapes), default=1))
+    depth = np.zeros((b, n_cameras, h, w), np.float32)
+    rays = np.zeros((b, n_cameras, h, w, 2), np.float32)
+    origin = np.zeros((b, n_cameras, 2), np.float32)
+    size = np.zeros((b, n_cameras, 2), np.int64)
+    for i, crops in enumerate(frames):
+        for k, crop in enumerate(crops):
+            if crop is None:
+                continue
+            ch, cw = crop.shape
+            depth[i, k, :ch, :cw] = crop.depth_m
+            rays[i, k, :ch, :cw] = crop.rays
+            origin[i, k] = (crop.x0, crop.y0)
+            size[i, k] = (cw, ch)
+
+    def dev(a):
+        return torch.as_tensor(a).to(device, non_blocking=True)
+
+    return dev(depth), dev(rays), dev(origin), dev(size)

@@ -1,0 +1,61 @@
+"""The landmark term, batched over streams and cameras: pinhole reprojection residuals and Jacobians.
+
+Landmarks are observed in the raw (distorted) colour image. Rather than differentiate through the
+lens model, each observed landmark is undistorted once per frame on the host to the ideal pinhole
+image (`FitCamera.undistort_to_pinhole_px`), and the model's landmark vertices are compared with
+their plain pinhole projections: same pixel scale, a simple analytic Jacobian. Every camera carries
+the whole landmark table with confidence 0 where it did not observe a point (fixed shapes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmface4d_stream.fit.depth_term import CameraBatch
+
+__all__ = ["huber_weight", "huber_cost", "project_pinhole_batch", "landmark_rows"]
+
+
+def huber_weight(abs_r: torch.Tensor, k: float) -> torch.Tensor:
+    """IRLS weight ρ'(r) / 2r of the Huber cost: 1 inside k, k/|r| outside."""
+    return torch.where(abs_r <= k, torch.ones_like(abs_r), k / abs_r.clamp_min(1e-12))
+
+
+def huber_cost(abs_r: torch.Tensor, k: float) -> torch.Tensor:
+    """Huber cost ρ(r): r² inside k, 2k|r| - k² outside (continuous, with continuous slope)."""
+    return torch.where(abs_r <= k, abs_r * abs_r, 2 * k * abs_r - k * k)
+
+
+def project_pinhole_batch(cameras: CameraBatch, points_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pinhole projection into every camera, and its Jacobian.
+
+    Args:
+        points_ref: (B, L, 3) reference-frame points, metres.
+    Returns:
+        uv (B, C, L, 2) pixels, d uv / d camera-frame point (B, C, L, 2, 3) pixels per metre.
+    """
+    xc = cameras.to_cameras(points_ref)
+    iz = 1.0 / xc[..., 2:3].clamp_min(1e-6)
+    xy = xc[..., :2] * iz
+    f = cameras.focal[:, :, None]
+    uv = xy * f + cameras.centre[:, :, None]
+    fi = f * iz
+    zero = torch.zeros_like(iz[..., 0])
+    jp = torch.stack([
+        torch.stack([fi[..., 0], zero, -fi[..., 0] * xy[..., 0]], -1),
+        torch.stack([zero, fi[..., 1], -fi[..., 1] * xy[..., 1]], -1),
+    ], -2)
+    return uv, jp
+
+
+def landmark_rows(cameras: CameraBatch, target: torch.Tensor, points_ref: torch.Tensor):
+    """Residuals of the landmark term and their Jacobian with respect to the reference-frame points.
+
+    Args:
+        target: (B, C, L, 2) pinhole pixels.  points_ref: (B, L, 3) model landmarks, reference frame.
+    Returns:
+        residual (B, C, L, 2) pixels, its norm (B, C, L), d uv / d reference-frame point (B, C, L, 2, 3).
+    """
+    uv, jp = project_pinhole_batch(cameras, points_ref)
+    res = uv - target
+    return res, torch.linalg.norm(res, dim=-1), jp @ cameras.r[:, :, None]

@@ -1,0 +1,70 @@
+"""The per-vertex offset step of a frame, batched: linearized data terms per vertex, then the sparse solve.
+
+With the pose and coefficients of the LM iterations fixed, the offsets D (B, N, 3) take one
+regularized least-squares step (`regularizers.OffsetRegularizer`): depth point-to-plane rows on a
+fixed vertex subset (~2 mm apart on the BFM, about the depth sampling; the smoothness terms carry
+them to every vertex) and the landmark rows of the mapped vertices, both linearized around the
+current offsets, each vertex contributing a 3x3 block. Fixed shapes, no host reads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
+from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch
+from mmface4d_stream.fit.model_pack import ModelPack
+
+__all__ = ["offset_step"]
+
+
+def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBatch, rotation: torch.Tensor,
+                translation: torch.Tensor, full: torch.Tensor, offsets: torch.Tensor, normals_sub: torch.Tensor,
+                lm_target: torch.Tensor, lm_conf: torch.Tensor) -> torch.Tensor:
+    """New offsets for a batch of streams.
+
+    Args:
+        pack: the model.  config: fit.fitter.FitterConfig.
+        rotation (B, 3, 3), translation (B, 3): model -> reference pose after the LM iterations.
+        full: (B, N, 3) model-frame vertices with the current `offsets` (B, N, 3), metres.
+        normals_sub: (B, M, 3) model-frame normals at `pack.offset_vertices` (visibility gating).
+        lm_target (B, C, L, 2) pinhole pixels, lm_conf (B, C, L).
+    Returns:
+        offsets (B, N, 3) metres; a stream without any data keeps its offsets.
+    """
+    cfg = config
+    b, n = full.shape[0], full.shape[1]
+    rt = rotation.transpose(-1, -2)
+    inv_d = 1.0 / cfg.depth_sigma_m**2
+    sub = pack.offset_vertices
+    xc = cameras.to_cameras(full[:, sub] @ rt + translation[:, None])  # (B, C, M, 3)
+    ok, p, nd = patches.associate(cameras, xc, cameras.rotate(normals_sub @ rt), cfg.depth_gate_m,
+                                  cfg.depth_min_normal_cos)
+    res = (nd * (xc - p)).sum(-1)
+    w = huber_weight(res.abs(), cfg.depth_huber_m) * (inv_d * ok)
+    n_model = torch.einsum("bcmi,bcij->bcmj", nd, cameras.r) @ rotation[:, None]  # (B, C, M, 3)
+    c = res - (n_model * offsets[:, None, sub]).sum(-1)
+    wn = w[..., None] * n_model
+    h = full.new_zeros((b, 3, 3, n))
+    g = full.new_zeros((b, 3, n))
+    h.index_copy_(3, sub, torch.einsum("bcmi,bcmj->bijm", wn, n_model))
+    g.index_copy_(2, sub, torch.einsum("bcmi,bcm->bim", wn, c))
+    has_data = ok.sum((1, 2)) > 0
+    if cfg.offset_landmark_weight > 0:
+        inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
+        vid = pack.lm_vertex
+        uv, jp = project_pinhole_batch(cameras, full[:, vid] @ rt + translation[:, None])
+        r_lm = uv - lm_target
+        w_lm = lm_conf * huber_weight(torch.linalg.norm(r_lm, dim=-1), cfg.landmark_huber_px) * inv_lm  # (B, C, L)
+        a = jp @ cameras.r[:, :, None] @ rotation[:, None, None]  # (B, C, L, 2, 3) d uv / d offset
+        c_lm = r_lm - (a @ offsets[:, None, vid, :, None])[..., 0]
+        at = a.transpose(-1, -2)
+        blocks = (w_lm[..., None, None] * (at @ a)).sum(1)  # (B, L, 3, 3)
+        grads = (w_lm[..., None] * (at @ c_lm[..., None])[..., 0]).sum(1)  # (B, L, 3)
+        h.index_add_(3, vid, blocks.permute(0, 2, 3, 1))
+        g.index_add_(2, vid, grads.transpose(1, 2))
+        has_data = has_data | (lm_conf.sum((1, 2)) > 0)
+    start = offsets.transpose(1, 2).contiguous()
+    solved = pack.regularizer.solve(h, g, cfg.offset_magnitude_weight * inv_d, cfg.offset_temporal_weight * inv_d,
+                                    start, start, cfg.offset_cg_iterations)
+    return torch.where(has_data[:, None, None], solved.transpose(1, 2), offsets)

@@ -1,0 +1,121 @@
+"""The batched solver core: B streams together equal B separate streams, and a steady frame reads
+nothing back inside the solve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmface4d_stream.fit import lm_solver
+from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
+from mmface4d_stream.fit.host_reads import AtenOpCounter, HostReadCounter
+from mmface4d_stream.fit.multi import MultiStreamFitter
+from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
+
+DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return synthetic_face_model(n_vertices=2500, n_id=12, n_exp=8, seed=1)
+
+
+def _stream(model, n_cameras: int, n_frames: int, phase: float, seed: int):
+    """A moving, talking synthetic head: [(observation, ground truth)], different per phase/seed."""
+    rig = make_rig(n_cameras, distortion=DISTORTION)
+    rng = np.random.default_rng(seed)
+    alpha = (rng.normal(size=model.n_id) * 0.7).astype(np.float32)
+    out = []
+    for k in range(n_frames):
+        beta = (np.sin(0.4 * k + phase + np.arange(model.n_exp)) * 0.7).astype(np.float32)
+        r, t = frontal_pose(8 * np.sin(0.2 * k + phase), -4 + 2 * np.cos(0.15 * k), 2, (0.01, -0.01, 0.66 + 0.002 * k))
+        out.append(synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k,
+                                   landmark_noise_px=0.5, rng=np.random.default_rng(seed * 100 + k)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def streams(model):
+    # Different camera counts in one batch: the padded cameras must not change anything.
+    return [_stream(model, 3, 8, 0.0, 1), _stream(model, 1, 8, 1.3, 2), _stream(model, 2, 8, 2.1, 3)]
+
+
+def test_batched_streams_equal_separate_streams(model, streams):
+    cfg = FitterConfig(identity_frames=3)
+    together = MultiStreamFitter(model, cfg)
+    slots = [together.open_stream() for _ in streams]
+    separate = [FaceFitter(model, cfg) for _ in streams]
+    worst = 0.0
+    for k in range(len(streams[0])):
+        batch = together.process({s: streams[j][k][0] for j, s in enumerate(slots)})
+        for j, s in enumerate(slots):
+            alone = separate[j].process(streams[j][k][0])
+            assert batch[s].flags == alone.flags
+            assert batch[s].iterations == alone.iterations
+            worst = max(worst, float(np.abs(batch[s].vertices - alone.vertices).max()))
+            err = 1e3 * np.linalg.norm(batch[s].vertices - streams[j][k][1], axis=1).mean()
+            assert err < 2.0, f"stream {j} frame {k}: {err:.2f} mm from the truth"
+    assert worst * 1e3 <= 0.01, f"batched and separate meshes differ by {worst * 1e3:.4f} mm"
+
+
+def test_slots_have_independent_state(model, streams):
+    fitter = MultiStreamFitter(model, FitterConfig(identity_frames=2))
+    a, b = fitter.open_stream(), fitter.open_stream()
+    fitter.process({a: streams[0][0][0], b: streams[1][0][0]})
+    res = fitter.process({a: streams[0][1][0]})  # only a advances
+    assert set(res) == {a}
+    assert fitter.stream_state(a)["fitted_frames"] == 2 and fitter.stream_state(b)["fitted_frames"] == 1
+    # b continues warm from its own last frame, not a's.
+    res_b = fitter.process({b: streams[1][1][0]})[b]
+    assert "cold_start" not in res_b.flags
+    assert 1e3 * np.linalg.norm(res_b.vertices - streams[1][1][1], axis=1).mean() < 2.0
+    fitter.close_stream(a)
+    with pytest.raises(KeyError, match="no open fitter slot"):
+        fitter.process({a: streams[0][2][0]})
+
+
+def test_a_steady_frame_reads_nothing_back_inside_the_solve(model, streams, monkeypatch):
+    fitter = FaceFitter(model, FitterConfig(identity_frames=2))
+    for obs, _ in streams[0][:4]:
+        fitter.process(obs)
+    inside = []
+    solve = lm_solver.solve_frames
+
+    def counted(*args, **kwargs):
+        with HostReadCounter() as reads, AtenOpCounter() as ops:
+            out = solve(*args, **kwargs)
+        inside.append((reads.total, dict(reads.counts), ops.total))
+        return out
+
+    monkeypatch.setattr(lm_solver, "solve_frames", counted)
+    monkeypatch.setattr("mmface4d_stream.fit.multi.solve_frames", counted)
+    with HostReadCounter() as whole:
+        res = fitter.process(streams[0][4][0])
+    assert "cold_start" not in res.flags and "identity_frozen" in res.flags
+    assert len(inside) == 1
+    reads, counts, ops = inside[0]
+    assert reads == 0, f"host reads inside the solve: {counts}"
+    assert ops > 500  # the counter did see the solve's work
+    # Outside the solve: host arrays only (the results' read-back, crops), no value reads.
+    assert set(whole.counts) == {"numpy"}, dict(whole.counts)
+
+
+def test_counters_see_reads():
+    t = torch.ones(3)
+    with HostReadCounter() as reads:
+        bool(t.sum() > 0)
+        t.tolist()
+        float(t[0])
+    assert reads.counts == {"__bool__": 1, "tolist": 1, "__float__": 1}
+    with AtenOpCounter() as ops:
+        (t * 2 + 1).sum()
+    assert ops.total == 3
