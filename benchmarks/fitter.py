@@ -48,17 +48,25 @@ DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 PHASES = 8  # distinct starting phases of the synthetic motion across streams
 
 
-def make_frames(model, n_cameras: int, n_frames: int):
-    """n_frames + PHASES - 1 consecutive synthetic frames [(FrameObservation, gt vertices)]."""
+def _frame(model, n_cameras: int, k: int):
     rig = make_rig(n_cameras, distortion=DISTORTION)
-    rng = np.random.default_rng(0)
-    alpha = (rng.normal(size=model.n_id) * 0.8).astype(np.float32)
-    frames = []
-    for k in range(n_frames + PHASES - 1):
-        beta = (np.sin(0.3 * k + np.arange(model.n_exp)) * 0.8).astype(np.float32)
-        r, t = frontal_pose(10 + 5 * np.sin(0.2 * k), -5 + 3 * np.cos(0.15 * k), 2, (0.01, -0.01 + 0.001 * k, 0.66))
-        frames.append(synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k))
-    return frames
+    alpha = (np.random.default_rng(0).normal(size=model.n_id) * 0.8).astype(np.float32)
+    beta = (np.sin(0.3 * k + np.arange(model.n_exp)) * 0.8).astype(np.float32)
+    r, t = frontal_pose(10 + 5 * np.sin(0.2 * k), -5 + 3 * np.cos(0.15 * k), 2, (0.01, -0.01 + 0.001 * k, 0.66))
+    return synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k)
+
+
+def make_frames(model, n_cameras: int, n_frames: int, workers: int | None = None):
+    """n_frames + PHASES - 1 consecutive synthetic frames [(FrameObservation, gt vertices)], rendered
+    by `workers` processes (default: every core)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    ks = range(n_frames + PHASES - 1)
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1:
+        return [_frame(model, n_cameras, k) for k in ks]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_frame, [model] * len(ks), [n_cameras] * len(ks), ks))
 
 
 def _sync(device: str) -> None:
@@ -72,9 +80,13 @@ def _kernel_launches(step, device: str) -> float | None:
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
-        _sync(device)
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            _sync(device)
+    except RuntimeError as exc:  # no CUPTI on this machine
+        print(f"kernel launches not counted: {exc}", file=sys.stderr)
+        return None
     names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
     return float(sum(e.count for e in prof.key_averages() if any(e.key.startswith(n) for n in names)))
 
@@ -124,6 +136,7 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
         "iterations": float(np.mean(iters)),
         "mean_vertex_error_mm": float(np.mean(errors)),
         "graphs_captured": len(fitter.graphs) if fitter.cuda_graphs else 0,
+        "graph_failures": sorted(set(fitter.graphs.failures.values())),
     }
 
 
@@ -160,7 +173,7 @@ def run_legacy(model, frames, device: str, warmup: int, n_frames: int, offsets: 
         "batch": 1, "fps_per_stream": n_steady / steady, "fps_total": n_steady / steady,
         "cpu_ms_per_frame": 1e3 * float(np.sum(cpu[warmup:])) / n_steady, "host_reads_per_step": reads,
         "aten_ops_per_frame": ops, "kernel_launches_per_frame": None, "iterations": float(np.mean(iters)),
-        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0,
+        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0, "graph_failures": [],
     }
 
 
@@ -197,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames, "warmup": args.warmup, "offsets": not args.no_offsets,
     }
     rows = []
-    if not args.json:
-        print(f"torch {torch.__version__}, {args.threads} CPU thread(s) of {os.cpu_count()}, GPU: {machine['gpu']}, "
-              f"offsets {'off' if args.no_offsets else 'on'}, {args.frames} frames per stream "
-              f"({args.warmup} warm-up frames excluded)\n")
-        print("| model | cameras | device | mode | B | frames/s per stream | frames/s total | CPU ms/frame | "
-              "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm |")
-        print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # With --json the table goes to stderr as rows finish (a killed run still shows what it measured).
+    out = sys.stderr if args.json else sys.stdout
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s) of {os.cpu_count()}, GPU: {machine['gpu']}, "
+          f"offsets {'off' if args.no_offsets else 'on'}, {args.frames} frames per stream "
+          f"({args.warmup} warm-up frames excluded)\n", file=out)
+    print("| model | cameras | device | mode | B | frames/s per stream | frames/s total | CPU ms/frame | "
+          "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm |", file=out)
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
     for key in args.models:
         name, kwargs = MODELS[key]
         model = synthetic_face_model(seed=0, **kwargs)
@@ -222,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                                       cuda_graphs=mode == "graph")
                     r.update(model=key, cameras=n_cam, device=device, mode=mode)
                     rows.append(r)
-                    if not args.json:
-                        print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
-                              f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "
-                              f"{_fmt(r['aten_ops_per_frame'], '.0f')} | {_fmt(r['kernel_launches_per_frame'], '.1f')} | "
-                              f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} |", flush=True)
+                    print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
+                          f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "
+                          f"{_fmt(r['aten_ops_per_frame'], '.0f')} | {_fmt(r['kernel_launches_per_frame'], '.1f')} | "
+                          f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} |", file=out, flush=True)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return 0

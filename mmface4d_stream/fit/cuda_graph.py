@@ -75,12 +75,22 @@ class GraphCache:
         self.max_graphs = int(max_graphs)
         self._graphs: OrderedDict[tuple, CapturedSolve] = OrderedDict()
         self.captures = 0
+        self.failures: dict[tuple, str] = {}  # keys whose capture failed: run eagerly
 
     def run(self, key: tuple, fn: Callable, inputs):
+        if key in self.failures:
+            return fn(inputs)
         graph = self._graphs.get(key)
         if graph is None:
             log.debug("capturing a CUDA graph for %s", key)
-            graph = CapturedSolve(fn, inputs)
+            try:
+                graph = CapturedSolve(fn, inputs)
+            except RuntimeError as exc:
+                # An op that cannot be captured on this torch/CUDA build: correct results eagerly.
+                self.failures[key] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.warning("CUDA graph capture failed (%s); this shape runs eagerly", self.failures[key])
+                torch.cuda.synchronize()
+                return fn(inputs)
             self._graphs[key] = graph
             self.captures += 1
             while len(self._graphs) > self.max_graphs:
