@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.animate.corpus import CorpusStats
+from mmface4d_stream.animate.data import frames_in_audio
 from mmface4d_stream.animate.features import (LogMelConfig, LogMelExtractor, StreamingLogMel, last_feature_index,
                                               resample_to)
 from mmface4d_stream.animate.model import AnimatorConfig, AudioToMotion, StreamingState
@@ -70,13 +71,14 @@ class AnimationModel:
         return np.clip(idx, 0, max(n_features - 1, 0))
 
     def n_frames_for(self, n_samples: int) -> int:
-        """Mesh frames in `n_samples` of audio at the feature rate: one per whole 1/fps s."""
-        return int(n_samples * self.fps // self.feature_config.rate)
+        """Mesh frames in `n_samples` of audio at the feature rate: one per 1/fps s, a last partial
+        frame counting when at least half of it is there."""
+        return frames_in_audio(n_samples, self.feature_config.rate, self.fps)
 
     @torch.no_grad()
     def coefficients(self, samples: np.ndarray, rate: int, subject: str | None = None) -> np.ndarray:
         """Offline: mono float32 (S,) audio at `rate` Hz -> displacement coefficients (T, K) metres,
-        T = whole frames of audio."""
+        T = `n_frames_for(len(samples))`."""
         x = resample_to(samples, rate, self.feature_config.rate)
         n_frames = self.n_frames_for(len(x))
         if n_frames == 0:
@@ -213,7 +215,7 @@ class StreamingAnimator:
         return ready
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
-        """Frames left when the audio ends: every whole frame of audio received gets one."""
+        """Frames left when the audio ends (`AnimationModel.n_frames_for` of all audio received)."""
         n_frames = self.model.n_frames_for(self._samples)
         n_out = self._first_output + len(self._outputs)
         out = []

@@ -11,12 +11,15 @@ when that file exists; otherwise it is the first folder below the root on the wa
 (`root/<subject>/.../<seq>.wav`), or the root's own name for a wav directly in the root.
 
 Alignment: mesh frame k (30 fps) goes with the audio `[k / fps, (k + 1) / fps)` s; a sequence
-has `min(mesh frames, floor(audio seconds * fps))` usable frames.
+has `min(mesh frames, frames_in_audio(...))` usable frames: one per 1/fps s of audio, a last
+partial frame counting when at least half of it is there (dataset wavs end a fraction of a
+sample short of the video).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import random
@@ -29,7 +32,8 @@ from mmface4d_stream.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SequenceFiles", "discover_sequences", "split_by_subject", "read_sequence_audio", "frame_rms"]
+__all__ = ["SequenceFiles", "discover_sequences", "frames_in_audio", "split_by_subject", "read_sequence_audio",
+           "frame_rms"]
 
 MESH_PREFIX_PREFERENCE = ("reconstruct_filt", "{seq}_mesh", "reconstruct")
 
@@ -115,7 +119,7 @@ def discover_sequences(roots: list[str | os.PathLike], fps: float = 30.0) -> lis
             if abs(mesh_fps - fps) > 0.01:
                 raise InputError(f"mesh sequence runs at {mesh_fps:g} fps, expected {fps:g}", prefix)
             audio = read_wav(wav)
-            n_audio = int(len(audio.samples) * fps // audio.rate)
+            n_audio = frames_in_audio(len(audio.samples), audio.rate, fps)
             if abs(n_audio - n_mesh) > 1:
                 logger.warning("%s: %d mesh frames but %.3f s of audio; using %d frames", wav, n_mesh,
                                len(audio.samples) / audio.rate, min(n_mesh, n_audio))
@@ -130,6 +134,11 @@ def discover_sequences(roots: list[str | os.PathLike], fps: float = 30.0) -> lis
     if len(sizes) > 1:
         raise InputError(f"sequences have different vertex counts {sorted(sizes)}: one topology per model")
     return sorted(found, key=lambda s: (s.subject, s.name, str(s.wav_path)))
+
+
+def frames_in_audio(n_samples: int, rate: int, fps: float) -> int:
+    """Mesh frames in `n_samples` of audio at `rate` Hz: round(seconds * fps), half up."""
+    return int(math.floor(n_samples * fps / rate + 0.5))
 
 
 def split_by_subject(sequences: list[SequenceFiles], val_fraction: float, seed: int = 0
