@@ -84,7 +84,8 @@ def main() -> int:
           f"{result.epochs} epochs in {train_min:.2f} min on {args.threads} CPU thread(s)\n")
     print("| predictor | LVE (mm) | FDD (mm) |")
     print("|---|---:|---:|")
-    for name, key in (("model", "model"), ("static neutral face", "static_face"), ("training mean motion", "mean_motion")):
+    rows = (("model", "model"), ("static neutral face", "static_face"), ("training mean motion", "mean_motion"))
+    for name, key in rows:
         print(f"| {name} | {summary[key]['lve_mm']:.3f} | {summary[key]['fdd']:.3f} |")
     print(f"\ninference: {summary['inference_ms_per_frame']:.3f} ms per frame (offline, whole sequence); "
           f"model: {model_path}")

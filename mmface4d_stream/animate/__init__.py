@@ -12,6 +12,7 @@ Modules, one capability each:
   metrics    LVE and FDD;  evaluate: model vs baselines
   synthetic  a light generator of ground-truth meshes + speech audio
   render_run offline `run`: wav -> mesh nut triplet (+ video with the audio)
+  video      muxing the audio into a rendered mp4
   live       microphone (or a wav through the same path) -> mesh publisher
   cli        `mmface4d animate ...`
 """

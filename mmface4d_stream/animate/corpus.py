@@ -29,8 +29,8 @@ from mmface4d_stream.fit.geometry import kabsch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CorpusStats", "SequenceTargets", "align_frames", "compute_corpus_stats", "silent_frames", "estimate_neutrals",
-           "sequence_targets", "aligned_meshes"]
+__all__ = ["CorpusStats", "SequenceTargets", "align_frames", "compute_corpus_stats", "silent_frames",
+           "estimate_neutrals", "sequence_targets", "aligned_meshes"]
 
 SILENCE_FRACTION = 0.1
 MIN_SILENT_FRAMES = 3

@@ -128,7 +128,8 @@ def face_regions(reference: np.ndarray, anchors: RegionAnchors) -> FaceRegions:
     eye_height = float(eyes_c @ up)
     upper = np.flatnonzero(plane[:, 1] >= eye_height - UPPER_FACE_BELOW_EYES * height)
     if len(lips) < 3 or len(upper) < 3:
-        raise InputError(f"found {len(lips)} lip and {len(upper)} upper-face vertices: the anchors do not fit this mesh")
+        raise InputError(f"found {len(lips)} lip and {len(upper)} upper-face vertices: "
+                         "the anchors do not fit this mesh")
     return FaceRegions(lips.astype(np.int64), upper.astype(np.int64))
 
 

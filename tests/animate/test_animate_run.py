@@ -39,7 +39,8 @@ def test_run_on_a_given_neutral_face_in_another_pose(trained_model, synthetic_co
     posed = model.stats.reference @ R.T + np.array([0.1, -0.05, 0.3], np.float32)
     np.save(tmp_path / "neutral.npy", posed)
     wav = sorted(synthetic_corpus[1].rglob("*.wav"))[0]
-    assert main(["animate", "run", "--audio", str(wav), "--model", str(trained_model), "--out", str(tmp_path / "a")]) == 0
+    assert main(["animate", "run", "--audio", str(wav), "--model", str(trained_model),
+                 "--out", str(tmp_path / "a")]) == 0
     assert main(["animate", "run", "--audio", str(wav), "--model", str(trained_model), "--out", str(tmp_path / "b"),
                  "--neutral", str(tmp_path / "neutral.npy")]) == 0
     with MeshNutReader(tmp_path / "a") as ra, MeshNutReader(tmp_path / "b") as rb:
