@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mmface4d_stream.fit.rig_cli",
     "mmface4d_stream.render.cli",
     "mmface4d_stream.preview.cli",
+    "mmface4d_stream.animate.cli",
 )
 
 
