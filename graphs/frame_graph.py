@@ -222,6 +222,7 @@ class SequencePipeline:
         self.live = config.policy.mode == "live"
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self.restarts = 0
+        self.resumed_from: list[int] = []  # the frame each restart rewound the stream to
         self.reports: list[FrameReport] = []
         self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
         self._dag = None
@@ -413,6 +414,7 @@ class SequencePipeline:
                         raise PipelineError(f"sequence {name}: an actor died {self.restarts} times, giving up "
                                             f"({type(exc).__name__}: {exc})") from None
                     resume = checkpoint["frame"] + 1
+                    self.resumed_from.append(resume)
                     log.warning("sequence %s: an actor died (%s); restarting from frame %d (restart %d of %d)",
                                 name, type(exc).__name__, resume, self.restarts, cfg.ray.max_restarts)
                     self._resume(resume, checkpoint)
@@ -552,6 +554,7 @@ class SequencePipeline:
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
             "restarts": self.restarts,
+            "resumed_from_frames": list(self.resumed_from),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(frames_done / elapsed, 3) if elapsed > 0 else None,
             **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),

@@ -72,8 +72,8 @@ def test_three_sequences_in_one_shared_fitter_give_the_files_of_three_separate_r
 
 
 def test_a_crashed_shared_fitter_restarts_and_every_lane_resumes(graph_capture, separate_runs, tmp_path, local_ray):
-    # The shared actor's process dies once, at the first lane's frame 3; each lane restores its own
-    # stream from its checkpoint (every 2 frames) in the restarted actor.
+    # The shared actor's process dies once, at the first lane's frame 3: every lane using it restores
+    # its own stream from its checkpoint (every 2 frames) in the restarted actor.
     config = load_config(None, dict(SMALL, **{"fitter.shared": "on", "fitter.batch_window_ms": 300.0,
                                               "ray.max_pipelines": 2, "ray.checkpoint_every": 2,
                                               "faults.stage": "fitter", "faults.frame": 3, "faults.kind": "exit"}))
@@ -82,6 +82,14 @@ def test_a_crashed_shared_fitter_restarts_and_every_lane_resumes(graph_capture, 
     metas = {c: _meta(tmp_path / f"cam{c}") for c in (0, 2)}
     assert sum(m["restarts"] for m in metas.values()) >= 1, metas
     for c in (0, 2):
-        assert metas[c]["frames_written"] == FRAMES and metas[c]["frames_dropped"] == []
-        # A restored stream matches the uninterrupted one up to the fitter's rebuilt caches.
-        _assert_same_files(tmp_path / f"cam{c}", separate_runs / f"cam{c}", atol=2e-4)
+        meta = metas[c]
+        assert meta["frames_written"] == FRAMES and meta["frames_dropped"] == [] and meta["frames_lost_face"] == []
+        assert len(meta["resumed_from_frames"]) == meta["restarts"] and all(f <= 3 for f in meta["resumed_from_frames"])
+        shared, separate = _meshes(tmp_path / f"cam{c}"), _meshes(separate_runs / f"cam{c}")
+        # Before the rewind: the uninterrupted stream's meshes. After it the landmark trackers find the
+        # face again from whole frames, as after a crash of a lane's own fitter (measured there too:
+        # 0.2-0.6 mm mean per frame).
+        first = min(meta["resumed_from_frames"], default=FRAMES)
+        np.testing.assert_allclose(shared[:first], separate[:first], atol=2e-5)
+        distances_mm = np.linalg.norm(shared - separate, axis=2).mean(axis=1) * 1e3
+        assert distances_mm.max() < 1.0, distances_mm
