@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 import sys
 import threading
 import time
@@ -188,7 +189,8 @@ class SharedFitterPool:
             self.shutdown()
             if exc.actor_init_failed:  # e.g. a BFM folder without the model: the user's to fix
                 lines = [line for line in str(exc).splitlines() if line.strip()]
-                raise InputError(f"the shared fitter did not start: {lines[-1].strip()}") from None
+                reason = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())  # the class is noise to a user
+                raise InputError(f"the shared fitter did not start: {reason}") from None
             raise
 
     def for_lane(self, index: int):

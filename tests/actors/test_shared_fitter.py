@@ -64,3 +64,20 @@ def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_c
     want = own_restored.fit(observed[3])
     assert resumed.faces is not None  # a re-opened stream sends its topology again
     np.testing.assert_allclose(resumed.mesh.vertices, want.mesh.vertices, atol=1e-5)
+
+
+def test_a_frame_that_fails_fails_only_its_own_stream(one_camera_observed):
+    from mmface4d_stream.pipeline.stages import StageError
+
+    observed = one_camera_observed[:2]
+
+    async def run():
+        shared = SharedFitter(OPTIONS, batch_window_ms=50.0)
+        await shared.open_stream("a", None, 15, fault={"stage": "fitter", "frame": 1, "kind": "raise"})
+        await shared.open_stream("b", None, 15)
+        calls = [shared.fit(key, t, observed[t]) for key in "ab" for t in range(2)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    a0, a1, b0, b1 = asyncio.run(run())
+    assert isinstance(a1, StageError) and str(a1).startswith(f"stage fitter failed on sequence {observed[1].seq}, frame 1")
+    assert all(isinstance(p, MeshPacket) for p in (a0, b0, b1)) and b1.mesh.frame == 1
