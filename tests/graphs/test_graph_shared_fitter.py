@@ -37,8 +37,12 @@ def _meshes(prefix) -> np.ndarray:
 @pytest.fixture(scope="module")
 def separate_runs(graph_capture, tmp_path_factory):
     """The three sequences run one after another, each pipeline with its own fitter actor."""
+    import ray
+
     from graphs.runner import ensure_ray
 
+    if ray.is_initialized() and len(ray.nodes()) > 1:  # left by the cluster test
+        ray.shutdown()
     ensure_ray(load_config(None, {"ray.num_cpus": 2}))
     folder = tmp_path_factory.mktemp("separate")
     results = run_jobs(_jobs(graph_capture, folder), load_config(None, dict(SMALL, **{"ray.max_pipelines": 1})),
