@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
-import pytest
 
 from actors import Dropped, Fitter, FrameReport, LandmarkDetector, MeshPacket, NutEncoder, Smoother
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
