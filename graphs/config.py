@@ -55,7 +55,14 @@ class LandmarksConfig:
 class FitterConfig:
     """Fitter actor. face_model: template (built in) or bfm (needs bfm_folder). rig: a rig JSON from
     `mmface4d calibrate` (None: calibrated from the first frames). reference: the rig's reference
-    camera (None: the middle one). torch_threads: intra-op threads of the fitter's process."""
+    camera (None: the middle one). torch_threads: intra-op threads of the fitter's process.
+
+    shared: one fitter actor serves many sequences (lanes), solving the frames that are ready
+    together: `auto` when the cluster has GPUs (one actor per `num_gpus` GPUs, fitting on cuda),
+    `on` always (without GPUs one actor on `device`), `off` a fitter actor per lane. A shared actor
+    waits at most batch_window_ms after the first ready frame for other lanes' frames and solves at
+    most max_batch frames at once.
+    """
 
     face_model: str = "template"
     bfm_folder: str | None = None
@@ -65,6 +72,10 @@ class FitterConfig:
     reference: int | None = None
     torch_threads: int = 1
     num_cpus: float = 1.0
+    shared: str = "off"
+    num_gpus: float = 1.0
+    batch_window_ms: float = 5.0
+    max_batch: int = 64
 
 
 @dataclass
@@ -164,15 +175,20 @@ class GraphConfig:
 
 _CHOICES = {
     "fitter.face_model": ("template", "bfm"),
+    "fitter.shared": ("auto", "on", "off"),
     "policy.mode": ("offline", "live"),
     "faults.stage": (None, "source", "landmarks", "fitter", "smoother", "encoder", "publisher"),
     "faults.kind": (None, "raise", "exit"),
 }
+# Choice keys whose words YAML 1.1 reads as booleans (`shared: on`): taken back as the words.
+_ON_OFF = {"fitter.shared"}
 _POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_hwm", "fitter.torch_threads",
              "smoother.order", "smoother.cutoff_hz", "ray.checkpoint_every", "policy.max_latency_ms",
-             "source.max_frames", "ray.num_cpus", "ray.max_pipelines", "ray.frame_timeout_s"}
+             "source.max_frames", "ray.num_cpus", "ray.max_pipelines", "ray.frame_timeout_s",
+             "fitter.num_gpus", "fitter.max_batch"}
 _NON_NEGATIVE = {"ray.max_restarts", "landmarks.num_cpus", "fitter.num_cpus", "faults.delay_ms",
-                 "publish.wait_subscribers", "faults.frame"}
+                 "publish.wait_subscribers", "faults.frame",
+                 "fitter.batch_window_ms"}
 
 
 def _check_value(key: str, annotation: Any, value: Any, where: str) -> Any:
@@ -221,6 +237,8 @@ def _apply(instance: Any, data: Mapping, prefix: str, where: str) -> None:
         if dataclasses.is_dataclass(current):
             _apply(current, value, f"{key}.", where)
             continue
+        if key in _ON_OFF and isinstance(value, bool):
+            value = "on" if value else "off"
         setattr(instance, name, _check_value(key, hints[name], value, where))
 
 
@@ -241,6 +259,9 @@ def _validate(config: GraphConfig, where: str) -> None:
             raise ConfigError(f"{key} must not be negative, got {value!r}", where)
     if config.fitter.face_model == "bfm" and not config.fitter.bfm_folder:
         raise ConfigError("fitter.face_model bfm needs fitter.bfm_folder (the BFM is licensed per user)", where)
+    if config.fitter.shared == "on" and config.ray.compiled:
+        raise ConfigError("fitter.shared on needs ray.compiled false (a compiled graph owns its actors; "
+                          "a shared fitter serves many graphs)", where)
     if config.smoother.cutoff_hz >= config.output.fps / 2:
         raise ConfigError(f"smoother.cutoff_hz must be below half of output.fps ({config.output.fps / 2} Hz), "
                           f"got {config.smoother.cutoff_hz}", where)

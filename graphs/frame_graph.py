@@ -9,11 +9,17 @@ their calls in order, so the fitter's warm start and the smoother's state follow
 chain of plain actor calls. At most `policy.max_inflight` ticks are in the graph at once: memory
 is constant offline, latency is bounded live (where the source also keeps only the newest frame).
 
+A GPU is shared, not owned: with `fitter.shared` the fitter box is a `SharedFitter` actor (one per
+GPU, started by `graphs.runner`) that serves the pipelines of many lanes, each through its own
+stream (warm start, identity, template, checkpoints), and fits the frames that are ready from
+different lanes in one solve; sources and landmark actors stay per lane, on CPUs.
+
 Faults: an actor whose process dies is restarted by Ray (`max_restarts`); the driver rewinds the
 stream to the last checkpoint (fitter warm start and smoother state, taken every
 `ray.checkpoint_every` frames), restores it and goes on; the encoder ignores frames it has
-already written. A stage that raises stops the sequence with a `PipelineError` naming stage,
-sequence, camera and frame; the encoder always finalizes its files.
+already written. A restarted shared fitter has lost every lane's stream: each lane notices
+(`StreamLost`) and resumes the same way. A stage that raises stops the sequence with a
+`PipelineError` naming stage, sequence, camera and frame; the encoder always finalizes its files.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import re
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +39,7 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, Smoother, ZmqPublisher
+from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFitter, Smoother, StreamLost, ZmqPublisher
 from actors.records import FrameReport
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError
@@ -51,6 +59,14 @@ _TIMEOUTS = tuple(e for e in (ray.exceptions.GetTimeoutError, RayChannelTimeoutE
 
 class PipelineError(RuntimeError):
     """A sequence stopped: a stage failed (its `StageError` is the cause) or restarts ran out."""
+
+
+def _actor_lost(exc: BaseException) -> bool:
+    """Whether `exc` means that an actor's process (or the lane's stream in a shared fitter) is gone:
+    the sequence can resume from its checkpoint."""
+    if isinstance(exc, _ACTOR_LOST):
+        return True
+    return isinstance(exc, ray.exceptions.RayTaskError) and isinstance(original_error(exc), StreamLost)
 
 
 @dataclass
@@ -136,12 +152,69 @@ class Lane:
         self.actors.clear()
 
 
+def shared_fitter_plan(config: GraphConfig, resources: dict) -> tuple[int, float, str]:
+    """How a run fits, from `fitter.shared` and the cluster's resources: (number of shared fitter
+    actors, GPUs each reserves, the device they fit on); (0, 0.0, "") when every lane has its own
+    fitter actor. `auto` shares when the cluster has GPUs (one actor per `fitter.num_gpus` GPUs, on
+    cuda); `on` also without them (one actor on `fitter.device`); a compiled graph owns its actors,
+    so `auto` does not share with `ray.compiled` (and the config rejects `on` with it)."""
+    fitter = config.fitter
+    if fitter.shared == "off" or config.ray.compiled:
+        return 0, 0.0, ""
+    gpus = float(resources.get("GPU", 0.0))
+    if gpus >= fitter.num_gpus:
+        return max(1, int(gpus // fitter.num_gpus + 1e-9)), fitter.num_gpus, "cuda"
+    if fitter.shared == "on":
+        return 1, 0.0, fitter.device
+    return 0, 0.0, ""
+
+
+class SharedFitterPool:
+    """The shared fitter actors of a run (`SharedFitter`, one per GPU); lane `i` uses actor `i % n`.
+
+    An actor reserves `fitter.num_cpus` CPUs and `num_gpus` GPUs once, whatever the number of lanes
+    it serves. Ray restarts a crashed one without limit: the lanes bound it, each giving up on its
+    sequence after `ray.max_restarts` restarts.
+    """
+
+    def __init__(self, config: GraphConfig, count: int, num_gpus: float, device: str):
+        options = dict(dataclasses.asdict(config.fitter), device=device)
+        cls = ray.remote(SharedFitter).options(num_cpus=config.fitter.num_cpus, num_gpus=num_gpus, max_restarts=-1)
+        self.device = device
+        self.actors = [cls.remote(options, config.fitter.batch_window_ms, config.fitter.max_batch)
+                       for _ in range(count)]
+        try:
+            ray.get([actor.ping.remote() for actor in self.actors])
+        except ray.exceptions.RayActorError as exc:
+            self.shutdown()
+            if exc.actor_init_failed:  # e.g. a BFM folder without the model: the user's to fix
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                reason = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())  # the class is noise to a user
+                raise InputError(f"the shared fitter did not start: {reason}") from None
+            raise
+
+    def for_lane(self, index: int):
+        return self.actors[index % len(self.actors)]
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+
+
 class SequencePipeline:
-    """Builds the actors of one sequence and runs it to the end (or until `stop` is set)."""
+    """Builds the actors of one sequence and runs it to the end (or until `stop` is set).
+
+    shared_fitter: a `SharedFitter` actor (of a `SharedFitterPool`) that fits this sequence in a
+    stream of its own; None: the pipeline has its own `Fitter` actor.
+    """
 
     def __init__(self, job: SequenceJob, config: GraphConfig, publish_url: str | None = None,
                  progress: bool = True, position: int = 0, stop: threading.Event | None = None,
-                 lane: Lane | None = None):
+                 lane: Lane | None = None, shared_fitter=None):
         self.job = job
         self.config = config
         self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
@@ -151,6 +224,7 @@ class SequencePipeline:
         self.live = config.policy.mode == "live"
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self.restarts = 0
+        self.resumed_from: list[int] = []  # the frame each restart rewound the stream to
         self.reports: list[FrameReport] = []
         self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
         self._dag = None
@@ -159,6 +233,12 @@ class SequencePipeline:
         self._open_args: dict[str, tuple[tuple, dict]] = {}  # this sequence's arguments per actor
         self._reused: set[str] = set()  # actors taken over from the lane's earlier sequences
         self.endpoint: str | None = None
+        if shared_fitter is not None and config.ray.compiled:
+            raise ValueError("a shared fitter serves plain actor calls only (ray.compiled false)")
+        self.shared = shared_fitter
+        # This sequence's stream in the shared fitter (unique: lanes run the same names on re-runs).
+        self.stream_key = f"{job.name or Path(job.save_path).name}-{uuid.uuid4().hex[:8]}"
+        self._next_tick = 0  # the next frame tick to submit; it keeps counting through restarts
 
     # ----------------------------------------------------------------------------- actors
 
@@ -196,7 +276,8 @@ class SequencePipeline:
         Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
         if self.lane is not None:
             self.lane.sequences += 1
-        for key in ("publisher",) + (() if cfg.smoother.enabled else ("smoother",)):
+        unwanted = ("publisher",) + (() if cfg.smoother.enabled else ("smoother",)) + (("fitter",) if self.shared else ())
+        for key in unwanted:
             if key in self.actors:  # per sequence (publisher) or not wanted now
                 ray.kill(self.actors.pop(key), no_restart=True)
         opening = [self._actor(
@@ -208,8 +289,9 @@ class SequencePipeline:
         calibration = self.actors["source"].calibrate.remote(cfg.fitter.reference, cfg.fitter.rig, self.job.save_path)
         self._n_cameras = len(self.info["camera_indices"])
         opening = [self._new_landmarks()]
-        opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
-                                   fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus))
+        if self.shared is None:
+            opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
+                                       fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus))
         if cfg.smoother.enabled:
             opening.append(self._actor("smoother", Smoother, cfg.smoother.cutoff_hz, cfg.smoother.order,
                                        float(cfg.output.fps), fault=self._fault_for("smoother")))
@@ -223,8 +305,7 @@ class SequencePipeline:
         if not cfg.ray.compiled:  # (a compiled graph runs calls in another thread: MediaPipe is built there)
             opening.append(self.actors["landmarks"].warm_up.remote())
         self.transforms, self.reference = self._get(calibration, "source")
-        self._get([r for r in opening if r is not None] + [self.actors["fitter"].set_rig.remote(self.transforms)],
-                  "setup")
+        self._get([r for r in opening if r is not None] + [self._open_fitter_stream()], "setup")
         if self.publish_url:
             self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
             if cfg.publish.wait_subscribers:
@@ -232,6 +313,14 @@ class SequencePipeline:
                     cfg.publish.wait_subscribers, cfg.publish.wait_timeout_s), "publisher")
         self._get([a.ping.remote() for a in self.actors.values()], "setup")
         return self.info
+
+    def _open_fitter_stream(self, checkpoint: dict | None = None):
+        """The pending call that gives the fitter this sequence's rig and a fresh stream (or the
+        stream at `checkpoint`, whose ticks continue from the next one to submit)."""
+        if self.shared is None:
+            return self.actors["fitter"].set_rig.remote(self.transforms)
+        return self.shared.open_stream.remote(self.stream_key, self.transforms, self.config.ray.checkpoint_every,
+                                              self._fault_for("fitter"), checkpoint, self._next_tick)
 
     def _get(self, refs, stage: str):
         try:
@@ -248,7 +337,11 @@ class SequencePipeline:
         """The per-frame chain from `tick`; `call(method, arg)` binds (compiled graph) or submits
         (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher]."""
         a = self.actors
-        packet = call(a["fitter"].fit, call(a["landmarks"].detect, call(a["source"].read, tick)))
+        observed = call(a["landmarks"].detect, call(a["source"].read, tick))
+        if self.shared is not None:  # (plain calls only) the tick orders this lane's calls in the shared actor
+            packet = self.shared.fit.remote(self.stream_key, tick, observed)
+        else:
+            packet = call(a["fitter"].fit, observed)
         if "smoother" in a:
             packet = call(a["smoother"].smooth, packet)
         outputs = [call(a["encoder"].write, packet)]
@@ -294,6 +387,8 @@ class SequencePipeline:
             for actor in self.actors.values():
                 ray.kill(actor, no_restart=True)
             self.actors.clear()
+            if self.shared is not None:
+                self.shared.close_stream.remote(self.stream_key)
             if isinstance(exc, InputError):
                 log.error("%s: %s", self.job.name or self.job.save_path, exc)
                 return SequenceResult(self.job, {}, False, str(exc))
@@ -312,13 +407,16 @@ class SequencePipeline:
                 except _TIMEOUTS as exc:
                     raise PipelineError(f"sequence {name}: no result within ray.frame_timeout_s = "
                                         f"{cfg.ray.frame_timeout_s} s; the graph is stuck ({type(exc).__name__})") from None
-                except _ACTOR_LOST as exc:
+                except _ACTOR_LOST + (ray.exceptions.RayTaskError,) as exc:
+                    if not _actor_lost(exc):
+                        raise
                     self._teardown()
                     self.restarts += 1
                     if self.restarts > cfg.ray.max_restarts:
                         raise PipelineError(f"sequence {name}: an actor died {self.restarts} times, giving up "
                                             f"({type(exc).__name__}: {exc})") from None
                     resume = checkpoint["frame"] + 1
+                    self.resumed_from.append(resume)
                     log.warning("sequence %s: an actor died (%s); restarting from frame %d (restart %d of %d)",
                                 name, type(exc).__name__, resume, self.restarts, cfg.ray.max_restarts)
                     self._resume(resume, checkpoint)
@@ -350,12 +448,12 @@ class SequencePipeline:
         if compiled and self._dag is None:
             self._dag = self._compile()
         inflight: collections.deque = collections.deque()
-        tick = self._next_tick = getattr(self, "_next_tick", 0)
         ended = False
         while True:
             while not ended and not self.stop.is_set() and len(inflight) < cfg.policy.max_inflight:
+                tick = self._next_tick
                 inflight.append(self._dag.execute(tick) if compiled else self._submit_plain(tick))
-                tick += 1
+                self._next_tick = tick + 1
             if not inflight:
                 break
             head = inflight.popleft()
@@ -374,7 +472,6 @@ class SequencePipeline:
                 bar.update(1 + report.filled)
                 if report.kind == "dropped":
                     bar.set_postfix_str(f"dropped {sum(r.kind == 'dropped' for r in self.reports)}", refresh=False)
-        self._next_tick = tick
         if self.stop.is_set() and not ended:
             raise KeyboardInterrupt
 
@@ -383,10 +480,11 @@ class SequencePipeline:
         if "landmarks" not in self.actors:
             self._new_landmarks()
         a = self.actors
+        everyone = list(a.values()) + ([self.shared] if self.shared is not None else [])
         deadline = time.monotonic() + 120.0
         while True:
             try:
-                ray.get([actor.ping.remote() for actor in a.values()], timeout=30.0)
+                ray.get([actor.ping.remote() for actor in everyone], timeout=30.0)
                 break
             except _ACTOR_LOST + (ray.exceptions.GetTimeoutError,):
                 if time.monotonic() > deadline:
@@ -396,9 +494,12 @@ class SequencePipeline:
         # actor taken over from the lane those were another sequence's, so it opens this one again.
         ray.get([a[key].open.remote(*args, **kwargs) for key, (args, kwargs) in self._open_args.items()
                  if key in self._reused and key in ("source", "landmarks", "fitter") and key in a])
-        ray.get(a["fitter"].set_rig.remote(self.transforms))
-        calls = [a["fitter"].restore.remote(checkpoint["fitter"]), a["landmarks"].reset.remote(),
-                 a["source"].start.remote(frame)]
+        if self.shared is None:
+            ray.get(a["fitter"].set_rig.remote(self.transforms))
+            calls = [a["fitter"].restore.remote(checkpoint["fitter"])]
+        else:  # a restarted shared fitter knows no stream; a surviving one drops the lane's old ticks
+            calls = [self._open_fitter_stream(checkpoint["fitter"])]
+        calls += [a["landmarks"].reset.remote(), a["source"].start.remote(frame)]
         if "smoother" in a:
             calls.append(a["smoother"].restore.remote(checkpoint["smoother"]))
         ray.get(calls)
@@ -407,11 +508,19 @@ class SequencePipeline:
         a = self.actors
         elapsed = time.perf_counter() - start
         summary, faces, source_stats = {}, None, {}
+        if self.shared is None:
+            fitter_calls = [a["fitter"].summary.remote(), a["fitter"].faces.remote()]
+        else:
+            fitter_calls = [self.shared.summary.remote(self.stream_key), self.shared.faces.remote(self.stream_key)]
         try:
-            summary, faces, source_stats = ray.get([a["fitter"].summary.remote(), a["fitter"].faces.remote(),
-                                                    a["source"].stats.remote()], timeout=60.0)
+            summary, faces, source_stats = ray.get(fitter_calls + [a["source"].stats.remote()], timeout=60.0)
         except Exception as exc:  # a dead fitter loses only the summary: the files are finalized below
             log.warning("could not collect the fitter summary: %s", exc)
+        if self.shared is not None:
+            try:
+                ray.get(self.shared.close_stream.remote(self.stream_key), timeout=60.0)
+            except Exception as exc:  # gone with a crashed actor already
+                log.debug("closing the shared fitter stream: %s", exc)
         recorded = []
         try:
             recorded = ray.get(a["source"].close.remote(), timeout=120.0)
@@ -447,6 +556,7 @@ class SequencePipeline:
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
             "restarts": self.restarts,
+            "resumed_from_frames": list(self.resumed_from),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(frames_done / elapsed, 3) if elapsed > 0 else None,
             **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),

@@ -3,6 +3,8 @@
 `ensure_ray(config)` starts a local Ray (or joins `ray.address`); `run_jobs(jobs, config)` runs
 every job whose outputs are not finished yet (`pipeline.sinks.is_finished`: re-runs resume).
 Each concurrent pipeline has a `Lane`: its actor processes serve one sequence after another.
+With `fitter.shared` (`shared_fitter_plan`) the lanes' pipelines fit in shared fitter actors, one
+per GPU, started here for the whole run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable, Sequence
 import ray
 
 from graphs.config import GraphConfig
-from graphs.frame_graph import Lane, SequenceJob, SequencePipeline, SequenceResult
+from graphs.frame_graph import Lane, SequenceJob, SequencePipeline, SequenceResult, SharedFitterPool, shared_fitter_plan
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.pipeline.sinks import is_finished
 
@@ -46,17 +48,19 @@ def ensure_ray(config: GraphConfig) -> dict:
     return ray.cluster_resources()
 
 
-def pipelines_at_once(config: GraphConfig, resources: dict, publishing: bool) -> int:
+def pipelines_at_once(config: GraphConfig, resources: dict, publishing: bool, shared_fitters: int = 0) -> int:
     """How many sequences run concurrently: the configured number, or the cluster's CPUs divided by
-    one pipeline's reservation. Publishing serializes sequences (one stream endpoint)."""
+    one pipeline's reservation (without its fitter's when `shared_fitters` actors, reserving theirs
+    once, fit for every lane). Publishing serializes sequences (one stream endpoint)."""
     if publishing:
         return 1
     if config.ray.max_pipelines:
         return config.ray.max_pipelines
-    per_pipeline = config.landmarks.num_cpus + config.fitter.num_cpus
+    per_pipeline = config.landmarks.num_cpus + (0.0 if shared_fitters else config.fitter.num_cpus)
     if per_pipeline <= 0:
         return 1
-    return max(1, int(resources.get("CPU", 1) // per_pipeline))
+    cpus = resources.get("CPU", 1) - shared_fitters * config.fitter.num_cpus
+    return max(1, int(cpus // per_pipeline))
 
 
 def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: str | None = None,
@@ -73,7 +77,11 @@ def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: s
         todo.append((index, job))
     results: list[SequenceResult | None] = [None] * len(jobs)
     publishing = bool(publish_url or config.publish.enabled)
-    workers = min(max(1, len(todo)), pipelines_at_once(config, resources, publishing))
+    n_shared, num_gpus, shared_device = shared_fitter_plan(config, resources)
+    workers = min(max(1, len(todo)), pipelines_at_once(config, resources, publishing, n_shared))
+    fitters = SharedFitterPool(config, min(n_shared, workers), num_gpus, shared_device) if n_shared and todo else None
+    if fitters is not None:
+        log.info("%d lane(s) fit in %d shared fitter actor(s) on %s", workers, len(fitters.actors), shared_device)
 
     # One lane of actors per concurrent pipeline, reused by the sequences that run in it.
     lanes: queue.SimpleQueue = queue.SimpleQueue()
@@ -87,7 +95,8 @@ def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: s
         slot, lane = lanes.get()
         try:
             pipeline = SequencePipeline(job, config, publish_url=publish_url, progress=progress, position=slot,
-                                        stop=stop, lane=lane)
+                                        stop=stop, lane=lane,
+                                        shared_fitter=None if fitters is None else fitters.for_lane(slot))
             result = pipeline.run()
         finally:
             lanes.put((slot, lane))
@@ -107,4 +116,6 @@ def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: s
     finally:
         for lane in all_lanes:
             lane.discard()
+        if fitters is not None:
+            fitters.shutdown()
     return results

@@ -153,18 +153,46 @@ class LandmarkStage:
             landmarker.close()
 
 
+class StreamSlot:
+    """One slot of a `fit.multi.MultiStreamFitter`, seen as the single-stream fitter a `FitStage` drives
+    (`process`, `model`, `stream_state`, `restore_stream_state`). `FitStage.process_batch` fits the
+    frames of many such slots of one fitter in one `MultiStreamFitter.process` call."""
+
+    def __init__(self, fitter, slot: int):
+        self.multi, self.slot = fitter, slot
+
+    @property
+    def model(self):
+        return self.multi.model(self.slot)
+
+    def process(self, observation):
+        return self.multi.process({self.slot: observation})[self.slot]
+
+    def stream_state(self, include_model: bool | None = None) -> dict:
+        return self.multi.stream_state(self.slot, include_model)
+
+    def restore_stream_state(self, state: dict) -> None:
+        self.multi.restore_stream_state(self.slot, state)
+
+
 class FitStage:
     """Fit the face model to each observed frame, warm-started from the previous one.
 
     rig_transforms: per camera (in frame-set order) the 4x4 T_ref_from_cam; None for one camera
     (identity). Use `calibrate_rig` to get them from the first frames of a multi-camera sequence.
+    fitter: the stream's fitter when it is not a new `FaceFitter(model, config, device)`: a
+    `StreamSlot` of a fitter shared by many sequences (`model` is then that fitter's model, None for
+    per-stream templates). The bookkeeping (lost frames, residual sums, checkpoints, faces) is the
+    same either way.
     """
 
     def __init__(self, rig_transforms: Sequence[np.ndarray] | None = None, model=None, config=None,
-                 device: str = "cpu"):
-        from mmface4d_stream.fit.fitter import FaceFitter
+                 device: str = "cpu", fitter=None):
+        if fitter is None:
+            from mmface4d_stream.fit.fitter import FaceFitter
 
-        self.fitter = FaceFitter(model=model, config=config, device=device)
+            fitter = FaceFitter(model=model, config=config, device=device)
+        self.fitter = fitter
         self._given_model = model
         self.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
         self.lost_frames: list[int] = []
@@ -197,6 +225,48 @@ class FitStage:
             if wrapped is exc:
                 raise
             raise wrapped from exc
+        return self._record(observed, result, time.perf_counter() - start)
+
+    @staticmethod
+    def process_batch(frames: Sequence[tuple[FitStage, ObservedFrame]]) -> list[MeshFrame | BaseException]:
+        """Fit one frame of each of several streams in one solve.
+
+        frames: (stage, observed) pairs whose stages drive `StreamSlot`s of one `MultiStreamFitter`,
+        at most one frame per stage. Returns per pair its `MeshFrame`, or the exception its stream
+        failed with (a `StageError` naming that stream's sequence and frame, or an `InputError`):
+        a frame whose observation cannot be built fails alone; a failed solve fails every frame
+        of the batch. Each mesh's `fit` timing is the whole solve (the frame's wait for it).
+        """
+        start = time.perf_counter()
+        results: list[MeshFrame | BaseException | None] = [None] * len(frames)
+        batch: dict[int, tuple[int, object]] = {}
+        multi = None
+        for i, (stage, observed) in enumerate(frames):
+            if not isinstance(stage.fitter, StreamSlot) or (multi is not None and stage.fitter.multi is not multi):
+                raise ValueError("process_batch needs stages driving StreamSlots of one MultiStreamFitter")
+            multi = stage.fitter.multi
+            if stage.fitter.slot in batch:
+                raise ValueError(f"process_batch got two frames of fitter slot {stage.fitter.slot}")
+            try:
+                batch[stage.fitter.slot] = (i, stage.observation(observed))
+            except Exception as exc:
+                results[i] = _stage_error("fitter", observed.seq, observed.frame, None, exc)
+        if batch:
+            try:
+                fitted = multi.process({slot: obs for slot, (_, obs) in batch.items()})
+            except Exception as exc:
+                for i, _ in batch.values():
+                    observed = frames[i][1]
+                    results[i] = _stage_error("fitter", observed.seq, observed.frame, None, exc)
+            else:
+                seconds = time.perf_counter() - start
+                for slot, (i, _) in batch.items():
+                    stage, observed = frames[i]
+                    results[i] = stage._record(observed, fitted[slot], seconds)
+        return results
+
+    def _record(self, observed: ObservedFrame, result, seconds: float) -> MeshFrame:
+        """Count one fitted frame (lost face, residuals) and make its `MeshFrame`."""
         self.frames += 1
         if result.lost:
             self.lost_frames.append(observed.frame)
@@ -205,7 +275,7 @@ class FitStage:
                 if np.isfinite(value):
                     self._residual_sums[key] = self._residual_sums.get(key, 0.0) + float(value)
         thumbnails = tuple((c.camera, *c.thumbnail_jpeg) for c in observed.crops if c is not None and c.thumbnail_jpeg)
-        timings = dict(observed.timings_ms, fit=(time.perf_counter() - start) * 1e3)
+        timings = dict(observed.timings_ms, fit=seconds * 1e3)
         return MeshFrame(observed.seq, observed.frame, observed.t_capture_ns,
                          np.asarray(result.vertices, dtype=np.float32), bool(result.lost), tuple(result.flags),
                          {k: float(v) for k, v in result.residuals.items()}, False,

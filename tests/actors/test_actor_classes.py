@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
-import pytest
 
 from actors import Dropped, Fitter, FrameReport, LandmarkDetector, MeshPacket, NutEncoder, Smoother
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
-from mmface4d_stream.pipeline.sources import DatasetSource
-from mmface4d_stream.pipeline.stages import LandmarkStage
 from mmface4d_stream.types import FrameSet, MeshFrame
-
-
-@pytest.fixture(scope="module")
-def one_camera_capture(tmp_path_factory):
-    from mmface4d_stream.render.synth import synthesize_capture
-
-    return synthesize_capture(tmp_path_factory.mktemp("actor_capture"), frames=8, cameras=1, seed=2, name="one",
-                              write_mkv=False, progress=False)
 
 
 def _mesh(frame: int, value: float, lost: bool = False) -> MeshFrame:
@@ -55,11 +43,8 @@ def test_landmark_detector_drops_frames_older_than_the_latency_bound():
     assert detector.detect(marker) is marker
 
 
-def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_capture):
-    source = DatasetSource(one_camera_capture.sequence_prefix)
-    stage = LandmarkStage(1)
-    observed = [stage.process(fs) for fs in source]
-    stage.close()
+def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observed):
+    observed = one_camera_observed
     options = {"face_model": "template", "device": "cpu", "torch_threads": 1}
 
     def run(fitter, smoother, frames):

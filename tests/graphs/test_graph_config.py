@@ -77,3 +77,28 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "policy.max_inflight must be positive" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_shared_fitter_keys_and_the_plan_they_give():
+    from graphs.frame_graph import shared_fitter_plan
+    from graphs.runner import pipelines_at_once
+
+    # YAML 1.1 reads on/off as booleans: the key takes them as the words.
+    assert config_from_dict(yaml.safe_load("fitter:\n  shared: on\n")).fitter.shared == "on"
+    assert config_from_dict(yaml.safe_load("fitter:\n  shared: off\n")).fitter.shared == "off"
+    with pytest.raises(ConfigError, match="fitter.shared on needs ray.compiled false"):
+        load_config(None, {"fitter.shared": "on", "ray.compiled": True})
+    with pytest.raises(ConfigError, match="fitter.max_batch must be positive"):
+        load_config(None, {"fitter.max_batch": 0})
+    cluster = load_config("offline-cluster")
+    assert cluster.fitter.shared == "auto"
+    # auto: shared only where the cluster has GPUs, one actor per num_gpus GPUs, fitting on cuda.
+    assert shared_fitter_plan(cluster, {"CPU": 64.0}) == (0, 0.0, "")
+    assert shared_fitter_plan(cluster, {"CPU": 64.0, "GPU": 4.0}) == (4, 1.0, "cuda")
+    assert shared_fitter_plan(load_config("offline-cluster", {"fitter.num_gpus": 0.5}), {"GPU": 2.0}) == (4, 0.5, "cuda")
+    assert shared_fitter_plan(load_config(None, {"fitter.shared": "on"}), {"CPU": 2.0}) == (1, 0.0, "cpu")
+    assert shared_fitter_plan(load_config(None), {"CPU": 2.0, "GPU": 8.0}) == (0, 0.0, "")  # default: off
+    assert shared_fitter_plan(load_config("offline-cluster", {"ray.compiled": True}), {"GPU": 1.0}) == (0, 0.0, "")
+    # A shared fitter reserves its CPU once: 64 CPUs give 60 lanes with 4 shared actors, 32 without.
+    assert pipelines_at_once(cluster, {"CPU": 64.0, "GPU": 4.0}, False, shared_fitters=4) == 60
+    assert pipelines_at_once(cluster, {"CPU": 64.0}, False) == 32
