@@ -100,6 +100,7 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
     phase = [j % PHASES for j in range(batch)]
     times, cpu, errors, iters = [], [], [], []
     reads = ops = launches = None
+    phases: dict[str, float] = {}
 
     def step(k):
         return fitter.process({s: frames[k + phase[j]][0] for j, s in enumerate(slots)})
@@ -120,6 +121,8 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         if k >= warmup:
+            for name, ms in fitter.timings.items():
+                phases[name] = phases.get(name, 0.0) + ms / (n_frames - warmup)
             for j, s in enumerate(slots):
                 errors.append(1e3 * float(np.linalg.norm(res[s].vertices - frames[k + phase[j]][1], axis=1).mean()))
                 iters.append(res[s].iterations)
@@ -137,6 +140,7 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
         "mean_vertex_error_mm": float(np.mean(errors)),
         "graphs_captured": len(fitter.graphs) if fitter.cuda_graphs else 0,
         "graph_failures": sorted(set(fitter.graphs.failures.values())),
+        "step_ms": phases,  # per batch step: host prepare/collate, launch, device, read-back + results
     }
 
 
@@ -173,8 +177,15 @@ def run_legacy(model, frames, device: str, warmup: int, n_frames: int, offsets: 
         "batch": 1, "fps_per_stream": n_steady / steady, "fps_total": n_steady / steady,
         "cpu_ms_per_frame": 1e3 * float(np.sum(cpu[warmup:])) / n_steady, "host_reads_per_step": reads,
         "aten_ops_per_frame": ops, "kernel_launches_per_frame": None, "iterations": float(np.mean(iters)),
-        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0, "graph_failures": [],
+        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0, "graph_failures": [], "step_ms": {},
     }
+
+
+def _phases(step_ms: dict) -> str:
+    if not step_ms:
+        return "–"
+    prep = step_ms.get("prepare_ms", 0.0) + step_ms.get("collate_ms", 0.0)
+    return f"{prep:.1f} / {step_ms.get('device_ms', 0.0):.1f} / {step_ms.get('finish_ms', 0.0):.1f}"
 
 
 def _fmt(v, spec: str) -> str:
@@ -216,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
           f"offsets {'off' if args.no_offsets else 'on'}, {args.frames} frames per stream "
           f"({args.warmup} warm-up frames excluded)\n", file=out)
     print("| model | cameras | device | mode | B | frames/s per stream | frames/s total | CPU ms/frame | "
-          "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm |", file=out)
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
+          "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm | "
+          "step ms: host prep / device / finish |", file=out)
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
     for key in args.models:
         name, kwargs = MODELS[key]
         model = synthetic_face_model(seed=0, **kwargs)
@@ -239,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
                           f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "
                           f"{_fmt(r['aten_ops_per_frame'], '.0f')} | {_fmt(r['kernel_launches_per_frame'], '.1f')} | "
-                          f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} |", file=out, flush=True)
+                          f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} | {_phases(r['step_ms'])} |",
+                          file=out, flush=True)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return 0

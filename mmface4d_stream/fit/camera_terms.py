@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["FitCamera"]
+__all__ = ["FitCamera", "distort_normalized", "undistort_normalized"]
 
 _DIST_NAMES = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
 
@@ -93,13 +93,7 @@ class FitCamera:
         xy = np.asarray(xy, dtype=np.float64)
         if self.distortion is None:
             return xy.copy()
-        k1, k2, k3, k4, k5, k6, p1, p2 = self.distortion
-        x, y = xy[..., 0], xy[..., 1]
-        r2 = x * x + y * y
-        r2c = np.minimum(r2, self._radial_limit_r2())
-        radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
-        return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                         y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=-1)
+        return distort_normalized(xy, np.asarray(self.distortion, np.float64), self._radial_limit_r2())
 
     def undistort(self, uv: np.ndarray, iterations: int = 30) -> np.ndarray:
         """Raw pixels (..., 2) -> normalized undistorted (x, y) (..., 2), float64 (fixed-point inversion)."""
@@ -107,10 +101,7 @@ class FitCamera:
         xd = np.stack([(uv[..., 0] - self.cx) / self.fx, (uv[..., 1] - self.cy) / self.fy], axis=-1)
         if self.distortion is None:
             return xd
-        xy = xd.copy()
-        for _ in range(iterations):
-            xy = xy - (self.distort(xy) - xd)
-        return xy
+        return undistort_normalized(xd, np.asarray(self.distortion, np.float64), self._radial_limit_r2(), iterations)
 
     def undistort_to_pinhole_px(self, uv: np.ndarray) -> np.ndarray:
         """Raw pixels (..., 2) -> where an ideal pinhole with the same fx, fy, cx, cy would see them."""
@@ -133,6 +124,34 @@ class FitCamera:
     def ray_map(self, device) -> torch.Tensor:
         """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2) on `device`, cached."""
         return _ray_map(self, str(device))
+
+
+def distort_normalized(xy: np.ndarray, coeffs: np.ndarray, r2_limit) -> np.ndarray:
+    """The lens model on normalized coordinates, vectorized over points and cameras.
+
+    Args:
+        xy: (..., 2) normalized undistorted coordinates.
+        coeffs: (8,) or (..., 8) k1..k6, p1, p2 per point (broadcast against xy's leading shape).
+        r2_limit: scalar or (...,) squared radius beyond which the radial factor is held constant.
+    Returns:
+        (..., 2) normalized distorted coordinates, float64.
+    """
+    k1, k2, k3, k4, k5, k6, p1, p2 = np.moveaxis(np.asarray(coeffs, np.float64), -1, 0)
+    x, y = xy[..., 0], xy[..., 1]
+    r2 = x * x + y * y
+    r2c = np.minimum(r2, r2_limit)
+    radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
+    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=-1)
+
+
+def undistort_normalized(xd: np.ndarray, coeffs: np.ndarray, r2_limit, iterations: int = 30) -> np.ndarray:
+    """Invert `distort_normalized` by fixed-point iteration (xd (..., 2) distorted -> undistorted),
+    vectorized over points with per-point coefficients, float64."""
+    xy = np.array(xd, dtype=np.float64)
+    for _ in range(int(iterations)):
+        xy -= distort_normalized(xy, coeffs, r2_limit) - xd
+    return xy
 
 
 @lru_cache(maxsize=16)

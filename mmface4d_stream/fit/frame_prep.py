@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
-from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.camera_terms import FitCamera, undistort_normalized
 from mmface4d_stream.fit.depth_term import CameraBatch
 from mmface4d_stream.fit.geometry import kabsch
 from mmface4d_stream.fit.template_lift import lift_landmarks
@@ -35,7 +35,9 @@ class PreparedCamera:
     Attributes:
         index: position in the observation.  camera: the lens model.
         r_cam_from_ref (3, 3), t_cam_from_ref (3,): reference -> camera, float64.
-        lm_target: (L, 2) pinhole pixels per model landmark (0 where unobserved).  lm_conf: (L,).
+        lm_px: (L, 2) observed raw (distorted) pixels per model landmark (0 where unobserved); they
+            are undistorted to pinhole pixels for the whole batch at once (`collate_cameras`).
+        lm_conf: (L,).
         n_observed: landmarks observed.  depth: uint16 (H, W) mm or None.
     """
 
@@ -43,7 +45,7 @@ class PreparedCamera:
     camera: FitCamera
     r_cam_from_ref: np.ndarray
     t_cam_from_ref: np.ndarray
-    lm_target: np.ndarray
+    lm_px: np.ndarray
     lm_conf: np.ndarray
     n_observed: int
     depth: np.ndarray | None
@@ -105,7 +107,7 @@ def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCam
             d = det_idx[rows]
             ok = np.isfinite(lm[d]).all(1) & (cf[d] > 0)
             rows = rows[ok]
-            target[rows] = cam.undistort_to_pinhole_px(lm[det_idx[rows]])
+            target[rows] = lm[det_idx[rows]]
             conf[rows] = np.clip(cf[det_idx[rows]], 0, 1)
             n_obs = len(rows)
         depth = None
@@ -153,8 +155,8 @@ def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: in
         uv = np.stack([xy[:, 0] * cam.camera.fx + cam.camera.cx, xy[:, 1] * cam.camera.fy + cam.camera.cy], 1)
         lo, hi = uv.min(0), uv.max(0)
         if cam.n_observed:
-            seen = cam.lm_conf > 0  # pinhole pixels are close enough for a crop box
-            lo, hi = np.minimum(lo, cam.lm_target[seen].min(0)), np.maximum(hi, cam.lm_target[seen].max(0))
+            seen = cam.lm_conf > 0
+            lo, hi = np.minimum(lo, cam.lm_px[seen].min(0)), np.maximum(hi, cam.lm_px[seen].max(0))
         m = margin * (hi - lo) + 4
         lo, hi = lo - m, hi + m
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -191,7 +193,7 @@ def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceMode
         return r, t
     best = max(cams, key=lambda c: c.n_observed)
     seen = best.lm_conf > 0
-    target = best.lm_target[seen]
+    target = best.camera.undistort_to_pinhole_px(best.lm_px[seen])
     src = lm_model[seen]
     spread_model = np.sqrt(((src[:, :2] - src[:, :2].mean(0)) ** 2).sum(1).mean())
     spread_px = np.sqrt(((target - target.mean(0)) ** 2).sum(1).mean())
@@ -207,20 +209,21 @@ def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceMode
 
 
 def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) -> tuple[CameraBatch, torch.Tensor, torch.Tensor]:
-    """Stack B frames' cameras, padded to `n_cameras` (padding: identity pose, no landmarks).
+    """Stack B frames' cameras, padded to `n_cameras` (padding: identity pose, no landmarks), and
+    undistort every observed landmark of the batch to pinhole pixels in one vectorized pass.
 
-    Returns (CameraBatch, lm_target (B, C, L, 2), lm_conf (B, C, L)) on `device`.
+    Returns (CameraBatch, lm_target (B, C, L, 2) pinhole pixels, lm_conf (B, C, L)) on `device`.
     """
     b = len(frames)
     n_lm = len(frames[0][0].lm_conf)
     r = np.tile(np.eye(3, dtype=np.float32), (b, n_cameras, 1, 1))
     t = np.zeros((b, n_cameras, 3), np.float32)
     t[..., 2] = 1.0
-    intr = np.zeros((b, n_cameras, 4), np.float32)
+    intr = np.zeros((b, n_cameras, 4), np.float64)
     intr[...] = (1.0, 1.0, 0.0, 0.0)
-    dist = np.zeros((b, n_cameras, 8), np.float32)
-    r2 = np.full((b, n_cameras), 1e12, np.float32)
-    target = np.zeros((b, n_cameras, n_lm, 2), np.float32)
+    dist = np.zeros((b, n_cameras, 8), np.float64)
+    r2 = np.full((b, n_cameras), 1e12, np.float64)
+    target = np.zeros((b, n_cameras, n_lm, 2), np.float64)
     conf = np.zeros((b, n_cameras, n_lm), np.float32)
     for i, cams in enumerate(frames):
         for k, cam in enumerate(cams):
@@ -230,9 +233,14 @@ def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) 
             if c.distortion is not None:
                 dist[i, k] = c.distortion
             r2[i, k] = min(c._radial_limit_r2(), 1e12)
-            target[i, k], conf[i, k] = cam.lm_target, cam.lm_conf
+            target[i, k], conf[i, k] = cam.lm_px, cam.lm_conf
+    f, ctr = intr[..., None, :2], intr[..., None, 2:]
+    xy = undistort_normalized((target - ctr) / f, dist[:, :, None, :], r2[:, :, None])
+    target = np.where(conf[..., None] > 0, xy * f + ctr, 0.0)
 
     def dev(a):
+        if a.dtype == np.float64:
+            a = a.astype(np.float32)
         return torch.as_tensor(a).to(device, non_blocking=True)
 
     intr_t = dev(intr)

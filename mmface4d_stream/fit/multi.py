@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Mapping
@@ -105,6 +106,10 @@ class MultiStreamFitter:
         self._next = 0
         self._packs: dict[int, ModelPack] = {}
         self.graphs = GraphCache()
+        # Wall-clock split of the last `process` call, ms: host preparation of the frames
+        # (prepare_ms, collate_ms), launching the solve (launch_ms), the solve on the device
+        # (device_ms: CUDA events; on the CPU the solve itself), read-back and results (finish_ms).
+        self.timings: dict[str, float] = {}
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -173,37 +178,34 @@ class MultiStreamFitter:
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def process(self, frames: Mapping[int, FrameObservation]) -> dict[int, FitResult]:
-        """Fit the next frame of each given slot, warm-started from its previous one: {slot: FitResult}."""
-        cfg = self.config
-        results: dict[int, FitResult] = {}
+    def process(self, frames: Mapping[int, FrameObservation], errors: str = "raise") -> dict[int, FitResult]:
+        """Fit the next frame of each given slot, warm-started from its previous one: {slot: FitResult}.
+
+        errors: "raise" (a bad observation raises, as for one stream) or "return": a slot whose
+            observation is bad gets its exception in the result dict and its stream does not advance;
+            the other slots are fitted. A failure of the solve itself raises either way.
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        t0 = time.perf_counter()
+        results: dict[int, FitResult | Exception] = {}
         jobs: list[tuple[int, _Job, tuple[str, ...]]] = []
         for slot, obs in frames.items():
             st = self._stream(slot)
-            if not obs.cameras:
-                raise ValueError("a frame observation needs at least one camera")
-            if not obs.has_face():
-                results[slot] = self._lost(st, obs, "lost")
+            try:
+                item = self._start(st, obs)
+            except (ValueError, TypeError) as exc:
+                if errors == "raise":
+                    raise
+                results[slot] = exc
                 continue
-            extra: tuple[str, ...] = ()
-            if st.model is None:
-                try:
-                    self._build_template(st, obs)
-                    extra = ("template_built",)
-                except ValueError as exc:
-                    logger.info("frame %s: template not built yet (%s)", obs.frame_index, exc)
-                    results[slot] = self._lost(st, obs, "template_pending")
-                    continue
-            last = st.last
-            warm = last if (last is not None and np.isfinite(last.vertices).all()
-                            and st.lost_run <= cfg.max_lost_frames_warm) else None
-            if warm is None and st.template_pose is not None:
-                job = self._job(st, obs, None, None, initial_pose=st.template_pose)
-                st.template_pose = None
+            if isinstance(item, FitResult):
+                results[slot] = item
             else:
-                job = self._job(st, obs, warm, None)
-            jobs.append((slot, job, extra))
+                jobs.append((slot, *item))
+        self.timings = {"prepare_ms": (time.perf_counter() - t0) * 1e3}
         solved = self._solve([job for _, job, _ in jobs])
+        cfg = self.config
         redo = [i for i, (_, job, _) in enumerate(jobs)
                 if job.warm is not None and solved[i][0].residuals.get("landmark_rms_px", 0.0) > cfg.restart_landmark_rms_px]
         if redo:
@@ -211,6 +213,7 @@ class MultiStreamFitter:
             for i, (res, dev) in zip(redo, cold):
                 if res.residuals.get("landmark_rms_px", np.inf) < solved[i][0].residuals["landmark_rms_px"]:
                     solved[i] = (replace(res, flags=res.flags + ("restarted",)), dev)
+        cfg = self.config
         for (slot, job, extra), (result, dev) in zip(jobs, solved):
             st = job.stream
             if extra:
@@ -223,6 +226,31 @@ class MultiStreamFitter:
             results[slot] = result
         return {slot: results[slot] for slot in frames}
 
+    def _start(self, st: _Stream, obs: FrameObservation):
+        """The frame's lost-face result, or (job, extra flags) to solve (template built on the way)."""
+        cfg = self.config
+        if not obs.cameras:
+            raise ValueError("a frame observation needs at least one camera")
+        if not obs.has_face():
+            return self._lost(st, obs, "lost")
+        extra: tuple[str, ...] = ()
+        if st.model is None:
+            try:
+                self._build_template(st, obs)
+                extra = ("template_built",)
+            except ValueError as exc:
+                logger.info("frame %s: template not built yet (%s)", obs.frame_index, exc)
+                return self._lost(st, obs, "template_pending")
+        last = st.last
+        warm = last if (last is not None and np.isfinite(last.vertices).all()
+                        and st.lost_run <= cfg.max_lost_frames_warm) else None
+        if warm is None and st.template_pose is not None:
+            job = self._job(st, obs, None, None, initial_pose=st.template_pose)
+            st.template_pose = None
+        else:
+            job = self._job(st, obs, warm, None)
+        return job, extra
+
     def fit_frame(self, slot: int, obs: FrameObservation, warm_start: FitResult | None = None,
                   fit_identity: bool | None = None) -> FitResult:
         """Fit one frame of slot `slot` from an explicit warm start (None: cold), without advancing
@@ -234,6 +262,7 @@ class MultiStreamFitter:
             raise ValueError("a frame observation needs at least one camera")
         if not obs.has_face():
             return self._lost(st, obs, "lost", count=False)
+        self.timings = {}
         job = self._job(st, obs, warm_start, fit_identity)
         result, dev = self._solve([job])[0]
         if job.fit_identity:
@@ -353,6 +382,12 @@ class MultiStreamFitter:
             chunk=1 if self.device.type == "cpu" else None,
         )
         n_cam = max(len(job.cams) for job in jobs)
+        n_jobs = len(jobs)
+        if self.cuda_graphs:
+            # Batch sizes padded to powers of two (the last stream repeated, its copies discarded):
+            # a shared fitter sees every size from 1 to its maximum, but captures few graphs.
+            jobs = jobs + [jobs[-1]] * ((1 << (n_jobs - 1).bit_length()) - n_jobs)
+        t0 = time.perf_counter()
         with torch.no_grad():
             cameras, lm_target, lm_conf = collate_cameras([job.cams for job in jobs], n_cam, self.device)
             depth, rays, origin, size = collate_crops([job.crops for job in jobs], n_cam, self.device)
@@ -363,6 +398,11 @@ class MultiStreamFitter:
                             init["translation"], init["alpha"], init["beta"], init["offsets"], init["v_id"],
                             init["full"], temporal)
             fn = partial(_solve_fn, pack, cfg, settings)
+            t1 = time.perf_counter()
+            cuda = self.device.type == "cuda"
+            if cuda:
+                events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                events[0].record()
             if self.cuda_graphs:
                 key = (id(pack), len(jobs), n_cam, tuple(depth.shape[2:]), settings)
                 out = self.graphs.run(key, fn, fb)
@@ -371,10 +411,19 @@ class MultiStreamFitter:
             else:
                 out = fn(fb)
                 kept = {k: getattr(out, k) for k in _STATE_FIELDS}
+            if cuda:
+                events[1].record()
+            t2 = time.perf_counter()
             host = _read_back(out)
         results = []
-        for i, job in enumerate(jobs):
+        for i, job in enumerate(jobs[:n_jobs]):
             results.append((self._result(pack, job, host, i), {k: v[i] for k, v in kept.items()}))
+        t3 = time.perf_counter()
+        timing = self.timings
+        timing["collate_ms"] = timing.get("collate_ms", 0.0) + (t1 - t0) * 1e3
+        timing["launch_ms"] = timing.get("launch_ms", 0.0) + (t2 - t1) * 1e3
+        timing["device_ms"] = timing.get("device_ms", 0.0) + (events[0].elapsed_time(events[1]) if cuda else (t2 - t1) * 1e3)
+        timing["finish_ms"] = timing.get("finish_ms", 0.0) + (t3 - t2) * 1e3
         return results
 
     def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:

@@ -234,8 +234,8 @@ class FitStage:
         frames: (stage, observed) pairs whose stages drive `StreamSlot`s of one `MultiStreamFitter`,
         at most one frame per stage. Returns per pair its `MeshFrame`, or the exception its stream
         failed with (a `StageError` naming that stream's sequence and frame, or an `InputError`):
-        a frame whose observation cannot be built fails alone; a failed solve fails every frame
-        of the batch. Each mesh's `fit` timing is the whole solve (the frame's wait for it).
+        a frame whose observation cannot be built or fitted (bad camera data) fails alone; a failed
+        solve fails every frame of the batch. Each mesh's `fit` timing is the whole solve (the frame's wait for it).
         """
         start = time.perf_counter()
         results: list[MeshFrame | BaseException | None] = [None] * len(frames)
@@ -253,7 +253,7 @@ class FitStage:
                 results[i] = _stage_error("fitter", observed.seq, observed.frame, None, exc)
         if batch:
             try:
-                fitted = multi.process({slot: obs for slot, (_, obs) in batch.items()})
+                fitted = multi.process({slot: obs for slot, (_, obs) in batch.items()}, errors="return")
             except Exception as exc:
                 for i, _ in batch.values():
                     observed = frames[i][1]
@@ -262,7 +262,10 @@ class FitStage:
                 seconds = time.perf_counter() - start
                 for slot, (i, _) in batch.items():
                     stage, observed = frames[i]
-                    results[i] = stage._record(observed, fitted[slot], seconds)
+                    if isinstance(fitted[slot], Exception):  # this stream's frame alone was bad
+                        results[i] = _stage_error("fitter", observed.seq, observed.frame, None, fitted[slot])
+                    else:
+                        results[i] = stage._record(observed, fitted[slot], seconds)
         return results
 
     def _record(self, observed: ObservedFrame, result, seconds: float) -> MeshFrame:
