@@ -21,7 +21,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["FitCamera", "distort_normalized", "undistort_normalized"]
+__all__ = ["FitCamera", "distort_normalized", "undistort_normalized", "undistortion_grid", "sample_rays",
+           "RAY_GRID_STEP"]
 
 _DIST_NAMES = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
 
@@ -154,23 +155,42 @@ def undistort_normalized(xd: np.ndarray, coeffs: np.ndarray, r2_limit, iteration
     return xy
 
 
+# Pixels between the nodes of a camera's undistortion grid: the field is smooth, so inverting the
+# lens model on this grid and interpolating bilinearly is far below the depth noise and ~50x cheaper.
+RAY_GRID_STEP = 8
+
+
+@lru_cache(maxsize=64)
+def undistortion_grid(camera: FitCamera) -> np.ndarray:
+    """Normalized undistorted (x, y) at pixels (i·8, j·8): float32 (Gv, Gu, 2), covering the image.
+
+    `sample_rays` interpolates it (bilinear, align_corners) at any pixel; node (j, i) is pixel
+    (j·RAY_GRID_STEP, i·RAY_GRID_STEP).
+    """
+    step = RAY_GRID_STEP
+    gu = np.arange(0, int(camera.width) + step, step, dtype=np.float64)
+    gv = np.arange(0, int(camera.height) + step, step, dtype=np.float64)
+    return camera.undistort(np.stack(np.meshgrid(gu, gv, indexing="xy"), -1)).astype(np.float32)
+
+
+def sample_rays(grid: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rays at pixels from undistortion grids (one `grid_sample` for the whole batch).
+
+    Args:
+        grid: (P, 2, Gv, Gu) per image its `undistortion_grid`, channels first (padding beyond a
+            smaller camera's grid is never sampled inside its image).
+        u, v: (P, H, W) pixel coordinates (pixel centres at integers).
+    Returns:
+        (P, H, W, 2) normalized undistorted (x, y).
+    """
+    gv, gu = grid.shape[-2:]
+    coords = torch.stack([u / (RAY_GRID_STEP * (gu - 1)) * 2 - 1, v / (RAY_GRID_STEP * (gv - 1)) * 2 - 1], -1)
+    return torch.nn.functional.grid_sample(grid, coords, mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+
+
 @lru_cache(maxsize=16)
 def _ray_map(camera: FitCamera, device: str) -> torch.Tensor:
     w, h = int(camera.width), int(camera.height)
-    if camera.distortion is None:
-        u = (torch.arange(w, dtype=torch.float32) - camera.cx) / camera.fx
-        v = (torch.arange(h, dtype=torch.float32) - camera.cy) / camera.fy
-        return torch.stack(torch.meshgrid(u, v, indexing="xy"), -1).to(device)
-    # The undistortion field is smooth: invert the lens model on a coarse grid (every 8 px) and
-    # interpolate bilinearly; the error is far below the depth noise and it costs ~50x less.
-    step = 8
-    gu = np.arange(0, w + step, step, dtype=np.float64)
-    gv = np.arange(0, h + step, step, dtype=np.float64)
-    grid = camera.undistort(np.stack(np.meshgrid(gu, gv, indexing="xy"), -1))  # (Gv, Gu, 2)
-    g = torch.as_tensor(grid, dtype=torch.float32).permute(2, 0, 1)[None]  # (1, 2, Gv, Gu)
-    # Pixel p sits at fractional grid position p / step; map that onto align_corners=True coordinates.
-    pu = torch.arange(w, dtype=torch.float32) / (step * (len(gu) - 1)) * 2 - 1
-    pv = torch.arange(h, dtype=torch.float32) / (step * (len(gv) - 1)) * 2 - 1
-    sample = torch.stack(torch.meshgrid(pu, pv, indexing="xy"), -1)[None]  # (1, H, W, 2)
-    rays = torch.nn.functional.grid_sample(g, sample, mode="bilinear", align_corners=True)[0]
-    return rays.permute(1, 2, 0).contiguous().to(device)
+    grid = torch.as_tensor(undistortion_grid(camera)).permute(2, 0, 1)[None]
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return sample_rays(grid, u[None], v[None])[0].contiguous().to(device)

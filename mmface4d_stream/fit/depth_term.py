@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmface4d_stream.fit.camera_terms import sample_rays
 from mmface4d_stream.fit.model_pack import cross3
 
 __all__ = ["CameraBatch", "PatchBatch", "lift_patches", "depth_rows", "MIN_PATCH_VALID"]
@@ -128,11 +129,19 @@ class PatchBatch:
     camera_ok: torch.Tensor
 
     @classmethod
-    def lift(cls, depth_m: torch.Tensor, rays: torch.Tensor, origin: torch.Tensor, size: torch.Tensor,
+    def lift(cls, depth_mm: torch.Tensor, ray_grid: torch.Tensor, origin: torch.Tensor, size: torch.Tensor,
              stride: int, radius: int) -> "PatchBatch":
-        """Lift (B, C, H, W) depth crops (metres) with their rays (B, C, H, W, 2)."""
-        b, c, h, w = depth_m.shape
-        pts, nrm, ok = lift_patches(depth_m.reshape(b * c, h, w), rays.reshape(b * c, h, w, 2), radius)
+        """Lift (B, C, H, W) uint16 depth crops (millimetres) whose top-left pixels are `origin`
+        (B, C, 2), each sample's ray interpolated from its camera's undistortion grid (B, C, 2, Gv, Gu)."""
+        b, c, h, w = depth_mm.shape
+        dev = origin.device
+        j = torch.arange(w, dtype=origin.dtype, device=dev) * float(stride)
+        i = torch.arange(h, dtype=origin.dtype, device=dev) * float(stride)
+        u = (origin[..., 0, None, None] + j).expand(b, c, h, w).reshape(b * c, h, w)
+        v = (origin[..., 1, None, None] + i[:, None]).expand(b, c, h, w).reshape(b * c, h, w)
+        rays = sample_rays(ray_grid.reshape(b * c, *ray_grid.shape[2:]), u, v)
+        depth_m = depth_mm.to(torch.float32).reshape(b * c, h, w) * 1e-3
+        pts, nrm, ok = lift_patches(depth_m, rays, radius)
         ok = ok.reshape(b, c, h * w)
         camera_ok = ok.sum(-1) >= MIN_PATCH_VALID
         return cls(pts.reshape(b, c, h * w, 3), nrm.reshape(b, c, h * w, 3), ok & camera_ok[..., None],

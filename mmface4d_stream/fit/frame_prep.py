@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
-from mmface4d_stream.fit.camera_terms import FitCamera, undistort_normalized
+from mmface4d_stream.fit.camera_terms import FitCamera, undistort_normalized, undistortion_grid
 from mmface4d_stream.fit.depth_term import CameraBatch
 from mmface4d_stream.fit.geometry import kabsch
 from mmface4d_stream.fit.template_lift import lift_landmarks
@@ -53,17 +53,16 @@ class PreparedCamera:
 
 @dataclass
 class DepthCrop:
-    """A strided crop of one camera's depth map: metres (h, w) float32 and the rays (h, w, 2) of its
-    samples; x0, y0 its top-left pixel."""
+    """A strided crop of one camera's depth map: uint16 millimetres (h, w) (a view, not a copy);
+    x0, y0 its top-left pixel. The samples' rays are interpolated on the device (`sample_rays`)."""
 
     x0: int
     y0: int
-    depth_m: np.ndarray
-    rays: np.ndarray
+    depth_mm: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.depth_m.shape
+        return self.depth_mm.shape
 
 
 def patch_radius(stride: int) -> int:
@@ -132,9 +131,7 @@ def crop_depth(depth_mm: np.ndarray, camera: FitCamera, bbox: tuple[int, int, in
     x1, y1 = min(int(x1), w_img), min(int(y1), h_img)
     if x1 - x0 <= 2 * s * stride or y1 - y0 <= 2 * s * stride:
         return None
-    crop = depth_mm[y0:y1:stride, x0:x1:stride].astype(np.float32) * np.float32(1e-3)
-    rays = camera.ray_map("cpu")[y0:y1:stride, x0:x1:stride].numpy()
-    return DepthCrop(x0, y0, crop, rays)
+    return DepthCrop(x0, y0, depth_mm[y0:y1:stride, x0:x1:stride])
 
 
 def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: int, margin: float) -> list[DepthCrop | None]:
@@ -248,30 +245,47 @@ def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) 
     return cameras, dev(target), dev(conf)
 
 
-def collate_crops(frames: list[list[DepthCrop | None]], n_cameras: int, device):
-    """Pad B frames' crops to one bucketed size.
+def collate_crops(frames: list[list[PreparedCamera]], crops: list[list[DepthCrop | None]], n_cameras: int, device,
+                  grids: dict | None = None):
+    """Pad B frames' crops to one bucketed size, with each camera's undistortion grid.
 
-    Returns (depth_m (B, C, H, W), rays (B, C, H, W, 2), origin (B, C, 2), size (B, C, 2) long) on `device`.
+    Args:
+        frames: the frames' cameras; crops: their crops (same nesting, None: no depth).
+        grids: a cache {FitCamera: device tensor (2, Gv, Gu)} kept by the caller across frames.
+    Returns:
+        depth_mm (B, C, H, W) uint16, ray_grid (B, C, 2, Gv, Gu) float32, origin (B, C, 2) float32
+        pixels, size (B, C, 2) long samples, all on `device`.
     """
     b = len(frames)
-    shapes = [crop.shape for crops in frames for crop in crops if crop is not None]
+    grids = {} if grids is None else grids
+    shapes = [crop.shape for row in crops for crop in row if crop is not None]
     h = bucket(max((s[0] for s in shapes), default=1))
     w = bucket(max((s[1] for s in shapes), default=1))
-    depth = np.zeros((b, n_cameras, h, w), np.float32)
-    rays = np.zeros((b, n_cameras, h, w, 2), np.float32)
+    depth = np.zeros((b, n_cameras, h, w), np.uint16)
     origin = np.zeros((b, n_cameras, 2), np.float32)
     size = np.zeros((b, n_cameras, 2), np.int64)
-    for i, crops in enumerate(frames):
-        for k, crop in enumerate(crops):
+    per_camera = []
+    for i, row in enumerate(crops):
+        for k, crop in enumerate(row):
+            camera = frames[i][k].camera if k < len(frames[i]) else None
+            if camera is not None and camera not in grids:
+                grids[camera] = torch.as_tensor(undistortion_grid(camera)).permute(2, 0, 1).to(device)
+            per_camera.append(grids.get(camera))
             if crop is None:
                 continue
             ch, cw = crop.shape
-            depth[i, k, :ch, :cw] = crop.depth_m
-            rays[i, k, :ch, :cw] = crop.rays
+            depth[i, k, :ch, :cw] = crop.depth_mm
             origin[i, k] = (crop.x0, crop.y0)
             size[i, k] = (cw, ch)
+        per_camera.extend([None] * (n_cameras - len(row)))
+    gv = max(g.shape[1] for g in per_camera if g is not None)
+    gu = max(g.shape[2] for g in per_camera if g is not None)
+    blank = torch.zeros((2, gv, gu), dtype=torch.float32, device=device)
+    ray_grid = torch.stack([blank if g is None else g if g.shape[1:] == (gv, gu)
+                            else torch.nn.functional.pad(g, (0, gu - g.shape[2], 0, gv - g.shape[1]))
+                            for g in per_camera]).reshape(b, n_cameras, 2, gv, gu)
 
     def dev(a):
         return torch.as_tensor(a).to(device, non_blocking=True)
 
-    return dev(depth), dev(rays), dev(origin), dev(size)
+    return dev(depth), ray_grid, dev(origin), dev(size)

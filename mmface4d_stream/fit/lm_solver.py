@@ -65,8 +65,8 @@ class FrameBatch:
         cameras: extrinsics and lens models (`CameraBatch`).
         lm_target: (B, C, L, 2) landmark targets, pinhole pixels (0 where unobserved).
         lm_conf: (B, C, L) confidences in [0, 1] (0: unobserved; a padded camera is all 0).
-        depth_m: (B, C, H, W) depth crops, metres, 0 = none (padding and cameras without depth).
-        rays: (B, C, H, W, 2) normalized undistorted ray (x, y) of each crop sample.
+        depth_mm: (B, C, H, W) uint16 depth crops, millimetres, 0 = none (padding, no depth).
+        ray_grid: (B, C, 2, Gv, Gu) each camera's undistortion grid (`camera_terms.undistortion_grid`).
         origin: (B, C, 2) crop top-left pixel (x0, y0).  size: (B, C, 2) long crop width, height in samples.
         rotation (B, 3, 3), translation (B, 3), alpha (B, K_id), beta (B, K_exp), offsets (B, N, 3):
             the start of the frame (the warm start, or a cold start's initial pose and zeros).
@@ -79,8 +79,8 @@ class FrameBatch:
     cameras: CameraBatch
     lm_target: torch.Tensor
     lm_conf: torch.Tensor
-    depth_m: torch.Tensor
-    rays: torch.Tensor
+    depth_mm: torch.Tensor
+    ray_grid: torch.Tensor
     origin: torch.Tensor
     size: torch.Tensor
     rotation: torch.Tensor
@@ -310,7 +310,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     dev = fb.rotation.device
     chunk = settings.chunk
     patches = _chunked(partial(PatchBatch.lift, stride=settings.stride, radius=settings.radius), b, chunk,
-                       fb.depth_m, fb.rays, fb.origin, fb.size)
+                       fb.depth_mm, fb.ray_grid, fb.origin, fb.size)
     # Model normals only gate associations (visibility): the frame's starting mesh is close enough.
     normals = _chunked(partial(vertex_normals, triangles=pack.triangles), b, chunk, fb.normals_source)
     terms = _Terms(pack, cfg, fb, settings, patches, normals)

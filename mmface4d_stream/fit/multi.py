@@ -106,6 +106,7 @@ class MultiStreamFitter:
         self._next = 0
         self._packs: dict[int, ModelPack] = {}
         self.graphs = GraphCache()
+        self._grids: dict = {}  # FitCamera -> its undistortion grid on the device
         # Wall-clock split of the last `process` call, ms: host preparation of the frames
         # (prepare_ms, collate_ms), launching the solve (launch_ms), the solve on the device
         # (device_ms: CUDA events; on the CPU the solve itself), read-back and results (finish_ms).
@@ -390,11 +391,12 @@ class MultiStreamFitter:
         t0 = time.perf_counter()
         with torch.no_grad():
             cameras, lm_target, lm_conf = collate_cameras([job.cams for job in jobs], n_cam, self.device)
-            depth, rays, origin, size = collate_crops([job.crops for job in jobs], n_cam, self.device)
+            depth, ray_grid, origin, size = collate_crops([job.cams for job in jobs], [job.crops for job in jobs],
+                                                          n_cam, self.device, self._grids)
             states = [self._initial_state(pack, job) for job in jobs]
             init = {k: _stack([s[k] for s in states]) for k in _STATE_FIELDS}
             temporal = torch.tensor([0.0 if cold else 1.0] * len(jobs), dtype=torch.float32, device=self.device)
-            fb = FrameBatch(cameras, lm_target, lm_conf, depth, rays, origin, size, init["rotation"],
+            fb = FrameBatch(cameras, lm_target, lm_conf, depth, ray_grid, origin, size, init["rotation"],
                             init["translation"], init["alpha"], init["beta"], init["offsets"], init["v_id"],
                             init["full"], temporal)
             fn = partial(_solve_fn, pack, cfg, settings)
@@ -428,8 +430,8 @@ class MultiStreamFitter:
 
     def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:
         st = job.stream
-        u, _s, vt = np.linalg.svd(host["rotation"][i].astype(np.float64))
-        r64 = u @ vt
+        r64 = host["rotation"][i].astype(np.float64)
+        r64 = 0.5 * r64 @ (3 * np.eye(3) - r64.T @ r64)  # one float64 polar step: orthonormal to rounding
         residuals: dict[str, float] = {}
         lm_sq, lm_n = 0.0, 0.0
         for k, cam in enumerate(job.cams):

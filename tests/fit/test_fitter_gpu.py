@@ -59,8 +59,8 @@ def test_cuda_batch_equals_single_stream_and_cpu(model, frames):
     _, batched = _run(model, frames, "cuda", True, batch=4)
     _, cpu = _run(model, frames, "cpu", False)
     for (s,), row, (c,) in zip(single, batched, cpu):
-        for r in row:
-            assert np.abs(r.vertices - s.vertices).max() < 1e-5
+        for r in row:  # cuBLAS may pick other kernels per batch size: float32 rounding apart
+            assert np.abs(r.vertices - s.vertices).max() < 3e-5
         assert np.abs(c.vertices - s.vertices).max() < 5e-5  # 0.05 mm: float32 on two devices
     for k, (obs, gt) in enumerate(frames[3:], start=3):
         assert 1e3 * np.linalg.norm(single[k][0].vertices - gt, axis=1).mean() < 1.0

@@ -34,8 +34,8 @@ def _patches(cams: list[FitCamera], depths: list[np.ndarray], bbox, stride: int 
                 for k, (c, d) in enumerate(zip(cams, depths))]
     cameras, _, _ = collate_cameras([prepared], len(cams), "cpu")
     crops = [crop_depth(d, c, bbox, stride) for c, d in zip(cams, depths)]
-    depth, rays, origin, size = collate_crops([crops], len(cams), "cpu")
-    return cameras, PatchBatch.lift(depth, rays, origin, size, stride, patch_radius(stride))
+    depth, grid, origin, size = collate_crops([prepared], [crops], len(cams), "cpu")
+    return cameras, PatchBatch.lift(depth, grid, origin, size, stride, patch_radius(stride))
 
 
 @pytest.mark.parametrize("distortion", [None, DIST])
