@@ -1,7 +1,8 @@
 """Per-camera 2D landmarks `<seq>_<cam>.pkl`: a pickled float64 array (frames, 98, 2), pixels.
 
-The dataset's points are HRNetv2 detections in the WFLW 98-point layout. Pickle files run code
-when loaded: read only files you trust (the dataset's own).
+The dataset's points are HRNetv2 detections in the WFLW 98-point layout. Reading goes through
+`safe_pickle`, which rebuilds numpy arrays and plain containers and refuses any other callable a
+crafted pickle names (nothing in the file is run).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.safe_pickle import load_data_pickle
 
 WFLW_POINTS = 98
 
@@ -20,14 +22,11 @@ WFLW_POINTS = 98
 def read_landmarks_pkl(path: str | os.PathLike) -> np.ndarray:
     """Load landmarks as float64 (frames, P, 2) pixel coordinates."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
+    data = load_data_pickle(path, "landmark pickle")
     try:
-        with open(path, "rb") as handle:
-            data = pickle.load(handle)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
-        raise InputError(f"not a readable landmark pickle ({exc})", path) from None
-    array = np.asarray(data, dtype=np.float64)
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expected a numeric landmark array ({exc})", path) from None
     if array.ndim != 3 or array.shape[2] != 2:
         raise InputError(f"expected an array of shape (frames, points, 2), got {array.shape}", path)
     return array

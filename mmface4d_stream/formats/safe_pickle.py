@@ -1,0 +1,80 @@
+"""Read the dataset's pickles without running code from them.
+
+A pickle names callables that `pickle.load` imports and calls: a crafted `<seq>_<cam>.pkl` or
+`faces.pkl` would run its payload under `mmface4d info`, `run_offline.py` or `export`. The dataset's
+pickles need only numpy's array reconstruction (landmark arrays, trimesh's `TrackedArray` subclass
+in `bfm_faces.pkl`) and plain containers (`faces.pkl` is a list of index triples); the unpickler
+here resolves exactly those names and refuses every other one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from mmface4d_stream.errors import InputError
+
+# (module, name) -> object. numpy moved `core` to `_core` in 2.0; pickles name either.
+_ALLOWED: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    # ndarray subclasses of other libraries become plain arrays (trimesh.caching.TrackedArray).
+    ("trimesh.caching", "TrackedArray"): np.ndarray,
+}
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What protocol-2 pickles call (`_codecs.encode`) to rebuild bytes; only latin-1 is allowed."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise RefusedPickle(f"it encodes bytes as {encoding!r}, not latin1")
+    return text.encode("latin1")
+
+
+_ALLOWED[("_codecs", "encode")] = _latin1_bytes
+_multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+_numeric = importlib.import_module("numpy._core.numeric" if hasattr(np, "_core") else "numpy.core.numeric")
+for _core in ("numpy.core", "numpy._core"):
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _multiarray.scalar
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle names a callable outside the allowed set."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only numpy array reconstruction; builtin containers need no lookup."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise RefusedPickle(f"it names {module}.{name}, which a data file never needs") from None
+
+
+def load_data_pickle(path: str | os.PathLike, what: str) -> object:
+    """Unpickle `path` allowing only numpy arrays, numbers, strings and plain containers.
+
+    `what` names the expected content for the error ("landmark pickle", "faces pickle"). A refused or
+    damaged pickle raises `InputError` naming the file; nothing it names is imported or called.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", path) from None
+    try:
+        return _ArrayUnpickler(io.BytesIO(data)).load()
+    except RefusedPickle as exc:
+        raise InputError(f"refused to load as a {what}: {exc}", path) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+            AttributeError, MemoryError, OverflowError) as exc:
+        raise InputError(f"not a readable {what} ({type(exc).__name__}: {exc})", path) from None
