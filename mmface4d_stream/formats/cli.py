@@ -16,6 +16,8 @@ from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.faces import load_faces, write_obj, write_ply
 from mmface4d_stream.formats.mesh_nut import (
     MeshNutReader, MeshNutWriter, frame_side, mesh_nut_paths, mesh_prefix_of, read_frame_header)
+from mmface4d_stream.formats.output_files import (check_output_dir, is_write_error, output_error, remove_quietly,
+                                                   reserve_npy)
 from mmface4d_stream.formats.sequence import DatasetSequence
 
 
@@ -35,16 +37,22 @@ def _open_mesh(args: argparse.Namespace) -> MeshNutReader:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    check_output_dir(out.parent, create=True)
+    partial = out.with_name(f".{out.name}.partial")
     with _open_mesh(args) as reader:
-        array = np.lib.format.open_memmap(out.with_name(f".{out.name}.partial"), mode="w+",
-                                          dtype=np.float32, shape=(len(reader), reader.n_vertices, 3))
-        with _progress(len(reader), "decode") as bar:
-            for index, vertices in enumerate(reader):
-                array[index] = vertices
-                bar.update()
-        array.flush()
-        del array
-        out.with_name(f".{out.name}.partial").replace(out)
+        # Blocks reserved up front: a full disk is an error here, not a SIGBUS in the loop.
+        array = reserve_npy(partial, (len(reader), reader.n_vertices, 3), np.float32, report_as=out)
+        try:
+            with _progress(len(reader), "decode") as bar:
+                for index, vertices in enumerate(reader):
+                    array[index] = vertices
+                    bar.update()
+            array.flush()
+            del array
+            partial.replace(out)
+        except BaseException:
+            remove_quietly(partial)
+            raise
         print(f"wrote {out}: {len(reader)} frames x {reader.n_vertices} vertices x 3 (float32, metres)",
               file=sys.stderr)
     return 0
@@ -62,6 +70,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise InputError(f"expected an array of shape (frames, vertices, 3), got {array.shape}", src)
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"expected float coordinates, got {array.dtype}", src)
+    check_output_dir(Path(args.out).parent, create=True)
     with MeshNutWriter(args.out, fps=args.fps, atomic=True) as writer, _progress(len(array), "encode") as bar:
         for index in range(array.shape[0]):
             frame = np.asarray(array[index])
@@ -140,18 +149,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write one file per frame; on any error the files this run wrote are removed again."""
+    out_dir = check_output_dir(args.out, create=True)
     writer = write_obj if args.format == "obj" else write_ply
     with _open_mesh(args) as reader:
         faces = load_faces(args.faces, reader.n_vertices)
-        with _progress(len(reader), f"export {args.format}") as bar:
-            for index, vertices in enumerate(reader):
-                target = out_dir / f"frame_{index:06d}.{args.format}"
-                partial = target.with_name(f".{target.name}.partial")
-                writer(partial, vertices, faces)
-                partial.replace(target)
-                bar.update()
+        written: list[Path] = []
+        partial = None
+        try:
+            with _progress(len(reader), f"export {args.format}") as bar:
+                for index, vertices in enumerate(reader):
+                    target = out_dir / f"frame_{index:06d}.{args.format}"
+                    partial = target.with_name(f".{target.name}.partial")
+                    try:
+                        writer(partial, vertices, faces)
+                    except OSError as exc:
+                        if is_write_error(exc):
+                            raise output_error(exc, target) from None
+                        raise
+                    partial.replace(target)
+                    written.append(target)
+                    bar.update()
+        except BaseException:
+            remove_quietly(*written, *([partial] if partial else []))
+            raise
         print(f"wrote {len(reader)} {args.format} files to {out_dir}", file=sys.stderr)
     return 0
 

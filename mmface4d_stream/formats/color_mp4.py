@@ -21,11 +21,12 @@ class ColorMp4Writer(VideoWriter):
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, crf: int = 10,
-                 atomic: bool = False, preset: str = "veryfast"):
+                 atomic: bool = False, preset: str = "veryfast", keep_on_write_error: bool = False):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"yuv420p needs a positive even frame size, got {width}x{height}")
         super().__init__(path, width, height, fps, container_format="mp4", codec="libx264", pix_fmt="yuv420p",
-                         input_format="rgb24", atomic=atomic, options={"crf": str(crf), "preset": preset})
+                         input_format="rgb24", atomic=atomic, options={"crf": str(crf), "preset": preset},
+                         keep_on_write_error=keep_on_write_error)
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one frame: uint8 (height, width, 3) RGB."""

@@ -24,6 +24,7 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.gray16_video import (DECODER_THREADS, Decoding, Gray16VideoReader,
                                                      Gray16VideoWriter)
+from mmface4d_stream.formats.output_files import remove_quietly
 
 HEADER_PIXELS = 4
 QUANT_LEVELS = 65536
@@ -165,7 +166,11 @@ class MeshNutWriter:
         self.frames_written += 1
 
     def close(self, success: bool = True) -> None:
-        """Finalize the three files (idempotent)."""
+        """Finalize the three files (idempotent).
+
+        When any of them met a write error (full disk, ...) all three are removed: a triplet with
+        one axis cut short is not a result. Otherwise frames written stay decodable.
+        """
         writers, self._writers = self._writers, []
         first_error = None
         for writer in writers:
@@ -173,6 +178,8 @@ class MeshNutWriter:
                 writer.close(success=success)
             except Exception as exc:  # finalize the others before reporting
                 first_error = first_error or exc
+        if any(writer.write_error is not None for writer in writers):
+            remove_quietly(*mesh_nut_paths(self.prefix))
         if first_error is not None:
             raise first_error
 

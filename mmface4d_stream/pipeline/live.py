@@ -274,8 +274,10 @@ class DatasetRecorder:
             if camera is None:
                 raise InputError(f"camera {k} has no image in the first frame set; cannot size its files")
             height, width = camera.rgb.shape[:2]
-            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps, atomic=True))
-            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps, atomic=True))
+            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps, atomic=True,
+                                              keep_on_write_error=True))
+            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps, atomic=True,
+                                              keep_on_write_error=True))
 
     def write(self, frame_set: FrameSet) -> None:
         """Append one frame set; a camera missing from it repeats its previous images (kept in step)."""
