@@ -99,6 +99,8 @@ def cli_overrides(args) -> dict:
         overrides["ray.num_cpus"] = args.num_cpus
     if args.max_frames:
         overrides["source.max_frames"] = args.max_frames
+    if args.curve_certificate:
+        overrides["publish.curve_certificate"] = args.curve_certificate
     return overrides
 
 
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="stop each sequence after this many frames")
     parser.add_argument("--publish", nargs="?", const="tcp://127.0.0.1:5555", default=None, metavar="URL",
                         help="publish meshes over ZeroMQ (default URL tcp://127.0.0.1:5555)")
+    parser.add_argument("--curve-certificate", metavar="FILE",
+                        help="ZeroMQ certificate with the publisher's CURVE secret key (required to publish beyond "
+                             "loopback; subscribers use its public key: mmface4d subscribe --server-key FILE.key)")
     parser.add_argument("--preview", action="store_true", help="web preview of the published stream (implies --publish)")
     parser.add_argument("--redo", action="store_true", help="reconstruct again even when the outputs are finished")
     parser.add_argument("--demo-frames", type=int, default=45, help="frames of the demo capture (default 45)")
@@ -215,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview and not args.publish:
             args.publish = config.publish.url
         args.publish_url = args.publish
+        if args.publish:
+            from mmface4d_stream.stream.curve import server_keys
+
+            # Refused now, with the option that fixes it, rather than by the publisher actor later.
+            server_keys(args.publish, config.publish.curve_certificate, "--curve-certificate FILE")
         preview = start_preview(args.publish) if args.preview else None
         try:
             if not args.inputs:

@@ -218,8 +218,7 @@ class SequencePipeline:
                                    allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
         if self.publish_url:
             self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
-                        send_hwm=cfg.publish.send_hwm, send_timeout_s=cfg.publish.send_timeout_s,
-                        fault=self._fault_for("publisher"))
+                        fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
         if not cfg.ray.compiled:  # (a compiled graph runs calls in another thread: MediaPipe is built there)
             opening.append(self.actors["landmarks"].warm_up.remote())
         self.transforms, self.reference = self._get(calibration, "source")

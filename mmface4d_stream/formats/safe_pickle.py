@@ -36,8 +36,9 @@ def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
 
 
 _ALLOWED[("_codecs", "encode")] = _latin1_bytes
-_multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
-_numeric = importlib.import_module("numpy._core.numeric" if hasattr(np, "_core") else "numpy.core.numeric")
+_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+_multiarray = importlib.import_module(f"{_CORE}.multiarray")
+_numeric = importlib.import_module(f"{_CORE}.numeric")
 for _core in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct
     _ALLOWED[(f"{_core}.multiarray", "scalar")] = _multiarray.scalar

@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--server-key", default=None, metavar="KEY",
-        help="the publisher's CURVE public key (Z85 text, or a file holding it) for an encrypted stream",
+        help="the publisher's CURVE public key (Z85 text, a file holding it, or its ZeroMQ certificate) for an "
+             "encrypted stream",
     )
     parser.set_defaults(func=run_subscribe)
 
@@ -55,7 +56,12 @@ def _read_key(value: str | None) -> str | None:
         return None
     path = Path(value)
     if len(value) != 40 and path.is_file():
-        value = path.read_text().strip()
+        text = path.read_text(errors="replace")
+        if "public-key" in text:  # a ZeroMQ certificate (.key or .key_secret)
+            from mmface4d_stream.stream.curve import load_certificate
+
+            return load_certificate(path).public.decode("ascii")
+        value = text.strip()
     if len(value) != 40:
         raise InputError(f"a CURVE key is 40 Z85 characters, got {len(value)}", path=None)
     return value
