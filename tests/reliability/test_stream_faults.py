@@ -1,0 +1,106 @@
+"""Item 3: an idle subscriber costs the others nothing; a stream beyond loopback needs CURVE."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from actors.records import MeshPacket
+from actors.zmq_publisher import ZmqPublisher
+from graphs.config import load_config
+from mmface4d_stream.errors import InputError
+from mmface4d_stream.stream import schema
+from mmface4d_stream.stream.curve import server_keys
+from mmface4d_stream.stream.subscriber import MeshSubscriber
+from mmface4d_stream.types import MeshFrame
+
+N_VERTICES = 35709  # BFM size: 428 KB a mesh, so an idle subscriber's queues really fill
+FACES = np.array([[0, 1, 2]], np.int32)
+
+
+def _packet(frame: int) -> MeshPacket:
+    vertices = np.full((N_VERTICES, 3), frame * 1e-3, np.float32)
+    return MeshPacket(MeshFrame("s", frame, 0, vertices, False), FACES if frame == 0 else None)
+
+
+def test_idle_subscriber_neither_stalls_the_offline_graph_nor_costs_others_frames():
+    """The issue's case: one SUB subscribes and never reads; the real one got 10 of 30 meshes."""
+    publisher = ZmqPublisher("tcp://127.0.0.1:*", drop_when_full=False, send_timeout_s=10.0)
+    context = zmq.Context()
+    idle = context.socket(zmq.SUB)
+    idle.setsockopt(zmq.RCVHWM, 1)
+    idle.setsockopt(zmq.RCVBUF, 4096)
+    idle.setsockopt(zmq.SUBSCRIBE, b"")
+    idle.connect(publisher.endpoint)
+    received: list[int] = []
+    reader = MeshSubscriber(publisher.endpoint, timeout_s=10.0, receive_hwm=1000, context=context)
+    try:
+        assert publisher.wait_for_subscribers(2, 10.0)
+
+        def read():
+            for message in reader:
+                if isinstance(message, schema.MeshMessage):
+                    received.append(message.frame)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        n = 300
+        start = time.perf_counter()
+        for frame in range(n):
+            publisher.publish(_packet(frame))
+        publish_s = time.perf_counter() - start
+        publisher.close()
+        thread.join(timeout=30)
+    finally:
+        reader.close()
+        idle.close(linger=0)
+        context.term()
+    # Waiting on the idle one would have cost send_timeout_s (10 s) per frame once its queue filled.
+    assert publish_s < 5.0, publish_s
+    assert received == list(range(n))
+    assert reader.stats.dropped == 0
+
+
+def test_non_loopback_stream_is_refused_at_config_load_with_the_fixing_key(tmp_path):
+    with pytest.raises(InputError, match=r"tcp://0\.0\.0\.0:5555 is reachable from other machines.*"
+                                         r"publish\.curve_certificate"):
+        load_config(None, {"publish.enabled": True, "publish.url": "tcp://0.0.0.0:5555"})
+    assert server_keys("tcp://127.0.0.1:5555", None, "x") is None
+    assert server_keys("ipc:///tmp/x", None, "x") is None
+
+
+def test_curve_certificate_encrypts_the_graph_stream(tmp_path):
+    import zmq.auth
+
+    public_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    config = load_config(None, {"publish.enabled": True, "publish.url": "tcp://0.0.0.0:*",
+                                "publish.curve_certificate": secret_file})
+    options = config.publish.publisher_options("tcp://0.0.0.0:*")
+    assert options["curve_secret_key"] is not None
+    with pytest.raises(InputError, match="only a public key"):
+        server_keys("tcp://0.0.0.0:1", public_file, "x")
+    publisher = ZmqPublisher("tcp://127.0.0.1:*", drop_when_full=False, **options)
+    port = publisher.endpoint.rsplit(":", 1)[1]
+    plain = MeshSubscriber(f"tcp://127.0.0.1:{port}", timeout_s=0.5)
+    secure = MeshSubscriber(f"tcp://127.0.0.1:{port}", timeout_s=10.0, curve_server_key=options["curve_public_key"])
+    try:
+        assert publisher.wait_for_subscribers(1, 10.0)
+        publisher.publish(_packet(0))
+        publisher.publish(_packet(1))
+        got = []
+        for _ in range(4):
+            message = secure.recv()
+            if isinstance(message, schema.MeshMessage):
+                got.append(message.frame)
+            if len(got) == 2:
+                break
+        assert got == [0, 1]
+        assert plain.recv() is None  # a client without the key gets nothing
+    finally:
+        publisher.close()
+        plain.close()
+        secure.close()
