@@ -57,6 +57,7 @@ class CameraSource:
 
     def info(self) -> dict:
         return {"name": self.name, "frames": len(self.source), "serials": list(self.source.serials),
+                "input_frames": getattr(self.source, "input_frames", None),
                 "camera_indices": list(self.source.camera_indices)}
 
     def calibrate(self, reference: int | None = None, rig_path: str | None = None,

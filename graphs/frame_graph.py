@@ -442,6 +442,7 @@ class SequencePipeline:
             "compiled_graph": self.config.ray.compiled,
             **summary,
             "frames_in": frames_done,
+            "input_frames": None if self.live else self.info.get("input_frames"),
             "frames_captured": source_stats.get("captured"),
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
