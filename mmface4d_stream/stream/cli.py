@@ -48,6 +48,10 @@ def register(subparsers) -> None:
         help="the publisher's CURVE public key (Z85 text, a file holding it, or its ZeroMQ certificate) for an "
              "encrypted stream",
     )
+    parser.add_argument(
+        "--max-message-mb", type=float, default=schema.DEFAULT_MAX_MESSAGE_BYTES / (1 << 20), metavar="MB",
+        help="reject (count and skip) messages larger than this (default %(default)g MiB, ~4 BFM meshes)",
+    )
     parser.set_defaults(func=run_subscribe)
 
 
@@ -85,6 +89,7 @@ class _Recorder:
         self._writer = MeshNutWriter(prefix, fps=30)
         self._faces_id: str | None = None
         self.n_vertices: int | None = None
+        self.skipped = 0
 
     def topology(self, message: schema.TopologyMessage) -> None:
         if self._faces_id == message.topology_id:
@@ -94,14 +99,21 @@ class _Recorder:
         np.save(f"{self.prefix}_faces.npy", np.asarray(message.faces, dtype=np.int32))
         self._faces_id = message.topology_id
 
-    def mesh(self, message: schema.MeshMessage) -> None:
+    def mesh(self, message: schema.MeshMessage) -> bool:
+        """Append one mesh; one that cannot join the recording (another vertex count, non-finite
+        coordinates) is skipped, counted in `skipped` and logged, and recording goes on."""
+        reason = None
         if self.n_vertices is not None and message.n_vertices != self.n_vertices:
-            raise InputError(
-                f"mesh {message.seq} has {message.n_vertices} vertices, the recording {self.n_vertices}",
-                path=self.prefix,
-            )
+            reason = f"{message.n_vertices} vertices, the recording has {self.n_vertices}"
+        elif not np.isfinite(message.vertices).all():
+            reason = "NaN or inf coordinates"
+        if reason is not None:
+            self.skipped += 1
+            log.warning("%s: skipped mesh seq %d (frame %d): %s", self.prefix, message.seq, message.frame, reason)
+            return False
         self.n_vertices = message.n_vertices
         self._writer.write(message.vertices)
+        return True
 
     def close(self) -> None:
         # Finalize whatever arrived, also after an error or Ctrl-C: a partial recording stays readable.
@@ -111,6 +123,8 @@ class _Recorder:
 def run_subscribe(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
+    if not args.max_message_mb > 0:
+        raise InputError(f"--max-message-mb must be positive, got {args.max_message_mb}")
     server_key = _read_key(args.server_key)
     recorder = _Recorder(args.save) if args.save else None
     received = 0
@@ -124,7 +138,8 @@ def run_subscribe(args: argparse.Namespace) -> int:
     ok = False
     with contextlib.ExitStack() as stack:
         subscriber = stack.enter_context(
-            MeshSubscriber(args.url, timeout_s=args.timeout, curve_server_key=server_key)
+            MeshSubscriber(args.url, timeout_s=args.timeout, curve_server_key=server_key,
+                           max_message_bytes=int(args.max_message_mb * (1 << 20)))
         )
         try:
             while args.frames is None or received < args.frames:
@@ -173,12 +188,14 @@ def run_subscribe(args: argparse.Namespace) -> int:
         print(f"total 0 meshes ({why}); rejected {subscriber.stats.rejected} malformed messages", flush=True)
     if recorder and subscriber.stats.dropped:
         log.warning(
-            "%d meshes were lost on the way, so the recording has gaps; record from a publisher "
-            "that waits for its subscribers (drop_when_full=False) to keep every frame",
+            "%d meshes were lost on the way (this subscriber did not keep up with the publisher), so "
+            "the recording has gaps; the finished mesh files of the run hold every frame",
             subscriber.stats.dropped,
         )
+    if recorder and recorder.skipped:
+        log.warning("%d meshes were skipped (another vertex count or non-finite coordinates)", recorder.skipped)
     if recorder and received:
-        print(f"recorded {received} meshes to {args.save}_{{0,1,2}}.nut"
+        print(f"recorded {received - recorder.skipped} meshes to {args.save}_{{0,1,2}}.nut"
               + (f" and {args.save}_faces.npy" if subscriber.topology is not None else " (no topology received)"))
     return 0 if ok and received > 0 else 1
 

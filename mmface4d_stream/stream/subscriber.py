@@ -54,6 +54,7 @@ class MeshSubscriber:
         curve_server_key: the publisher's CURVE public key (Z85); enables encryption.
         curve_public_key, curve_secret_key: this client's keypair; generated when omitted.
         stop_on_end: iteration ends after yielding an `EndMessage`.
+        max_message_bytes: larger messages are rejected (counted, skipped); None: no limit.
         context: a zmq.Context to use; by default the process-wide instance.
     """
 
@@ -69,6 +70,7 @@ class MeshSubscriber:
         curve_secret_key: bytes | str | None = None,
         stop_on_end: bool = True,
         context: zmq.Context | None = None,
+        max_message_bytes: int | None = schema.DEFAULT_MAX_MESSAGE_BYTES,
     ):
         topic_bytes = [t.encode("ascii") if isinstance(t, str) else bytes(t) for t in topics]
         unknown = [t for t in topic_bytes if t not in schema.TOPICS]
@@ -79,6 +81,7 @@ class MeshSubscriber:
         self.url = url
         self.timeout_s = timeout_s
         self.stop_on_end = stop_on_end
+        self.max_message_bytes = max_message_bytes
         self.stats = SubscriberStats()
         self.topology: schema.TopologyMessage | None = None
         self.last_status: schema.StatusMessage | None = None
@@ -123,7 +126,7 @@ class MeshSubscriber:
                 return None
             parts = self._socket.recv_multipart(copy=False)
             try:
-                message = schema.decode(parts)
+                message = schema.decode(parts, self.max_message_bytes)
             except schema.WireFormatError as exc:
                 self._reject(str(exc))
                 continue

@@ -104,3 +104,38 @@ def test_curve_certificate_encrypts_the_graph_stream(tmp_path):
         publisher.close()
         plain.close()
         secure.close()
+
+
+def _mesh_parts(vertices: np.ndarray, seq: int = 0) -> list[bytes]:
+    return schema.encode_mesh(schema.MeshMessage(seq=seq, frame=seq, t_capture_ns=0, t_publish_ns=0,
+                                                 vertices=vertices, topology_id="t"))
+
+
+def test_schema_rejects_non_finite_vertices_and_oversized_messages():
+    good = np.zeros((100, 3), np.float32)
+    assert schema.decode(_mesh_parts(good)).n_vertices == 100
+    bad = good.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(schema.WireFormatError, match="1 vertices that are NaN or inf"):
+        schema.decode(_mesh_parts(bad))
+    big = np.zeros((200_000, 3), np.float32)  # 2.4 MB
+    assert schema.decode(_mesh_parts(big)).n_vertices == 200_000  # within the default 4 MiB
+    with pytest.raises(schema.WireFormatError, match="exceeds the limit of 1000000"):
+        schema.decode(_mesh_parts(big), max_message_bytes=1_000_000)
+
+
+def test_save_skips_and_counts_meshes_that_cannot_join_the_recording(tmp_path):
+    from mmface4d_stream.formats.mesh_nut import MeshNutReader
+    from mmface4d_stream.stream.cli import _Recorder
+
+    recorder = _Recorder(str(tmp_path / "rec"))
+    base = np.random.default_rng(0).normal(scale=0.05, size=(50, 3)).astype(np.float32)
+    nan = base.copy()
+    nan[3] = np.nan
+    messages = [schema.MeshMessage(seq=k, frame=k, t_capture_ns=0, t_publish_ns=0, vertices=v, topology_id="t")
+                for k, v in enumerate([base, nan, base[:40], base + 0.01])]
+    assert [recorder.mesh(m) for m in messages] == [True, False, False, True]
+    recorder.close()
+    assert recorder.skipped == 2
+    with MeshNutReader(tmp_path / "rec", n_vertices=50) as reader:
+        assert len(reader) == 2
