@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -62,6 +63,23 @@ def discover_jobs(inputs: list[str], out_dir: Path) -> list[SequenceJob]:
     if duplicates:
         raise InputError(f"several inputs are named {', '.join(duplicates)}: their outputs would collide")
     return jobs
+
+
+def check_inputs(jobs: list[SequenceJob]) -> None:
+    """Open every recording's header and every camera json before Ray starts: a damaged MKV or
+    intrinsics file is one line naming it (InputError), not an actor's death inside the graph."""
+    from mmface4d_stream.formats.intrinsics import IntrinsicsJson
+    from mmface4d_stream.k4a.mkv import MkvReader
+
+    for job in jobs:
+        for source in job.inputs:
+            path = Path(source)
+            if path.suffix.lower() == ".mkv":
+                with MkvReader(path):
+                    pass
+            else:
+                for json_path in sorted(path.parent.glob(f"{path.name}_[0-9]*.json")):
+                    IntrinsicsJson.load(json_path)
 
 
 def _scan_folder(folder: Path, out_dir: Path) -> list[SequenceJob]:
@@ -121,7 +139,11 @@ def install_stop_handler(stop: threading.Event) -> None:
     """First Ctrl-C: stop feeding frames, finalize the outputs; a second one aborts."""
     def handler(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            # Unwinding through Ray here can crash in ray.shutdown (a segfault was seen); the mesh
+            # files already hold every encoded frame (flushed per packet), so leave at once.
+            print("\naborted", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(130)
         print("\nstopping: finishing the frames in flight and finalizing the outputs (Ctrl-C again to abort)",
               file=sys.stderr)
         stop.set()
@@ -236,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def offline(args, config) -> int:
     from graphs.runner import run_jobs
+    from mmface4d_stream.formats.output_files import check_output_dir
 
     jobs = discover_jobs(args.inputs, Path(args.out or "out/offline"))
+    check_inputs(jobs)
+    check_output_dir(Path(args.out or "out/offline"))
     stop = threading.Event()
     install_stop_handler(stop)
     results = run_jobs(jobs, config, publish_url=args.publish_url, progress=not args.no_progress,
