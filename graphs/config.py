@@ -90,7 +90,9 @@ class PublishConfig:
     """ZeroMQ mesh stream (DESIGN.md wire protocol). The graph never waits on the socket: each
     subscriber has its own queue (send_hwm messages live, offline_hwm offline) and a subscriber
     that does not keep up loses messages alone, counted from the gaps in `seq`. send_timeout_s
-    bounds only the wait to deliver `end` offline. A url beyond loopback needs
+    bounds only the wait to deliver `end` offline. The last `history` meshes are kept for
+    subscribers that ask for what they missed (`subscribe --save` does), on repair_url (default: the
+    next port). A url beyond loopback needs
     curve_certificate (a ZeroMQ certificate holding the server's secret key): loopback has no
     authentication, any local process may subscribe."""
 
@@ -102,13 +104,16 @@ class PublishConfig:
     wait_subscribers: int = 0
     wait_timeout_s: float = 10.0
     curve_certificate: str | None = None
+    history: int = 120
+    repair_url: str | None = None
 
     def publisher_options(self, url: str | None = None) -> dict:
         """Keyword arguments for `ZmqPublisher` beyond its url (CURVE keys loaded and checked here)."""
         from mmface4d_stream.stream.curve import server_keys
 
         keys = server_keys(url or self.url, self.curve_certificate, "publish.curve_certificate")
-        options = {"send_hwm": self.send_hwm, "offline_hwm": self.offline_hwm, "send_timeout_s": self.send_timeout_s}
+        options = {"send_hwm": self.send_hwm, "offline_hwm": self.offline_hwm, "send_timeout_s": self.send_timeout_s,
+                   "history": self.history, "repair_url": self.repair_url}
         if keys is not None:
             options.update(curve_public_key=keys.public, curve_secret_key=keys.secret)
         return options
@@ -188,7 +193,7 @@ _POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_h
              "smoother.order", "smoother.cutoff_hz", "ray.checkpoint_every", "policy.max_latency_ms",
              "source.max_frames", "ray.num_cpus", "ray.max_pipelines", "ray.frame_timeout_s"}
 _NON_NEGATIVE = {"ray.max_restarts", "landmarks.num_cpus", "fitter.num_cpus", "faults.delay_ms",
-                 "publish.wait_subscribers", "faults.frame"}
+                 "publish.wait_subscribers", "faults.frame", "publish.history"}
 
 
 def _check_value(key: str, annotation: Any, value: Any, where: str) -> Any:

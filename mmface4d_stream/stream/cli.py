@@ -139,7 +139,7 @@ def run_subscribe(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         subscriber = stack.enter_context(
             MeshSubscriber(args.url, timeout_s=args.timeout, curve_server_key=server_key,
-                           max_message_bytes=int(args.max_message_mb * (1 << 20)))
+                           max_message_bytes=int(args.max_message_mb * (1 << 20)), repair=bool(args.save))
         )
         try:
             while args.frames is None or received < args.frames:
@@ -186,11 +186,11 @@ def run_subscribe(args: argparse.Namespace) -> int:
         _report(f"total {received} meshes ({why})", fps, publish_lat, capture_lat, subscriber)
     else:
         print(f"total 0 meshes ({why}); rejected {subscriber.stats.rejected} malformed messages", flush=True)
-    if recorder and subscriber.stats.dropped:
+    if recorder and subscriber.stats.lost:
         log.warning(
-            "%d meshes were lost on the way (this subscriber did not keep up with the publisher), so "
-            "the recording has gaps; the finished mesh files of the run hold every frame",
-            subscriber.stats.dropped,
+            "%d meshes were lost for good (this subscriber fell further behind than the publisher's "
+            "history, or the publisher keeps none), so the recording has gaps; the run's mesh files "
+            "hold every frame", subscriber.stats.lost,
         )
     if recorder and recorder.skipped:
         log.warning("%d meshes were skipped (another vertex count or non-finite coordinates)", recorder.skipped)
@@ -213,6 +213,7 @@ def _report(label: str, fps: float, pub: list[int], cap: list[int], subscriber: 
     stats = subscriber.stats
     print(
         f"{label}: {fps:6.1f} fps | publish->recv p50 {pub50:7.2f} ms p95 {pub95:7.2f} ms | "
-        f"capture->recv p50 {cap50:7.2f} ms p95 {cap95:7.2f} ms | dropped {stats.dropped} rejected {stats.rejected}",
+        f"capture->recv p50 {cap50:7.2f} ms p95 {cap95:7.2f} ms | dropped {stats.dropped} "
+        f"(repaired {stats.repaired}) rejected {stats.rejected}",
         flush=True,
     )

@@ -109,12 +109,14 @@ class MeshMessage:
 class TopologyMessage:
     """The triangle list shared by the meshes that carry the same `topology_id`.
 
-    `faces` is int32 (F, 3) of vertex indices in [0, n_vertices).
+    `faces` is int32 (F, 3) of vertex indices in [0, n_vertices). `repair`: the endpoint where
+    missed meshes can be requested (`stream.repair`), when the publisher keeps a history.
     """
 
     topology_id: str
     n_vertices: int
     faces: np.ndarray
+    repair: str | None = None
 
     @property
     def n_faces(self) -> int:
@@ -234,6 +236,8 @@ def encode_topology(message: TopologyMessage) -> list[bytes]:
         "n_faces": int(np.asarray(message.faces).shape[0]),
         "dtype": FACE_DTYPE,
     }
+    if message.repair is not None:
+        header["repair"] = str(message.repair)
     return [TOPIC_TOPOLOGY, _packb(header), payload]
 
 
@@ -445,8 +449,11 @@ def decode_topology(parts: Sequence) -> TopologyMessage:
     faces = _decode_array(_frame_bytes(parts[2]), FACE_DTYPE, n_faces, what)
     if faces.size and (faces.min() < 0 or faces.max() >= n_vertices):
         raise WireFormatError(f"topology face indices fall outside [0, {n_vertices})")
+    repair = header.get("repair")
+    if repair is not None and not isinstance(repair, str):
+        raise WireFormatError(f"topology header 'repair' must be str, got {type(repair).__name__}")
     return TopologyMessage(
-        topology_id=_get(header, "topology_id", str, what), n_vertices=n_vertices, faces=faces
+        topology_id=_get(header, "topology_id", str, what), n_vertices=n_vertices, faces=faces, repair=repair
     )
 
 

@@ -139,3 +139,55 @@ def test_save_skips_and_counts_meshes_that_cannot_join_the_recording(tmp_path):
     assert recorder.skipped == 2
     with MeshNutReader(tmp_path / "rec", n_vertices=50) as reader:
         assert len(reader) == 2
+
+
+def test_a_slow_repairing_subscriber_gets_every_frame_and_its_drops_reach_the_status():
+    """The publisher never waits; the slow subscriber's queue overflows, it asks for what it missed."""
+    from mmface4d_stream.stream.publisher import MeshPublisher
+
+    publisher = MeshPublisher("tcp://127.0.0.1:*", send_hwm=2, history=200, end_timeout_s=10.0)
+    publisher.set_topology(FACES, N_VERTICES)
+    slow = MeshSubscriber(publisher.endpoint, timeout_s=10.0, receive_hwm=2, repair=True, name="saver")
+    monitor = MeshSubscriber(publisher.endpoint, timeout_s=10.0, receive_hwm=1000, topics=("status",))
+    n = 60
+    frames: list[int] = []
+    statuses: list[schema.StatusMessage] = []
+    try:
+        assert publisher.wait_for_subscribers(1, 10.0)
+        time.sleep(0.2)  # the topology (with the repair endpoint) reaches the subscriber first
+        done = threading.Event()
+
+        def read():
+            for message in slow:
+                if isinstance(message, schema.MeshMessage):
+                    frames.append(message.frame)
+                    time.sleep(0.02)  # far slower than the publisher below
+            done.set()
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        start = time.perf_counter()
+        for frame in range(n):
+            publisher.publish_mesh(np.full((N_VERTICES, 3), frame, np.float32), frame=frame)
+            publisher.publish_status({}, period_s=0.05)
+            time.sleep(0.001)
+        publish_s = time.perf_counter() - start
+        publisher.publish_end()
+        # The graph keeps reporting at its status rate while the subscriber catches up.
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            publisher.poll_subscriptions()
+            publisher.publish_status({}, period_s=0.05)
+            time.sleep(0.01)
+        publisher.close()  # serves the last requests first
+        thread.join(timeout=30)
+        while (message := monitor.recv(timeout_s=0.5)) is not None:
+            statuses.append(message)
+    finally:
+        slow.close()
+        monitor.close()
+    assert publish_s < 2.0
+    assert frames == list(range(n))
+    assert slow.stats.dropped > 0 and slow.stats.repaired == slow.stats.dropped and slow.stats.lost == 0
+    reported = [s.stages["subscriber saver"].drops for s in statuses if "subscriber saver" in s.stages]
+    assert reported and max(reported) > 0
