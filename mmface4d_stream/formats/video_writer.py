@@ -33,7 +33,8 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int, *, container_format: str,
                  codec: str, pix_fmt: str, input_format: str, atomic: bool = False,
-                 options: dict[str, str] | None = None, level: int | None = None, keep_on_write_error: bool = False):
+                 options: dict[str, str] | None = None, level: int | None = None, keep_on_write_error: bool = False,
+                 muxer_options: dict[str, str] | None = None):
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         if fps <= 0:
@@ -51,7 +52,7 @@ class VideoWriter:
             # Each muxed packet goes to the file at once: a SIGKILL then loses no more than the
             # encoder's own delay (FFV1 and our x264 settings: none or a few frames).
             self._container = av.open(str(self._write_path), mode="w", format=container_format,
-                                      container_options={"flush_packets": "1"})
+                                      container_options={"flush_packets": "1", **(muxer_options or {})})
         except OSError as exc:
             if is_write_error(exc):
                 raise output_error(exc, self.path) from None

@@ -27,6 +27,8 @@ from mmface4d_stream.types import CameraFrame, FrameSet
 log = logging.getLogger(__name__)
 
 LIVE_EXTRA_HINT = "pip install 'mmface4d-stream[live]'"
+# Colour files of a recording are fragmented mp4s, a fragment every this many seconds.
+RECORDING_FRAGMENT_S = 0.5
 
 
 def import_pyk4a():
@@ -243,11 +245,16 @@ class LatestFrameSource:
 
 
 class DatasetRecorder:
-    """Write every frame set as a dataset sequence `<out_dir>/<name>_<cam>.{mp4,nut,json}` (atomic files).
+    """Write every frame set as a dataset sequence `<out_dir>/<name>_<cam>.{mp4,nut,json}`.
 
     Intrinsics are the cameras' pinhole parameters (the dataset's json keeps no distortion);
     `stream_length_usec` is filled in at close. Writers open at the first frame set (its size).
     Raw depth (MKV replay) is registered to color first, as the dataset stores it.
+
+    The mp4 and nut files are written under their final names as frames arrive (each packet
+    reaches the file at once; the mp4 is fragmented every `RECORDING_FRAGMENT_S`), so a capture
+    killed outright keeps all but its last fraction of a second; the json files are written at
+    close, so their absence marks a capture that did not finish. A full disk keeps what was written.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, serials: Sequence[str], intrinsics: Sequence,
@@ -274,9 +281,10 @@ class DatasetRecorder:
             if camera is None:
                 raise InputError(f"camera {k} has no image in the first frame set; cannot size its files")
             height, width = camera.rgb.shape[:2]
-            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps, atomic=True,
-                                              keep_on_write_error=True))
-            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps, atomic=True,
+            # Fragments of half a second: a killed capture keeps all but the last fragment's frames.
+            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps,
+                                              keep_on_write_error=True, fragment_s=RECORDING_FRAGMENT_S))
+            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps,
                                               keep_on_write_error=True))
 
     def write(self, frame_set: FrameSet) -> None:

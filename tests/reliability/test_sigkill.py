@@ -54,3 +54,29 @@ def test_killed_mesh_and_depth_writers_keep_their_frames(tmp_path, capsys):
     # The user's way in: decode --allow-truncated reads all of it.
     assert main(["decode", str(prefix), "--out", str(tmp_path / "a.npy"), "--allow-truncated"]) == 0
     assert np.load(tmp_path / "a.npy").shape == (kept, 5000, 3)
+
+
+_COLOR_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
+    from mmface4d_stream.pipeline.live import RECORDING_FRAGMENT_S
+    writer = ColorMp4Writer(sys.argv[1], 320, 240, fps=30, fragment_s=RECORDING_FRAGMENT_S)
+    for k in range(int(sys.argv[2])):
+        writer.write(np.full((240, 320, 3), 3 * k, np.uint8))
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_killed_recording_colour_file_loses_at_most_half_a_second(tmp_path):
+    """The live recorder's mp4 is fragmented: a plain mp4 without its trailer is unreadable."""
+    from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
+
+    path, n = tmp_path / "rec_0.mp4", 50
+    done = subprocess.run([sys.executable, "-c", _COLOR_WRITER, str(path), str(n)],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    with ColorMp4Reader(path) as reader:
+        frames = list(reader)
+    assert n - 15 <= len(frames) < n + 1  # 15 frames: one 0.5 s fragment at 30 fps
+    assert abs(float(frames[-1].mean()) - 3 * (len(frames) - 1)) < 3
