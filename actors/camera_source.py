@@ -108,7 +108,8 @@ class CameraSource:
         latest = self._latest
         return {"read": self.read_count, "dropped": 0 if latest is None else latest.dropped,
                 "captured": self.read_count if latest is None else self.start_frame + latest.read,
-                "recorded": 0 if self.recorder is None else self.recorder.frames}
+                "recorded": 0 if self.recorder is None else self.recorder.frames,
+                "first_recorded_host_ns": None if self.recorder is None else self.recorder.first_host_ns}
 
     def stop(self) -> None:
         if self._latest is not None:

@@ -452,6 +452,7 @@ class SequencePipeline:
             **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
+            "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),
             "counts": dict(kinds),
         }
         if error:

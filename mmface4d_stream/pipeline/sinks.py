@@ -45,6 +45,25 @@ def is_finished(save_path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and meta.get("complete", True) is True
 
 
+def update_meta(save_path: str | os.PathLike, fields: dict) -> bool:
+    """Add `fields` to a finished reconstruction's meta json (atomically); False when there is none."""
+    path = output_paths(save_path)["meta"]
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        if is_write_error(exc):
+            raise output_error(exc, path) from None
+        raise
+    return True
+
+
 def covers_input(frames_processed: int, input_frames: int | None) -> bool:
     """Whether `frames_processed` output frames cover an input of `input_frames` (None: unknown, e.g. live)."""
     return input_frames is None or frames_processed >= input_frames
