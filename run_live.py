@@ -92,6 +92,14 @@ def live(args) -> int:
     job = SequenceJob(inputs, str(out / name), name, kinect=kinect, record_dir=record_dir)
 
     publish_url = None if args.no_publish else (args.publish or config.publish.url)
+    from mmface4d_stream.formats.output_files import check_output_dir
+    from mmface4d_stream.stream.curve import server_keys
+
+    # Refused now, before Ray and the cameras start: an unwritable output folder, a stream beyond
+    # loopback without a CURVE certificate.
+    check_output_dir(out)
+    if publish_url:
+        server_keys(publish_url, config.publish.curve_certificate, "--set publish.curve_certificate=FILE")
     audio = None
     if record and not args.replay and not args.no_audio:
         from mmface4d_stream.pipeline.audio_recorder import AudioRecorder

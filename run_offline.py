@@ -117,7 +117,7 @@ def cli_overrides(args) -> dict:
         overrides["ray.num_cpus"] = args.num_cpus
     if args.max_frames:
         overrides["source.max_frames"] = args.max_frames
-    if args.curve_certificate:
+    if getattr(args, "curve_certificate", None):  # run_live.py shares this function
         overrides["publish.curve_certificate"] = args.curve_certificate
     return overrides
 

@@ -191,3 +191,23 @@ def test_a_slow_repairing_subscriber_gets_every_frame_and_its_drops_reach_the_st
     assert slow.stats.dropped > 0 and slow.stats.repaired == slow.stats.dropped and slow.stats.lost == 0
     reported = [s.stages["subscriber saver"].drops for s in statuses if "subscriber saver" in s.stages]
     assert reported and max(reported) > 0
+
+
+def test_run_scripts_refuse_an_unencrypted_stream_beyond_loopback_at_once(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(repo))
+    import run_live
+    import run_offline
+
+    mkv = tmp_path / "take_0.mkv"
+    mkv.write_bytes(b"")  # never opened: the refusal comes first
+    start = time.perf_counter()
+    assert run_live.main(["--replay", str(mkv), "--publish", "tcp://0.0.0.0:5599", "--out", str(tmp_path)]) == 2
+    assert "--set publish.curve_certificate=FILE" in capsys.readouterr().err
+    assert run_offline.main([str(mkv), "--publish", "tcp://0.0.0.0:5599", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--curve-certificate FILE" in err[0]
+    assert time.perf_counter() - start < 10.0  # no Ray start
