@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.formats.safe_pickle import load_data_pickle
+from mmface4d_stream.formats.safe_pickle import load_data_pickle, pickled_array_shape
 
 WFLW_POINTS = 98
 
@@ -30,6 +30,15 @@ def read_landmarks_pkl(path: str | os.PathLike) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 2:
         raise InputError(f"expected an array of shape (frames, points, 2), got {array.shape}", path)
     return array
+
+
+def landmark_frame_count(path: str | os.PathLike) -> int:
+    """Frames in a landmark pickle: read from its opcodes when it is a plain numpy pickle (nothing
+    is unpickled), else by `read_landmarks_pkl` (which refuses what is not data)."""
+    shape = pickled_array_shape(path) if Path(path).is_file() else None
+    if shape is not None and len(shape) == 3 and shape[2] == 2:
+        return shape[0]
+    return read_landmarks_pkl(path).shape[0]
 
 
 def write_landmarks_pkl(path: str | os.PathLike, landmarks: np.ndarray) -> None:

@@ -78,3 +78,22 @@ def test_info_on_a_sequence_with_a_crafted_pickle(mmface4d_sample_dir, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seq_0.pkl: refused to load as a landmark pickle" in err[0]
     assert not marker.exists()
+
+
+def test_frames_are_counted_from_opcodes_without_unpickling(mmface4d_sample_dir, tmp_path, monkeypatch):
+    from mmface4d_stream.formats import landmarks as module
+    from mmface4d_stream.formats.safe_pickle import pickled_array_shape
+
+    assert pickled_array_shape(mmface4d_sample_dir / "000337_0.pkl") == (67, 98, 2)
+    assert pickled_array_shape(mmface4d_sample_dir / "bfm_faces.pkl") == (70789, 3)  # trimesh TrackedArray
+    # The count never reaches an unpickler for the dataset's own files.
+    monkeypatch.setattr(module, "read_landmarks_pkl", lambda path: pytest.fail("unpickled"))
+    assert module.landmark_frame_count(mmface4d_sample_dir / "000337_0.pkl") == 67
+    # A payload is no numpy pickle: no shortcut, and the fallback refuses it.
+    marker = tmp_path / "pwned"
+    _write_payload(tmp_path / "evil_0.pkl", marker)
+    assert pickled_array_shape(tmp_path / "evil_0.pkl") is None
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="refused"):
+        module.landmark_frame_count(tmp_path / "evil_0.pkl")
+    assert not marker.exists()
