@@ -43,11 +43,12 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, rate: int = DATASET_
         raise ValueError(f"expected mono samples of shape (S,), got {samples.shape}")
     if not np.isfinite(samples).all():
         raise ValueError("audio samples contain NaN or inf")
+    from mmface4d_stream.formats.output_files import replacing
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    scipy.io.wavfile.write(tmp, int(rate), samples)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        scipy.io.wavfile.write(tmp, int(rate), samples)
 
 
 _WAVE_FORMAT_IEEE_FLOAT = 3

@@ -93,7 +93,7 @@ class IntrinsicsJson:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON in Open3D's style (tab indent, sorted keys), via a temporary file."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent="\t", sort_keys=True, separators=(",", " : ")) + "\n")
-        os.replace(tmp, path)
+        from mmface4d_stream.formats.output_files import replacing
+
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent="\t", sort_keys=True, separators=(",", " : ")) + "\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.output_files import replacing
 from mmface4d_stream.formats.safe_pickle import load_data_pickle, pickled_array_shape
 
 WFLW_POINTS = 98
@@ -46,8 +47,5 @@ def write_landmarks_pkl(path: str | os.PathLike, landmarks: np.ndarray) -> None:
     array = np.asarray(landmarks, dtype=np.float64)
     if array.ndim != 3 or array.shape[2] != 2:
         raise ValueError(f"expected landmarks of shape (frames, points, 2), got {array.shape}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as handle:
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
         pickle.dump(array, handle, protocol=4)
-    os.replace(tmp, path)

@@ -10,9 +10,11 @@ that kills the process without a message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,26 @@ def check_output_dir(directory: str | os.PathLike, create: bool = False) -> Path
         except OSError as exc:
             raise InputError(f"cannot create this folder ({exc.strerror or exc})", directory) from None
     return directory
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a whole file atomically: yields a hidden temporary path beside `path` (same suffix),
+    which replaces `path` when the block succeeds and is removed when it fails. A write error
+    (full disk, ...) becomes an `InputError` naming `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        if is_write_error(exc):
+            raise output_error(exc, path) from None
+        raise
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def remove_quietly(*paths: str | os.PathLike) -> None:

@@ -186,8 +186,23 @@ def preprocess(
     """Write NAME_i.mp4 / NAME_i.nut / NAME_i.json per camera and NAME.wav into `out_dir`.
 
     Every file is written under a temporary name and renamed when complete; an unwritable
-    `out_dir` is an `InputError` before any decoding starts.
+    `out_dir` is an `InputError` before any decoding starts, and a run that fails (a full disk
+    while finalizing the last file included) removes the files it had already completed.
     """
+    files: list[Path] = []
+    try:
+        return _write_dataset_files(mkv_paths, audio_path, out_dir, name, files, vad=vad, speech_span=speech_span,
+                                    crf=crf, progress=progress)
+    except BaseException:
+        from mmface4d_stream.formats.output_files import remove_quietly
+
+        remove_quietly(*files)
+        raise
+
+
+def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[Path], *, vad: bool,
+                         speech_span: SpeechSpanFn, crf: int, progress: bool) -> PreprocessResult:
+    """`preprocess`, listing each output in `files` before it is written."""
     from tqdm import tqdm
 
     from mmface4d_stream.formats.audio import write_wav
@@ -224,7 +239,6 @@ def preprocess(
         out.mkdir(parents=True, exist_ok=True)
         registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
         sizes = [r.calibration.color.size for r in sync.readers]
-        files: list[Path] = []
         cameras = [_CameraOutput(registrations[i], sizes[i]) for i in range(n_cams)]
         written = 0
         total = sync.frame_count_estimate

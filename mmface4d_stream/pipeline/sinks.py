@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.formats.mesh_nut import MeshNutWriter, mesh_nut_paths
-from mmface4d_stream.formats.output_files import is_write_error, output_error, remove_quietly
+from mmface4d_stream.formats.output_files import replacing
 from mmface4d_stream.stream.schema import Thumbnail
 from mmface4d_stream.types import MeshFrame
 
@@ -52,15 +52,8 @@ def update_meta(save_path: str | os.PathLike, fields: dict) -> bool:
         return False
     meta = json.loads(path.read_text())
     meta.update(fields)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        remove_quietly(tmp)
-        if is_write_error(exc):
-            raise output_error(exc, path) from None
-        raise
     return True
 
 
@@ -102,28 +95,14 @@ class MeshNutSink:
     def close(self, faces: np.ndarray | None = None, meta: dict | None = None, success: bool = True) -> None:
         self.writer.close(success=success)
         if faces is not None:
-            tmp = self.paths["faces"].with_name(self.paths["faces"].name + ".partial.npy")
-            try:
+            with replacing(self.paths["faces"]) as tmp:
                 np.save(tmp, np.asarray(faces, dtype=np.int32))
-                os.replace(tmp, self.paths["faces"])
-            except OSError as exc:
-                remove_quietly(tmp)
-                if is_write_error(exc):
-                    raise output_error(exc, self.paths["faces"]) from None
-                raise
         if success and meta is not None:
             processed = self.frames_written + self.pending_before_first
             meta = dict(meta, frames_written=self.frames_written, frames_never_fitted=self.pending_before_first,
                         frames_processed=processed, complete=covers_input(processed, meta.get("input_frames")))
-            tmp = self.paths["meta"].with_name(self.paths["meta"].name + ".partial")
-            try:
+            with replacing(self.paths["meta"]) as tmp:
                 tmp.write_text(json.dumps(meta, indent=1) + "\n")
-                os.replace(tmp, self.paths["meta"])
-            except OSError as exc:
-                remove_quietly(tmp)
-                if is_write_error(exc):
-                    raise output_error(exc, self.paths["meta"]) from None
-                raise
 
 
 class PublishSink:

@@ -144,3 +144,24 @@ def test_missing_and_blocked_folders(tmp_path):
     assert not (tmp_path / "new").exists()  # checked, not created
     check_output_dir(tmp_path / "new" / "deeper", create=True)
     assert (tmp_path / "new" / "deeper").is_dir()
+
+
+def test_preprocess_on_a_full_disk(k4a_sample_dir, full_disk, tmp_path, capsys):
+    """Writer threads hit the full disk: one line naming the file, and no partial files left."""
+    from mmface4d_stream.formats.audio import write_wav
+    from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
+
+    with MkvReader(k4a_sample_dir / "recording.mkv") as reader:
+        calibration_raw = reader.calibration_raw
+    mkv = tmp_path / "take.mkv"
+    rng = np.random.default_rng(4)
+    with MkvWriter(mkv, calibration_raw=calibration_raw, color_mode="MJPG_720P", ir=False) as writer:
+        for k in range(6):
+            writer.write(5_000_000 + k * 33_333, color=rng.integers(0, 255, (720, 1280, 3), np.uint8),
+                         depth=np.full((576, 640), 1000, np.uint16))
+    write_wav(tmp_path / "a.wav", np.zeros(16_000, np.float32))
+    disk = full_disk(512)
+    assert main(["preprocess", "--mkv", str(mkv), "--audio", str(tmp_path / "a.wav"), "--out", str(disk / "o"),
+                 "--name", "s", "--no-vad"]) == 2
+    _one_line_error(capsys, str(disk / "o"), "No space left on device")
+    assert [p.name for p in (disk / "o").iterdir()] == []

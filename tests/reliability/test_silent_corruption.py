@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmface4d_stream.cli import main
-from mmface4d_stream.formats.mesh_nut import MeshNutReader, encode_coordinate_frame, frame_side
+from mmface4d_stream.formats.mesh_nut import encode_coordinate_frame, frame_side
 from mmface4d_stream.formats.mesh_verify import TemporalSpikes, coordinate_frame_problems, verify_mesh_sequence
 
 N = 35709
