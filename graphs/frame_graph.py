@@ -300,8 +300,7 @@ class SequencePipeline:
                                    allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
         if self.publish_url:
             self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
-                        send_hwm=cfg.publish.send_hwm, send_timeout_s=cfg.publish.send_timeout_s,
-                        fault=self._fault_for("publisher"))
+                        fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
         if not cfg.ray.compiled:  # (a compiled graph runs calls in another thread: MediaPipe is built there)
             opening.append(self.actors["landmarks"].warm_up.remote())
         self.transforms, self.reference = self._get(calibration, "source")
@@ -552,6 +551,7 @@ class SequencePipeline:
             "compiled_graph": self.config.ray.compiled,
             **summary,
             "frames_in": frames_done,
+            "input_frames": None if self.live else self.info.get("input_frames"),
             "frames_captured": source_stats.get("captured"),
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
@@ -562,6 +562,7 @@ class SequencePipeline:
             **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
+            "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),
             "counts": dict(kinds),
         }
         if error:
