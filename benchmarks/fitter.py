@@ -74,8 +74,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _kernel_launches(step, device: str) -> float | None:
-    """CUDA kernel launches (runtime/driver launch calls, graph launches included) in one call of step()."""
+def _profiled(step, device: str):
+    """torch.profiler's events of one call of step() on CUDA (None on the CPU or without CUPTI)."""
     if not device.startswith("cuda"):
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -85,26 +85,26 @@ def _kernel_launches(step, device: str) -> float | None:
             step()
             _sync(device)
     except RuntimeError as exc:  # no CUPTI on this machine
-        print(f"kernel launches not counted: {exc}", file=sys.stderr)
+        print(f"no CUDA profile: {exc}", file=sys.stderr)
+        return None
+    return prof.key_averages()
+
+
+def _kernel_launches(step, device: str) -> float | None:
+    """CUDA kernel launches (runtime/driver launch calls, graph launches included) in one call of step()."""
+    events = _profiled(step, device)
+    if events is None:
         return None
     names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
-    return float(sum(e.count for e in prof.key_averages() if any(e.key.startswith(n) for n in names)))
+    return float(sum(e.count for e in events if any(e.key.startswith(n) for n in names)))
 
 
 def _device_profile(step, device: str, top: int = 12) -> list[dict] | None:
     """The operators with the most device time in one call of step() (CUDA only)."""
-    if not device.startswith("cuda"):
+    events = _profiled(step, device)
+    if events is None:
         return None
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step()
-            _sync(device)
-    except RuntimeError as exc:
-        print(f"no device profile: {exc}", file=sys.stderr)
-        return None
-    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    events = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     total = sum(e.self_device_time_total for e in events)
     rows = [{"name": e.key[:60], "calls": e.count, "device_ms": e.self_device_time_total / 1e3} for e in events[:top]]
