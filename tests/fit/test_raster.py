@@ -82,7 +82,8 @@ def reference_raster(camera: FitCamera, verts: np.ndarray, faces: np.ndarray, cr
     inside_img = ((px[:, 0, 0] >= 0) & (px[:, 0, 0] < camera.width) & (px[:, 0, 1] >= 0)
                   & (px[:, 0, 1] < camera.height)).reshape(H, W)
     ids[~inside_img] = -1
-    return ids, np.where(ids[..., None] >= 0, bary.reshape(H, W, 2), 0.0)
+    edge_margin = np.minimum(np.minimum(l0, l1), l2).reshape(H, W, -1)  # < 0: outside by that much
+    return ids, np.where(ids[..., None] >= 0, bary.reshape(H, W, 2), 0.0), edge_margin
 
 
 def id_agreement(ids: np.ndarray, ref: np.ndarray) -> float:
@@ -100,12 +101,20 @@ def test_gl_ids_and_barycentrics_match_reference(camera):
     H, W = raster.tri_ids.shape[1:]
     assert H == max(c[3] for c in crops) and W == max(c[2] for c in crops)
     for b in range(2):
-        ref_ids, ref_bary = reference_raster(camera, verts[b], faces, crops[b], H, W)
+        ref_ids, ref_bary, margin = reference_raster(camera, verts[b], faces, crops[b], H, W)
         ids = raster.tri_ids[b].numpy()
         ref_ids[crops[b][3]:] = -1
         ref_ids[:, crops[b][2]:] = -1
         assert (ref_ids >= 0).sum() > 500
         assert id_agreement(ids, ref_ids) >= 0.99
+        # Every disagreement is a pixel centre within 1 % of a barycentric unit of an edge (ties on
+        # shared edges, silhouettes): GL's triangle, or the reference's, barely covers it.
+        ii, jj = np.nonzero(ids != ref_ids)
+        def near(t):
+            return (t >= 0) & (np.abs(margin[ii, jj, np.maximum(t, 0)]) < 0.01)
+
+        near_edge = near(ids[ii, jj]) | near(ref_ids[ii, jj])
+        assert near_edge.all(), list(zip(ii[~near_edge], jj[~near_edge]))
         same = (ids >= 0) & (ids == ref_ids)
         err = np.abs(raster.barycentrics[b].numpy()[same] - ref_bary[same])
         assert err.max() < 2e-3, err.max()
