@@ -145,7 +145,7 @@ def test_tilted_plane_depth_through_kinect_lens():
     assert (interp.values[~raster.mask] == 0).all()
 
 
-def test_crop_offsets_padding_and_image_border():
+def test_crop_offsets_padding_and_image_border(monkeypatch):
     verts, faces = bumpy_scene((0.0, 0.0))
     crop = crop_around(PINHOLE, verts)
     r = GLRasterizer(faces, len(verts))
@@ -163,6 +163,13 @@ def test_crop_offsets_padding_and_image_border():
     assert (sm[crop[3] // 2:] == -1).all() and (sm[:, crop[2] // 2:] == -1).all()
     assert torch.equal(sm[:crop[3] // 2, :crop[2] // 2], base[:crop[3] // 2, :crop[2] // 2])
     assert (out.barycentrics[2][sm < 0] == 0).all()
+    # Views split over several framebuffer passes give the same result.
+    import mmface4d_stream.render.raster_ids as raster_ids
+
+    monkeypatch.setattr(raster_ids, "_MAX_ROWS", 2 * crop[3])
+    split = GLRasterizer(faces, len(verts)).rasterize(v.expand(3, -1, -1), PINHOLE, [crop, shifted, small])
+    assert torch.equal(split.tri_ids, out.tri_ids)
+    assert (split.barycentrics - out.barycentrics).abs().max() < 1e-5  # float rounding of window rows
     # A crop reaching past the image's left/top edge: those pixels are background.
     edge = [-10, -6, 40, 30]
     shift = torch.as_tensor([-0.36, -0.27, 0.0])  # the sheet's centre to pixel (5, 5): over the corner
