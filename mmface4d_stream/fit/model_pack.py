@@ -51,8 +51,7 @@ class ModelPack:
 
     Attributes:
         model: the FaceModel.  n_vertices N, n_id K_id, n_exp K_exp, n_landmarks L.
-        mean (N, 3), id_basis (N, 3, K_id), exp_basis (N, 3, K_exp), metres, float64 (for
-            `apply_basis`).  triangles (F, 3) long.
+        mean (N, 3), id_basis (N, 3, K_id), exp_basis (N, 3, K_exp), metres.  triangles (F, 3) long.
         lm_vertex (L,); lm_mean (L, 3); lm_id (L, 3, K_id); lm_exp (L, 3, K_exp) float32 (Jacobians),
             lm_id64, lm_exp64 their float64 copies (`apply_basis`).
         samples (S,): the depth term's vertices (a fixed random subset, seed 0), also as numpy in
@@ -106,7 +105,7 @@ class ModelPack:
         id64, exp64 = t.id_basis.to(torch.float64), t.exp_basis.to(torch.float64)
         return cls(
             model=model, device=dev,
-            mean=t.mean_shape, id_basis=id64, exp_basis=exp64,
+            mean=t.mean_shape, id_basis=t.id_basis, exp_basis=t.exp_basis,
             triangles=t.triangles,
             lm_vertex=lm_v, lm_mean=t.mean_shape[lm_v], lm_id=t.id_basis[lm_v].contiguous(),
             lm_exp=t.exp_basis[lm_v].contiguous(), lm_id64=id64[lm_v].contiguous(), lm_exp64=exp64[lm_v].contiguous(),
@@ -133,14 +132,20 @@ class ModelPack:
         return self.model.n_landmarks
 
 
-def apply_basis(basis64: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """Σ_k basis[..., k] coeffs[b, k] for a batch: basis (V, 3, K) float64, coeffs (B, K) -> (B, V, 3) float32.
+def apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Σ_k basis[..., k] coeffs[b, k] for a batch: basis (V, 3, K), coeffs (B, K) float32 -> (B, V, 3) float32.
 
-    One (B, K) x (K, 3V) product (a GEMM, not B small ones), in float64: a GEMM's summation order
-    depends on B, and float32 rounding differences would move a point across a pixel boundary in
-    the depth association now and then, so a stream's mesh would depend on its batch.
+    Batch-invariant: a stream's result does not depend on the other streams of its batch (a GEMM's
+    summation order depends on B, and float32 rounding differences would now and then move a point
+    across a pixel boundary of the depth association). A float64 basis (the small vertex subsets)
+    takes one float64 (B, K) x (K, 3V) product, whose rounding is far below float32's; a float32
+    basis (the whole mesh, where float64 would double the memory traffic) takes one float32
+    matrix-vector product per stream, the same kernel whatever B.
     """
-    v, _, k = basis64.shape
+    v, _, k = basis.shape
     if k == 0:
         return coeffs.new_zeros((coeffs.shape[0], v, 3))
-    return (coeffs.to(torch.float64) @ basis64.reshape(v * 3, k).T).to(coeffs.dtype).reshape(-1, v, 3)
+    flat = basis.reshape(v * 3, k)
+    if basis.dtype == torch.float64:
+        return (coeffs.to(torch.float64) @ flat.T).to(coeffs.dtype).reshape(-1, v, 3)
+    return torch.stack([flat @ c for c in coeffs.unbind(0)]).reshape(-1, v, 3)
