@@ -1,4 +1,4 @@
-"""A minimal mesh-stream client: only zmq, msgpack and numpy (see DESIGN.md, "Wire protocol").
+"""A minimal mesh-stream client: only zmq, msgpack and numpy (protocol: docs/protocol.md).
 
 Run `python examples/subscriber_minimal.py [tcp://127.0.0.1:5555]` while a graph publishes.
 """

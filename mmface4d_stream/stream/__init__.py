@@ -1,7 +1,7 @@
 """ZeroMQ mesh stream: the msgpack wire schema, `MeshPublisher` (XPUB) and `MeshSubscriber` (SUB).
 
-See `schema` for the message layout and DESIGN.md's "Wire protocol"; `examples/subscriber_minimal.py`
-shows a client that needs only zmq, msgpack and numpy.
+See `schema` for the message layout and docs/protocol.md for the whole protocol;
+`examples/subscriber_minimal.py` shows a client that needs only zmq, msgpack and numpy.
 """
 
 from mmface4d_stream.stream.publisher import DEFAULT_URL, MeshPublisher, PublisherStats, is_loopback_endpoint

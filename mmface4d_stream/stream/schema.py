@@ -1,4 +1,4 @@
-"""The msgpack wire schema of the mesh stream (DESIGN.md, "Wire protocol").
+"""The msgpack wire schema of the mesh stream (docs/protocol.md).
 
 Every message is a ZeroMQ multipart message ``[topic, header, payload, *extra]``:
 
