@@ -310,11 +310,13 @@ class MeshPublisher:
         return sent
 
     def publish_status(
-        self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False
+        self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False,
+        state: str | None = None, budget: Mapping[str, Any] | None = None,
     ) -> bool:
         """Publish a status report at most once per `period_s` (unless `force`).
 
-        `stages` maps stage name to `StageStatus` (or a dict with fps, latency_ms, drops).
+        `stages` maps stage name to `StageStatus` (or a dict with fps, latency_ms, drops); `state`
+        and `budget` are the optional fields of `schema.StatusMessage`.
         Returns whether a message was sent; call it every frame and it keeps the 1 Hz rate.
         """
         self._check_open()
@@ -327,7 +329,8 @@ class MeshPublisher:
             for name, s in stages.items()
         }
         parts = schema.encode_status(
-            schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages)
+            schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages, state=state,
+                                 budget=budget)
         )
         self._last_status_s = now_s
         self._status_seq += 1
