@@ -332,6 +332,8 @@ class SequencePipeline:
             self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
                         send_hwm=cfg.publish.send_hwm, send_timeout_s=cfg.publish.send_timeout_s,
                         fault=self._fault_for("publisher"))
+        # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
+        opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]
         self.transforms, self.reference = self._get(calibration, "source")
         self.startup["rig"] = self._get(self.actors["source"].rig_info.remote(), "source")
         self._get([r for r in opening if r is not None] + [self._open_fitter_stream()], "setup")
@@ -355,19 +357,16 @@ class SequencePipeline:
 
     def _warm_up(self) -> None:
         """Live: warm every stage on a pre-roll frame set before the capture clock starts: the
-        landmark actors' MediaPipe graphs, first inference and depth registration tables, the
-        fitter's torch calls, model pack and template (the stream keeps the pre-roll's fit as its
-        warm start). Offline nothing waits for the graph, and the first frame must fit from a cold
-        start as `mmface4d reconstruct` does: only the landmark actors' graphs and imports are
-        built. A compiled graph runs its calls in another thread, where MediaPipe is built on first
-        use: there too only the imports are warmed."""
+        landmark actors' first inference and depth registration tables (their MediaPipe graphs are
+        built during `build`), the fitter's torch calls, model pack and template (the stream keeps
+        the pre-roll's fit as its warm start). Offline nothing waits for the graph, and the first
+        frame must fit from a cold start as `mmface4d reconstruct` does: no pre-roll. Nor with a
+        compiled graph, whose loop thread builds MediaPipe on first use."""
         began = time.perf_counter()
         a = self.actors
         keys = self._landmark_keys
         if self.config.ray.compiled or not self.live:
-            # (a compiled graph builds MediaPipe in its own thread: `warm_up` imports only then)
-            self._get([a[key].warm_up.remote(None, not self.config.ray.compiled) for key in keys], "landmarks")
-            self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": False}
+            self.startup["warm_up"] = {"seconds": 0.0, "preroll": False}
             return
         preroll = a["source"].preroll.remote()
         parts = [a[key].warm_up.remote(preroll) for key in keys]
