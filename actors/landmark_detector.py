@@ -53,7 +53,9 @@ class LandmarkDetector:
         torch), build the MediaPipe graphs when `build` (plain actor calls run in one thread: the
         same one later calls use; a compiled graph's loop thread builds its own) and, given a
         pre-roll `frame_set`, run it through (first inference, the depth registration tables of its
-        cameras), then forget the tracked face. Returns the pre-roll's `ObservedFrame` (the fitter
+        cameras). The face found there stays tracked: the first frame after the clock starts is
+        taken where the pre-roll left it (a moment earlier), without a full-frame search (which
+        falls back to one when the face moved). Returns the pre-roll's `ObservedFrame` (the fitter
         warms on it) or None."""
         from mmface4d_stream.fit.camera_terms import FitCamera  # noqa: F401
 
@@ -62,9 +64,7 @@ class LandmarkDetector:
         stage = self.stage
         if frame_set is None:
             return None
-        observed = stage.process(frame_set)
-        stage.reset()
-        return observed
+        return stage.process(frame_set)
 
     def reset(self) -> bool:
         """Forget the tracked face regions (a new sequence, or the stream was rewound)."""

@@ -374,7 +374,15 @@ class SequencePipeline:
             fitted = a["fitter"].warm_up.remote(*parts)
         else:
             fitted = self.shared.warm_up.remote(self.stream_key, *parts)
-        fit = self._get(fitted, "fitter")
+        try:
+            fit = self._get(fitted, "fitter")
+        except ray.exceptions.RayTaskError as exc:
+            # The capture (and its recording) must not depend on the warm-up: the first frames pay instead.
+            error = str(original_error(exc)).splitlines()[0]
+            log.warning("sequence %s: the warm-up failed (%s); starting cold", self.info["name"], error)
+            self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
+                                       "error": error}
+            return
         self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
                                    "fit_seconds": fit["seconds"], "face_found": fit["lost"] is False}
 
@@ -622,6 +630,7 @@ class SequencePipeline:
         dropped = [f for f in range(last + 1) if f not in fitted]
         stage_ms: dict[str, list[float]] = collections.defaultdict(list)
         budget = LatencyBudget(self.config.policy.max_latency_ms, 1000.0 / self.config.output.fps)
+        dropped_by_cause: dict[str, list[int]] = {cause: [] for cause in DROP_CAUSES}
         for r in self.reports:
             for stage, ms in r.timings_ms.items():
                 stage_ms[stage].append(ms)
@@ -630,9 +639,12 @@ class SequencePipeline:
             if r.kind in ("mesh", "lost"):
                 budget.record(r.timings_ms, self._publish_ms.get(r.frame, r.latency_ms))
             elif r.kind == "dropped":
-                budget.drop(r.cause or "too_old")
+                dropped_by_cause.setdefault(r.cause or "too_old", []).append(r.frame)
         # Frames with no report at all were never taken by the graph: the source had a newer one.
-        budget.drop("source_busy", len(dropped) - sum(r.kind == "dropped" for r in self.reports))
+        reported = {f for frames in dropped_by_cause.values() for f in frames}
+        dropped_by_cause["source_busy"] = [f for f in dropped if f not in reported]
+        for cause, frames in dropped_by_cause.items():
+            budget.drop(cause, len(frames))
         frames_done = last + 1
         meta = {
             "source": list(self.job.inputs),
@@ -655,7 +667,8 @@ class SequencePipeline:
                                  self._clock_start),
             "startup": dict(self.startup),
             "frames_fitted": len(fitted),
-            "drops_by_cause": {cause: budget.drops.get(cause, 0) for cause in DROP_CAUSES},
+            "drops_by_cause": {cause: len(frames) for cause, frames in dropped_by_cause.items()},
+            "frames_dropped_by_cause": dropped_by_cause,
             "latency_budget": (dict(budget.report(), measured_to="publish" if self._publish_ms else "encoded")
                                if self.live else None),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},

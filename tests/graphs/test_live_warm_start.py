@@ -23,7 +23,9 @@ def _ground_truth_rig(capture, path) -> str:
 def test_warm_graph_with_a_rig_file_loses_no_frame_to_the_start_up(graph_capture, tmp_path, local_ray):
     ready = []
     rig = _ground_truth_rig(graph_capture, tmp_path / "rig.json")
-    config = load_config("live", {"publish.enabled": False, "landmarks.thumbnails": False, "fitter.rig": rig})
+    # A budget this shared 2-core machine keeps under any load: the test is about the start, not the rate.
+    config = load_config("live", {"publish.enabled": False, "landmarks.thumbnails": False, "fitter.rig": rig,
+                                  "policy.max_latency_ms": 3000.0})
     job = SequenceJob([str(p) for p in graph_capture.mkv_paths], str(tmp_path / "live"), "live")
     [result] = run_jobs([job], config, progress=False, on_ready=ready.append)
     assert result.ok, result.error
@@ -37,10 +39,12 @@ def test_warm_graph_with_a_rig_file_loses_no_frame_to_the_start_up(graph_capture
     assert meta["frames_in"] == 12 and 0 not in meta["frames_dropped"] and meta["frames_fitted"] >= 2
     assert meta["frames_fitted"] + len(meta["frames_dropped"]) == 12
     # Every later drop has a stated cause (the replay outruns three cameras on two cores).
-    assert sum(meta["drops_by_cause"].values()) == len(meta["frames_dropped"])
+    by_cause = meta["frames_dropped_by_cause"]
+    assert sorted(f for frames in by_cause.values() for f in frames) == meta["frames_dropped"]
+    assert {k: len(v) for k, v in by_cause.items()} == meta["drops_by_cause"]
     assert meta["first_mesh_after_clock_s"] < 3.0, meta["first_mesh_after_clock_s"]
     budget = meta["latency_budget"]
-    assert budget["max_latency_ms"] == 300.0 and budget["drops"] == meta["drops_by_cause"]
+    assert budget["max_latency_ms"] == 3000.0 and budget["drops"] == meta["drops_by_cause"]
     # One landmark actor per camera: each camera's time, and the frame's landmark time their slowest.
     stages = budget["stages"]
     assert {"landmarks", "landmarks.0", "landmarks.1", "landmarks.2", "fit", "smooth"} <= set(stages)
