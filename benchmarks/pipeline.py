@@ -180,10 +180,10 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
     ]
     print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
           "configs/live.yaml\n")
-    print("| run | frames | ready s (rig s) | first mesh after clock s | fitted | dropped: source busy / too old / "
-          "fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | landmarks | fit | smooth | "
-          "waiting | over budget |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | "
+          "dropped: source busy / too old / fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | "
+          "landmarks | fit | smooth | waiting | over budget |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     for label, inputs, overrides in rows:
         name = "live_" + label.replace(",", "").replace(" ", "_")
@@ -192,7 +192,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
         result = SequencePipeline(job, config, progress=False).run()
         meta = result.meta
         if not result.ok:
-            print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 12, flush=True)
+            print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 13, flush=True)
             continue
         budget = meta["latency_budget"]
         drops = meta["drops_by_cause"]
@@ -201,14 +201,15 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
         dropped = len(meta["frames_dropped"])
         stages = budget["stages"]
         print(f"| {label} | {meta['frames_in']} | {startup['ready_s']:.1f}{f' ({rig_s:.1f})' if rig_s else ''} | "
-              f"{meta['first_mesh_after_clock_s']} | {meta['frames_fitted']} | {drops['source_busy']} / "
+              f"{meta['first_mesh_after_clock_s']} | {meta['first_mesh']['frame']}, {meta['first_mesh']['latency_ms']:.0f} | "
+              f"{meta['frames_fitted']} | {drops['source_busy']} / "
               f"{drops['too_old']} / {drops['fitter_busy']} | {100 * dropped / meta['frames_in']:.1f} | "
               f"{meta['steady_frames_per_second']} | {_p(budget, 'capture_to_publish_ms')} | "
               f"{_p(stages, 'landmarks')} | {_p(stages, 'fit')} | {_p(stages, 'smooth')} | {_p(stages, 'waiting')} | "
               f"{budget['over'] or 'within'} |", flush=True)
         results.append({"run": label, "inputs": list(inputs), "overrides": overrides, "load_at_end": os.getloadavg(),
                         **{k: meta.get(k) for k in ("frames_in", "frames_fitted", "frames_dropped", "drops_by_cause",
-                                                     "first_frame_seconds", "first_mesh_after_clock_s",
+                                                     "first_frame_seconds", "first_mesh_after_clock_s", "first_mesh",
                                                      "steady_frames_per_second", "startup", "latency_budget",
                                                      "stage_latency_ms")}})
     return results

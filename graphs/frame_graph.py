@@ -666,6 +666,10 @@ class SequencePipeline:
             **throughput_figures(start, [t for _, t in fitted_reports], [r.t_source_ns for r, _ in fitted_reports],
                                  self._clock_start),
             "startup": dict(self.startup),
+            # The first mesh: its frame (0: no frame set was lost to the start-up) and its capture → encoded ms.
+            "first_mesh": None if not fitted_reports else {
+                "frame": fitted_reports[0][0].frame,
+                "latency_ms": None if fitted_reports[0][0].latency_ms is None else round(fitted_reports[0][0].latency_ms, 1)},
             "frames_fitted": len(fitted),
             "drops_by_cause": {cause: len(frames) for cause, frames in dropped_by_cause.items()},
             "frames_dropped_by_cause": dropped_by_cause,
