@@ -104,9 +104,17 @@ def live(args) -> int:
     job = SequenceJob(inputs, str(out / name), name, kinect=kinect, record_dir=record_dir)
 
     publish_url = None if args.no_publish else (args.publish or config.publish.url)
+    from mmface4d_stream.formats.output_files import check_output_dir
+    from mmface4d_stream.stream.curve import server_keys
+
+    # Refused now, before Ray and the cameras start: an unwritable output folder, a stream beyond
+    # loopback without a CURVE certificate.
+    check_output_dir(out)
+    if publish_url:
+        server_keys(publish_url, config.publish.curve_certificate, "--set publish.curve_certificate=FILE")
     audio = None
     if record and not args.replay and not args.no_audio:
-        from mmface4d_stream.pipeline.live import AudioRecorder
+        from mmface4d_stream.pipeline.audio_recorder import AudioRecorder
 
         audio = AudioRecorder(Path(record_dir) / f"{name}.wav", device=args.audio_device)
     stop = threading.Event()
@@ -120,6 +128,7 @@ def live(args) -> int:
     if publish_url:
         print(f"publishing meshes on {publish_url} (mmface4d subscribe {publish_url})", file=sys.stderr)
     print("capturing: Ctrl-C stops and finalizes the files", file=sys.stderr)
+    results = None
     try:
         results = run_jobs([job], config, publish_url=publish_url, progress=not args.no_progress,
                            skip_finished=False, stop=stop, on_ready=say_ready)
@@ -127,8 +136,15 @@ def live(args) -> int:
         if timer is not None:
             timer.cancel()
         if audio is not None:
-            wav = audio.close()
-            print(f"audio: {wav}", file=sys.stderr)
+            # Sample 0 of the wav becomes the first recorded frame's capture time.
+            first_ns = results[0].meta.get("first_recorded_host_ns") if results else None
+            alignment = audio.close(first_frame_host_ns=first_ns)
+            if alignment is not None:
+                from mmface4d_stream.pipeline.sinks import update_meta
+
+                update_meta(job.save_path, alignment.to_meta())
+            print(f"audio: {audio.path}" + ("" if alignment is None else
+                  f" (offset {alignment.offset_s:.4f} s ± {alignment.uncertainty_s:.4f} s)"), file=sys.stderr)
         if preview is not None:
             preview.close()
     result = results[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -64,6 +65,23 @@ def discover_jobs(inputs: list[str], out_dir: Path) -> list[SequenceJob]:
     return jobs
 
 
+def check_inputs(jobs: list[SequenceJob]) -> None:
+    """Open every recording's header and every camera json before Ray starts: a damaged MKV or
+    intrinsics file is one line naming it (InputError), not an actor's death inside the graph."""
+    from mmface4d_stream.formats.intrinsics import IntrinsicsJson
+    from mmface4d_stream.k4a.mkv import MkvReader
+
+    for job in jobs:
+        for source in job.inputs:
+            path = Path(source)
+            if path.suffix.lower() == ".mkv":
+                with MkvReader(path):
+                    pass
+            else:
+                for json_path in sorted(path.parent.glob(f"{path.name}_[0-9]*.json")):
+                    IntrinsicsJson.load(json_path)
+
+
 def _scan_folder(folder: Path, out_dir: Path) -> list[SequenceJob]:
     jobs = []
     for directory in sorted([folder] + [p for p in folder.rglob("*") if p.is_dir()]):
@@ -99,6 +117,8 @@ def cli_overrides(args) -> dict:
         overrides["ray.num_cpus"] = args.num_cpus
     if args.max_frames:
         overrides["source.max_frames"] = args.max_frames
+    if getattr(args, "curve_certificate", None):  # run_live.py shares this function
+        overrides["publish.curve_certificate"] = args.curve_certificate
     return overrides
 
 
@@ -119,7 +139,11 @@ def install_stop_handler(stop: threading.Event) -> None:
     """First Ctrl-C: stop feeding frames, finalize the outputs; a second one aborts."""
     def handler(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            # Unwinding through Ray here can crash in ray.shutdown (a segfault was seen); the mesh
+            # files already hold every encoded frame (flushed per packet), so leave at once.
+            print("\naborted", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(130)
         print("\nstopping: finishing the frames in flight and finalizing the outputs (Ctrl-C again to abort)",
               file=sys.stderr)
         stop.set()
@@ -202,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, help="stop each sequence after this many frames")
     parser.add_argument("--publish", nargs="?", const="tcp://127.0.0.1:5555", default=None, metavar="URL",
                         help="publish meshes over ZeroMQ (default URL tcp://127.0.0.1:5555)")
+    parser.add_argument("--curve-certificate", metavar="FILE",
+                        help="ZeroMQ certificate with the publisher's CURVE secret key (required to publish beyond "
+                             "loopback; subscribers use its public key: mmface4d subscribe --server-key FILE.key)")
     parser.add_argument("--preview", action="store_true", help="web preview of the published stream (implies --publish)")
     parser.add_argument("--redo", action="store_true", help="reconstruct again even when the outputs are finished")
     parser.add_argument("--demo-frames", type=int, default=45, help="frames of the demo capture (default 45)")
@@ -215,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview and not args.publish:
             args.publish = config.publish.url
         args.publish_url = args.publish
+        if args.publish:
+            from mmface4d_stream.stream.curve import server_keys
+
+            # Refused now, with the option that fixes it, rather than by the publisher actor later.
+            server_keys(args.publish, config.publish.curve_certificate, "--curve-certificate FILE")
         preview = start_preview(args.publish) if args.preview else None
         try:
             if not args.inputs:
@@ -226,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def offline(args, config) -> int:
     from graphs.runner import run_jobs
+    from mmface4d_stream.formats.output_files import check_output_dir
 
     jobs = discover_jobs(args.inputs, Path(args.out or "out/offline"))
+    check_inputs(jobs)
+    check_output_dir(Path(args.out or "out/offline"))
     stop = threading.Event()
     install_stop_handler(stop)
     results = run_jobs(jobs, config, publish_url=args.publish_url, progress=not args.no_progress,

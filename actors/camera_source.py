@@ -57,6 +57,7 @@ class CameraSource:
 
     def info(self) -> dict:
         return {"name": self.name, "frames": len(self.source), "serials": list(self.source.serials),
+                "input_frames": getattr(self.source, "input_frames", None),
                 "camera_indices": list(self.source.camera_indices)}
 
     def calibrate(self, reference: int | None = None, rig_path: str | None = None,
@@ -135,7 +136,8 @@ class CameraSource:
         latest = self._latest
         return {"read": self.read_count, "dropped": 0 if latest is None else latest.dropped,
                 "captured": self.read_count if latest is None else self.start_frame + latest.read,
-                "recorded": 0 if self.recorder is None else self.recorder.frames}
+                "recorded": 0 if self.recorder is None else self.recorder.frames,
+                "first_recorded_host_ns": None if self.recorder is None else self.recorder.first_host_ns}
 
     def stop(self) -> None:
         if self._latest is not None:

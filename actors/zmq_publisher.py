@@ -6,18 +6,27 @@ from actors.records import Dropped, MeshPacket, inject_fault, latency_ms_since
 
 
 class ZmqPublisher:
-    """Publishes every mesh packet (DESIGN.md wire protocol). Offline (`drop_when_full=False`) a
-    subscriber receives every frame in order; live, a slow subscriber loses frames, never the graph.
-    Frames below the next expected number (re-run after a restart) are not published twice."""
+    """Publishes every mesh packet (DESIGN.md wire protocol). The graph never waits on the socket:
+    every subscriber has its own queue (`send_hwm` messages live, `offline_hwm` offline, deep
+    enough that a subscriber that keeps up on average loses nothing) and one that stalls or dies
+    loses messages alone, never costing the others a frame. Offline only `end` waits, at most
+    `send_timeout_s`. Frames below the next expected number (re-run after a restart) are not
+    published twice. `curve_public_key`/`curve_secret_key` (Z85) encrypt the stream. With `history`
+    > 0 subscribers may ask for the meshes they missed (`stream.repair`), and the status reports
+    what each of them lost."""
 
     def __init__(self, url: str, drop_when_full: bool = True, send_hwm: int = 4, send_timeout_s: float | None = 10.0,
-                 fault: dict | None = None):
+                 fault: dict | None = None, offline_hwm: int = 256, curve_public_key: bytes | None = None,
+                 curve_secret_key: bytes | None = None, history: int = 0, repair_url: str | None = None):
         from mmface4d_stream.pipeline.graph_sinks import CountingPublishSink
 
-        options = {"send_hwm": send_hwm}
-        if not drop_when_full:
-            options["send_timeout_s"] = send_timeout_s
-        self.sink = CountingPublishSink(url, drop_when_full=drop_when_full, **options)
+        live = drop_when_full
+        options = {"send_hwm": send_hwm if live else max(send_hwm, offline_hwm),
+                   "end_timeout_s": 1.0 if live or send_timeout_s is None else send_timeout_s,
+                   "history": history, "repair_url": repair_url}
+        if curve_secret_key is not None:
+            options.update(curve_public_key=curve_public_key, curve_secret_key=curve_secret_key)
+        self.sink = CountingPublishSink(url, drop_when_full=True, **options)
         self.next_frame = 0
         self.fault = fault
         self.closed = False

@@ -3,9 +3,10 @@
 Synthesizes the embedded sample subject (Kinect-like depth noise, lens distortion) once into
 `out/bench/accuracy/`, reconstructs it with `mmface4d reconstruct`'s code path, and prints
 point-to-surface distances in mm (reconstructed vertices -> true surface, true face vertices ->
-reconstructed surface) and per-stage times.
+reconstructed surface) over the whole face and over the lip region (within 3.5 cm of the mouth
+corners, `fit.evaluate`), the jitter of reconstruction and ground truth, and per-stage times.
 
-    python benchmarks/accuracy.py [--frames 60] [--device cpu|cuda]
+    python benchmarks/accuracy.py [--frames 60] [--device cpu|cuda] [--json]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (errors and stage times) only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     folder = capture(args.frames, args.seed)
@@ -51,21 +53,31 @@ def main() -> None:
         reference = meta["reference_camera"] if reference is None else reference
         error = evaluate_sequence(save, folder / "gt", reference_device=reference)
         rows.append((label, error, meta))
+    if args.json:
+        print(json.dumps({label: dict(error.to_dict(), stage_ms=meta["stage_ms"], lost_frames=len(meta["frames_lost_face"]))
+                          for label, error, meta in rows}))
+        return
     print(f"\nnoisy synthetic capture, {args.frames} frames, device {args.device}, {os.cpu_count()} CPU cores, "
           f"torch threads {torch.get_num_threads()}\n")
-    print("| cameras | recon→GT mean mm | recon→GT p95 mm | GT→recon mean mm | GT→recon p95 mm | lost frames |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| cameras | region | recon→GT mean mm | recon→GT p95 mm | GT→recon mean mm | GT→recon p95 mm | lost frames |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for label, error, meta in rows:
-        print(f"| {label} | {error.recon_to_gt.mean_mm:.2f} | {error.recon_to_gt.p95_mm:.2f} | "
-              f"{error.gt_to_recon.mean_mm:.2f} | {error.gt_to_recon.p95_mm:.2f} | {len(meta['frames_lost_face'])} |")
+        for region, fwd, bwd in (("face", error.recon_to_gt, error.gt_to_recon),
+                                 ("mouth", error.mouth_recon_to_gt, error.mouth_gt_to_recon)):
+            if fwd is None:
+                continue
+            print(f"| {label} | {region} | {fwd.mean_mm:.2f} | {fwd.p95_mm:.2f} | {bwd.mean_mm:.2f} | {bwd.p95_mm:.2f} | "
+                  f"{len(meta['frames_lost_face'])} |")
+    print("\n| cameras | jitter recon mm/frame² | jitter ground truth mm/frame² |")
+    print("|---|---:|---:|")
+    for label, error, _ in rows:
+        print(f"| {label} | {error.jitter_recon_mm:.3f} | {error.jitter_gt_mm:.3f} |")
     print("\n| cameras | stage | mean ms | p50 ms | p95 ms | frames/s (from mean) |")
     print("|---|---|---:|---:|---:|---:|")
     for label, _, meta in rows:
         for stage, t in meta["stage_ms"].items():
             print(f"| {label} | {stage} | {t['mean']:.1f} | {t['p50']:.1f} | {t['p95']:.1f} | {1e3 / t['mean']:.1f} |")
     print("\n(landmarks: MediaPipe on every camera of a frame; fit: the fitter alone, detection excluded)")
-    print(json.dumps({label: error.to_dict() for label, error, _ in rows}))
-
 
 if __name__ == "__main__":
     main()

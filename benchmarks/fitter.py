@@ -74,8 +74,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _kernel_launches(step, device: str) -> float | None:
-    """CUDA kernel launches (runtime/driver launch calls, graph launches included) in one call of step()."""
+def _profiled(step, device: str):
+    """torch.profiler's events of one call of step() on CUDA (None on the CPU or without CUPTI)."""
     if not device.startswith("cuda"):
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -85,21 +85,41 @@ def _kernel_launches(step, device: str) -> float | None:
             step()
             _sync(device)
     except RuntimeError as exc:  # no CUPTI on this machine
-        print(f"kernel launches not counted: {exc}", file=sys.stderr)
+        print(f"no CUDA profile: {exc}", file=sys.stderr)
+        return None
+    return prof.key_averages()
+
+
+def _kernel_launches(step, device: str) -> float | None:
+    """CUDA kernel launches (runtime/driver launch calls, graph launches included) in one call of step()."""
+    events = _profiled(step, device)
+    if events is None:
         return None
     names = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC", "cuLaunchKernelEx")
-    return float(sum(e.count for e in prof.key_averages() if any(e.key.startswith(n) for n in names)))
+    return float(sum(e.count for e in events if any(e.key.startswith(n) for n in names)))
+
+
+def _device_profile(step, device: str, top: int = 12) -> list[dict] | None:
+    """The operators with the most device time in one call of step() (CUDA only)."""
+    events = _profiled(step, device)
+    if events is None:
+        return None
+    events = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in events)
+    rows = [{"name": e.key[:60], "calls": e.count, "device_ms": e.self_device_time_total / 1e3} for e in events[:top]]
+    return [{"name": "(all)", "calls": sum(e.count for e in events), "device_ms": total / 1e3}] + rows
 
 
 def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int, offsets: bool,
-              cuda_graphs: bool = True) -> dict:
+              cuda_graphs: bool = True, profile: bool = False) -> dict:
     """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames."""
     cfg = FitterConfig(offsets=offsets, identity_frames=warmup)
     fitter = MultiStreamFitter(model, cfg, device=device, cuda_graphs=cuda_graphs)
     slots = [fitter.open_stream() for _ in range(batch)]
     phase = [j % PHASES for j in range(batch)]
     times, cpu, errors, iters = [], [], [], []
-    reads = ops = launches = None
+    reads = ops = launches = device_profile = None
     phases: dict[str, float] = {}
 
     def step(k):
@@ -114,6 +134,7 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
                 step(k - 1)
             ops = op_counter.total
             launches = _kernel_launches(lambda: step(k - 1), device)
+            device_profile = _device_profile(lambda: step(k - 1), device) if profile else None
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         res = step(k)
@@ -141,6 +162,7 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
         "graphs_captured": len(fitter.graphs) if fitter.cuda_graphs else 0,
         "graph_failures": sorted(set(fitter.graphs.failures.values())),
         "step_ms": phases,  # per batch step: host prepare/collate, launch, device, read-back + results
+        "device_profile": device_profile,
     }
 
 
@@ -206,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy", action="store_true", help="also time the fitter of main d72b0a6 at B = 1")
     parser.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager (no graph) rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--profile", action="store_true",
+                        help="on CUDA, also list the operators with the most device time in one steady step")
     args = parser.parse_args(argv)
     if args.frames <= args.warmup + 1:
         parser.error("--frames must exceed --warmup + 1")
@@ -245,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                         r = run_legacy(model, frames, device, args.warmup, args.frames, not args.no_offsets)
                     else:
                         r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
-                                      cuda_graphs=mode == "graph")
+                                      cuda_graphs=mode == "graph", profile=args.profile)
                     r.update(model=key, cameras=n_cam, device=device, mode=mode)
                     rows.append(r)
                     print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
@@ -253,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{_fmt(r['aten_ops_per_frame'], '.0f')} | {_fmt(r['kernel_launches_per_frame'], '.1f')} | "
                           f"{r['iterations']:.1f} | {r['mean_vertex_error_mm']:.3f} | {_phases(r['step_ms'])} |",
                           file=out, flush=True)
+                    for p in r.get("device_profile") or []:
+                        print(f"|   | device time: {p['name']} | {p['calls']} calls | {p['device_ms']:.2f} ms |", file=out)
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return 0

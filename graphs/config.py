@@ -101,16 +101,36 @@ class OutputConfig:
 
 @dataclass
 class PublishConfig:
-    """ZeroMQ mesh stream (DESIGN.md wire protocol). Offline mode publishes without dropping
-    (a subscriber gets every frame, waiting up to send_timeout_s per message); live mode drops
-    per slow subscriber."""
+    """ZeroMQ mesh stream (DESIGN.md wire protocol). The graph never waits on the socket: each
+    subscriber has its own queue (send_hwm messages live, offline_hwm offline) and a subscriber
+    that does not keep up loses messages alone, counted from the gaps in `seq`. send_timeout_s
+    bounds only the wait to deliver `end` offline. The last `history` meshes are kept for
+    subscribers that ask for what they missed (`subscribe --save` does), on repair_url (default: the
+    next port). A url beyond loopback needs
+    curve_certificate (a ZeroMQ certificate holding the server's secret key): loopback has no
+    authentication, any local process may subscribe."""
 
     enabled: bool = False
     url: str = "tcp://127.0.0.1:5555"
     send_hwm: int = 4
+    offline_hwm: int = 256
     send_timeout_s: float | None = 10.0
     wait_subscribers: int = 0
     wait_timeout_s: float = 10.0
+    curve_certificate: str | None = None
+    history: int = 120
+    repair_url: str | None = None
+
+    def publisher_options(self, url: str | None = None) -> dict:
+        """Keyword arguments for `ZmqPublisher` beyond its url (CURVE keys loaded and checked here)."""
+        from mmface4d_stream.stream.curve import server_keys
+
+        keys = server_keys(url or self.url, self.curve_certificate, "publish.curve_certificate")
+        options = {"send_hwm": self.send_hwm, "offline_hwm": self.offline_hwm, "send_timeout_s": self.send_timeout_s,
+                   "history": self.history, "repair_url": self.repair_url}
+        if keys is not None:
+            options.update(curve_public_key=keys.public, curve_secret_key=keys.secret)
+        return options
 
 
 @dataclass
@@ -185,12 +205,13 @@ _CHOICES = {
 }
 # Choice keys whose words YAML 1.1 reads as booleans (`shared: on`): taken back as the words.
 _ON_OFF = {"fitter.shared"}
-_POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_hwm", "fitter.torch_threads",
+_POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_hwm", "publish.offline_hwm",
+             "fitter.torch_threads",
              "smoother.order", "smoother.cutoff_hz", "ray.checkpoint_every", "policy.max_latency_ms",
              "source.max_frames", "ray.num_cpus", "ray.max_pipelines", "ray.frame_timeout_s",
              "fitter.num_gpus", "fitter.max_batch"}
 _NON_NEGATIVE = {"ray.max_restarts", "landmarks.num_cpus", "fitter.num_cpus", "faults.delay_ms",
-                 "publish.wait_subscribers", "faults.frame",
+                 "publish.wait_subscribers", "faults.frame", "publish.history",
                  "fitter.batch_window_ms"}
 
 
@@ -265,6 +286,11 @@ def _validate(config: GraphConfig, where: str) -> None:
     if config.fitter.shared == "on" and config.ray.compiled:
         raise ConfigError("fitter.shared on needs ray.compiled false (a compiled graph owns its actors; "
                           "a shared fitter serves many graphs)", where)
+    if config.publish.enabled:
+        from mmface4d_stream.stream.curve import server_keys
+
+        # A stream beyond loopback is refused here, in milliseconds, with the key that fixes it.
+        server_keys(config.publish.url, config.publish.curve_certificate, "publish.curve_certificate")
     if config.smoother.cutoff_hz >= config.output.fps / 2:
         raise ConfigError(f"smoother.cutoff_hz must be below half of output.fps ({config.output.fps / 2} Hz), "
                           f"got {config.smoother.cutoff_hz}", where)

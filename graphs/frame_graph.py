@@ -330,8 +330,7 @@ class SequencePipeline:
                                    allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
         if self.publish_url:
             self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
-                        send_hwm=cfg.publish.send_hwm, send_timeout_s=cfg.publish.send_timeout_s,
-                        fault=self._fault_for("publisher"))
+                        fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
         # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
         opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]
         self.transforms, self.reference = self._get(calibration, "source")
@@ -656,6 +655,7 @@ class SequencePipeline:
             "compiled_graph": self.config.ray.compiled,
             **summary,
             "frames_in": frames_done,
+            "input_frames": None if self.live else self.info.get("input_frames"),
             "frames_captured": source_stats.get("captured"),
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
@@ -677,6 +677,7 @@ class SequencePipeline:
                                if self.live else None),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
+            "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),
             "counts": dict(kinds),
         }
         if error:

@@ -218,6 +218,7 @@ def smooth_mesh_nut(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     tmp_dir: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
+    allow_truncated: bool = False,
 ) -> SmoothFileResult:
     """`smooth_4d` from one mesh nut triplet to another with bounded memory.
 
@@ -232,18 +233,26 @@ def smooth_mesh_nut(
     Args:
         in_prefix, out_prefix: mesh nut prefixes (`<prefix>_{0,1,2}.nut`); output written atomically.
         n_vertices: vertex count of the input (inferred from the first frame when None).
+        allow_truncated: smooth the complete frames of an input whose writer was killed (else that
+            is an `InputError`, as for `decode` and `export`).
         progress: called as `progress(n_done, total)` after each unit of work: `n_done` units
             since the last call, `total = 2 * T + n_chunks` (decode, filter chunks, encode).
     """
     from mmface4d_stream.formats.mesh_nut import MeshNutReader, MeshNutWriter
 
+    from mmface4d_stream.errors import InputError
+    from mmface4d_stream.formats.output_files import check_output_dir, remove_quietly, reserve_npy
+
     out_prefix = str(out_prefix)
-    tmp_dir = Path(tmp_dir) if tmp_dir is not None else Path(out_prefix).resolve().parent
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(Path(out_prefix).resolve().parent, create=True)
+    tmp_dir = check_output_dir(tmp_dir, create=True) if tmp_dir is not None else Path(out_prefix).resolve().parent
     handle, tmp_path = tempfile.mkstemp(prefix=".smooth-", suffix=".npy", dir=tmp_dir)
     os.close(handle)
     try:
         with MeshNutReader(in_prefix, n_vertices=n_vertices) as reader:
+            if not reader.finalized and not allow_truncated:
+                raise InputError(f"truncated (its writer did not finish); {len(reader)} complete frames can be "
+                                 "smoothed with --allow-truncated", reader.prefix)
             n_frames, n_vertices = len(reader), reader.n_vertices
             out_fps = int(round(float(reader.fps))) if reader.fps else int(round(fps))
             n_columns = n_vertices * 3
@@ -251,9 +260,8 @@ def smooth_mesh_nut(
             n_chunks = -(-n_columns // per_chunk)
             total = 2 * n_frames + n_chunks
             tick = (lambda n: progress(n, total)) if progress else (lambda n: None)
-            tracks = np.lib.format.open_memmap(
-                tmp_path, mode="w+", dtype=np.float32, shape=(n_frames, n_columns)
-            )
+            # Blocks reserved up front: a full disk is an error here, not a SIGBUS while filling the map.
+            tracks = reserve_npy(tmp_path, (n_frames, n_columns), np.float32)
             for index, vertices in enumerate(reader):
                 tracks[index] = vertices.reshape(-1)
                 tick(1)
@@ -273,5 +281,5 @@ def smooth_mesh_nut(
                 tick(1)
         del tracks
     finally:
-        os.unlink(tmp_path)
+        remove_quietly(tmp_path)
     return SmoothFileResult(n_frames=n_frames, n_vertices=n_vertices, n_chunks=n_chunks)

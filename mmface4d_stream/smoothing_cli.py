@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cutoff-hz", type=float, default=smooth.DEFAULT_CUTOFF_HZ, help="cutoff frequency (Hz)")
     parser.add_argument("--order", type=int, default=smooth.DEFAULT_ORDER, help="Butterworth order")
     parser.add_argument("--fps", type=float, default=smooth.DEFAULT_FPS, help="frame rate the filter assumes")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="smooth the complete frames of an input whose writer was killed")
     parser.add_argument("--tmp-dir", default=None, help="where to stage the decoded sequence (default: beside the output)")
     parser.set_defaults(func=run_smooth)
 
@@ -50,6 +52,7 @@ def run_smooth(args: argparse.Namespace) -> int:
         result = smooth.smooth_mesh_nut(
             args.file_path, args.out_path, n_vertices=args.vertices, cutoff_hz=args.cutoff_hz,
             order=args.order, fps=args.fps, tmp_dir=args.tmp_dir, progress=progress,
+            allow_truncated=args.allow_truncated,
         )
     print(f"smoothed {result.n_frames} frames x {result.n_vertices} vertices -> {args.out_path}_{{0,1,2}}.nut")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO_ROOT.parent / "shared" / "samples"
@@ -46,3 +47,13 @@ def astronaut_face_points() -> np.ndarray:
     centre = px[:, :2].mean(0)
     return np.stack([(px[:, 0] - centre[0]) * metres_per_px, (px[:, 1] - centre[1]) * metres_per_px,
                      0.65 + px[:, 2] * metres_per_px], 1)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module: small tensor ops lose to OpenMP spin-waits on a shared 2-core
+    machine. Modules opt in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

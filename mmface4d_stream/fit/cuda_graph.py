@@ -71,7 +71,7 @@ class CapturedSolve:
 class GraphCache:
     """Captured solves by key, least recently used dropped beyond `max_graphs`."""
 
-    def __init__(self, max_graphs: int = 16):
+    def __init__(self, max_graphs: int = 32):
         self.max_graphs = int(max_graphs)
         self._graphs: OrderedDict[tuple, CapturedSolve] = OrderedDict()
         self.captures = 0

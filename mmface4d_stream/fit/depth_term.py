@@ -67,11 +67,13 @@ class CameraBatch:
         return xd * f[..., 0] + c[..., 0], yd * f[..., 1] + c[..., 1]
 
 
-def lift_patches(depth_m: torch.Tensor, rays: torch.Tensor, radius: int, max_jump_m: float = 0.02):
+def lift_patches(depth_mm: torch.Tensor, rays: torch.Tensor, radius: int, max_jump_m: float = 0.02):
     """Lift depth crops to points, normals and validity.
 
     Args:
-        depth_m: (P, H, W) metres, 0 = no measurement (padding beyond a crop is 0 too).
+        depth_mm: (P, H, W) float, whole millimetres, 0 = no measurement (padding beyond a crop is
+            0 too). The window sums are taken in millimetres, where float32 adds integers exactly:
+            the result does not depend on the padded size or the summation order.
         rays: (P, H, W, 2) normalized undistorted (x, y) of each sample's pixel.
         radius: neighbour offset and averaging window radius, in samples.
         max_jump_m: a neighbour or the window mean farther than this in depth (half of it for the
@@ -81,13 +83,13 @@ def lift_patches(depth_m: torch.Tensor, rays: torch.Tensor, radius: int, max_jum
         camera, valid bool (P, H, W).
     """
     s = int(radius)
-    z = depth_m
-    p_, h, w = z.shape
-    pts = torch.cat([rays * z[..., None], z[..., None]], -1)
-    has = (z > 0).to(z.dtype)
+    p_, h, w = depth_mm.shape
+    has = (depth_mm > 0).to(depth_mm.dtype)
     k = 2 * s + 1
-    pooled = F.avg_pool2d(torch.stack([z * has, has], 1), k, stride=1, padding=s)
-    zs = pooled[:, 0] / pooled[:, 1].clamp_min(1e-6)
+    sums = F.avg_pool2d(torch.stack([depth_mm, has], 1), k, stride=1, padding=s, divisor_override=1)
+    zs = sums[:, 0] / sums[:, 1].clamp_min(1.0) * 1e-3
+    z = depth_mm * 1e-3
+    pts = torch.cat([rays * z[..., None], z[..., None]], -1)
     ok = (has > 0) & ((zs - z).abs() < 0.5 * max_jump_m)
     ps = torch.cat([rays * zs[..., None], zs[..., None]], -1)
     zp = F.pad(z, (s, s, s, s))
@@ -140,8 +142,7 @@ class PatchBatch:
         u = (origin[..., 0, None, None] + j).expand(b, c, h, w).reshape(b * c, h, w)
         v = (origin[..., 1, None, None] + i[:, None]).expand(b, c, h, w).reshape(b * c, h, w)
         rays = sample_rays(ray_grid.reshape(b * c, *ray_grid.shape[2:]), u, v)
-        depth_m = depth_mm.to(torch.float32).reshape(b * c, h, w) * 1e-3
-        pts, nrm, ok = lift_patches(depth_m, rays, radius)
+        pts, nrm, ok = lift_patches(depth_mm.to(torch.float32).reshape(b * c, h, w), rays, radius)
         ok = ok.reshape(b, c, h * w)
         camera_ok = ok.sum(-1) >= MIN_PATCH_VALID
         return cls(pts.reshape(b, c, h * w, 3), nrm.reshape(b, c, h * w, 3), ok & camera_ok[..., None],

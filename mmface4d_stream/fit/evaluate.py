@@ -4,6 +4,14 @@ Distances are point-to-surface (the closest point on the other mesh's triangles,
 `RaycastingScene`), in both directions: reconstructed vertices -> ground-truth surface (are the
 vertices on the face?) and ground-truth face vertices -> reconstructed surface (is the face
 covered?). Statistics over all frames use a fixed histogram, so memory does not grow with length.
+
+The mouth, the hardest region (thin in depth, noisy landmarks), gets the same two distances
+restricted to the lip region: vertices within `MOUTH_RADIUS_M` of either mouth corner, the
+corners being the ground-truth mesh's own FaceMesh points 61 and 291 (the synthetic subject's
+face vertices keep MediaPipe's numbering), region fixed on the first compared frame. Jitter is the
+mean magnitude of the frame-to-frame change of vertex velocity, |x(t+1) - 2 x(t) + x(t-1)|, of
+the reconstruction and of the ground truth (same units, mm per frame²): a smoother that lags or a
+fitter that shakes shows in their difference.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
 _BIN_MM = 0.01
 _MAX_MM = 200.0
+
+# FaceMesh points of the mouth corners (the subject's right and left), and the lip region's radius.
+MOUTH_CORNERS = (61, 291)
+MOUTH_RADIUS_M = 0.035
 
 
 def point_to_surface_m(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -73,18 +85,53 @@ class DistanceHistogram:
 
 @dataclass
 class SequenceError:
-    """Both directions over a whole sequence, plus the frames compared."""
+    """Both directions over a whole sequence, the same in the mouth region, jitter, frames compared.
+
+    jitter_recon_mm, jitter_gt_mm: mean |x(t+1) - 2 x(t) + x(t-1)| over vertices and frames, mm.
+    """
 
     recon_to_gt: DistanceStats
     gt_to_recon: DistanceStats
     frames: int
+    mouth_recon_to_gt: DistanceStats | None = None
+    mouth_gt_to_recon: DistanceStats | None = None
+    jitter_recon_mm: float = float("nan")
+    jitter_gt_mm: float = float("nan")
 
     def to_dict(self) -> dict:
+        def stats(d: DistanceStats | None):
+            return None if d is None else {k: round(v, 3) if isinstance(v, float) else v for k, v in d._asdict().items()}
+
         return {"frames": self.frames,
-                "recon_to_gt_mm": {k: round(v, 3) if isinstance(v, float) else v
-                                   for k, v in self.recon_to_gt._asdict().items()},
-                "gt_to_recon_mm": {k: round(v, 3) if isinstance(v, float) else v
-                                   for k, v in self.gt_to_recon._asdict().items()}}
+                "recon_to_gt_mm": stats(self.recon_to_gt), "gt_to_recon_mm": stats(self.gt_to_recon),
+                "mouth_recon_to_gt_mm": stats(self.mouth_recon_to_gt),
+                "mouth_gt_to_recon_mm": stats(self.mouth_gt_to_recon),
+                "jitter_recon_mm": round(self.jitter_recon_mm, 4), "jitter_gt_mm": round(self.jitter_gt_mm, 4)}
+
+
+class _Jitter:
+    """Streaming mean of |x(t+1) - 2 x(t) + x(t-1)| (mm) over a mesh sequence; a lost or non-finite
+    frame restarts the window."""
+
+    def __init__(self) -> None:
+        self.window: list[np.ndarray] = []
+        self.total_mm = 0.0
+        self.n = 0
+
+    def add(self, vertices: np.ndarray) -> None:
+        v = np.asarray(vertices, dtype=np.float64)
+        if not np.isfinite(v).all():
+            self.window = []
+            return
+        self.window = (self.window + [v])[-3:]
+        if len(self.window) == 3:
+            a = self.window[2] - 2 * self.window[1] + self.window[0]
+            self.total_mm += 1e3 * float(np.linalg.norm(a, axis=1).sum())
+            self.n += len(a)
+
+    @property
+    def mean_mm(self) -> float:
+        return self.total_mm / self.n if self.n else float("nan")
 
 
 def ground_truth_transform(gt_dir: str | os.PathLike, reference_device: int | None) -> np.ndarray:
@@ -110,6 +157,10 @@ def evaluate_sequence(recon_prefix: str | os.PathLike, gt_dir: str | os.PathLike
     gt_faces = np.load(gt_dir / "faces.npy")
     transform = ground_truth_transform(gt_dir, reference_device)
     forward, backward = DistanceHistogram(), DistanceHistogram()
+    mouth_forward, mouth_backward = DistanceHistogram(), DistanceHistogram()
+    jitter_recon, jitter_gt = _Jitter(), _Jitter()
+    n_face = int(gt_faces.max()) + 1
+    mouth = None  # ground-truth vertex indices of the lip region
     frames = 0
     with MeshNutReader(recon_prefix) as recon, MeshNutReader(gt_dir / "mesh") as gt:
         if len(recon) != len(gt):
@@ -118,7 +169,26 @@ def evaluate_sequence(recon_prefix: str | os.PathLike, gt_dir: str | os.PathLike
             if index < skip_frames:
                 continue
             g = g @ transform[:3, :3].T.astype(np.float32) + transform[:3, 3].astype(np.float32)
-            forward.add(point_to_surface_m(r, g, gt_faces))
-            backward.add(point_to_surface_m(g[: gt_faces.max() + 1], r, recon_faces))
+            g_face = g[:n_face]
+            if mouth is None and n_face > max(MOUTH_CORNERS):
+                mouth = np.flatnonzero(_near_corners(g_face, g_face[list(MOUTH_CORNERS)]))
+            d_forward = point_to_surface_m(r, g, gt_faces)
+            d_backward = point_to_surface_m(g_face, r, recon_faces)
+            forward.add(d_forward)
+            backward.add(d_backward)
+            if mouth is not None:
+                mouth_forward.add(d_forward[_near_corners(r, g_face[list(MOUTH_CORNERS)])])
+                mouth_backward.add(d_backward[mouth])
+            jitter_recon.add(r)
+            jitter_gt.add(g_face)
             frames += 1
-    return SequenceError(forward.stats(), backward.stats(), frames)
+    has_mouth = mouth is not None
+    return SequenceError(forward.stats(), backward.stats(), frames,
+                         mouth_forward.stats() if has_mouth else None, mouth_backward.stats() if has_mouth else None,
+                         jitter_recon.mean_mm, jitter_gt.mean_mm)
+
+
+def _near_corners(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """bool (P,): points (P, 3) within MOUTH_RADIUS_M of either corner (2, 3)."""
+    d = np.linalg.norm(np.asarray(points, np.float64)[:, None, :] - corners[None].astype(np.float64), axis=-1)
+    return d.min(1) <= MOUTH_RADIUS_M

@@ -246,12 +246,14 @@ def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) 
 
 
 def collate_crops(frames: list[list[PreparedCamera]], crops: list[list[DepthCrop | None]], n_cameras: int, device,
-                  grids: dict | None = None):
+                  grids: dict | None = None, size_step: int = 16):
     """Pad B frames' crops to one bucketed size, with each camera's undistortion grid.
 
     Args:
         frames: the frames' cameras; crops: their crops (same nesting, None: no depth).
         grids: a cache {FitCamera: device tensor (2, Gv, Gu)} kept by the caller across frames.
+        size_step: the padded size is a multiple of this (few distinct shapes where each shape is
+            a captured CUDA graph; 1 on a CPU, where padding is only extra work).
     Returns:
         depth_mm (B, C, H, W) uint16, ray_grid (B, C, 2, Gv, Gu) float32, origin (B, C, 2) float32
         pixels, size (B, C, 2) long samples, all on `device`.
@@ -259,8 +261,8 @@ def collate_crops(frames: list[list[PreparedCamera]], crops: list[list[DepthCrop
     b = len(frames)
     grids = {} if grids is None else grids
     shapes = [crop.shape for row in crops for crop in row if crop is not None]
-    h = bucket(max((s[0] for s in shapes), default=1))
-    w = bucket(max((s[1] for s in shapes), default=1))
+    h = bucket(max((s[0] for s in shapes), default=1), size_step)
+    w = bucket(max((s[1] for s in shapes), default=1), size_step)
     depth = np.zeros((b, n_cameras, h, w), np.uint16)
     origin = np.zeros((b, n_cameras, 2), np.float32)
     size = np.zeros((b, n_cameras, 2), np.int64)

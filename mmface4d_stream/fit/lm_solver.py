@@ -176,10 +176,10 @@ class _Terms:
         _r, _t, alpha, beta = state
         pack = self.pack
         if which == "samples":
-            base, id_b, exp_b, off = self.s_vid, pack.s_id, pack.s_exp, self.s_off
+            base, id_b, exp_b, off = self.s_vid, pack.s_id64, pack.s_exp64, self.s_off
             mean = pack.s_mean
         else:
-            base, id_b, exp_b, off = self.lm_vid, pack.lm_id, pack.lm_exp, self.lm_off
+            base, id_b, exp_b, off = self.lm_vid, pack.lm_id64, pack.lm_exp64, self.lm_off
             mean = pack.lm_mean
         if self.fit_identity:
             base = mean + apply_basis(id_b, alpha)
@@ -204,7 +204,9 @@ class _Terms:
         # Landmarks.
         rp = self.points(state, "landmarks") @ rt
         res, norm, jt = landmark_rows(cams, fb.lm_target, rp + t[:, None])
-        cost = self.inv_lm * (fb.lm_conf * huber_cost(norm, cfg.landmark_huber_px)).sum((1, 2))
+        # Costs are summed in float64: accept/converge decisions then do not depend on how a batch
+        # pads its cameras (float32 sums in another order flip near-ties).
+        cost = self.inv_lm * (fb.lm_conf * huber_cost(norm, cfg.landmark_huber_px)).to(torch.float64).sum((1, 2))
         if with_jac:
             w = fb.lm_conf * huber_weight(norm, cfg.landmark_huber_px) * self.inv_lm
             jw = -jt @ skew_torch(rp)[:, None]
@@ -227,7 +229,7 @@ class _Terms:
         ok = assoc[0]
         res_d, jw_d, g_ref = depth_rows(assoc, cams, rp, xc)
         ar = res_d.abs()
-        cost = cost + self.inv_d * (huber_cost(ar, cfg.depth_huber_m) * ok).sum((1, 2))
+        cost = cost + self.inv_d * (huber_cost(ar, cfg.depth_huber_m) * ok).to(torch.float64).sum((1, 2))
         if with_jac:
             w = huber_weight(ar, cfg.depth_huber_m) * (self.inv_d * ok)
             parts = [jw_d, g_ref]
@@ -244,15 +246,15 @@ class _Terms:
         fb0 = self.fb
         w_rel = so3_log_batch(r @ fb0.rotation.transpose(-1, -2))
         d_t = t - fb0.translation
-        cost = cost + self.rot_w * (w_rel * w_rel).sum(-1) + self.trans_w * (d_t * d_t).sum(-1)
+        cost = cost + (self.rot_w * (w_rel * w_rel).sum(-1) + self.trans_w * (d_t * d_t).sum(-1)).to(torch.float64)
         grads = [self.rot_w[:, None] * w_rel, self.trans_w[:, None] * d_t]
         if self.n_id:
             d_a = alpha - fb0.alpha
-            cost = cost + cfg.id_prior_weight * (alpha * alpha).sum(-1) + self.id_temporal * (d_a * d_a).sum(-1)
+            cost = cost + (cfg.id_prior_weight * (alpha * alpha).sum(-1) + self.id_temporal * (d_a * d_a).sum(-1)).to(torch.float64)
             grads.append(cfg.id_prior_weight * alpha + self.id_temporal[:, None] * d_a)
         if pack.n_exp:
             d_b = beta - fb0.beta
-            cost = cost + cfg.exp_prior_weight * (beta * beta).sum(-1) + self.exp_temporal * (d_b * d_b).sum(-1)
+            cost = cost + (cfg.exp_prior_weight * (beta * beta).sum(-1) + self.exp_temporal * (d_b * d_b).sum(-1)).to(torch.float64)
             grads.append(cfg.exp_prior_weight * beta + self.exp_temporal[:, None] * d_b)
         if not with_jac:
             return cost
@@ -321,7 +323,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     active = torch.ones(b, dtype=torch.bool, device=dev)
     converged = torch.zeros(b, dtype=torch.bool, device=dev)
     iterations = torch.zeros(b, dtype=torch.float32, device=dev)
-    start_cost = torch.full((b,), float("inf"), dtype=fb.rotation.dtype, device=dev)
+    start_cost = torch.full((b,), float("inf"), dtype=torch.float64, device=dev)
     tol = cfg.step_tolerance
     for it in range(settings.iterations):
         widened = it < settings.widened_iterations

@@ -52,9 +52,10 @@ class ModelPack:
     Attributes:
         model: the FaceModel.  n_vertices N, n_id K_id, n_exp K_exp, n_landmarks L.
         mean (N, 3), id_basis (N, 3, K_id), exp_basis (N, 3, K_exp), metres.  triangles (F, 3) long.
-        lm_vertex (L,); lm_mean (L, 3); lm_id (L, 3, K_id); lm_exp (L, 3, K_exp).
+        lm_vertex (L,); lm_mean (L, 3); lm_id (L, 3, K_id); lm_exp (L, 3, K_exp) float32 (Jacobians),
+            lm_id64, lm_exp64 their float64 copies (`apply_basis`).
         samples (S,): the depth term's vertices (a fixed random subset, seed 0), also as numpy in
-            samples_host; s_mean, s_id, s_exp likewise.
+            samples_host; s_mean, s_id, s_exp, s_id64, s_exp64 likewise.
         offset_vertices (M,): the offset step's depth-data vertices.
         regularizer: the offset step's smoothness operator (None when offsets are disabled).
     """
@@ -69,11 +70,15 @@ class ModelPack:
     lm_mean: torch.Tensor
     lm_id: torch.Tensor
     lm_exp: torch.Tensor
+    lm_id64: torch.Tensor
+    lm_exp64: torch.Tensor
     samples: torch.Tensor
     samples_host: np.ndarray
     s_mean: torch.Tensor
     s_id: torch.Tensor
     s_exp: torch.Tensor
+    s_id64: torch.Tensor
+    s_exp64: torch.Tensor
     offset_vertices: torch.Tensor
     regularizer: OffsetRegularizer | None
 
@@ -97,14 +102,15 @@ class ModelPack:
             w = 1.0 / config.depth_sigma_m**2
             regularizer = OffsetRegularizer(model.n_vertices, tri, config.offset_laplacian_weight * w,
                                             config.offset_edge_weight * w, dev)
+        id64, exp64 = t.id_basis.to(torch.float64), t.exp_basis.to(torch.float64)
         return cls(
             model=model, device=dev,
             mean=t.mean_shape, id_basis=t.id_basis, exp_basis=t.exp_basis,
             triangles=t.triangles,
             lm_vertex=lm_v, lm_mean=t.mean_shape[lm_v], lm_id=t.id_basis[lm_v].contiguous(),
-            lm_exp=t.exp_basis[lm_v].contiguous(),
+            lm_exp=t.exp_basis[lm_v].contiguous(), lm_id64=id64[lm_v].contiguous(), lm_exp64=exp64[lm_v].contiguous(),
             samples=s_idx, samples_host=samples, s_mean=t.mean_shape[s_idx], s_id=t.id_basis[s_idx].contiguous(),
-            s_exp=t.exp_basis[s_idx].contiguous(),
+            s_exp=t.exp_basis[s_idx].contiguous(), s_id64=id64[s_idx].contiguous(), s_exp64=exp64[s_idx].contiguous(),
             offset_vertices=torch.as_tensor(offset_data, **long),
             regularizer=regularizer,
         )
@@ -127,11 +133,19 @@ class ModelPack:
 
 
 def apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """Σ_k basis[..., k] coeffs[b, k] for a batch: basis (V, 3, K), coeffs (B, K) -> (B, V, 3).
+    """Σ_k basis[..., k] coeffs[b, k] for a batch: basis (V, 3, K), coeffs (B, K) float32 -> (B, V, 3) float32.
 
-    One (B, K) x (K, 3V) product (a GEMM, not B small ones); zeros when K = 0.
+    Batch-invariant: a stream's result does not depend on the other streams of its batch (a GEMM's
+    summation order depends on B, and float32 rounding differences would now and then move a point
+    across a pixel boundary of the depth association). A float64 basis (the small vertex subsets)
+    takes one float64 (B, K) x (K, 3V) product, whose rounding is far below float32's; a float32
+    basis (the whole mesh, where float64 would double the memory traffic) takes one float32
+    matrix-vector product per stream, the same kernel whatever B.
     """
     v, _, k = basis.shape
     if k == 0:
         return coeffs.new_zeros((coeffs.shape[0], v, 3))
-    return (coeffs @ basis.reshape(v * 3, k).T).reshape(-1, v, 3)
+    flat = basis.reshape(v * 3, k)
+    if basis.dtype == torch.float64:
+        return (coeffs.to(torch.float64) @ flat.T).to(coeffs.dtype).reshape(-1, v, 3)
+    return torch.stack([flat @ c for c in coeffs.unbind(0)]).reshape(-1, v, 3)

@@ -319,7 +319,9 @@ class MultiStreamFitter:
         if warm is not None and not np.isfinite(warm.vertices).all():
             warm = None
         flags: list[str] = []
-        samples = pack.samples_host
+        # The crop box needs the face's extent, not every depth sample: every 4th one (~200 points,
+        # ~2 cm apart on the face) with the landmarks and the 10 % margin covers it.
+        samples = pack.samples_host[::4]
         job = _Job(st, obs, cams, warm, fit_identity, flags)
         if warm is not None:
             samples_ref = np.asarray(warm.vertices, np.float64)[samples]
@@ -392,7 +394,8 @@ class MultiStreamFitter:
         with torch.no_grad():
             cameras, lm_target, lm_conf = collate_cameras([job.cams for job in jobs], n_cam, self.device)
             depth, ray_grid, origin, size = collate_crops([job.cams for job in jobs], [job.crops for job in jobs],
-                                                          n_cam, self.device, self._grids)
+                                                          n_cam, self.device, self._grids,
+                                                          size_step=16 if self.cuda_graphs else 1)
             states = [self._initial_state(pack, job) for job in jobs]
             init = {k: _stack([s[k] for s in states]) for k in _STATE_FIELDS}
             temporal = torch.tensor([0.0 if cold else 1.0] * len(jobs), dtype=torch.float32, device=self.device)

@@ -43,8 +43,66 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, rate: int = DATASET_
         raise ValueError(f"expected mono samples of shape (S,), got {samples.shape}")
     if not np.isfinite(samples).all():
         raise ValueError("audio samples contain NaN or inf")
+    from mmface4d_stream.formats.output_files import replacing
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    scipy.io.wavfile.write(tmp, int(rate), samples)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        scipy.io.wavfile.write(tmp, int(rate), samples)
+
+
+_WAVE_FORMAT_IEEE_FLOAT = 3
+_HEADER_BYTES = 44  # RIFF header, 16-byte fmt chunk, data chunk header
+
+
+class WavStreamWriter:
+    """Append mono float32 blocks to an IEEE-float WAVE file as they arrive (a recording).
+
+    The header's sizes are rewritten after every block and the bytes handed to the OS at once, so
+    a process killed at any moment leaves a valid file holding every block written before (the
+    block being written at the kill may be cut to whole samples). A context manager.
+
+    Args:
+        path: the .wav to write (its folder must exist).
+        rate: samples per second (the dataset: 16000).
+    """
+
+    def __init__(self, path: str | os.PathLike, rate: int = DATASET_RATE_HZ):
+        self.path = Path(path)
+        self.rate = int(rate)
+        self.samples_written = 0
+        self._file = open(self.path, "wb")
+        self._file.write(self._header(0))
+        self._file.flush()
+
+    def _header(self, n_samples: int) -> bytes:
+        data_bytes = 4 * n_samples
+        return b"".join([
+            b"RIFF", (36 + data_bytes).to_bytes(4, "little"), b"WAVE",
+            b"fmt ", (16).to_bytes(4, "little"), _WAVE_FORMAT_IEEE_FLOAT.to_bytes(2, "little"),
+            (1).to_bytes(2, "little"), self.rate.to_bytes(4, "little"), (4 * self.rate).to_bytes(4, "little"),
+            (4).to_bytes(2, "little"), (32).to_bytes(2, "little"),
+            b"data", data_bytes.to_bytes(4, "little"),
+        ])
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append float (S,) samples; the header then counts them."""
+        block = np.ascontiguousarray(samples, dtype="<f4").reshape(-1)
+        if block.size == 0:
+            return
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(block.tobytes())
+        self.samples_written += block.size
+        self._file.seek(0)
+        self._file.write(self._header(self.samples_written))
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "WavStreamWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

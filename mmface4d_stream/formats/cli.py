@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.faces import load_faces, write_obj, write_ply
 from mmface4d_stream.formats.mesh_nut import (
     MeshNutReader, MeshNutWriter, frame_side, mesh_nut_paths, mesh_prefix_of, read_frame_header)
+from mmface4d_stream.formats.mesh_verify import MeshIssue, TemporalSpikes, verify_mesh_sequence
+from mmface4d_stream.formats.output_files import (check_output_dir, is_write_error, output_error, remove_quietly,
+                                                   reserve_npy)
 from mmface4d_stream.formats.sequence import DatasetSequence
+
+log = logging.getLogger(__name__)
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -25,7 +31,7 @@ def _progress(total: int, desc: str) -> tqdm:
 
 def _open_mesh(args: argparse.Namespace) -> MeshNutReader:
     """Open the triplet; an unfinished (truncated) one is an error unless --allow-truncated."""
-    reader = MeshNutReader(args.prefix, n_vertices=args.vertices)
+    reader = MeshNutReader(args.prefix, n_vertices=args.vertices, strict=getattr(args, "strict", False))
     if not reader.finalized and not args.allow_truncated:
         reader.close()
         raise InputError(f"truncated (its writer did not finish); {len(reader)} complete frames can be read "
@@ -35,19 +41,37 @@ def _open_mesh(args: argparse.Namespace) -> MeshNutReader:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    check_output_dir(out.parent, create=True)
+    partial = out.with_name(f".{out.name}.partial")
     with _open_mesh(args) as reader:
-        array = np.lib.format.open_memmap(out.with_name(f".{out.name}.partial"), mode="w+",
-                                          dtype=np.float32, shape=(len(reader), reader.n_vertices, 3))
-        with _progress(len(reader), "decode") as bar:
-            for index, vertices in enumerate(reader):
-                array[index] = vertices
-                bar.update()
-        array.flush()
-        del array
-        out.with_name(f".{out.name}.partial").replace(out)
+        # Blocks reserved up front: a full disk is an error here, not a SIGBUS in the loop.
+        array = reserve_npy(partial, (len(reader), reader.n_vertices, 3), np.float32, report_as=out)
+        spikes = TemporalSpikes()
+        try:
+            with _progress(len(reader), "decode") as bar:
+                for index, vertices in enumerate(reader):
+                    array[index] = vertices
+                    spikes.add(vertices)
+                    bar.update()
+            _report_issues(spikes.spikes(), reader.prefix, args.strict)
+            array.flush()
+            del array
+            partial.replace(out)
+        except BaseException:
+            remove_quietly(partial)
+            raise
         print(f"wrote {out}: {len(reader)} frames x {reader.n_vertices} vertices x 3 (float32, metres)",
               file=sys.stderr)
     return 0
+
+
+def _report_issues(issues: list[MeshIssue], prefix: str, strict: bool) -> None:
+    """Warn about each damaged-looking frame; under `strict` the first one is the error."""
+    if issues and strict:
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        raise InputError(f"damaged frame: {issues[0].reason}{more}", prefix, frame=issues[0].frame)
+    for issue in issues:
+        log.warning("%s", issue.describe(prefix))
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -62,6 +86,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise InputError(f"expected an array of shape (frames, vertices, 3), got {array.shape}", src)
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"expected float coordinates, got {array.dtype}", src)
+    check_output_dir(Path(args.out).parent, create=True)
     with MeshNutWriter(args.out, fps=args.fps, atomic=True) as writer, _progress(len(array), "encode") as bar:
         for index in range(array.shape[0]):
             frame = np.asarray(array[index])
@@ -76,7 +101,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def describe_mesh(prefix: str, n_vertices: int | None = None) -> dict:
-    """JSON-able summary of a mesh nut triplet, with its bounding box in metres (decodes every frame)."""
+    """JSON-able summary of a mesh nut triplet, with its bounding box in metres (decodes every frame,
+    warning about frames that look damaged, see `MeshNutReader`)."""
     with MeshNutReader(prefix, n_vertices=n_vertices) as reader:
         lo = np.full(3, np.inf, dtype=np.float64)
         hi = np.full(3, -np.inf, dtype=np.float64)
@@ -134,24 +160,57 @@ def describe_path(path_text: str, n_vertices: int | None = None) -> dict:
     raise InputError("not found: expected a mesh prefix, a .nut, .mp4 or .mkv file, or a dataset sequence", path)
 
 
+def verify_mesh(path_text: str, n_vertices: int | None, strict: bool) -> dict:
+    """`info --verify`: what `verify_mesh_sequence` found, with the sequence's layout (no bounding
+    box: a damaged frame has no meaningful one)."""
+    prefix = mesh_prefix_of(path_text)
+    if not all(p.is_file() for p in mesh_nut_paths(prefix)):
+        raise InputError("--verify checks a mesh sequence: expected PREFIX with PREFIX_0/1/2.nut", path_text)
+    with MeshNutReader(prefix, n_vertices=n_vertices, verify=False) as reader:
+        summary = {"kind": "mesh_sequence", "path": reader.prefix, "frames": len(reader),
+                   "vertices": reader.n_vertices, "vertices_inferred": n_vertices is None, "frame_side": reader.side,
+                   "fps": reader.fps, "finalized": reader.finalized, "decoding": [d.value for d in reader.decoding]}
+    with _progress(summary["frames"], "verify") as bar:
+        report = verify_mesh_sequence(prefix, n_vertices, progress=bar.update)
+    _report_issues(report.issues, prefix, strict)
+    summary["verify"] = {"ok": not report.issues, "issues": [issue._asdict() for issue in report.issues],
+                         "spike_threshold_m": round(report.spike_threshold_m, 6)}
+    return summary
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    print(json.dumps(describe_path(args.path, args.vertices)))
+    if args.verify:
+        print(json.dumps(verify_mesh(args.path, args.vertices, args.strict)))
+    else:
+        print(json.dumps(describe_path(args.path, args.vertices), allow_nan=False))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write one file per frame; on any error the files this run wrote are removed again."""
+    out_dir = check_output_dir(args.out, create=True)
     writer = write_obj if args.format == "obj" else write_ply
     with _open_mesh(args) as reader:
         faces = load_faces(args.faces, reader.n_vertices)
-        with _progress(len(reader), f"export {args.format}") as bar:
-            for index, vertices in enumerate(reader):
-                target = out_dir / f"frame_{index:06d}.{args.format}"
-                partial = target.with_name(f".{target.name}.partial")
-                writer(partial, vertices, faces)
-                partial.replace(target)
-                bar.update()
+        written: list[Path] = []
+        partial = None
+        try:
+            with _progress(len(reader), f"export {args.format}") as bar:
+                for index, vertices in enumerate(reader):
+                    target = out_dir / f"frame_{index:06d}.{args.format}"
+                    partial = target.with_name(f".{target.name}.partial")
+                    try:
+                        writer(partial, vertices, faces)
+                    except OSError as exc:
+                        if is_write_error(exc):
+                            raise output_error(exc, target) from None
+                        raise
+                    partial.replace(target)
+                    written.append(target)
+                    bar.update()
+        except BaseException:
+            remove_quietly(*written, *([partial] if partial else []))
+            raise
         print(f"wrote {len(reader)} {args.format} files to {out_dir}", file=sys.stderr)
     return 0
 
@@ -166,6 +225,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npy path")
     p.add_argument("--allow-truncated", action="store_true",
                    help="read the complete frames of files whose writer was killed")
+    p.add_argument("--strict", action="store_true",
+                   help="a frame that looks damaged (impossible values, a jump away from both neighbours) is an "
+                        "error, not a warning")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("encode", help="encode a (T, N, 3) .npy to a mesh nut triplet",
@@ -181,6 +243,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "fps, duration, and the bounding box of a mesh sequence.")
     p.add_argument("path", help="mesh prefix, .nut, .mp4, .mkv, or <dir>/<name> of a dataset sequence")
     p.add_argument("--vertices", type=int, default=None, help="vertex count of a mesh sequence (else inferred)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every frame of a mesh sequence for damage checksum-less files cannot report "
+                        "(impossible header or quantized values, frames that jump away from both neighbours)")
+    p.add_argument("--strict", action="store_true", help="with --verify: a finding is an error (exit 2)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="export each frame of a mesh sequence as OBJ or PLY",

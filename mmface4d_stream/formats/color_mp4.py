@@ -18,14 +18,29 @@ class ColorMp4Writer(VideoWriter):
 
     A context manager: the file is finalized (moov written) when leaving the block, also on error.
     With `atomic=True` the file is written under a hidden temporary name and renamed on success.
+
+    A plain mp4 is unreadable until its trailer is written: a killed writer leaves nothing. With
+    `fragment_s` the file is a fragmented mp4 (an empty moov up front, then a fragment at least
+    every `fragment_s` seconds) encoded without lookahead (`tune=zerolatency`), so a killed writer
+    leaves every frame up to the last fragment readable: what a live recording needs.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, crf: int = 10,
-                 atomic: bool = False, preset: str = "veryfast"):
+                 atomic: bool = False, preset: str = "veryfast", keep_on_write_error: bool = False,
+                 fragment_s: float | None = None):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"yuv420p needs a positive even frame size, got {width}x{height}")
+        options = {"crf": str(crf), "preset": preset}
+        muxer = None
+        if fragment_s is not None:
+            if not fragment_s > 0:
+                raise ValueError(f"fragment_s must be positive, got {fragment_s}")
+            options["tune"] = "zerolatency"
+            muxer = {"movflags": "empty_moov+default_base_moof+frag_keyframe",
+                     "frag_duration": str(int(fragment_s * 1_000_000))}
         super().__init__(path, width, height, fps, container_format="mp4", codec="libx264", pix_fmt="yuv420p",
-                         input_format="rgb24", atomic=atomic, options={"crf": str(crf), "preset": preset})
+                         input_format="rgb24", atomic=atomic, options=options,
+                         keep_on_write_error=keep_on_write_error, muxer_options=muxer)
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one frame: uint8 (height, width, 3) RGB."""

@@ -15,8 +15,9 @@ from mmface4d_stream.formats.gray16_video import Gray16VideoReader, Gray16VideoW
 class DepthNutWriter(Gray16VideoWriter):
     """Stream depth frames, uint16 (height, width) millimetres (0 = no measurement), to a NUT file."""
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, atomic: bool = False):
-        super().__init__(path, width, height, fps=fps, atomic=atomic)
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, atomic: bool = False,
+                 keep_on_write_error: bool = False):
+        super().__init__(path, width, height, fps=fps, atomic=atomic, keep_on_write_error=keep_on_write_error)
 
     def write(self, depth_mm: np.ndarray) -> None:
         """Append one frame: uint16 (height, width) in millimetres."""

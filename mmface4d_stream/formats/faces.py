@@ -1,27 +1,20 @@
 """Triangle lists for mesh sequences, from `.npy`, `.pkl` or `.obj` files, and per-frame mesh export.
 
 The dataset's `bfm_faces.pkl` is a pickled trimesh `TrackedArray` (an ndarray subclass); it loads here
-as a plain ndarray without trimesh installed. `faces.pkl` is a pickled list of index triples.
+as a plain ndarray without trimesh installed. `faces.pkl` is a pickled list of index triples. Pickles
+are read by `safe_pickle` (arrays and plain containers only; a pickle naming any other callable is
+refused, never run). A pickled mapping with a "faces" entry is accepted too.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickle numpy data, mapping ndarray subclasses of other libraries to plain ndarrays."""
-
-    def find_class(self, module: str, name: str):
-        if name == "TrackedArray":  # trimesh.caching.TrackedArray
-            return np.ndarray
-        return super().find_class(module, name)
+from mmface4d_stream.formats.safe_pickle import load_data_pickle
 
 
 def _faces_from_obj(path: Path) -> np.ndarray:
@@ -55,15 +48,19 @@ def load_faces(path: str | os.PathLike, n_vertices: int | None = None) -> np.nda
         if suffix == ".npy":
             faces = np.load(path, allow_pickle=False)
         elif suffix == ".pkl":
-            with open(path, "rb") as handle:
-                faces = _ArrayUnpickler(handle).load()
+            faces = load_data_pickle(path, "faces pickle")
+            if isinstance(faces, dict) and "faces" in faces:
+                faces = faces["faces"]
         elif suffix == ".obj":
             faces = _faces_from_obj(path)
         else:
             raise InputError("unknown faces format (expected .npy, .pkl or .obj)", path)
-    except (ValueError, pickle.UnpicklingError, EOFError, ModuleNotFoundError, AttributeError) as exc:
+    except ValueError as exc:
         raise InputError(f"cannot read faces ({exc})", path) from None
-    faces = np.asarray(faces)
+    try:
+        faces = np.asarray(faces)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"expected integer triangles ({exc})", path) from None
     if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
         raise InputError(f"expected integer triangles of shape (F, 3), got {faces.dtype} {faces.shape}", path)
     faces = faces.astype(np.int64)

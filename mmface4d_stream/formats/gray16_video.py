@@ -55,14 +55,15 @@ class Gray16VideoWriter(VideoWriter):
 
     Level 3 FFV1 with slice CRCs (`FFV1_DEFAULT_OPTIONS`, overridable by `codec_options`). With
     `atomic=True` frames go to a hidden temporary file beside `path`, renamed to `path` by a
-    successful `close()`; on error the temporary file is kept (decodable) and `path` is untouched.
+    successful `close()`; a failed close removes it and `path` is untouched.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = 30, atomic: bool = False,
-                 codec_options: dict[str, str] | None = None):
+                 codec_options: dict[str, str] | None = None, keep_on_write_error: bool = False):
         super().__init__(path, width, height, fps, container_format="nut", codec="ffv1", pix_fmt="gray16le",
                          input_format="gray16le", atomic=atomic, level=FFV1_LEVEL,
-                         options={**FFV1_DEFAULT_OPTIONS, **(codec_options or {})})
+                         options={**FFV1_DEFAULT_OPTIONS, **(codec_options or {})},
+                         keep_on_write_error=keep_on_write_error)
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame: uint16 array of shape (height, width)."""

@@ -14,6 +14,7 @@ decoder. The worst-case error per coordinate is half a quantization step, (max -
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,10 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.gray16_video import (DECODER_THREADS, Decoding, Gray16VideoReader,
                                                      Gray16VideoWriter)
+from mmface4d_stream.formats.mesh_verify import coordinate_frame_problems, follows_margin_rule
+from mmface4d_stream.formats.output_files import remove_quietly
+
+log = logging.getLogger(__name__)
 
 HEADER_PIXELS = 4
 QUANT_LEVELS = 65536
@@ -165,7 +170,11 @@ class MeshNutWriter:
         self.frames_written += 1
 
     def close(self, success: bool = True) -> None:
-        """Finalize the three files (idempotent)."""
+        """Finalize the three files (idempotent).
+
+        When any of them met a write error (full disk, ...) all three are removed: a triplet with
+        one axis cut short is not a result. Otherwise frames written stay decodable.
+        """
         writers, self._writers = self._writers, []
         first_error = None
         for writer in writers:
@@ -173,6 +182,8 @@ class MeshNutWriter:
                 writer.close(success=success)
             except Exception as exc:  # finalize the others before reporting
                 first_error = first_error or exc
+        if any(writer.write_error is not None for writer in writers):
+            remove_quietly(*mesh_nut_paths(self.prefix))
         if first_error is not None:
             raise first_error
 
@@ -195,18 +206,27 @@ class MeshNutReader:
     without CRCs (the released dataset) decode on one thread with FFmpeg's error log watched.
     See `Gray16VideoReader`.
 
+    Files without CRCs cannot tell a damaged frame from a good one; with `verify` (default) every
+    coordinate frame is checked for what no writer produces (`mesh_verify.coordinate_frame_problems`)
+    and a finding is logged as a warning naming the file and frame, or raised as `InputError` with
+    `strict`.
+
     Args:
         prefix: the triplet's prefix, or one of its three files.
         n_vertices: vertices per frame; inferred from the first frame when None.
         threads: decoder threads per file (1: decode on the calling thread only).
+        verify: check each frame's header and quantized values (see above).
+        strict: a failed check is an error instead of a warning.
 
     A triplet whose files hold different numbers of frames is an error, unless some file was left
     unfinished by a killed writer: then the complete frames common to all three are read.
     """
 
     def __init__(self, prefix: str | os.PathLike, n_vertices: int | None = None,
-                 threads: int = DECODER_THREADS):
+                 threads: int = DECODER_THREADS, verify: bool = True, strict: bool = False):
         self.prefix = mesh_prefix_of(prefix)
+        self.verify, self.strict = verify, strict
+        self.problems: list[str] = []
         paths = mesh_nut_paths(self.prefix)
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -248,6 +268,15 @@ class MeshNutReader:
                 f"(that side holds {max(lo, 1)}..{hi} vertices)", self.prefix)
         self.n_vertices = int(n_vertices)
         self.fps = first.fps
+        # The margin convention is learned from frame 0 of each file (a file by another writer
+        # that does not follow it only gets the header and padding checks).
+        self._margin_rule = [self.verify and self._follows_margin_rule(r) for r in self._readers]
+
+    def _follows_margin_rule(self, reader: Gray16VideoReader) -> bool:
+        try:
+            return follows_margin_rule(reader[0], self.n_vertices)
+        except InputError:
+            return False  # a damaged frame 0 is reported when it is read
 
     @property
     def finalized(self) -> bool:
@@ -261,6 +290,18 @@ class MeshNutReader:
         return self._n_frames
 
     def _decode(self, frames: tuple[np.ndarray, np.ndarray, np.ndarray], index: int) -> np.ndarray:
+        if self.verify:
+            for axis, (reader, frame) in enumerate(zip(self._readers, frames)):
+                for reason in coordinate_frame_problems(frame, self.n_vertices, self._margin_rule[axis]):
+                    if self.strict:
+                        raise InputError(f"damaged frame: {reason}", reader.path, frame=index)
+                    message = f"{reader.path} (frame {index}): damaged frame? {reason}"
+                    self.problems.append(message)
+                    log.warning("%s", message)
+        return self.decode_raw(frames, index)
+
+    def decode_raw(self, frames: tuple[np.ndarray, np.ndarray, np.ndarray], index: int) -> np.ndarray:
+        """The float32 (N, 3) vertices in metres of one frame's three uint16 coordinate frames."""
         out = np.empty((self.n_vertices, 3), dtype=np.float32)
         for axis, (reader, frame) in enumerate(zip(self._readers, frames)):
             lo, hi = read_frame_header(frame)
@@ -273,6 +314,16 @@ class MeshNutReader:
     def decoding(self) -> tuple[Decoding, Decoding, Decoding]:
         """How each of the x, y and z files is decoded and checked."""
         return tuple(r.decoding for r in self._readers)  # type: ignore[return-value]
+
+    def raw_frames(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame `index` of the x, y and z files, uint16 (side, side) each, undecoded."""
+        return tuple(r[index] for r in self._readers)  # type: ignore[return-value]
+
+    def iter_raw(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The x, y and z uint16 frames of every frame, in order, undecoded and unchecked."""
+        iterators = [iter(r) for r in self._readers]
+        for _ in range(self._n_frames):
+            yield tuple(next(it) for it in iterators)  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # Interleaved generators: while this thread reads one file, the others' frame threads decode.

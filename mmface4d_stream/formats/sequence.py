@@ -18,7 +18,7 @@ from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
-from mmface4d_stream.formats.landmarks import read_landmarks_pkl
+from mmface4d_stream.formats.landmarks import landmark_frame_count
 
 STREAM_SUFFIXES = ("mp4", "nut", "json", "pkl")
 DATASET_FPS = 30.0
@@ -110,7 +110,7 @@ class DatasetSequence:
             if (p := base.with_suffix(".json")).is_file():
                 cam.intrinsics_path, cam.intrinsics = p, IntrinsicsJson.load(p)
             if (p := base.with_suffix(".pkl")).is_file():
-                cam.landmarks_path, cam.landmark_frames = p, read_landmarks_pkl(p).shape[0]
+                cam.landmarks_path, cam.landmark_frames = p, landmark_frame_count(p)
             cameras.append(cam)
         return cameras
 

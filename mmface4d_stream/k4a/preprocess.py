@@ -2,13 +2,16 @@
 
 The upstream `process_mkv` step, streaming: per camera i (the order of the MKVs given)
 
-- `NAME_i.mp4`: color, H.264 (libx264, crf 10, yuv420p), 30 fps;
+- `NAME_i.mp4`: color, H.264 (libx264, crf 10, yuv420p), at the recording's rate;
 - `NAME_i.nut`: depth registered to the color camera, FFV1 gray16le, millimetres;
 - `NAME_i.json`: the color camera's intrinsics in Open3D's Azure Kinect metadata layout;
 
 and `NAME.wav`, 16 kHz mono float32. With voice-activity clipping (silero-vad, speech of at
-least 500 ms) only frames [start, end + 2) are kept, start/end being the 30 fps frames of the
-first speech onset and the last speech offset, and the audio is clipped to the same span.
+least 500 ms) only frames [start, end + 2) are kept, start/end being the frames of the first
+speech onset and the last speech offset, and the audio is clipped to the same span.
+
+The released dataset is 30 fps; Kinect recordings at 5 or 15 fps are converted at their own rate
+(the files and the json say so) with a warning, never resampled in time.
 
 Frames come from `SessionSync`: the recordings are aligned by device timestamp and the audio's
 first sample is taken to coincide with the first frame set. A camera that dropped an image in a
@@ -50,14 +53,14 @@ SpeechSpanFn = Callable[[np.ndarray, int], "tuple[float, float] | None"]
 
 
 class FrameSpan:
-    """Frames [start, stop) of the 30 fps sequence kept, and the matching audio samples."""
+    """Frames [start, stop) of a sequence at `fps` frames/s kept, and the matching audio samples."""
 
-    def __init__(self, start: int, stop: int | None):
-        self.start, self.stop = start, stop
+    def __init__(self, start: int, stop: int | None, fps: int = FPS):
+        self.start, self.stop, self.fps = start, stop, fps
 
     def audio_slice(self, rate: int) -> slice:
-        begin = round(self.start * rate / FPS)
-        end = None if self.stop is None else round(self.stop * rate / FPS)
+        begin = round(self.start * rate / self.fps)
+        end = None if self.stop is None else round(self.stop * rate / self.fps)
         return slice(begin, end)
 
     def __repr__(self) -> str:
@@ -80,15 +83,15 @@ def silero_speech_span(samples: np.ndarray, rate: int) -> tuple[float, float] | 
 
 
 def speech_frame_span(samples: np.ndarray, rate: int, speech_span: SpeechSpanFn = silero_speech_span,
-                      path: str | os.PathLike | None = None) -> FrameSpan:
-    """Frames [start, end + 2) around the detected speech, end = the last speech frame."""
+                      path: str | os.PathLike | None = None, fps: int = FPS) -> FrameSpan:
+    """Frames [start, end + 2) at `fps` around the detected speech, end = the last speech frame."""
     span = speech_span(samples, rate)
     if span is None:
         raise InputError("no speech detected in the audio (use --no-vad to keep everything)", path=path)
     onset_s, offset_s = span
-    start = int(math.floor(onset_s * FPS))
-    end = int(math.floor(offset_s * FPS))
-    return FrameSpan(start, end + TAIL_FRAMES)
+    start = int(math.floor(onset_s * fps))
+    end = int(math.floor(offset_s * fps))
+    return FrameSpan(start, end + TAIL_FRAMES, fps)
 
 
 def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
@@ -182,8 +185,24 @@ def preprocess(
 ) -> PreprocessResult:
     """Write NAME_i.mp4 / NAME_i.nut / NAME_i.json per camera and NAME.wav into `out_dir`.
 
-    Every file is written under a temporary name and renamed when complete.
+    Every file is written under a temporary name and renamed when complete; an unwritable
+    `out_dir` is an `InputError` before any decoding starts, and a run that fails (a full disk
+    while finalizing the last file included) removes the files it had already completed.
     """
+    files: list[Path] = []
+    try:
+        return _write_dataset_files(mkv_paths, audio_path, out_dir, name, files, vad=vad, speech_span=speech_span,
+                                    crf=crf, progress=progress)
+    except BaseException:
+        from mmface4d_stream.formats.output_files import remove_quietly
+
+        remove_quietly(*files)
+        raise
+
+
+def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[Path], *, vad: bool,
+                         speech_span: SpeechSpanFn, crf: int, progress: bool) -> PreprocessResult:
+    """`preprocess`, listing each output in `files` before it is written."""
     from tqdm import tqdm
 
     from mmface4d_stream.formats.audio import write_wav
@@ -192,15 +211,24 @@ def preprocess(
 
     if not name or os.sep in name:
         raise InputError(f"invalid sequence name {name!r}")
-    out = Path(out_dir)
+    from mmface4d_stream.formats.output_files import check_output_dir
+
+    out = check_output_dir(out_dir)
     with SessionSync(mkv_paths, tracks=("COLOR", "DEPTH")) as sync:
         for reader in sync.readers:
             if reader.color_mode is None or reader.depth_mode is None:
                 raise InputError("preprocess needs a recording with both COLOR and DEPTH tracks", path=reader.path)
-            if reader.fps != FPS:
-                raise InputError(f"recording is {reader.fps} fps; the dataset format is {FPS} fps", path=reader.path)
+        fps = sync.readers[0].fps
+        for reader in sync.readers[1:]:
+            if reader.fps != fps:
+                raise InputError(f"recording is {reader.fps} fps but {sync.readers[0].path.name} is {fps} fps",
+                                 path=reader.path)
+        if fps != FPS:
+            log.warning("%s is %d fps: writing %d fps files (the released dataset is %d fps)",
+                        sync.readers[0].path, fps, fps, FPS)
         samples = load_audio_16k(audio_path)
-        span = speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path) if vad else FrameSpan(0, None)
+        span = (speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path, fps=fps) if vad
+                else FrameSpan(0, None, fps))
         log.info("keeping frames %s", span)
         if span.start >= sync.frame_count_estimate:
             raise InputError(
@@ -211,7 +239,6 @@ def preprocess(
         out.mkdir(parents=True, exist_ok=True)
         registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
         sizes = [r.calibration.color.size for r in sync.readers]
-        files: list[Path] = []
         cameras = [_CameraOutput(registrations[i], sizes[i]) for i in range(n_cams)]
         written = 0
         total = sync.frame_count_estimate
@@ -223,8 +250,8 @@ def preprocess(
                 mp4 = out / f"{name}_{i}.mp4"
                 nut = out / f"{name}_{i}.nut"
                 cameras[i].color_writer = stack.enter_context(
-                    ColorMp4Writer(mp4, w, h, fps=FPS, crf=crf, atomic=True))
-                cameras[i].depth_writer = stack.enter_context(DepthNutWriter(nut, w, h, fps=FPS, atomic=True))
+                    ColorMp4Writer(mp4, w, h, fps=fps, crf=crf, atomic=True))
+                cameras[i].depth_writer = stack.enter_context(DepthNutWriter(nut, w, h, fps=fps, atomic=True))
                 files += [mp4, nut]
             # One worker thread per camera (registration and the encoders release the GIL);
             # each camera's frames stay in order on its own worker. Leaving this block waits for them.
@@ -262,7 +289,7 @@ def preprocess(
         audio = samples  # --no-vad keeps everything: the whole audio, however long the video
     else:
         # Clip to the frames actually written (the recordings may end before the speech span).
-        audio = samples[FrameSpan(span.start, span.start + written).audio_slice(AUDIO_RATE)]
+        audio = samples[FrameSpan(span.start, span.start + written, fps).audio_slice(AUDIO_RATE)]
     wav_path = out / f"{name}.wav"
     write_wav(wav_path, audio, AUDIO_RATE)  # writes via a temporary file
     files.append(wav_path)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.output_files import check_output_dir
 
 
 def _camera_selection(count: int | None, available: int) -> list[int] | None:
@@ -26,6 +28,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if bool(args.file_path) == bool(args.mkv):
         raise InputError("give either --file_path DIR/NAME or --mkv A.mkv [B.mkv ...]")
     inputs = args.mkv or [args.file_path]
+    # Before minutes of decoding and rig calibration: an unwritable output place fails now.
+    check_output_dir(Path(args.save_path).parent, create=True)
     cameras = None
     if args.file_path and args.cameras is not None:
         from mmface4d_stream.formats.sequence import DatasetSequence

@@ -6,7 +6,7 @@
   recordings) and keeps only the newest: a consumer that falls behind gets fresh frames and the
   skipped ones are counted, so latency stays bounded (the live policy).
 - `DatasetRecorder`: writes what the cameras saw as a dataset sequence (mp4, depth nut, json per
-  camera); `AudioRecorder`: microphone through sounddevice (optional extra `live`) into the wav.
+  camera); the microphone's wav, aligned to its first frame, is `pipeline.audio_recorder`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from mmface4d_stream.types import CameraFrame, FrameSet
 log = logging.getLogger(__name__)
 
 LIVE_EXTRA_HINT = "pip install 'mmface4d-stream[live]'"
+# Colour files of a recording are fragmented mp4s, a fragment every this many seconds.
+RECORDING_FRAGMENT_S = 0.5
 
 
 def import_pyk4a():
@@ -158,8 +160,11 @@ class KinectSource:
                 depth = capture.transformed_depth
                 cameras.append(CameraFrame(k, self.serials[k], rgb, None if depth is None else np.asarray(depth),
                                            self.calibrations[k].color, t_usec))
+            # The host's monotonic time of the capture (the SDK's system timestamp, when pyk4a
+            # exposes it): the clock the microphone's recording is aligned to.
+            host_ns = [getattr(c, "color_system_timestamp_nsec", 0) for c, _ in captures]
             yield FrameSet(self.name, self._frame, min(t for _, t in captures) * 1000, cameras,
-                           t_source_ns=time.monotonic_ns())
+                           t_source_ns=min(host_ns) if all(host_ns) else time.monotonic_ns())
             self._frame += 1
 
     def close(self) -> None:
@@ -207,7 +212,9 @@ class LatestFrameSource:
                     wait_ns = (frame_set.t_capture_ns - start_capture) - (time.monotonic_ns() - start_host)
                     if wait_ns > 0 and self._stop.wait(wait_ns / 1e9):
                         break
-                frame_set.t_source_ns = time.monotonic_ns()
+                if self.pace or not frame_set.t_source_ns:
+                    # A device source stamps its host capture time itself (the audio's reference).
+                    frame_set.t_source_ns = time.monotonic_ns()
                 if self.on_frame is not None:
                     self.on_frame(frame_set)
                 with self._cond:
@@ -243,11 +250,16 @@ class LatestFrameSource:
 
 
 class DatasetRecorder:
-    """Write every frame set as a dataset sequence `<out_dir>/<name>_<cam>.{mp4,nut,json}` (atomic files).
+    """Write every frame set as a dataset sequence `<out_dir>/<name>_<cam>.{mp4,nut,json}`.
 
     Intrinsics are the cameras' pinhole parameters (the dataset's json keeps no distortion);
     `stream_length_usec` is filled in at close. Writers open at the first frame set (its size).
     Raw depth (MKV replay) is registered to color first, as the dataset stores it.
+
+    The mp4 and nut files are written under their final names as frames arrive (each packet
+    reaches the file at once; the mp4 is fragmented every `RECORDING_FRAGMENT_S`), so a capture
+    killed outright keeps all but its last fraction of a second; the json files are written at
+    close, so their absence marks a capture that did not finish. A full disk keeps what was written.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, serials: Sequence[str], intrinsics: Sequence,
@@ -259,6 +271,8 @@ class DatasetRecorder:
         self._color: list = []
         self._depth: list = []
         self.frames = 0
+        # Host monotonic time of the first frame set written (the audio is aligned to it).
+        self.first_host_ns: int | None = None
         self._first_us: int | None = None
         self._last_us: int | None = None
         self._registrations = DepthRegistrations()
@@ -274,8 +288,11 @@ class DatasetRecorder:
             if camera is None:
                 raise InputError(f"camera {k} has no image in the first frame set; cannot size its files")
             height, width = camera.rgb.shape[:2]
-            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps, atomic=True))
-            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps, atomic=True))
+            # Fragments of half a second: a killed capture keeps all but the last fragment's frames.
+            self._color.append(ColorMp4Writer(f"{self.prefix(k)}.mp4", width, height, fps=self.fps,
+                                              keep_on_write_error=True, fragment_s=RECORDING_FRAGMENT_S))
+            self._depth.append(DepthNutWriter(f"{self.prefix(k)}.nut", width, height, fps=self.fps,
+                                              keep_on_write_error=True))
 
     def write(self, frame_set: FrameSet) -> None:
         """Append one frame set; a camera missing from it repeats its previous images (kept in step)."""
@@ -290,6 +307,8 @@ class DatasetRecorder:
             depth = depth if depth is not None else np.zeros(camera.rgb.shape[:2], np.uint16)
             self._depth[k].write(depth)
         t_us = frame_set.t_capture_ns // 1000
+        if self._first_us is None:
+            self.first_host_ns = frame_set.t_source_ns or None
         self._first_us = t_us if self._first_us is None else self._first_us
         self._last_us = t_us
         self.frames += 1
@@ -313,36 +332,3 @@ class DatasetRecorder:
                 written.append(path)
         self._color, self._depth = [], []
         return written
-
-
-class AudioRecorder:
-    """Microphone → `<out_dir>/<name>.wav` (mono float32 16 kHz, the dataset's format) via sounddevice.
-
-    Samples are kept in memory in blocks (3.8 MB per minute) and written at `close()`.
-    """
-
-    def __init__(self, path: str | os.PathLike, rate: int = 16000, device: int | str | None = None):
-        sounddevice = import_sounddevice()
-        self.path = Path(path)
-        self.rate = int(rate)
-        self._blocks: list[np.ndarray] = []
-        self._lock = threading.Lock()
-        self._stream = sounddevice.InputStream(samplerate=self.rate, channels=1, dtype="float32", device=device,
-                                               callback=self._callback)
-        self._stream.start()
-
-    def _callback(self, indata, frames, time_info, status) -> None:
-        if status:
-            log.warning("audio input: %s", status)
-        with self._lock:
-            self._blocks.append(np.array(indata[:, 0], dtype=np.float32))
-
-    def close(self) -> Path:
-        from mmface4d_stream.formats.audio import write_wav
-
-        self._stream.stop()
-        self._stream.close()
-        with self._lock:
-            samples = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
-        write_wav(self.path, samples, rate=self.rate)
-        return self.path

@@ -130,6 +130,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
             "reference_camera": None if rig is None else rig.reference,
             "device": options.device,
             "smoothed": bool(options.smooth),
+            "input_frames": getattr(source, "input_frames", None),
             **fitter.summary(),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(fitter.frames / elapsed, 3) if elapsed > 0 else None,

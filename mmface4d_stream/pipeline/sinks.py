@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.formats.mesh_nut import MeshNutWriter, mesh_nut_paths
+from mmface4d_stream.formats.output_files import replacing
 from mmface4d_stream.stream.schema import Thumbnail
 from mmface4d_stream.types import MeshFrame
 
@@ -30,8 +31,35 @@ def has_mesh(mesh: MeshFrame) -> bool:
 
 
 def is_finished(save_path: str | os.PathLike) -> bool:
-    """A reconstruction is finished when its meta json exists: it is written last, after the nut files."""
-    return output_paths(save_path)["meta"].is_file()
+    """A reconstruction is finished when its meta json (written last, after the nut files) says it
+    covered the whole input: a run stopped early by `--max-frames` writes `"complete": false`, so a
+    later full run does the sequence again. An unreadable meta json is not finished. Meta files of
+    earlier versions (no `complete` key) count as finished."""
+    path = output_paths(save_path)["meta"]
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("complete", True) is True
+
+
+def update_meta(save_path: str | os.PathLike, fields: dict) -> bool:
+    """Add `fields` to a finished reconstruction's meta json (atomically); False when there is none."""
+    path = output_paths(save_path)["meta"]
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    return True
+
+
+def covers_input(frames_processed: int, input_frames: int | None) -> bool:
+    """Whether `frames_processed` output frames cover an input of `input_frames` (None: unknown, e.g. live)."""
+    return input_frames is None or frames_processed >= input_frames
 
 
 class MeshNutSink:
@@ -67,14 +95,14 @@ class MeshNutSink:
     def close(self, faces: np.ndarray | None = None, meta: dict | None = None, success: bool = True) -> None:
         self.writer.close(success=success)
         if faces is not None:
-            tmp = self.paths["faces"].with_name(self.paths["faces"].name + ".partial.npy")
-            np.save(tmp, np.asarray(faces, dtype=np.int32))
-            os.replace(tmp, self.paths["faces"])
+            with replacing(self.paths["faces"]) as tmp:
+                np.save(tmp, np.asarray(faces, dtype=np.int32))
         if success and meta is not None:
-            meta = dict(meta, frames_written=self.frames_written, frames_never_fitted=self.pending_before_first)
-            tmp = self.paths["meta"].with_name(self.paths["meta"].name + ".partial")
-            tmp.write_text(json.dumps(meta, indent=1) + "\n")
-            os.replace(tmp, self.paths["meta"])
+            processed = self.frames_written + self.pending_before_first
+            meta = dict(meta, frames_written=self.frames_written, frames_never_fitted=self.pending_before_first,
+                        frames_processed=processed, complete=covers_input(processed, meta.get("input_frames")))
+            with replacing(self.paths["meta"]) as tmp:
+                tmp.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 class PublishSink:

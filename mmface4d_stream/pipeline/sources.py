@@ -48,6 +48,7 @@ class DatasetSource:
             detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
             raise InputError(f"cameras have different frame counts ({detail})", self.sequence.directory / self.name)
         self.n_frames = min(counts.values())
+        self.input_frames = self.n_frames  # the whole input, before --max-frames
         if max_frames is not None:
             self.n_frames = min(self.n_frames, int(max_frames))
 
@@ -141,6 +142,10 @@ class MkvSource:
             self.serials = [r.serial_number or str(i) for i, r in enumerate(sync.readers)]
             self.calibrations = [r.calibration for r in sync.readers]
             self.n_frames = int(sync.frame_count_estimate)
+        # The whole input's length (for "finished" in the meta json): the count is an estimate from
+        # timestamps, so it is given only when --max-frames cuts the run short of it; a run to the
+        # recording's end covers the input whatever the estimate said.
+        self.input_frames = self.n_frames if max_frames is not None and int(max_frames) < self.n_frames else None
         if max_frames is not None:
             self.n_frames = min(self.n_frames, int(max_frames))
         self.camera_indices = list(range(len(self.paths)))

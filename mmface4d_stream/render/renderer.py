@@ -51,6 +51,8 @@ __all__ = [
     "vertex_normals",
     "face_incidence",
     "shared_context",
+    "LENS_GLSL",
+    "set_lens_uniforms",
 ]
 
 
@@ -141,16 +143,65 @@ def shared_context():
     return _CONTEXT
 
 
-_VERTEX_SHADER = """
-#version 330
-uniform mat4 T_cam_from_world;
+# The Kinect lens model and the clip coordinates of a camera-frame point, shared by every shader
+# that projects vertices (this renderer, `render/raster_ids.py`). Uniforms: intrinsics (fx, fy, cx,
+# cy, pixels), k123/k456/p12 (Brown-Conrady rational coefficients), r2_limit (squared normalized
+# radius beyond which the radial factor is held), near_far (clip range along z, metres).
+LENS_GLSL = """
 uniform vec4 intrinsics;      // fx, fy, cx, cy (pixels)
-uniform vec2 image_size;      // W, H
 uniform vec3 k123;
 uniform vec3 k456;
 uniform vec2 p12;
 uniform float r2_limit;
 uniform vec2 near_far;        // metres
+
+// Camera-frame point (metres, z forward) -> raw (distorted) pixel, centres at integers.
+vec2 kinect_pixel(vec3 p) {
+    float z = p.z;
+    // A vertex at or behind the camera is left to the near-plane clipper (w = z <= near).
+    float zs = (abs(z) < 1e-9) ? 1e-9 : z;
+    vec2 xy = p.xy / zs;
+    float r2 = dot(xy, xy);
+    float r2c = min(r2, r2_limit);
+    float radial = (1.0 + r2c * (k123.x + r2c * (k123.y + r2c * k123.z)))
+                 / (1.0 + r2c * (k456.x + r2c * (k456.y + r2c * k456.z)));
+    vec2 d;
+    d.x = xy.x * radial + 2.0 * p12.x * xy.x * xy.y + p12.y * (r2 + 2.0 * xy.x * xy.x);
+    d.y = xy.y * radial + p12.x * (r2 + 2.0 * xy.y * xy.y) + 2.0 * p12.y * xy.x * xy.y;
+    return vec2(d.x * intrinsics.x + intrinsics.z, d.y * intrinsics.y + intrinsics.w);
+}
+
+// Normalized device (x, y) of a pixel and the point's z -> clip coordinates (w = z, so that
+// varyings are interpolated perspective-correctly and the near plane clips at z = near).
+vec4 kinect_clip(vec2 ndc, float z) {
+    float n = near_far.x;
+    float f = near_far.y;
+    float zc = (f + n) / (f - n) * z - 2.0 * f * n / (f - n);
+    return vec4(ndc * z, zc, z);
+}
+"""
+
+def set_lens_uniforms(prog, intrinsics, distortion, r2_limit: float, near: float, far: float) -> None:
+    """Set the uniforms of `LENS_GLSL` on a moderngl program.
+
+    intrinsics: (fx, fy, cx, cy) pixels; distortion: (k1..k6, p1, p2) or None (ideal pinhole);
+    r2_limit: squared normalized radius beyond which the radial factor is held (use a huge value
+    for none); near, far: clip range along z, metres.
+    """
+    k1, k2, k3, k4, k5, k6, p1, p2 = (float(x) for x in (distortion if distortion is not None else (0.0,) * 8))
+    prog["intrinsics"].value = tuple(float(x) for x in intrinsics)
+    prog["k123"].value = (k1, k2, k3)
+    prog["k456"].value = (k4, k5, k6)
+    prog["p12"].value = (p1, p2)
+    prog["r2_limit"].value = float(min(r2_limit, 1e30))
+    prog["near_far"].value = (float(near), float(far))
+
+
+_VERTEX_SHADER = """
+#version 330
+uniform mat4 T_cam_from_world;
+uniform vec2 image_size;      // W, H
+""" + LENS_GLSL + """
 in vec3 in_position;
 in vec3 in_normal;
 #ifdef TEXTURED
@@ -172,24 +223,10 @@ void main() {
 #else
     v_color = in_color;
 #endif
-    float z = p.z;
-    // A vertex at or behind the camera is left to the near-plane clipper (w = z <= near).
-    float zs = (abs(z) < 1e-9) ? 1e-9 : z;
-    vec2 xy = p.xy / zs;
-    float r2 = dot(xy, xy);
-    float r2c = min(r2, r2_limit);
-    float radial = (1.0 + r2c * (k123.x + r2c * (k123.y + r2c * k123.z)))
-                 / (1.0 + r2c * (k456.x + r2c * (k456.y + r2c * k456.z)));
-    vec2 d;
-    d.x = xy.x * radial + 2.0 * p12.x * xy.x * xy.y + p12.y * (r2 + 2.0 * xy.x * xy.x);
-    d.y = xy.y * radial + p12.x * (r2 + 2.0 * xy.y * xy.y) + 2.0 * p12.y * xy.x * xy.y;
-    vec2 uv = vec2(d.x * intrinsics.x + intrinsics.z, d.y * intrinsics.y + intrinsics.w);
+    vec2 uv = kinect_pixel(p.xyz);
     // Pixel centre u maps to window x = u + 0.5; rows are not flipped, so row 0 is read first.
     vec2 ndc = (uv + 0.5) / image_size * 2.0 - 1.0;
-    float n = near_far.x;
-    float f = near_far.y;
-    float zc = (f + n) / (f - n) * z - 2.0 * f * n / (f - n);
-    gl_Position = vec4(ndc * z, zc, z);
+    gl_Position = kinect_clip(ndc, p.z);
 }
 """
 
@@ -466,15 +503,11 @@ class MeshRenderer:
 
     def _set_camera_uniforms(self) -> None:
         c = self.camera
-        p = self._prog
-        k1, k2, k3, k4, k5, k6, p1, p2 = (float(x) for x in (c.k1, c.k2, c.k3, c.k4, c.k5, c.k6, c.p1, c.p2))
-        p["intrinsics"].value = (c.fx, c.fy, c.cx, c.cy)
-        p["image_size"].value = (float(c.width), float(c.height))
-        p["k123"].value = (k1, k2, k3)
-        p["k456"].value = (k4, k5, k6)
-        p["p12"].value = (p1, p2)
-        p["r2_limit"].value = float(c.metric_radius) ** 2
-        p["near_far"].value = (self._near, self._far)
+        set_lens_uniforms(
+            self._prog, (c.fx, c.fy, c.cx, c.cy), (c.k1, c.k2, c.k3, c.k4, c.k5, c.k6, c.p1, c.p2),
+            float(c.metric_radius) ** 2, self._near, self._far,
+        )
+        self._prog["image_size"].value = (float(c.width), float(c.height))
 
     def render(
         self,

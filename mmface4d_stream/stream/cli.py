@@ -45,7 +45,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--server-key", default=None, metavar="KEY",
-        help="the publisher's CURVE public key (Z85 text, or a file holding it) for an encrypted stream",
+        help="the publisher's CURVE public key (Z85 text, a file holding it, or its ZeroMQ certificate) for an "
+             "encrypted stream",
+    )
+    parser.add_argument(
+        "--max-message-mb", type=float, default=schema.DEFAULT_MAX_MESSAGE_BYTES / (1 << 20), metavar="MB",
+        help="reject (count and skip) messages larger than this (default %(default)g MiB, ~4 BFM meshes)",
     )
     parser.set_defaults(func=run_subscribe)
 
@@ -55,7 +60,12 @@ def _read_key(value: str | None) -> str | None:
         return None
     path = Path(value)
     if len(value) != 40 and path.is_file():
-        value = path.read_text().strip()
+        text = path.read_text(errors="replace")
+        if "public-key" in text:  # a ZeroMQ certificate (.key or .key_secret)
+            from mmface4d_stream.stream.curve import load_certificate
+
+            return load_certificate(path).public.decode("ascii")
+        value = text.strip()
     if len(value) != 40:
         raise InputError(f"a CURVE key is 40 Z85 characters, got {len(value)}", path=None)
     return value
@@ -79,6 +89,7 @@ class _Recorder:
         self._writer = MeshNutWriter(prefix, fps=30)
         self._faces_id: str | None = None
         self.n_vertices: int | None = None
+        self.skipped = 0
 
     def topology(self, message: schema.TopologyMessage) -> None:
         if self._faces_id == message.topology_id:
@@ -88,14 +99,21 @@ class _Recorder:
         np.save(f"{self.prefix}_faces.npy", np.asarray(message.faces, dtype=np.int32))
         self._faces_id = message.topology_id
 
-    def mesh(self, message: schema.MeshMessage) -> None:
+    def mesh(self, message: schema.MeshMessage) -> bool:
+        """Append one mesh; one that cannot join the recording (another vertex count, non-finite
+        coordinates) is skipped, counted in `skipped` and logged, and recording goes on."""
+        reason = None
         if self.n_vertices is not None and message.n_vertices != self.n_vertices:
-            raise InputError(
-                f"mesh {message.seq} has {message.n_vertices} vertices, the recording {self.n_vertices}",
-                path=self.prefix,
-            )
+            reason = f"{message.n_vertices} vertices, the recording has {self.n_vertices}"
+        elif not np.isfinite(message.vertices).all():
+            reason = "NaN or inf coordinates"
+        if reason is not None:
+            self.skipped += 1
+            log.warning("%s: skipped mesh seq %d (frame %d): %s", self.prefix, message.seq, message.frame, reason)
+            return False
         self.n_vertices = message.n_vertices
         self._writer.write(message.vertices)
+        return True
 
     def close(self) -> None:
         # Finalize whatever arrived, also after an error or Ctrl-C: a partial recording stays readable.
@@ -105,6 +123,8 @@ class _Recorder:
 def run_subscribe(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
+    if not args.max_message_mb > 0:
+        raise InputError(f"--max-message-mb must be positive, got {args.max_message_mb}")
     server_key = _read_key(args.server_key)
     recorder = _Recorder(args.save) if args.save else None
     received = 0
@@ -118,7 +138,8 @@ def run_subscribe(args: argparse.Namespace) -> int:
     ok = False
     with contextlib.ExitStack() as stack:
         subscriber = stack.enter_context(
-            MeshSubscriber(args.url, timeout_s=args.timeout, curve_server_key=server_key)
+            MeshSubscriber(args.url, timeout_s=args.timeout, curve_server_key=server_key,
+                           max_message_bytes=int(args.max_message_mb * (1 << 20)), repair=bool(args.save))
         )
         try:
             while args.frames is None or received < args.frames:
@@ -165,14 +186,16 @@ def run_subscribe(args: argparse.Namespace) -> int:
         _report(f"total {received} meshes ({why})", fps, publish_lat, capture_lat, subscriber)
     else:
         print(f"total 0 meshes ({why}); rejected {subscriber.stats.rejected} malformed messages", flush=True)
-    if recorder and subscriber.stats.dropped:
+    if recorder and subscriber.stats.lost:
         log.warning(
-            "%d meshes were lost on the way, so the recording has gaps; record from a publisher "
-            "that waits for its subscribers (drop_when_full=False) to keep every frame",
-            subscriber.stats.dropped,
+            "%d meshes were lost for good (this subscriber fell further behind than the publisher's "
+            "history, or the publisher keeps none), so the recording has gaps; the run's mesh files "
+            "hold every frame", subscriber.stats.lost,
         )
+    if recorder and recorder.skipped:
+        log.warning("%d meshes were skipped (another vertex count or non-finite coordinates)", recorder.skipped)
     if recorder and received:
-        print(f"recorded {received} meshes to {args.save}_{{0,1,2}}.nut"
+        print(f"recorded {received - recorder.skipped} meshes to {args.save}_{{0,1,2}}.nut"
               + (f" and {args.save}_faces.npy" if subscriber.topology is not None else " (no topology received)"))
     return 0 if ok and received > 0 else 1
 
@@ -190,6 +213,7 @@ def _report(label: str, fps: float, pub: list[int], cap: list[int], subscriber: 
     stats = subscriber.stats
     print(
         f"{label}: {fps:6.1f} fps | publish->recv p50 {pub50:7.2f} ms p95 {pub95:7.2f} ms | "
-        f"capture->recv p50 {cap50:7.2f} ms p95 {cap95:7.2f} ms | dropped {stats.dropped} rejected {stats.rejected}",
+        f"capture->recv p50 {cap50:7.2f} ms p95 {cap95:7.2f} ms | dropped {stats.dropped} "
+        f"(repaired {stats.repaired}) rejected {stats.rejected}",
         flush=True,
     )

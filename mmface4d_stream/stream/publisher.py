@@ -19,6 +19,12 @@ subscribes again to ask for it), and whenever it changes. Subscriptions are read
 every publish call (the socket is not thread-safe, so there is no background thread); a
 subscriber that connects while the publisher is idle gets the topology before the next mesh.
 
+Missed meshes: with `history` > 0 the publisher keeps the last `history` meshes and answers
+requests for them on a second socket (`stream.repair`; endpoint announced in the topology
+message), so a subscriber that must keep every frame (`subscribe --save`) asks for what its
+queue dropped, without the graph ever waiting for it. What each such subscriber lost is reported
+per subscriber in the status messages (stages named ``subscriber <name>``, `drops`).
+
 Security: binding to a non-loopback address exposes face geometry to the network. There the
 publisher requires CURVE keys (`curve_secret_key`/`curve_public_key`, e.g. from
 `zmq.curve_keypair()`) and refuses to start without them unless `allow_insecure=True`, which
@@ -41,10 +47,15 @@ import numpy as np
 import zmq
 
 from mmface4d_stream.stream import schema
+from mmface4d_stream.stream.repair import MeshHistory, RepairService, default_repair_url
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "tcp://127.0.0.1:5555"
+# A closing publisher with a repair service stays at least this long (subscribers that joined
+# late may still introduce themselves), longer while one is catching up.
+REPAIR_IDLE_S = 0.2
+END_REPEAT_S = 0.25
 
 
 @dataclasses.dataclass
@@ -110,6 +121,9 @@ class MeshPublisher:
             may connect (checked by a ZAP handler thread); otherwise any client that knows the
             server's public key may.
         context: a zmq.Context to use; by default the process-wide instance.
+        history: meshes kept for repair requests (0: none, no repair socket).
+        repair_url: where the repair socket binds; default the next port of `url` (see
+            `repair.default_repair_url`).
     """
 
     def __init__(
@@ -125,6 +139,8 @@ class MeshPublisher:
         allow_insecure: bool = False,
         curve_client_keys: Sequence[bytes | str] | None = None,
         context: zmq.Context | None = None,
+        history: int = 0,
+        repair_url: str | None = None,
     ):
         if send_hwm < 1:
             raise ValueError(f"send_hwm must be >= 1, got {send_hwm}")
@@ -154,6 +170,7 @@ class MeshPublisher:
         self._topology: schema.TopologyMessage | None = None
         self._topology_parts: list[bytes] | None = None
         self._topology_pending = False
+        self._end_parts: list | None = None
         self._closed = False
 
         self._own_context: zmq.Context | None = None
@@ -186,6 +203,23 @@ class MeshPublisher:
             raise
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.secure = secure
+        self._history: MeshHistory | None = None
+        self._repair: RepairService | None = None
+        if history > 0:
+            def curve_server(sock):
+                if secure:
+                    sock.curve_server = True
+                    sock.curve_secretkey = _key_bytes(curve_secret_key)
+                    sock.curve_publickey = _key_bytes(curve_public_key)
+
+            self._history = MeshHistory(history)
+            try:
+                self._repair = RepairService(repair_url or default_repair_url(url), self._history, self._context,
+                                             socket_setup=curve_server)
+            except Exception:
+                self._socket.close(linger=0)
+                self._stop_authentication()
+                raise
         log.info("mesh publisher bound to %s (%s)", self.endpoint, "CURVE" if secure else "plain")
 
     # ------------------------------------------------------------------------- subscriptions
@@ -196,6 +230,8 @@ class MeshPublisher:
         Returns the number of new subscriptions seen. Called by every publish method.
         """
         new = self._read_subscription_events()
+        if self._repair is not None:
+            self._repair.serve()
         if self._topology_pending and self._topology_parts is not None:
             self._topology_pending = False
             self._send_topology(self._topology_parts)
@@ -246,7 +282,8 @@ class MeshPublisher:
         """
         faces = np.ascontiguousarray(faces, dtype=schema.FACE_DTYPE)
         topology_id = topology_id or topology_id_of(faces)
-        message = schema.TopologyMessage(topology_id=topology_id, n_vertices=int(n_vertices), faces=faces)
+        message = schema.TopologyMessage(topology_id=topology_id, n_vertices=int(n_vertices), faces=faces,
+                                         repair=None if self._repair is None else self._repair.endpoint)
         parts = schema.encode_topology(message)
         changed = self._topology_parts != parts
         self._topology, self._topology_parts = message, parts
@@ -303,6 +340,8 @@ class MeshPublisher:
             thumbnails=tuple(thumbnails),
         )
         parts = schema.encode_mesh(message)
+        if self._history is not None:
+            self._history.add(message.seq, parts)
         self._seq += 1
         sent = self._send_data(parts)
         if sent:
@@ -328,6 +367,8 @@ class MeshPublisher:
             name: s if isinstance(s, schema.StageStatus) else schema.StageStatus(**s)
             for name, s in stages.items()
         }
+        for name, dropped in self.subscriber_drops().items():
+            stages[f"subscriber {name}"] = schema.StageStatus(fps=0.0, latency_ms=0.0, drops=dropped)
         parts = schema.encode_status(
             schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages, state=state,
                                  budget=budget)
@@ -349,6 +390,7 @@ class MeshPublisher:
             )
         )
         timeout = self.end_timeout_s if self.drop_when_full else self.send_timeout_s
+        self._end_parts = parts
         return self._send_control(parts, timeout)
 
     # -------------------------------------------------------------------------------- sending
@@ -395,11 +437,36 @@ class MeshPublisher:
                 log.warning("a subscriber queue stayed full for %.2f s; message dropped", timeout_s)
                 return False
             # Subscriptions keep arriving while we wait; reading them also lets libzmq
-            # process pipe activation so the send can go through.
+            # process pipe activation so the send can go through. A subscriber catching up may
+            # be waiting for repairs before it reads on: answer them meanwhile.
             self._read_subscription_events()
+            if self._repair is not None:
+                self._repair.serve()
             self._socket.poll(5 if remaining is None else max(1, min(5, int(remaining * 1000))), zmq.POLLOUT)
 
     # -------------------------------------------------------------------------------- closing
+
+    def subscriber_drops(self) -> dict[str, int]:
+        """Meshes lost on the way per repairing subscriber (as each reported in its last request)."""
+        return {} if self._repair is None else dict(self._repair.dropped_by_subscriber)
+
+    def _serve_last_repairs(self) -> None:
+        """After `end`: keep answering (and the queues draining) while a repairing subscriber has
+        not read `end` yet, for at most `end_timeout_s`; a moment longer for late introductions."""
+        start = last_end = time.monotonic()
+        while self.stats.subscriptions > 0 and time.monotonic() - start < self.end_timeout_s:
+            self._repair.serve(timeout_ms=50)
+            self._read_subscription_events()
+            if not self._repair.catching_up and time.monotonic() - start > REPAIR_IDLE_S:
+                break
+            # libzmq gives a subscriber whose queue was full when `end` went out nothing, even with
+            # XPUB_NODROP: repeat it (lossily) until every repairing subscriber has read one.
+            if self._end_parts is not None and time.monotonic() - last_end > END_REPEAT_S:
+                try:
+                    self._socket.send_multipart(self._end_parts, flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass  # offline policy, a queue still full: try again next round
+                last_end = time.monotonic()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -410,6 +477,11 @@ class MeshPublisher:
         if self._closed:
             return
         self._closed = True
+        if self._repair is not None:
+            try:
+                self._serve_last_repairs()
+            finally:
+                self._repair.close()
         self._socket.close(linger=int(linger_s * 1000))
         self._stop_authentication()
 

@@ -46,6 +46,9 @@ THUMBNAIL_FORMAT = "jpeg"
 
 # A header is a few hundred bytes; the cap keeps a hostile or corrupt one from costing memory.
 MAX_HEADER_BYTES = 1 << 20
+# Largest whole message a receiver accepts by default: about four BFM meshes (35709 x 12 bytes
+# each) plus thumbnails. Receivers take a limit of their own (`MeshSubscriber(max_message_bytes=)`).
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 # Nested depth allowed inside `fit` and other free-form maps.
 _MAX_NESTING = 4
 
@@ -106,12 +109,14 @@ class MeshMessage:
 class TopologyMessage:
     """The triangle list shared by the meshes that carry the same `topology_id`.
 
-    `faces` is int32 (F, 3) of vertex indices in [0, n_vertices).
+    `faces` is int32 (F, 3) of vertex indices in [0, n_vertices). `repair`: the endpoint where
+    missed meshes can be requested (`stream.repair`), when the publisher keeps a history.
     """
 
     topology_id: str
     n_vertices: int
     faces: np.ndarray
+    repair: str | None = None
 
     @property
     def n_faces(self) -> int:
@@ -239,6 +244,8 @@ def encode_topology(message: TopologyMessage) -> list[bytes]:
         "n_faces": int(np.asarray(message.faces).shape[0]),
         "dtype": FACE_DTYPE,
     }
+    if message.repair is not None:
+        header["repair"] = str(message.repair)
     return [TOPIC_TOPOLOGY, _packb(header), payload]
 
 
@@ -402,6 +409,9 @@ def decode_mesh(parts: Sequence) -> MeshMessage:
         raise WireFormatError(f"mesh dtype {header['dtype']!r}, expected {VERTEX_DTYPE!r}")
     n_vertices = _get_count(header, "n_vertices", what)
     vertices = _decode_array(_frame_bytes(parts[2]), VERTEX_DTYPE, n_vertices, what)
+    if not np.isfinite(vertices).all():
+        bad = int((~np.isfinite(vertices)).any(axis=-1).sum()) if vertices.ndim == 2 else -1
+        raise WireFormatError(f"mesh has {bad} vertices that are NaN or inf")
     cameras = _get(header, "cameras", list, what)
     if not all(isinstance(c, str) for c in cameras):
         raise WireFormatError("mesh header 'cameras' must be a list of strings")
@@ -451,8 +461,11 @@ def decode_topology(parts: Sequence) -> TopologyMessage:
     faces = _decode_array(_frame_bytes(parts[2]), FACE_DTYPE, n_faces, what)
     if faces.size and (faces.min() < 0 or faces.max() >= n_vertices):
         raise WireFormatError(f"topology face indices fall outside [0, {n_vertices})")
+    repair = header.get("repair")
+    if repair is not None and not isinstance(repair, str):
+        raise WireFormatError(f"topology header 'repair' must be str, got {type(repair).__name__}")
     return TopologyMessage(
-        topology_id=_get(header, "topology_id", str, what), n_vertices=n_vertices, faces=faces
+        topology_id=_get(header, "topology_id", str, what), n_vertices=n_vertices, faces=faces, repair=repair
     )
 
 
@@ -512,13 +525,18 @@ _DECODERS = {
 }
 
 
-def decode(parts: Sequence) -> Message:
+def decode(parts: Sequence, max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """The typed message of a received multipart message.
 
-    `parts` are bytes or `zmq.Frame`s. Raises `WireFormatError` for anything malformed.
+    `parts` are bytes or `zmq.Frame`s. Raises `WireFormatError` for anything malformed, including
+    a message larger than `max_message_bytes` (None: no limit) and a mesh with non-finite vertices.
     """
     if len(parts) < 3:
         raise WireFormatError(f"message has {len(parts)} parts, expected at least 3")
+    if max_message_bytes is not None:
+        size = sum(len(_frame_bytes(part)) for part in parts)
+        if size > max_message_bytes:
+            raise WireFormatError(f"message of {size} bytes exceeds the limit of {max_message_bytes}")
     topic = bytes(_frame_bytes(parts[0]))
     decoder = _DECODERS.get(topic)
     if decoder is None:

@@ -3,10 +3,13 @@
 It validates every message with `schema.decode`; a malformed one is logged, counted in
 `stats.rejected` and skipped, and receiving goes on. Lost meshes are counted from gaps in the
 publisher's `seq` (and from the `last_seq` of `end`). The latest topology is kept in `topology`.
+With `repair=True` lost meshes are requested from the publisher's history (`stream.repair`) and
+delivered in `seq` order before the message that revealed the gap.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -16,6 +19,7 @@ import zmq
 
 from mmface4d_stream.stream import schema
 from mmface4d_stream.stream.publisher import DEFAULT_URL, _key_bytes
+from mmface4d_stream.stream.repair import RepairClient, reachable_repair_url
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +36,21 @@ class SubscriberStats:
     """Counters of one subscriber.
 
     received: valid messages; meshes: valid mesh messages; rejected: malformed messages skipped;
-    dropped: meshes lost on the way (gaps in `seq`); last_error: why the last one was rejected.
+    dropped: meshes lost on the way (gaps in `seq`); repaired: of those, meshes fetched again from
+    the publisher's history (`repair=True`); last_error: why the last one was rejected.
     """
 
     received: int = 0
     meshes: int = 0
     rejected: int = 0
     dropped: int = 0
+    repaired: int = 0
     last_error: str | None = None
+
+    @property
+    def lost(self) -> int:
+        """Meshes missing for good: dropped and not repaired."""
+        return self.dropped - self.repaired
 
 
 class MeshSubscriber:
@@ -54,6 +65,9 @@ class MeshSubscriber:
         curve_server_key: the publisher's CURVE public key (Z85); enables encryption.
         curve_public_key, curve_secret_key: this client's keypair; generated when omitted.
         stop_on_end: iteration ends after yielding an `EndMessage`.
+        max_message_bytes: larger messages are rejected (counted, skipped); None: no limit.
+        repair: ask the publisher for meshes this subscriber missed (when it keeps a history).
+        name: how this subscriber is named in the publisher's status (default host:pid:n).
         context: a zmq.Context to use; by default the process-wide instance.
     """
 
@@ -69,6 +83,9 @@ class MeshSubscriber:
         curve_secret_key: bytes | str | None = None,
         stop_on_end: bool = True,
         context: zmq.Context | None = None,
+        max_message_bytes: int | None = schema.DEFAULT_MAX_MESSAGE_BYTES,
+        repair: bool = False,
+        name: str | None = None,
     ):
         topic_bytes = [t.encode("ascii") if isinstance(t, str) else bytes(t) for t in topics]
         unknown = [t for t in topic_bytes if t not in schema.TOPICS]
@@ -79,6 +96,12 @@ class MeshSubscriber:
         self.url = url
         self.timeout_s = timeout_s
         self.stop_on_end = stop_on_end
+        self.max_message_bytes = max_message_bytes
+        self._repair_wanted = repair
+        self._repair_name = name
+        self._repair_client: RepairClient | None = None
+        self._pending: collections.deque[schema.Message] = collections.deque()
+        self._curve = None
         self.stats = SubscriberStats()
         self.topology: schema.TopologyMessage | None = None
         self.last_status: schema.StatusMessage | None = None
@@ -95,9 +118,8 @@ class MeshSubscriber:
             if curve_server_key is not None:
                 if curve_public_key is None:
                     curve_public_key, curve_secret_key = zmq.curve_keypair()
-                self._socket.curve_serverkey = _key_bytes(curve_server_key)
-                self._socket.curve_publickey = _key_bytes(curve_public_key)
-                self._socket.curve_secretkey = _key_bytes(curve_secret_key)
+                self._curve = tuple(_key_bytes(k) for k in (curve_server_key, curve_public_key, curve_secret_key))
+                self._set_curve(self._socket)
             for topic in topic_bytes:
                 self._socket.setsockopt(zmq.SUBSCRIBE, topic)
             self._socket.connect(url)
@@ -113,6 +135,8 @@ class MeshSubscriber:
         """
         if self._closed:
             raise ValueError("subscriber is closed")
+        if self._pending:
+            return self._pending.popleft()
         timeout_s = self.timeout_s if timeout_s is _DEFAULT else timeout_s
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -123,11 +147,20 @@ class MeshSubscriber:
                 return None
             parts = self._socket.recv_multipart(copy=False)
             try:
-                message = schema.decode(parts)
+                message = schema.decode(parts, self.max_message_bytes)
             except schema.WireFormatError as exc:
                 self._reject(str(exc))
                 continue
+            missing = self._missing_before(message)
             self._account(message)
+            if self._repair_client is not None:
+                if missing:
+                    self._pending.extend(self._repaired(missing))
+                if isinstance(message, schema.EndMessage):
+                    self._repair_client.finish(self.stats.dropped)
+                if self._pending:
+                    self._pending.append(message)
+                    return self._pending.popleft()
             return message
 
     def __iter__(self) -> Iterator[schema.Message]:
@@ -145,6 +178,37 @@ class MeshSubscriber:
         for message in self:
             if isinstance(message, schema.MeshMessage):
                 yield message
+
+    def _set_curve(self, sock: zmq.Socket) -> None:
+        server, public, secret = self._curve
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server, public, secret
+
+    def _missing_before(self, message: schema.Message) -> range:
+        """The seqs lost between the last mesh and `message` (a mesh, or `end` with its last_seq)."""
+        if self._last_seq is None:
+            return range(0)
+        if isinstance(message, schema.MeshMessage):
+            return range(self._last_seq + 1, message.seq)
+        if isinstance(message, schema.EndMessage):
+            return range(self._last_seq + 1, message.last_seq + 1)
+        return range(0)
+
+    def _repaired(self, missing: range) -> list[schema.MeshMessage]:
+        meshes, gone = self._repair_client.fetch(list(missing), self.stats.dropped)
+        meshes.sort(key=lambda m: m.seq)
+        self.stats.repaired += len(meshes)
+        self.stats.received += len(meshes)
+        self.stats.meshes += len(meshes)
+        if gone:
+            log.warning("%d missed meshes are no longer held by the publisher (seq %d..%d)", len(gone), gone[0],
+                        gone[-1])
+        return meshes
+
+    def _open_repair(self, announced: str) -> None:
+        url = reachable_repair_url(announced, self.url)
+        self._repair_client = RepairClient(url, self._context, name=self._repair_name,
+                                           socket_setup=None if self._curve is None else self._set_curve)
+        log.info("missed meshes will be requested from %s", url)
 
     def _reject(self, reason: str) -> None:
         self.stats.rejected += 1
@@ -171,6 +235,8 @@ class MeshSubscriber:
                     message.topology_id, message.n_vertices, message.n_faces,
                 )
             self.topology = message
+            if self._repair_wanted and message.repair and self._repair_client is None:
+                self._open_repair(message.repair)
         elif isinstance(message, schema.StatusMessage):
             self.last_status = message
         elif isinstance(message, schema.EndMessage):
@@ -194,6 +260,8 @@ class MeshSubscriber:
         if not self._closed:
             self._closed = True
             self._socket.close(linger=0)
+            if self._repair_client is not None:
+                self._repair_client.close()
 
     def __enter__(self) -> "MeshSubscriber":
         return self

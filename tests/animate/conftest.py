@@ -11,11 +11,8 @@ from mmface4d_stream.animate.synthetic import write_synthetic_corpus
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_torch_thread(single_torch_thread):
+    """Every animate test on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -30,13 +30,7 @@ from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 KINECT_LIKE_DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """The fitter's small ops lose to OpenMP spin-waits on a shared 2-core machine: one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

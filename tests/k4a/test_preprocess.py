@@ -212,3 +212,27 @@ def test_failure_midway_leaves_no_final_files(tmp_path, calibration_raw, monkeyp
     with pytest.raises(RuntimeError, match="disk full"):
         preprocess([mkv], wav, out, "f", vad=False, progress=False)
     assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_5_fps_recording_is_preprocessed_at_its_own_rate(tmp_path, calibration_raw, caplog):
+    """Kinects record at 5, 15 or 30 fps (the shared sample is 5 fps): files keep the recording's rate."""
+    mkv = tmp_path / "slow.mkv"
+    depth = np.full((576, 640), 1000, np.uint16)
+    with MkvWriter(mkv, calibration_raw=calibration_raw, color_mode="MJPG_720P", ir=False, fps=5) as w:
+        for k in range(6):
+            w.write(5_000_000 + k * 200_000, color=_color(k), depth=depth)
+    wav = tmp_path / "s.wav"
+    write_wav(wav, _silence(3.0), SR)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        result = preprocess([mkv], wav, out, "slow", speech_span=lambda s, r: (0.2, 0.5), progress=False)
+    assert "5 fps" in caplog.text and "released dataset is 30 fps" in caplog.text
+    # Speech 0.2-0.5 s at 5 fps: onset frame 1, last speech frame 2, two tail frames -> [1, 4).
+    assert (result.span.start, result.span.stop, result.frames) == (1, 4, 3)
+    _check_outputs(out, "slow", 1, 3, first_k=1)
+    with DepthNutReader(out / "slow_0.nut") as reader:
+        assert reader.fps == 5
+    with ColorMp4Reader(out / "slow_0.mp4") as reader:
+        assert reader.fps == 5
+    samples, _ = read_wav(out / "slow.wav")
+    assert len(samples) == round(4 * SR / 5) - round(1 * SR / 5)

@@ -16,6 +16,7 @@ from mmface4d_stream.formats.depth_nut import DepthNutReader, DepthNutWriter
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
+from mmface4d_stream.pipeline.sinks import is_finished, output_paths
 
 
 def test_three_cameras_meet_the_accuracy_bound(short_capture, tmp_path):
@@ -25,6 +26,7 @@ def test_three_cameras_meet_the_accuracy_bound(short_capture, tmp_path):
     assert (tmp_path / "rec_rig.json").is_file() and (tmp_path / "rec_faces.npy").is_file()
     saved = json.loads((tmp_path / "rec_meta.json").read_text())
     assert saved["frames_written"] == 10 and len(saved["cameras"]) == 3
+    assert saved["complete"] is True and saved["input_frames"] == 10 and is_finished(out)
     with MeshNutReader(out) as reader:
         assert len(reader) == 10
     error = evaluate_sequence(out, short_capture.gt_mesh_prefix.parent, reference_device=meta["reference_camera"])
@@ -37,6 +39,10 @@ def test_one_camera_from_the_mkv(short_capture, tmp_path):
     out = tmp_path / "mkv1"
     meta = reconstruct([short_capture.mkv_paths[0]], out, ReconstructOptions(progress=False, max_frames=6))
     assert meta["frames"] == 6 and meta["reference_camera"] is None
+    # 6 of the recording's 10 frames: not finished, so a later full run does it again (issue 13, item 4).
+    written = json.loads(output_paths(out)["meta"].read_text())
+    assert (written["frames_processed"], written["input_frames"], written["complete"]) == (6, 10, False)
+    assert not is_finished(out)
     with MeshNutReader(out) as reader:
         assert len(reader) == 6
         first = reader[0]
