@@ -64,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def say_ready(startup: dict) -> None:
+    """The console's "ready" line: every actor is warm and the capture clock starts now."""
+    rig = startup.get("rig") or {}
+    how = {"file": "rig from file", "one camera": "one camera"}.get(rig.get("rig"), "")
+    if rig.get("rig") == "calibrated":
+        how = f"rig calibrated in {rig['seconds']:.1f} s"
+    warm = startup.get("warm_up") or {}
+    print(f"ready after {startup.get('ready_s', 0.0):.1f} s (actors {startup.get('actors_s', 0.0):.1f} s, "
+          f"warm-up {warm.get('seconds', 0.0):.1f} s{', ' + how if how else ''}): the capture clock starts now",
+          file=sys.stderr, flush=True)
+
+
 def live(args) -> int:
     from graphs.runner import run_jobs
 
@@ -119,7 +131,7 @@ def live(args) -> int:
     results = None
     try:
         results = run_jobs([job], config, publish_url=publish_url, progress=not args.no_progress,
-                           skip_finished=False, stop=stop)
+                           skip_finished=False, stop=stop, on_ready=say_ready)
     finally:
         if timer is not None:
             timer.cancel()

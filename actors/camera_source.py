@@ -64,17 +64,45 @@ class CameraSource:
                   save_path: str | None = None) -> tuple[list | None, int | None]:
         """(T_ref_from_cam per camera, reference index): identity (None) for one camera, else from
         `rig_path` or calibrated on the first frames (saved to `save_path_rig.json`)."""
+        import time
+
         from mmface4d_stream.fit.rig import RigCalibration
 
         if len(self.source.camera_indices) == 1:
+            self._rig_info = {"rig": "one camera", "seconds": None}
             return None, None
         if rig_path:
             rig = RigCalibration.load(rig_path)
+            self._rig_info = {"rig": "file", "seconds": None}
         else:
+            start = time.perf_counter()
             rig = calibrate_rig(self.source, reference=reference)
+            self._rig_info = {"rig": "calibrated", "seconds": round(time.perf_counter() - start, 3)}
             if save_path:
                 rig.save(f"{save_path}_rig.json")
         return [t.tolist() for t in rig.transforms_for(self.source.serials, rig_path)], rig.reference
+
+    def rig_info(self) -> dict:
+        """How the last `calibrate` got the rig: {"rig": "one camera" | "file" | "calibrated",
+        "seconds": the calibration's time (None unless calibrated)}."""
+        return dict(getattr(self, "_rig_info", {"rig": None, "seconds": None}))
+
+    def preroll(self, max_frames: int = 30):
+        """A frame set to warm the graph on before the capture clock starts: the first of the first
+        `max_frames` where every camera has an image (None if there is none). Recordings are read
+        from the start again by `start`; devices deliver it from their stream (it is not recorded)."""
+        frames = iter(self.source)
+        try:
+            for count, frame_set in enumerate(frames):
+                if count >= max_frames:
+                    break
+                if all(c is not None for c in frame_set.cameras):
+                    return frame_set
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+        return None
 
     def start(self, frame: int = 0) -> bool:
         """(Re)start reading at frame number `frame` (after an actor restart the graph resumes there)."""

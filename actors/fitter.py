@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from actors.join import join_parts
+from actors.latency_gate import StaleFrameGate
 from actors.records import MeshPacket, inject_fault
 from mmface4d_stream.types import ObservedFrame
 
@@ -14,16 +16,18 @@ class Fitter:
 
     rig_transforms: per camera 4x4 T_ref_from_cam as nested lists (None: one camera, or not known
     yet: the graph starts the actor while the rig is being calibrated and then calls `set_rig`).
-    options: `graphs.config.FitterConfig` as a dict.
+    options: `graphs.config.FitterConfig` as a dict. max_latency_ms (live policy): a frame that
+    would leave the fitter later than this after its capture is dropped (`Dropped`, cause
+    fitter_busy). `fit` takes the per-camera landmark actors' parts of a frame and joins them.
     """
 
     def __init__(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
-                 fault: dict | None = None):
+                 fault: dict | None = None, max_latency_ms: float | None = None):
         self._model_key = self._model = None
-        self.open(rig_transforms, options, checkpoint_every, fault)
+        self.open(rig_transforms, options, checkpoint_every, fault, max_latency_ms)
 
     def open(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
-             fault: dict | None = None) -> bool:
+             fault: dict | None = None, max_latency_ms: float | None = None) -> bool:
         """Start another sequence (the constructor's arguments) with a fresh stream; a loaded face
         model is kept when the model options are the same (a template model is per subject: rebuilt)."""
         import torch
@@ -33,6 +37,7 @@ class Fitter:
         self.options = options
         self.checkpoint_every = int(checkpoint_every)
         self.fault = fault
+        self.gate = StaleFrameGate("fitter", "fitter_busy", max_latency_ms, expect_own_time=True)
         self.stage = self._new_stage()
         self._sent_faces = False
         return True
@@ -56,11 +61,32 @@ class Fitter:
         self.stage = self._new_stage()  # the face model is cached: only the stream state is new
         return True
 
-    def fit(self, observed):
+    def warm_up(self, *parts) -> dict:
+        """Fit a pre-roll frame (the per-camera parts of its observation) before the capture clock
+        starts: torch's first calls, the model pack and, for the template, the subject's model are
+        done now. The stream keeps that fit as its warm start; its counters start at zero, so the
+        pre-roll is not a frame of the sequence. Returns {"seconds", "lost"}."""
+        import time
+
+        observed = join_parts(parts)
+        if not isinstance(observed, ObservedFrame):
+            return {"seconds": 0.0, "lost": None}
+        start = time.perf_counter()
+        mesh = self.stage.process(observed)
+        seconds = time.perf_counter() - start
+        self.stage.forget_counts()
+        return {"seconds": round(seconds, 3), "lost": bool(mesh.lost)}
+
+    def fit(self, *parts):
+        observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return observed
+        dropped = self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
+        if dropped is not None:
+            return dropped
         inject_fault(self.fault, "fitter", observed.seq, observed.frame)
         mesh = self.stage.process(observed)
+        self.gate.observe(mesh.timings_ms.get("fit", 0.0))
         faces = None
         if not self._sent_faces and self.stage.faces is not None:
             faces, self._sent_faces = self.stage.faces, True

@@ -1,31 +1,34 @@
-"""LandmarkDetector: `LandmarkStage` as an actor (full frames in, face crops out)."""
+"""LandmarkDetector: `LandmarkStage` as an actor (full frames in, face crops out), for every camera
+of a frame set or for one camera (one actor per camera: the cameras run in parallel)."""
 
 from __future__ import annotations
 
-import time
-
-from actors.records import Dropped, inject_fault
+from actors.latency_gate import StaleFrameGate
+from actors.records import inject_fault
 from mmface4d_stream.pipeline.stages import LandmarkStage
 from mmface4d_stream.types import FrameSet
 
 
 class LandmarkDetector:
-    """Landmarks + crop for every camera of a frame set. max_latency_ms (live policy): a frame set
-    older than this when it arrives is dropped here (`Dropped`), before any work is spent on it."""
+    """Landmarks + crop for the cameras of a frame set at positions `cameras` (None: all n_cameras).
+    max_latency_ms (live policy): a frame set older than this when it arrives is dropped here
+    (`Dropped`, cause too_old), before any work is spent on it."""
 
     def __init__(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
-                 fault: dict | None = None):
+                 fault: dict | None = None, cameras: list[int] | None = None):
         self._stage = None
-        self.open(n_cameras, thumbnails, max_latency_ms, fault)
+        self.open(n_cameras, thumbnails, max_latency_ms, fault, cameras)
 
     def open(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
-             fault: dict | None = None) -> bool:
+             fault: dict | None = None, cameras: list[int] | None = None) -> bool:
         """Start another sequence (the constructor's arguments): tracked faces are forgotten; the
-        MediaPipe graphs are kept when the camera count and settings are the same."""
-        if self._stage is not None and (n_cameras, thumbnails) != (self.n_cameras, self.thumbnails):
+        MediaPipe graphs are kept when the cameras and settings are the same."""
+        cameras = None if cameras is None else list(cameras)
+        if self._stage is not None and (n_cameras, thumbnails, cameras) != (self.n_cameras, self.thumbnails,
+                                                                            self.cameras):
             self.close()
-        self.n_cameras, self.thumbnails = n_cameras, thumbnails
-        self.max_latency_ms = max_latency_ms
+        self.n_cameras, self.thumbnails, self.cameras = n_cameras, thumbnails, cameras
+        self.gate = StaleFrameGate("landmarks", "too_old", max_latency_ms)
         self.fault = fault
         return self.reset()
 
@@ -33,26 +36,35 @@ class LandmarkDetector:
     def stage(self) -> LandmarkStage:
         # Built on first use, in the thread that runs the calls (a compiled graph's loop thread).
         if self._stage is None:
-            self._stage = LandmarkStage(self.n_cameras, thumbnails=self.thumbnails)
+            self._stage = LandmarkStage(self.n_cameras, thumbnails=self.thumbnails, cameras=self.cameras)
         return self._stage
 
     def detect(self, frame_set):
         if not isinstance(frame_set, FrameSet):
             return frame_set
-        if self.max_latency_ms is not None and frame_set.t_source_ns:
-            age_ms = (time.monotonic_ns() - frame_set.t_source_ns) / 1e6
-            if age_ms > self.max_latency_ms:
-                return Dropped(frame_set.seq, frame_set.frame, "landmarks", f"{age_ms:.0f} ms old")
+        dropped = self.gate.check(frame_set.seq, frame_set.frame, frame_set.t_source_ns)
+        if dropped is not None:
+            return dropped
         inject_fault(self.fault, "landmarks", frame_set.seq, frame_set.frame)
         return self.stage.process(frame_set)
 
-    def warm_up(self) -> bool:
-        """Build the MediaPipe graphs now (plain actor calls run in one thread: the same one later
-        calls use), and import the crops' camera model (it brings torch), so the first frame does not
-        pay for them."""
+    def warm_up(self, frame_set: FrameSet | None = None, build: bool = True):
+        """Get ready before the capture clock starts: import the crops' camera model (it brings
+        torch), build the MediaPipe graphs when `build` (plain actor calls run in one thread: the
+        same one later calls use; a compiled graph's loop thread builds its own) and, given a
+        pre-roll `frame_set`, run it through (first inference, the depth registration tables of its
+        cameras). The face found there stays tracked: the first frame after the clock starts is
+        taken where the pre-roll left it (a moment earlier), without a full-frame search (which
+        falls back to one when the face moved). Returns the pre-roll's `ObservedFrame` (the fitter
+        warms on it) or None."""
         from mmface4d_stream.fit.camera_terms import FitCamera  # noqa: F401
 
-        return self.stage is not None
+        if not build:
+            return None
+        stage = self.stage
+        if frame_set is None:
+            return None
+        return stage.process(frame_set)
 
     def reset(self) -> bool:
         """Forget the tracked face regions (a new sequence, or the stream was rewound)."""

@@ -41,7 +41,7 @@ class NutEncoder:
             return None
         if isinstance(packet, Dropped):
             self.dropped.append(packet.frame)
-            return FrameReport(packet.seq, packet.frame, "dropped")
+            return FrameReport(packet.seq, packet.frame, "dropped", cause=packet.cause)
         mesh = packet.mesh
         if mesh.frame < self.next_frame:
             return FrameReport(mesh.seq, mesh.frame, "replayed", checkpoint=packet.checkpoint)
@@ -60,7 +60,8 @@ class NutEncoder:
         self.next_frame = mesh.frame + 1
         timings = dict(mesh.timings_ms, encode=(time.perf_counter() - start) * 1e3)
         return FrameReport(mesh.seq, mesh.frame, "lost" if mesh.lost else "mesh", filled,
-                           latency_ms_since(mesh.t_source_ns), timings, packet.checkpoint)
+                           latency_ms_since(mesh.t_source_ns), timings, packet.checkpoint,
+                           t_source_ns=mesh.t_source_ns)
 
     def fill_to(self, frames_total: int) -> int:
         """Live end of stream: account for captured frames after the last mesh (dropped ones)."""

@@ -14,12 +14,14 @@ from mmface4d_stream.types import MeshFrame
 
 @dataclass
 class Dropped:
-    """Frame `frame` of `seq` was dropped by `stage` (live policy: too old); later stages pass it on."""
+    """Frame `frame` of `seq` was dropped by `stage` (live policy); later stages pass it on.
+    cause: one of `pipeline.latency_budget.DROP_CAUSES` (too_old, fitter_busy)."""
 
     seq: str
     frame: int
     stage: str
     reason: str
+    cause: str = "too_old"
 
 
 @dataclass
@@ -42,7 +44,8 @@ class FrameReport:
     kind: "mesh" (fitted), "lost" (no face: previous mesh repeated), "dropped", "end" (source
     exhausted) or "replayed" (a frame re-run after a restart, already written). filled: frames
     repeated before this one to close a gap of dropped frames. latency_ms: source emit → encoded
-    (same host only). timings_ms: per-stage milliseconds of this frame.
+    (same host only). timings_ms: per-stage milliseconds of this frame. cause: why a dropped frame
+    was dropped. t_source_ns: the source's emit time (host monotonic ns; 0: unknown).
     """
 
     seq: str
@@ -52,6 +55,8 @@ class FrameReport:
     latency_ms: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     checkpoint: dict | None = None
+    cause: str | None = None
+    t_source_ns: int = 0
 
 
 def latency_ms_since(t_source_ns: int) -> float | None:

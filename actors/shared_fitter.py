@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from actors.join import join_parts
+from actors.latency_gate import StaleFrameGate
 from actors.records import MeshPacket, inject_fault
 from mmface4d_stream.types import ObservedFrame
 
@@ -47,6 +49,7 @@ class _Stream:
     batches: int = 0
     batched_frames: int = 0  # sum of the batch sizes this stream's frames were solved in
     last_solve: int = -1  # the solve that took its latest frame: beyond max_batch, the longest-waiting go first
+    gate: StaleFrameGate | None = None  # live policy: frames that cannot make the latency budget are dropped
 
     def fail_waiting(self, reason: str) -> None:
         for _, future in self.waiting.values():
@@ -99,10 +102,13 @@ class SharedFitter:
             self._server = asyncio.get_running_loop().create_task(self._serve())
 
     async def open_stream(self, key: str, rig_transforms: list | None, checkpoint_every: int = 15,
-                          fault: dict | None = None, state: dict | None = None, next_tick: int = 0) -> dict:
+                          fault: dict | None = None, state: dict | None = None, next_tick: int = 0,
+                          max_latency_ms: float | None = None) -> dict:
         """Open (or re-open, dropping what it had) the stream of lane `key`: rig as per camera 4x4
         T_ref_from_cam nested lists (None: one camera), continuing from a `FitStage.state()` when
-        given; its next call is tick `next_tick`. Returns {"device", "slot"}."""
+        given; its next call is tick `next_tick`. max_latency_ms (live policy): frames that would
+        leave the fitter later than this after capture are dropped (fitter_busy). Returns
+        {"device", "slot"}."""
         self._ensure_server()
         old = self._streams.pop(key, None)
         if old is not None:
@@ -118,7 +124,8 @@ class SharedFitter:
             stage = FitStage(transforms, model=self._model, fitter=StreamSlot(self.fitter, slot))
             if state is not None:
                 stage.restore(state)
-            return _Stream(slot, stage, int(checkpoint_every), fault, int(next_tick))
+            gate = StaleFrameGate("fitter", "fitter_busy", max_latency_ms, expect_own_time=True)
+            return _Stream(slot, stage, int(checkpoint_every), fault, int(next_tick), gate=gate)
 
         stream = await self._in_fitter_thread(build)
         self._streams[key] = stream
@@ -134,15 +141,36 @@ class SharedFitter:
         await self._in_fitter_thread(self.fitter.close_stream, stream.slot)
         return True
 
-    async def fit(self, key: str, tick: int, observed):
-        """The lane's tick `tick`: an `ObservedFrame` is fitted (in a shared solve) into a
-        `MeshPacket`; markers (None, `Dropped`) pass through, in tick order too."""
+    async def warm_up(self, key: str, *parts) -> dict:
+        """Fit lane `key`'s pre-roll frame (per-camera parts) before its capture clock starts; the
+        stream keeps it as warm start with zero counts (see `Fitter.warm_up`). {"seconds", "lost"}."""
+        import time
+
+        stream = self._stream(key)
+        observed = join_parts(parts)
+        if not isinstance(observed, ObservedFrame):
+            return {"seconds": 0.0, "lost": None}
+
+        def fit_once() -> dict:
+            start = time.perf_counter()
+            mesh = stream.stage.process(observed)
+            stream.stage.forget_counts()
+            return {"seconds": round(time.perf_counter() - start, 3), "lost": bool(mesh.lost)}
+
+        return await self._in_fitter_thread(fit_once)
+
+    async def fit(self, key: str, tick: int, *parts):
+        """The lane's tick `tick`: an `ObservedFrame` (or its per-camera parts) is fitted (in a
+        shared solve) into a `MeshPacket`; markers (None, `Dropped`) pass through, in tick order too."""
         self._ensure_server()
         stream = self._streams.get(key)
         if stream is None:
             raise StreamLost(f"the shared fitter has no stream {key} (it restarted)")
         if tick < stream.next_tick or tick in stream.waiting:
             raise StreamLost(f"tick {tick} of stream {key} is older than its restore")
+        observed = join_parts(parts)
+        if isinstance(observed, ObservedFrame) and stream.gate is not None:
+            observed = stream.gate.check(observed.seq, observed.frame, observed.t_source_ns) or observed
         future = asyncio.get_running_loop().create_future()
         stream.waiting[tick] = (observed, future)
         self._wake.set()
@@ -241,6 +269,8 @@ class SharedFitter:
             if isinstance(mesh, BaseException):
                 outcomes[i] = mesh
                 continue
+            if stream.gate is not None:
+                stream.gate.observe(mesh.timings_ms.get("fit", 0.0))
             faces = None
             if not stream.sent_faces and stream.stage.faces is not None:
                 faces, stream.sent_faces = stream.stage.faces, True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.records import Dropped, MeshPacket, inject_fault
+from actors.records import Dropped, MeshPacket, inject_fault, latency_ms_since
 
 
 class ZmqPublisher:
@@ -41,25 +41,57 @@ class ZmqPublisher:
     def wait_for_subscribers(self, n: int, timeout_s: float) -> bool:
         return self.sink.publisher.wait_for_subscribers(n, timeout_s)
 
+    def set_budget(self, max_latency_ms: float, fps: float = 30.0, window_s: float = 5.0) -> bool:
+        """Live graphs: keep a `LatencyBudget` over the last `window_s` seconds and publish it
+        with every status (per-stage and capture → publish p50/p95, drops by cause, the stage over)."""
+        from mmface4d_stream.pipeline.latency_budget import LatencyBudget
+
+        self.sink.budget = LatencyBudget(max_latency_ms, 1000.0 / fps, window_s)
+        return True
+
+    def announce(self, state: str) -> bool:
+        """Say on the status topic that the graph is in `state` ("ready": warm, the capture clock starts)."""
+        self.sink.announce(state)
+        return True
+
+    def _account(self, frame: int, cause: str | None = None) -> None:
+        """Count the frames before `frame` that never reached the graph (source busy), and `frame`
+        itself when it was dropped for `cause`."""
+        budget = self.sink.budget
+        if frame > self.next_frame:
+            self.sink.record_drop("graph", frame - self.next_frame)
+            if budget is not None:
+                budget.drop("source_busy", frame - self.next_frame)
+        if cause is not None:
+            self.sink.record_drop("graph")
+            if budget is not None:
+                budget.drop(cause)
+        self.next_frame = max(self.next_frame, frame + 1)
+
     def publish(self, packet):
+        """Publish a mesh packet; returns its capture → publish milliseconds (same host) for a mesh
+        that went out, else None (marker, replayed frame, nothing to draw yet)."""
         if packet is None:
             return None
         if isinstance(packet, Dropped):
-            self.sink.record_drop("graph")
-            return packet.frame
+            if packet.frame >= self.next_frame:
+                self._account(packet.frame, packet.cause)
+            return None
         mesh = packet.mesh
         if mesh.frame < self.next_frame:
             return None
         inject_fault(self.fault, "publisher", mesh.seq, mesh.frame)
-        if mesh.frame > self.next_frame:
-            self.sink.record_drop("graph", mesh.frame - self.next_frame)
+        self._account(mesh.frame)
         if packet.faces is not None:
             self.sink.set_faces(packet.faces, len(mesh.vertices))
-        self.next_frame = mesh.frame + 1
         if not self.sink.has_topology:
             return None  # no topology yet (no face fitted so far): nothing a subscriber could draw
+        latency_ms = latency_ms_since(mesh.t_source_ns)
+        if self.sink.budget is not None:  # (before `process`: its status carries this frame)
+            self.sink.state = "running"
+            self.sink.budget.record(mesh.timings_ms, latency_ms)
         self.sink.process(mesh)
-        return mesh.frame
+        return latency_ms
 
     def stats(self) -> dict:
         stats = self.sink.publisher.stats

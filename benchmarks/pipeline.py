@@ -4,6 +4,7 @@ and Ray compiled graphs against plain actor calls. Prints markdown tables.
 
     python benchmarks/pipeline.py                      # everything, short settings
     python benchmarks/pipeline.py --memory-frames 300 1800   # the full memory check (slow on 2 cores)
+    python benchmarks/pipeline.py --live --json out/bench/live.json   # the live path (20 s replays)
 
 Captures are synthesized once into out/bench/ (reused on later runs). The machine may be shared:
 numbers are what this run measured.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -143,6 +145,74 @@ def bench_throughput(frames: int, live_loops: int = 10) -> None:
                 print(line, flush=True)
         except Exception as exc:
             print(f"| {label} | failed: {str(exc).splitlines()[0][:120]} | | | | | | | | | | |", flush=True)
+
+
+def live_rig_file(cap) -> str:
+    """A rig file for the capture, as a previous session's `_rig.json` (calibrated once, then reused)."""
+    from mmface4d_stream.pipeline.sources import open_source
+    from mmface4d_stream.pipeline.stages import calibrate_rig
+
+    path = OUT / f"rig_{cap.out_dir.name}.json"
+    if not path.is_file():
+        calibrate_rig(open_source([str(p) for p in cap.mkv_paths])).save(path)
+    return str(path)
+
+
+def _p(figures: dict | None, key: str) -> str:
+    s = (figures or {}).get(key)
+    return f"{s['p50']:.0f} / {s['p95']:.0f}" if s else "–"
+
+
+def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
+    """The live path (`configs/live.yaml`: paced replay, newest frame only, smoother, thumbnails,
+    publishing) on synthetic recordings looped to `seconds`: 3 cameras with a rig file, 3 cameras
+    calibrating the rig, 3 cameras with one landmark actor for all, 1 camera. Returns the figures."""
+    cap = capture(frames, 3)
+    mkvs = [str(p) for p in cap.mkv_paths]
+    loops = max(1, -(-int(seconds * 30) // frames))
+    rig = live_rig_file(cap)
+    live = {"source.loop": loops, "publish.url": "tcp://127.0.0.1:*"}
+    rows = [
+        ("3 cameras, rig file", mkvs, {"fitter.rig": rig}),
+        ("3 cameras, rig calibrated at start", mkvs, {}),
+        ("3 cameras, rig file, one landmark actor", mkvs, {"fitter.rig": rig, "landmarks.per_camera": False}),
+        ("1 camera", [mkvs[1]], {}),
+    ]
+    print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
+          "configs/live.yaml\n")
+    print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | "
+          "dropped: source busy / too old / fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | "
+          "landmarks | fit | smooth | waiting | over budget |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for label, inputs, overrides in rows:
+        name = "live_" + label.replace(",", "").replace(" ", "_")
+        config = load_config("live", {"ray.frame_timeout_s": 120.0, **live, **overrides})
+        job = SequenceJob(list(inputs), str(OUT / "meshes" / name), name)
+        result = SequencePipeline(job, config, progress=False).run()
+        meta = result.meta
+        if not result.ok:
+            print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 13, flush=True)
+            continue
+        budget = meta["latency_budget"]
+        drops = meta["drops_by_cause"]
+        startup = meta["startup"]
+        rig_s = startup["rig"].get("seconds")
+        dropped = len(meta["frames_dropped"])
+        stages = budget["stages"]
+        print(f"| {label} | {meta['frames_in']} | {startup['ready_s']:.1f}{f' ({rig_s:.1f})' if rig_s else ''} | "
+              f"{meta['first_mesh_after_clock_s']} | {meta['first_mesh']['frame']}, {meta['first_mesh']['latency_ms']:.0f} | "
+              f"{meta['frames_fitted']} | {drops['source_busy']} / "
+              f"{drops['too_old']} / {drops['fitter_busy']} | {100 * dropped / meta['frames_in']:.1f} | "
+              f"{meta['steady_frames_per_second']} | {_p(budget, 'capture_to_publish_ms')} | "
+              f"{_p(stages, 'landmarks')} | {_p(stages, 'fit')} | {_p(stages, 'smooth')} | {_p(stages, 'waiting')} | "
+              f"{budget['over'] or 'within'} |", flush=True)
+        results.append({"run": label, "inputs": list(inputs), "overrides": overrides, "load_at_end": os.getloadavg(),
+                        **{k: meta.get(k) for k in ("frames_in", "frames_fitted", "frames_dropped", "drops_by_cause",
+                                                     "first_frame_seconds", "first_mesh_after_clock_s", "first_mesh",
+                                                     "steady_frames_per_second", "startup", "latency_budget",
+                                                     "stage_latency_ms")}})
+    return results
 
 
 def bench_folder(sequences: int = 4, frames: int = 30) -> None:
@@ -297,14 +367,21 @@ def main() -> int:
     parser.add_argument("--memory-frames", type=int, nargs="*", default=[120, 480],
                         help="run lengths for the memory check (default 120 480; the issue's: 300 1800)")
     parser.add_argument("--live-loops", type=int, default=10, help="laps of the live-paced replay (default 10)")
-    parser.add_argument("--only", choices=("throughput", "folder", "memory", "stream", "overhead"), action="append")
+    parser.add_argument("--only", choices=("throughput", "folder", "memory", "stream", "overhead", "live"),
+                        action="append")
+    parser.add_argument("--live", action="store_true",
+                        help="only the live path: warm start, drops by cause, latency budget (= --only live)")
+    parser.add_argument("--live-seconds", type=float, default=20.0, help="length of the live-paced replays (default 20)")
+    parser.add_argument("--json", metavar="PATH", help="also write the live path's figures as JSON")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ensure_ray(load_config(None, {"ray.num_cpus": args.num_cpus}))
-    only = set(args.only or ("throughput", "folder", "memory", "stream", "overhead"))
+    load_at_start = os.getloadavg()
+    only = set(args.only or (("live",) if args.live else ("throughput", "folder", "memory", "stream", "overhead",
+                                                          "live")))
     print(f"## benchmarks/pipeline.py ({args.num_cpus} Ray CPUs; shared machine, load at start: "
-          f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())})")
+          f"{' '.join(f'{x:.1f}' for x in load_at_start)})")
     if "overhead" in only:
         bench_overhead()
     if "stream" in only:
@@ -315,6 +392,11 @@ def main() -> int:
         bench_folder()
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
+    if "live" in only:
+        figures = bench_live(args.live_seconds)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"load_at_start": load_at_start, "runs": figures}, indent=1) + "\n")
     return 0
 
 

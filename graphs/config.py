@@ -45,10 +45,13 @@ class SourceConfig:
 
 @dataclass
 class LandmarksConfig:
-    """LandmarkDetector actor: thumbnails for previews, CPUs reserved for it."""
+    """LandmarkDetector actors: thumbnails for previews, CPUs reserved for the stage. per_camera:
+    one actor per camera (the cameras of a frame set run in parallel, the fitter joins them by
+    frame; the stage's num_cpus are split between them), else one actor for every camera."""
 
     thumbnails: bool = False
     num_cpus: float = 1.0
+    per_camera: bool = True
 
 
 @dataclass

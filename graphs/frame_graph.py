@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -43,6 +44,7 @@ from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFit
 from actors.records import FrameReport
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, steady_rate
 from mmface4d_stream.pipeline.stages import StageError
 
 log = logging.getLogger(__name__)
@@ -113,19 +115,27 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "mean": round(float(a.mean()), 2), "n": int(a.size)}
 
 
-def throughput_figures(start: float, arrivals: list[float], counts: list[int]) -> dict:
+def throughput_figures(start: float, arrivals: list[float], emit_ns: list[int], clock_start: float | None = None) -> dict:
     """Setup time and steady-state rate of a run.
 
-    start: perf_counter at the run's start; arrivals: perf_counter when each result reached the
-    driver; counts: frames each result stands for (gaps filled live). `first_frame_seconds` is
-    start-up (actors, rig calibration, the first fit); `steady_frames_per_second` the rate from
-    the first result to the last.
+    start: perf_counter at the run's start; arrivals: perf_counter when each fitted frame's result
+    reached the driver; emit_ns: the source's emit time (host monotonic ns) of each fitted frame;
+    clock_start: perf_counter when the source started (the capture clock). `first_frame_seconds`
+    is start-up to the first mesh (actors, warm-up, rig calibration, the first fit);
+    `first_mesh_after_clock_s` the first mesh after the clock started; `steady_frames_per_second`
+    the frames fitted per second of the run after the first mesh, on the frames' own emit times
+    (`latency_budget.steady_rate`: a late first mesh does not inflate it).
     """
     if not arrivals:
-        return {"first_frame_seconds": None, "steady_frames_per_second": None}
-    span = arrivals[-1] - arrivals[0]
-    steady = sum(counts[1:]) / span if len(arrivals) > 1 and span > 0 else None
+        return {"first_frame_seconds": None, "first_mesh_after_clock_s": None, "steady_frames_per_second": None}
+    stamped = [t for t in emit_ns if t]
+    if len(stamped) == len(arrivals):
+        steady = steady_rate(stamped)
+    else:  # no emit times (not expected from our sources): arrivals, which a late start skews
+        span = arrivals[-1] - arrivals[0]
+        steady = (len(arrivals) - 1) / span if len(arrivals) > 1 and span > 0 else None
     return {"first_frame_seconds": round(arrivals[0] - start, 3),
+            "first_mesh_after_clock_s": None if clock_start is None else round(arrivals[0] - clock_start, 3),
             "steady_frames_per_second": None if steady is None else round(steady, 3)}
 
 
@@ -209,12 +219,13 @@ class SequencePipeline:
     """Builds the actors of one sequence and runs it to the end (or until `stop` is set).
 
     shared_fitter: a `SharedFitter` actor (of a `SharedFitterPool`) that fits this sequence in a
-    stream of its own; None: the pipeline has its own `Fitter` actor.
+    stream of its own; None: the pipeline has its own `Fitter` actor. on_ready: called with the
+    start-up figures (`self.startup`) when every actor is warm, just before the capture clock starts.
     """
 
     def __init__(self, job: SequenceJob, config: GraphConfig, publish_url: str | None = None,
                  progress: bool = True, position: int = 0, stop: threading.Event | None = None,
-                 lane: Lane | None = None, shared_fitter=None):
+                 lane: Lane | None = None, shared_fitter=None, on_ready: Callable[[dict], None] | None = None):
         self.job = job
         self.config = config
         self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
@@ -227,6 +238,7 @@ class SequencePipeline:
         self.resumed_from: list[int] = []  # the frame each restart rewound the stream to
         self.reports: list[FrameReport] = []
         self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
+        self._publish_ms: dict[int, float] = {}  # capture → publish milliseconds per published frame
         self._dag = None
         self.lane = lane
         self.actors: dict[str, object] = lane.actors if lane is not None else {}
@@ -239,6 +251,9 @@ class SequencePipeline:
         # This sequence's stream in the shared fitter (unique: lanes run the same names on re-runs).
         self.stream_key = f"{job.name or Path(job.save_path).name}-{uuid.uuid4().hex[:8]}"
         self._next_tick = 0  # the next frame tick to submit; it keeps counting through restarts
+        self.on_ready = on_ready
+        self.startup: dict = {}  # seconds of the start-up phases, and how the rig was obtained
+        self._clock_start: float | None = None  # perf_counter when the source started
 
     # ----------------------------------------------------------------------------- actors
 
@@ -256,11 +271,22 @@ class SequencePipeline:
         self.actors[key] = self._remote(cls, num_cpus, restarts).remote(*args, **kwargs)
         return None
 
-    def _new_landmarks(self):
+    @property
+    def _landmark_keys(self) -> list[str]:
+        """The landmark actors' keys: one per camera (`landmarks.<position>`) or one for all."""
+        if self.config.landmarks.per_camera and self._n_cameras > 1:
+            return [f"landmarks.{k}" for k in range(self._n_cameras)]
+        return ["landmarks"]
+
+    def _new_landmarks(self, missing_only: bool = False) -> list:
+        """Create (or re-open, unless `missing_only`) this sequence's landmark actors; the pending opens."""
         cfg = self.config
-        return self._actor("landmarks", LandmarkDetector, self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
-                           max_latency_ms=cfg.policy.max_latency_ms if self.live else None,
-                           fault=self._fault_for("landmarks"), num_cpus=cfg.landmarks.num_cpus)
+        keys = self._landmark_keys
+        cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
+        return [self._actor(key, LandmarkDetector, self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
+                            max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
+                            cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
+                for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]
 
     def _fault_for(self, stage: str) -> dict | None:
         return self.fault if self.fault and self.fault["stage"] == stage else None
@@ -273,6 +299,7 @@ class SequencePipeline:
         through `set_rig`.
         """
         cfg = self.config
+        began = time.perf_counter()
         Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
         if self.lane is not None:
             self.lane.sequences += 1
@@ -288,10 +315,13 @@ class SequencePipeline:
         self.info = self._get(self.actors["source"].info.remote(), "source")
         calibration = self.actors["source"].calibrate.remote(cfg.fitter.reference, cfg.fitter.rig, self.job.save_path)
         self._n_cameras = len(self.info["camera_indices"])
-        opening = [self._new_landmarks()]
+        for key in [k for k in self.actors if k.startswith("landmarks") and k not in self._landmark_keys]:
+            ray.kill(self.actors.pop(key), no_restart=True)  # the lane's last sequence had other cameras
+        opening = self._new_landmarks()
         if self.shared is None:
             opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
-                                       fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus))
+                                       fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
+                                       max_latency_ms=self._max_latency_ms))
         if cfg.smoother.enabled:
             opening.append(self._actor("smoother", Smoother, cfg.smoother.cutoff_hz, cfg.smoother.order,
                                        float(cfg.output.fps), fault=self._fault_for("smoother")))
@@ -301,17 +331,72 @@ class SequencePipeline:
         if self.publish_url:
             self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
                         fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
-        if not cfg.ray.compiled:  # (a compiled graph runs calls in another thread: MediaPipe is built there)
-            opening.append(self.actors["landmarks"].warm_up.remote())
+        # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
+        opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]
         self.transforms, self.reference = self._get(calibration, "source")
+        self.startup["rig"] = self._get(self.actors["source"].rig_info.remote(), "source")
         self._get([r for r in opening if r is not None] + [self._open_fitter_stream()], "setup")
         if self.publish_url:
             self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
+            if self.live:
+                self._get(self.actors["publisher"].set_budget.remote(cfg.policy.max_latency_ms, cfg.output.fps),
+                          "publisher")
             if cfg.publish.wait_subscribers:
                 self._get(self.actors["publisher"].wait_for_subscribers.remote(
                     cfg.publish.wait_subscribers, cfg.publish.wait_timeout_s), "publisher")
         self._get([a.ping.remote() for a in self.actors.values()], "setup")
+        self.startup["actors_s"] = round(time.perf_counter() - began, 3)
+        self._warm_up()
+        self.startup["ready_s"] = round(time.perf_counter() - began, 3)
         return self.info
+
+    @property
+    def _max_latency_ms(self) -> float | None:
+        return self.config.policy.max_latency_ms if self.live else None
+
+    def _warm_up(self) -> None:
+        """Live: warm every stage on a pre-roll frame set before the capture clock starts: the
+        landmark actors' first inference and depth registration tables (their MediaPipe graphs are
+        built during `build`), the fitter's torch calls, model pack and template (the stream keeps
+        the pre-roll's fit as its warm start). Offline nothing waits for the graph, and the first
+        frame must fit from a cold start as `mmface4d reconstruct` does: no pre-roll. Nor with a
+        compiled graph, whose loop thread builds MediaPipe on first use."""
+        began = time.perf_counter()
+        a = self.actors
+        keys = self._landmark_keys
+        if self.config.ray.compiled or not self.live:
+            self.startup["warm_up"] = {"seconds": 0.0, "preroll": False}
+            return
+        preroll = a["source"].preroll.remote()
+        parts = [a[key].warm_up.remote(preroll) for key in keys]
+        if self.shared is None:
+            fitted = a["fitter"].warm_up.remote(*parts)
+        else:
+            fitted = self.shared.warm_up.remote(self.stream_key, *parts)
+        try:
+            fit = self._get(fitted, "fitter")
+        except ray.exceptions.RayTaskError as exc:
+            # The capture (and its recording) must not depend on the warm-up: the first frames pay instead.
+            error = str(original_error(exc)).splitlines()[0]
+            log.warning("sequence %s: the warm-up failed (%s); starting cold", self.info["name"], error)
+            self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
+                                       "error": error}
+            return
+        self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
+                                   "fit_seconds": fit["seconds"], "face_found": fit["lost"] is False}
+
+    def _ready(self) -> None:
+        """Every actor is warm: say so (log, the status topic, `on_ready`) just before the clock starts."""
+        name = self.info["name"]
+        rig = self.startup.get("rig", {})
+        warm = self.startup.get("warm_up", {})
+        log.info("sequence %s: ready after %.1f s (actors %.1f s, warm-up %.1f s, rig %s%s)", name,
+                 self.startup.get("ready_s", 0.0), self.startup.get("actors_s", 0.0), warm.get("seconds", 0.0),
+                 rig.get("rig"), "" if rig.get("seconds") is None else f" in {rig['seconds']:.1f} s")
+        if self.live and "publisher" in self.actors:  # (offline there is no clock: the topology comes first)
+            self._get(self.actors["publisher"].announce.remote("ready"), "publisher")
+        if self.on_ready is not None:
+            self.on_ready(dict(self.startup, name=name))
 
     def _open_fitter_stream(self, checkpoint: dict | None = None):
         """The pending call that gives the fitter this sequence's rig and a fresh stream (or the
@@ -319,7 +404,8 @@ class SequencePipeline:
         if self.shared is None:
             return self.actors["fitter"].set_rig.remote(self.transforms)
         return self.shared.open_stream.remote(self.stream_key, self.transforms, self.config.ray.checkpoint_every,
-                                              self._fault_for("fitter"), checkpoint, self._next_tick)
+                                              self._fault_for("fitter"), checkpoint, self._next_tick,
+                                              self._max_latency_ms)
 
     def _get(self, refs, stage: str):
         try:
@@ -336,11 +422,13 @@ class SequencePipeline:
         """The per-frame chain from `tick`; `call(method, arg)` binds (compiled graph) or submits
         (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher]."""
         a = self.actors
-        observed = call(a["landmarks"].detect, call(a["source"].read, tick))
+        frame_set = call(a["source"].read, tick)
+        # One landmark actor per camera (or one for all): the fitter joins their parts by frame.
+        parts = [call(a[key].detect, frame_set) for key in self._landmark_keys]
         if self.shared is not None:  # (plain calls only) the tick orders this lane's calls in the shared actor
-            packet = self.shared.fit.remote(self.stream_key, tick, observed)
+            packet = self.shared.fit.remote(self.stream_key, tick, *parts)
         else:
-            packet = call(a["fitter"].fit, observed)
+            packet = call(a["fitter"].fit, *parts)
         if "smoother" in a:
             packet = call(a["smoother"].smooth, packet)
         outputs = [call(a["encoder"].write, packet)]
@@ -352,21 +440,22 @@ class SequencePipeline:
         from ray.dag import InputNode, MultiOutputNode
 
         with InputNode() as tick:
-            dag = MultiOutputNode(self._wire(tick, lambda method, arg: method.bind(arg)))
+            dag = MultiOutputNode(self._wire(tick, lambda method, *args: method.bind(*args)))
         return dag.experimental_compile(_max_inflight_executions=self.config.policy.max_inflight + 1,
                                         _submit_timeout=self.config.ray.frame_timeout_s)
 
     def _submit_plain(self, tick: int) -> list:
-        return self._wire(tick, lambda method, arg: method.remote(arg))
+        return self._wire(tick, lambda method, *args: method.remote(*args))
 
     def _teardown(self) -> None:
-        """Stop the compiled graph. MediaPipe inside the landmark actor keeps Ray's teardown waiting
-        forever (Ray 2.60), so that actor (stateless) is killed first and rebuilt when needed."""
+        """Stop the compiled graph. MediaPipe inside the landmark actors keeps Ray's teardown waiting
+        forever (Ray 2.60), so those actors (stateless) are killed first and rebuilt when needed."""
         if self._dag is not None:
             dag, self._dag = self._dag, None
-            landmarks = self.actors.pop("landmarks", None)
-            if landmarks is not None:
-                ray.kill(landmarks, no_restart=True)
+            for key in self._landmark_keys:
+                landmarks = self.actors.pop(key, None)
+                if landmarks is not None:
+                    ray.kill(landmarks, no_restart=True)
             try:
                 dag.teardown()
             except Exception as exc:  # a dead actor can make teardown complain; the graph is gone either way
@@ -394,6 +483,8 @@ class SequencePipeline:
             raise
         total = self.info["frames"] or None
         name = self.info["name"]
+        self._ready()
+        self._clock_start = time.perf_counter()
         self._get(self.actors["source"].start.remote(0), "source")
         checkpoint = {"frame": -1, "fitter": None, "smoother": None}
         bar = tqdm(total=total, desc=name, unit="frame", file=sys.stderr, disable=not self.progress,
@@ -461,6 +552,8 @@ class SequencePipeline:
             if report is None:
                 ended = True
                 continue
+            if len(outputs) > 1 and outputs[1] is not None:
+                self._publish_ms[report.frame] = outputs[1]
             if report.checkpoint is not None:
                 checkpoint.update(frame=report.frame, fitter=report.checkpoint["fitter"],
                                   smoother=report.checkpoint.get("smoother"))
@@ -476,8 +569,7 @@ class SequencePipeline:
 
     def _resume(self, frame: int, checkpoint: dict) -> None:
         """After an actor restart: wait for every actor, rewind the stream to `frame`, restore state."""
-        if "landmarks" not in self.actors:
-            self._new_landmarks()
+        self._new_landmarks(missing_only=True)  # (those killed with a compiled graph's teardown)
         a = self.actors
         everyone = list(a.values()) + ([self.shared] if self.shared is not None else [])
         deadline = time.monotonic() + 120.0
@@ -492,13 +584,13 @@ class SequencePipeline:
         # A restarted actor runs its constructor again, with the arguments it was created with: for an
         # actor taken over from the lane those were another sequence's, so it opens this one again.
         ray.get([a[key].open.remote(*args, **kwargs) for key, (args, kwargs) in self._open_args.items()
-                 if key in self._reused and key in ("source", "landmarks", "fitter") and key in a])
+                 if key in self._reused and (key in ("source", "fitter") or key.startswith("landmarks")) and key in a])
         if self.shared is None:
             ray.get(a["fitter"].set_rig.remote(self.transforms))
             calls = [a["fitter"].restore.remote(checkpoint["fitter"])]
         else:  # a restarted shared fitter knows no stream; a surviving one drops the lane's old ticks
             calls = [self._open_fitter_stream(checkpoint["fitter"])]
-        calls += [a["landmarks"].reset.remote(), a["source"].start.remote(frame)]
+        calls += [a[key].reset.remote() for key in self._landmark_keys] + [a["source"].start.remote(frame)]
         if "smoother" in a:
             calls.append(a["smoother"].restore.remote(checkpoint["smoother"]))
         ray.get(calls)
@@ -531,15 +623,27 @@ class SequencePipeline:
                 ray.get(a["encoder"].fill_to.remote(int(source_stats["captured"])), timeout=60.0)
             except Exception as exc:
                 log.warning("filling the last dropped frames: %s", exc)
-        fitted = {r.frame for r in self.reports if r.kind in ("mesh", "lost")}
+        fitted_reports = [(r, t) for r, t in zip(self.reports, self._arrivals) if r.kind in ("mesh", "lost")]
+        fitted = {r.frame for r, _ in fitted_reports}
         last = max([r.frame for r in self.reports] + [int(source_stats.get("captured", 0)) - 1 if self.live else -1])
         dropped = [f for f in range(last + 1) if f not in fitted]
         stage_ms: dict[str, list[float]] = collections.defaultdict(list)
+        budget = LatencyBudget(self.config.policy.max_latency_ms, 1000.0 / self.config.output.fps)
+        dropped_by_cause: dict[str, list[int]] = {cause: [] for cause in DROP_CAUSES}
         for r in self.reports:
             for stage, ms in r.timings_ms.items():
                 stage_ms[stage].append(ms)
             if r.latency_ms is not None:
                 stage_ms["end_to_end"].append(r.latency_ms)
+            if r.kind in ("mesh", "lost"):
+                budget.record(r.timings_ms, self._publish_ms.get(r.frame, r.latency_ms))
+            elif r.kind == "dropped":
+                dropped_by_cause.setdefault(r.cause or "too_old", []).append(r.frame)
+        # Frames with no report at all were never taken by the graph: the source had a newer one.
+        reported = {f for frames in dropped_by_cause.values() for f in frames}
+        dropped_by_cause["source_busy"] = [f for f in dropped if f not in reported]
+        for cause, frames in dropped_by_cause.items():
+            budget.drop(cause, len(frames))
         frames_done = last + 1
         meta = {
             "source": list(self.job.inputs),
@@ -559,7 +663,18 @@ class SequencePipeline:
             "resumed_from_frames": list(self.resumed_from),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(frames_done / elapsed, 3) if elapsed > 0 else None,
-            **throughput_figures(start, self._arrivals, [1 + r.filled for r in self.reports]),
+            **throughput_figures(start, [t for _, t in fitted_reports], [r.t_source_ns for r, _ in fitted_reports],
+                                 self._clock_start),
+            "startup": dict(self.startup),
+            # The first mesh: its frame (0: no frame set was lost to the start-up) and its capture → encoded ms.
+            "first_mesh": None if not fitted_reports else {
+                "frame": fitted_reports[0][0].frame,
+                "latency_ms": None if fitted_reports[0][0].latency_ms is None else round(fitted_reports[0][0].latency_ms, 1)},
+            "frames_fitted": len(fitted),
+            "drops_by_cause": {cause: len(frames) for cause, frames in dropped_by_cause.items()},
+            "frames_dropped_by_cause": dropped_by_cause,
+            "latency_budget": (dict(budget.report(), measured_to="publish" if self._publish_ms else "encoded")
+                               if self.live else None),
             "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
             "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),

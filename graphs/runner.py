@@ -65,8 +65,11 @@ def pipelines_at_once(config: GraphConfig, resources: dict, publishing: bool, sh
 
 def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: str | None = None,
              progress: bool = True, skip_finished: bool = True, stop: threading.Event | None = None,
-             on_result: Callable[[SequenceResult], None] | None = None) -> list[SequenceResult | None]:
-    """Run every job; finished outputs are skipped (None in the result list) when `skip_finished`."""
+             on_result: Callable[[SequenceResult], None] | None = None,
+             on_ready: Callable[[dict], None] | None = None) -> list[SequenceResult | None]:
+    """Run every job; finished outputs are skipped (None in the result list) when `skip_finished`.
+    on_ready: called with a sequence's start-up figures when its actors are warm, just before its
+    capture clock starts (`SequencePipeline.startup`)."""
     resources = ensure_ray(config)
     stop = stop or threading.Event()
     todo = []
@@ -95,7 +98,7 @@ def run_jobs(jobs: Sequence[SequenceJob], config: GraphConfig, *, publish_url: s
         slot, lane = lanes.get()
         try:
             pipeline = SequencePipeline(job, config, publish_url=publish_url, progress=progress, position=slot,
-                                        stop=stop, lane=lane,
+                                        stop=stop, lane=lane, on_ready=on_ready,
                                         shared_fitter=None if fitters is None else fitters.for_lane(slot))
             result = pipeline.run()
         finally:

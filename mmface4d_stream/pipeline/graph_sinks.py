@@ -54,7 +54,11 @@ class IndexedMeshNutSink(MeshNutSink):
 
 
 class CountingPublishSink(PublishSink):
-    """`PublishSink` that also reports dropped frames per stage in its 1 Hz status."""
+    """`PublishSink` that also reports dropped frames per stage in its 1 Hz status and, given a
+    `LatencyBudget` (`budget`, live graphs), the budget and the graph's `state` with it."""
+
+    budget = None
+    state: str | None = None
 
     @property
     def has_topology(self) -> bool:
@@ -62,3 +66,15 @@ class CountingPublishSink(PublishSink):
 
     def record_drop(self, stage: str, n: int = 1) -> None:
         self._meters.setdefault(stage, self._meter_cls()).drop(n)
+
+    def status_extra(self) -> dict:
+        extra = {} if self.state is None else {"state": self.state}
+        if self.budget is not None:
+            extra["budget"] = self.budget.report()
+        return extra
+
+    def announce(self, state: str) -> None:
+        """Publish a status at once saying the graph is in `state` ("ready": warm, the clock starts)."""
+        self.state = state
+        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, force=True,
+                                      **self.status_extra())

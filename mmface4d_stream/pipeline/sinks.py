@@ -135,8 +135,12 @@ class PublishSink:
             self._meters.setdefault(stage, self._meter_cls()).record(ms / 1e3)
         if mesh.t_source_ns:
             self._meters.setdefault("capture_to_publish", self._meter_cls()).record((now - mesh.t_source_ns) / 1e9)
-        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()})
+        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, **self.status_extra())
         return mesh
+
+    def status_extra(self) -> dict:
+        """Optional status fields (`state`, `budget`) for `publish_status`; none here."""
+        return {}
 
     def close(self) -> None:
         try:

@@ -94,10 +94,20 @@ class LandmarkStage:
     registration per camera serial: while the face is tracked the landmarks need color only and
     just the crop's box is registered; to find a face (first frame, face lost) the landmarker
     gets the whole frame registered, as from a source that registers.
+
+    cameras: the positions in the frame set this stage handles (None: all `n_cameras`). A stage per
+    camera (`cameras=[k]`) lets the cameras of a frame set run in parallel (one process each); its
+    `ObservedFrame` has a crop at position k only (None elsewhere) and `join_observed` puts the
+    parts of one frame set together. Each camera has its own landmarker either way, so the
+    results are the same.
     """
 
-    def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False):
-        self._landmarkers = [FaceLandmarker(config) for _ in range(n_cameras)]
+    def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False,
+                 cameras: Sequence[int] | None = None):
+        self.cameras = list(range(n_cameras)) if cameras is None else [int(k) for k in cameras]
+        if any(k < 0 or k >= n_cameras for k in self.cameras):
+            raise ValueError(f"cameras must be positions in [0, {n_cameras}), got {self.cameras}")
+        self._landmarkers = {k: FaceLandmarker(config) for k in self.cameras}
         self.thumbnails = thumbnails
         self.registrations = DepthRegistrations()
 
@@ -133,7 +143,7 @@ class LandmarkStage:
         crops = []
         for k, cam in enumerate(frame_set.cameras):
             try:
-                crops.append(None if cam is None else self._one(k, cam))
+                crops.append(None if cam is None or k not in self._landmarkers else self._one(k, cam))
             except Exception as exc:
                 wrapped = _stage_error("landmarks", frame_set.seq, frame_set.frame, cam.camera, exc)
                 if wrapped is exc:
@@ -145,11 +155,11 @@ class LandmarkStage:
 
     def reset(self) -> None:
         """Forget every camera's tracked face (a new sequence); the MediaPipe graphs are kept."""
-        for landmarker in self._landmarkers:
+        for landmarker in self._landmarkers.values():
             landmarker.reset()
 
     def close(self) -> None:
-        for landmarker in self._landmarkers:
+        for landmarker in self._landmarkers.values():
             landmarker.close()
 
 
@@ -317,6 +327,11 @@ class FitStage:
             "frames": self.frames,
             "residual_sums": dict(self._residual_sums),
         }
+
+    def forget_counts(self) -> None:
+        """Zero the frame, lost-face and residual counts, keeping the fitter's stream (warm start,
+        identity, template): the frames fitted so far were a warm-up, not the sequence's."""
+        self.lost_frames, self.frames, self._residual_sums = [], 0, {}
 
     def restore(self, state: dict) -> None:
         """Continue from a `state()` taken by a `FitStage` with the same model and rig."""

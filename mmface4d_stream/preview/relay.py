@@ -226,7 +226,9 @@ class StreamRelay:
         `STALLED_AFTER_S`), or "ended" (the publisher sent ``end``). rate_fps / latency_ms:
         meshes per second reaching the preview and median capture-to-preview latency (ms) over
         the last 2 s. received / rejected / dropped: the subscriber's counters (dropped: gaps in
-        the publisher's sequence numbers). stages: the publisher's last ``status``.
+        the publisher's sequence numbers). stages: the publisher's last ``status``; graph_state and
+        budget: its optional fields (the graph's phase, e.g. "ready"; the live latency budget with
+        per-stage p50/p95 and the stage over it), None when the publisher sends none.
         """
         with self._lock:
             return self._info_locked()
@@ -272,6 +274,8 @@ class StreamRelay:
                 for name, s in status.stages.items()
             },
             "status_age_s": None if status is None else _finite((time.time_ns() - status.t_publish_ns) / 1e9),
+            "graph_state": None if status is None else status.state,
+            "budget": None if status is None or status.budget is None else _json_safe(status.budget),
         }
 
     def snapshot(self) -> RelaySnapshot:
@@ -303,6 +307,22 @@ def _finite(value: float | None) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """A received free-form map as JSON-safe plain values (non-finite numbers become None; deeper
+    than a few levels, or of another type, dropped): it comes from the network."""
+    if depth > 4:
+        return None
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return _finite(value) if isinstance(value, float) else value
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    return None
 
 
 def _scalars(fit: Mapping[str, Any]) -> dict[str, Any]:

@@ -349,11 +349,13 @@ class MeshPublisher:
         return sent
 
     def publish_status(
-        self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False
+        self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False,
+        state: str | None = None, budget: Mapping[str, Any] | None = None,
     ) -> bool:
         """Publish a status report at most once per `period_s` (unless `force`).
 
-        `stages` maps stage name to `StageStatus` (or a dict with fps, latency_ms, drops).
+        `stages` maps stage name to `StageStatus` (or a dict with fps, latency_ms, drops); `state`
+        and `budget` are the optional fields of `schema.StatusMessage`.
         Returns whether a message was sent; call it every frame and it keeps the 1 Hz rate.
         """
         self._check_open()
@@ -368,7 +370,8 @@ class MeshPublisher:
         for name, dropped in self.subscriber_drops().items():
             stages[f"subscriber {name}"] = schema.StageStatus(fps=0.0, latency_ms=0.0, drops=dropped)
         parts = schema.encode_status(
-            schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages)
+            schema.StatusMessage(seq=self._status_seq, t_publish_ns=time.time_ns(), stages=stages, state=state,
+                                 budget=budget)
         )
         self._last_status_s = now_s
         self._status_seq += 1

@@ -138,11 +138,19 @@ class StageStatus:
 
 @dataclasses.dataclass(frozen=True)
 class StatusMessage:
-    """Periodic (about 1 Hz) health report: per-stage fps, latency and drops."""
+    """Periodic (about 1 Hz) health report: per-stage fps, latency and drops.
+
+    Optional (a compatible addition): state, the graph's phase ("warming", "ready" before the
+    capture clock starts, "running"); budget, the live latency budget as a plain map
+    (`pipeline.latency_budget.LatencyBudget.report()`: max_latency_ms, per-stage and capture →
+    publish p50/p95 ms, drops by cause, the stage over the budget).
+    """
 
     seq: int
     t_publish_ns: int
     stages: Mapping[str, StageStatus]
+    state: str | None = None
+    budget: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +266,10 @@ def encode_status(message: StatusMessage) -> list[bytes]:
         "t_publish_ns": int(message.t_publish_ns),
         "stages": stages,
     }
+    if message.state is not None:
+        header["state"] = str(message.state)
+    if message.budget is not None:
+        header["budget"] = _plain(dict(message.budget), "budget")
     return [TOPIC_STATUS, _packb(header), b""]
 
 
@@ -475,10 +487,18 @@ def decode_status(parts: Sequence) -> StatusMessage:
             latency_ms=_get_finite(raw, "latency_ms", where),
             drops=_get_count(raw, "drops", where),
         )
+    state = header.get("state")
+    if state is not None and not isinstance(state, str):
+        raise WireFormatError(f"status header 'state' must be str, got {type(state).__name__}")
+    budget = header.get("budget")
+    if budget is not None and not isinstance(budget, dict):
+        raise WireFormatError(f"status header 'budget' must be a map, got {type(budget).__name__}")
     return StatusMessage(
         seq=_get_count(header, "seq", what),
         t_publish_ns=_get(header, "t_publish_ns", int, what),
         stages=stages,
+        state=state,
+        budget=budget,
     )
 
 

@@ -71,13 +71,13 @@ class StreamPlayer:
     By default a deforming sphere (`n_lat`, `n_lon`); with `frames` (float32 (N, 3) metres each)
     and `faces`, those meshes in a loop. Every mesh carries `fit={"lost": lost, ...}`;
     `thumbnails` (camera -> JPEG bytes) ride along when given; `stages` (name -> StageStatus)
-    go out in a status report once a second.
+    go out in a status report once a second, with `budget` (a live latency budget map) when given.
     """
 
     def __init__(self, url: str, *, n_lat: int = 24, n_lon: int = 48, fps: float = 30.0,
                  thumbnails: dict[str, bytes] | None = None, lost: bool = False,
                  frames: list[np.ndarray] | None = None, faces: np.ndarray | None = None,
-                 stages: dict | None = None):
+                 stages: dict | None = None, budget: dict | None = None):
         from mmface4d_stream.stream.schema import StageStatus
 
         if frames is None:
@@ -93,6 +93,7 @@ class StreamPlayer:
         self.thumbnails = thumbnails or {}
         self.stages = stages or {"fitter": StageStatus(fps=fps, latency_ms=12.5, drops=1),
                                  "publisher": StageStatus(fps=fps, latency_ms=0.5, drops=0)}
+        self.budget = budget
         self.frames_sent = 0
         self.last_vertices: np.ndarray | None = None
         self.publisher = bind_retrying(url)
@@ -118,7 +119,8 @@ class StreamPlayer:
             )
             self.last_vertices = vertices
             self.frames_sent += 1
-            self.publisher.publish_status(self.stages)
+            self.publisher.publish_status(self.stages, **({} if self.budget is None else
+                                                             {"state": "running", "budget": self.budget}))
             next_t += period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 

@@ -141,6 +141,31 @@ def test_page_draws_the_stream_and_its_figures(server, stream_url, page_on):
     assert later["webgl"] and later["connections"] == 1
 
 
+def test_page_shows_the_latency_budget_and_the_stage_over_it(server, stream_url, page_on):
+    from mmface4d_stream.stream.schema import StageStatus
+
+    budget = {"max_latency_ms": 300.0, "capture_to_publish_ms": {"p50": 250.0, "p95": 420.0},
+              "stages": {"landmarks": {"p50": 30.0, "p95": 45.0}, "fit": {"p50": 120.0, "p95": 260.0},
+                         "waiting": {"p50": 60.0, "p95": 110.0}},
+              "drops": {"source_busy": 12, "too_old": 0, "fitter_busy": 3}, "over": "fit", "behind": ["fit"],
+              "frames": 40}
+    player = StreamPlayer(stream_url, n_lat=16, n_lon=32, stages={"fit": StageStatus(8.0, 120.0, 3)}, budget=budget)
+    try:
+        page = page_on(server.url)
+        text = wait_until(lambda: (lambda t: t if "p95" in t else None)(page.text("budget")), what="the budget row")
+        over_rows = page.tab.eval_on_selector_all("#stages tr.over", "rows => rows.map(r => r.cells[0].textContent)")
+        stages = page.text("stages")
+        banner = page.text("banner")
+        budget_class = page.tab.get_attribute("#budget", "class")
+    finally:
+        player.stop()
+    assert text == "420 ms p95 of 300 ms · over: fit · dropped: source busy 12, fitter busy 3"
+    assert over_rows == ["fit"] and budget_class == "bad"
+    assert "120 / 260 ms" in stages and "waiting" in stages
+    assert "fit is over it" in banner
+    assert page.errors == []
+
+
 def test_malformed_messages_do_not_break_the_page(server, stream_url, page_on):
     player = StreamPlayer(stream_url, n_lat=16, n_lon=32)
     try:

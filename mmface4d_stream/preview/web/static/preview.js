@@ -361,7 +361,10 @@ function showStatus(text) {
   $('fit').textContent = fitText.length ? fitText.join(' · ') : '–';
   const topo = s.topology;
   $('topology').textContent = topo ? `${topo.n_vertices} vertices · ${topo.n_faces} triangles` : '–';
-  renderStages(stages);
+  const budget = s.budget && typeof s.budget === 'object' ? s.budget : null;
+  $('budget').textContent = budgetText(budget, s.graph_state);
+  $('budget').className = budget && budget.over ? 'bad' : (budget ? 'ok' : '');
+  renderStages(stages, budget);
   const notes = [];
   if (s.rejected) notes.push(`last rejected message: ${String(s.last_error)}`);
   if (s.waiting_for_topology) notes.push('waiting for the mesh topology');
@@ -370,27 +373,46 @@ function showStatus(text) {
 
   if (!stats.connected) setBanner('preview server unreachable — retrying', 'bad');
   else if (state === 'waiting') setBanner(`waiting for the mesh stream at ${String(s.url)}`, 'warn');
+  else if (s.graph_state === 'ready' && !s.meshes) setBanner('graph ready — waiting for the first frame', 'warn');
   else if (state === 'stalled') setBanner(`no data for ${fmt(s.age_s, 0)} s — is the capture running?`, 'bad');
   else if (state === 'ended') setBanner(`stream ended (${String(s.end_reason)})`, 'warn');
   else if (mesh.lost) setBanner('FACE LOST — the subject is out of view', 'bad');
+  else if (budget && budget.over) setBanner(`latency over budget: ${String(budget.over)} is over it`, 'warn');
   else setBanner('', null);
 }
 
-function renderStages(stages) {
+// The live latency budget (the publisher's status): capture → publish p95 against the budget,
+// the stage over it, drops by cause.
+function budgetText(budget, graphState) {
+  if (!budget) return graphState ? String(graphState) : '–';
+  const e2e = budget.capture_to_publish_ms || {};
+  const drops = budget.drops && typeof budget.drops === 'object' ? budget.drops : {};
+  const dropText = Object.entries(drops).filter(([, n]) => Number(n) > 0).map(([cause, n]) => `${cause.replace('_', ' ')} ${Number(n)}`);
+  return `${fmt(e2e.p95, 0, ' ms')} p95 of ${fmt(budget.max_latency_ms, 0, ' ms')}`
+    + (budget.over ? ` · over: ${String(budget.over)}` : ' · within')
+    + (dropText.length ? ` · dropped: ${dropText.join(', ')}` : '');
+}
+
+function renderStages(stages, budget) {
   const table = $('stages');
   table.replaceChildren();
-  const names = Object.keys(stages);
+  const timed = budget && budget.stages && typeof budget.stages === 'object' ? budget.stages : {};
+  const names = [...new Set([...Object.keys(timed), ...Object.keys(stages)])];
   if (!names.length) return;
   const head = table.insertRow();
-  for (const label of ['stage', 'fps', 'latency', 'drops']) {
+  for (const label of ['stage', 'fps', 'latency', 'p50 / p95', 'drops']) {
     const th = document.createElement('th');
     th.textContent = label;
     head.appendChild(th);
   }
   for (const name of names.slice(0, 16)) {
     const stage = stages[name] || {};
+    const p = timed[name] || {};
     const row = table.insertRow();
-    for (const text of [name, fmt(stage.fps), fmt(stage.latency_ms, 0, ' ms'), String(Number(stage.drops) || 0)]) {
+    if (budget && budget.over === name) row.className = 'over';
+    const percentiles = p.p50 === undefined ? '–' : `${fmt(p.p50, 0)} / ${fmt(p.p95, 0, ' ms')}`;
+    for (const text of [name, stage.fps === undefined ? '–' : fmt(stage.fps), stage.latency_ms === undefined ? '–' : fmt(stage.latency_ms, 0, ' ms'),
+      percentiles, stage.drops === undefined ? '–' : String(Number(stage.drops) || 0)]) {
       row.insertCell().textContent = text;
     }
   }
