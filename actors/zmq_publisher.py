@@ -6,7 +6,7 @@ from actors.records import Dropped, MeshPacket, inject_fault, latency_ms_since
 
 
 class ZmqPublisher:
-    """Publishes every mesh packet (DESIGN.md wire protocol). The graph never waits on the socket:
+    """Publishes every mesh packet (docs/protocol.md). The graph never waits on the socket:
     every subscriber has its own queue (`send_hwm` messages live, `offline_hwm` offline, deep
     enough that a subscriber that keeps up on average loses nothing) and one that stalls or dies
     loses messages alone, never costing the others a frame. Offline only `end` waits, at most

@@ -101,7 +101,7 @@ class OutputConfig:
 
 @dataclass
 class PublishConfig:
-    """ZeroMQ mesh stream (DESIGN.md wire protocol). The graph never waits on the socket: each
+    """ZeroMQ mesh stream (docs/protocol.md). The graph never waits on the socket: each
     subscriber has its own queue (send_hwm messages live, offline_hwm offline) and a subscriber
     that does not keep up loses messages alone, counted from the gaps in `seq`. send_timeout_s
     bounds only the wait to deliver `end` offline. The last `history` meshes are kept for
