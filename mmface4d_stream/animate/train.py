@@ -108,13 +108,15 @@ class _TargetCache:
         return item
 
 
-def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Random) -> list[list[SequenceFiles]]:
-    """Shuffled sequences in groups whose targets fit the cache (estimated from frame counts)."""
+def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Random,
+            n_features: int = 40) -> list[list[SequenceFiles]]:
+    """Shuffled sequences in groups whose targets fit the cache (estimated from frame counts and
+    `n_features` audio features per 10 ms)."""
     order = sequences[:]
     rng.shuffle(order)
     groups, current, size = [], [], 0.0
     for seq in order:
-        est = seq.n_frames * 4 * (64 + 40 * 100 / seq.fps)
+        est = seq.n_frames * 4 * (64 + n_features * 100 / seq.fps)
         if current and size + est > cache_budget:
             groups.append(current)
             current, size = [], 0.0
@@ -169,7 +171,7 @@ def _loss(model: AnimationModel, z: torch.Tensor, target: torch.Tensor, mask: to
 
 
 def _epoch_batches(sequences, cache, subject_index, config, rng):
-    for group in _groups(sequences, config.cache_mb * 2**20, rng):
+    for group in _groups(sequences, config.cache_mb * 2**20, rng, len(cache.stats.feature_mean)):
         clips = []
         for seq in group:
             tg = cache.get(seq)
