@@ -17,6 +17,7 @@ import torch
 
 from mmface4d_stream.animate.corpus import CorpusStats
 from mmface4d_stream.animate.data import frames_in_audio
+from mmface4d_stream.animate.encoder import EncoderFeatures, EncoderSpec, open_encoder
 from mmface4d_stream.animate.features import (LogMelConfig, LogMelExtractor, StreamingLogMel, last_feature_index,
                                               resample_to)
 from mmface4d_stream.animate.model import AnimatorConfig, AudioToMotion, StreamingState
@@ -35,7 +36,9 @@ def _t(a) -> torch.Tensor:
 
 @dataclass
 class AnimationModel:
-    """Everything `run` and `eval` need. `subjects[i]` owns style code i; `faces` (F, 3) or None."""
+    """Everything `run` and `eval` need. `subjects[i]` owns style code i; `faces` (F, 3) or None;
+    `encoder`: the user's audio encoder whose features replace the log-mel ones (`encoder.py`), or
+    None for log-mel features. The checkpoint records the encoder's path, rate and dimension."""
 
     config: AnimatorConfig
     feature_config: LogMelConfig
@@ -45,6 +48,7 @@ class AnimationModel:
     subjects: list[str]
     faces: np.ndarray | None = None
     training: dict = field(default_factory=dict)
+    encoder: EncoderFeatures | None = None
 
     @property
     def n_vertices(self) -> int:
@@ -54,8 +58,13 @@ class AnimationModel:
     def lookahead_samples(self) -> int:
         return int(round(self.config.lookahead_ms * self.feature_config.rate / 1000.0))
 
-    def extractor(self) -> LogMelExtractor:
-        return LogMelExtractor(self.feature_config)
+    def extractor(self) -> LogMelExtractor | EncoderFeatures:
+        """Waveform (S,) at 16 kHz -> features (S // hop, n_features) on the 100 Hz grid."""
+        return self.encoder if self.encoder is not None else LogMelExtractor(self.feature_config)
+
+    def streaming_features(self) -> StreamingLogMel:
+        """The same features from audio blocks: `push(block (n,)) -> (m, n_features)`."""
+        return self.encoder.streaming() if self.encoder is not None else StreamingLogMel(self.extractor())
 
     def style(self, subject: str | None) -> torch.Tensor:
         """(S,) style code of a training subject, or the mean code for None / an unknown subject."""
@@ -126,6 +135,7 @@ class AnimationModel:
             "upper_face": _t(s.regions.upper_face),
             "faces": None if self.faces is None else _t(self.faces.astype(np.int32)),
             "training": self.training,
+            "audio_encoder": None if self.encoder is None else self.encoder.spec.to_dict(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -138,7 +148,10 @@ class AnimationModel:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "AnimationModel":
+    def load(cls, path: str | os.PathLike, device: str = "cpu",
+             audio_encoder: str | os.PathLike | None = None) -> "AnimationModel":
+        """Read a checkpoint. `audio_encoder` replaces the encoder file the model was trained with
+        (the same encoder moved elsewhere): it must give the recorded feature dimension."""
         path = Path(path)
         if not path.is_file():
             raise InputError("model file not found", path)
@@ -161,8 +174,17 @@ class AnimationModel:
             feature_std=state["feature_std"].numpy(),
             regions=FaceRegions(state["lips"].numpy(), state["upper_face"].numpy()))
         faces = None if state["faces"] is None else state["faces"].numpy()
-        return cls(config, LogMelConfig(**state["feature_config"]), state["fps"], net, stats, subjects, faces,
-                   state.get("training") or {})
+        feature_config = LogMelConfig(**state["feature_config"])
+        encoder = None
+        if state.get("audio_encoder") is not None:
+            spec = EncoderSpec.from_dict(state["audio_encoder"])
+            encoder = open_encoder(spec.path if audio_encoder is None else audio_encoder, window_s=spec.window_s,
+                                   expect_dim=spec.dim, trained_rate_hz=spec.rate_hz, config=feature_config)
+        elif audio_encoder is not None:
+            raise InputError("the model was trained on log-mel features, not an audio encoder: "
+                             "drop --audio-encoder", path)
+        return cls(config, feature_config, state["fps"], net, stats, subjects, faces,
+                   state.get("training") or {}, encoder)
 
 
 class StreamingAnimator:
@@ -176,7 +198,7 @@ class StreamingAnimator:
 
     def __init__(self, model: AnimationModel, subject: str | None = None):
         self.model = model
-        self._mel = StreamingLogMel(model.extractor())
+        self._mel = model.streaming_features()
         self._style = model.style(subject)
         self._state = StreamingState()
         self._outputs: list[torch.Tensor] = []  # outputs not yet consumed, starting at _first_output

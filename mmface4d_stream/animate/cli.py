@@ -28,7 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, clip_frames=args.clip_frames, lr=args.lr,
                          val_fraction=args.val_fraction, seed=args.seed, n_components=args.components,
                          hidden=args.hidden, lookahead_ms=args.lookahead_ms, device=args.device,
-                         cache_mb=args.cache_mb, max_minutes=args.minutes)
+                         cache_mb=args.cache_mb, max_minutes=args.minutes, audio_encoder=args.audio_encoder,
+                         audio_encoder_rate=args.audio_encoder_rate, audio_encoder_window_s=args.audio_encoder_window)
     result = train(args.data, args.out, config, resume=args.resume, landmark_mapping=args.landmark_mapping,
                    regions_path=args.regions)
     val = "" if result.val_rmse_mm is None else f", validation vertex RMSE {result.val_rmse_mm:.3f} mm"
@@ -41,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mmface4d_stream.animate.animator import AnimationModel
     from mmface4d_stream.animate.evaluate import evaluate
 
-    report = evaluate(AnimationModel.load(args.model), args.data)
+    report = evaluate(AnimationModel.load(args.model, audio_encoder=args.audio_encoder), args.data)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -53,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmface4d_stream.animate.animator import AnimationModel
     from mmface4d_stream.animate.render_run import animate_wav, load_neutral
 
-    model = AnimationModel.load(args.model)
+    model = AnimationModel.load(args.model, audio_encoder=args.audio_encoder)
     neutral = load_neutral(args.neutral, model, args.neutral_frame)
     if args.subject is not None and args.subject not in model.subjects:
         raise InputError(f"unknown subject {args.subject!r}; the model knows {', '.join(model.subjects)}")
@@ -132,12 +133,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--landmark-mapping", default=None,
                    help="landmark_mapping2.json for topologies without MediaPipe points (BFM)")
     t.add_argument("--regions", default=None, help='JSON {"lips": [ids], "upper_face": [ids]} overriding the regions')
+    t.add_argument("--audio-encoder", default=None, metavar="PATH",
+                   help="a local TorchScript speech encoder, waveform (1, S) at 16 kHz -> (1, T, D), whose features "
+                        "replace the log-mel ones (recorded in the model; nothing is downloaded)")
+    t.add_argument("--audio-encoder-rate", type=float, default=None, metavar="HZ",
+                   help="the encoder's frames per second when the module has no frame_rate_hz attribute (default 50)")
+    t.add_argument("--audio-encoder-window", type=float, default=1.0, metavar="S",
+                   help="seconds of audio each causal encoder call sees (default 1.0)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="LVE and FDD of a model and two baselines on a data folder")
     e.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of sequences")
     e.add_argument("--model", required=True, help="checkpoint from `animate train`")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--audio-encoder", default=None, metavar="PATH",
+                   help="the audio encoder file, when the one recorded in the model has moved (same D and rate)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("run", help="animate a wav (-> mesh nut triplet) or the microphone (-> mesh stream)")
@@ -155,4 +165,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "in real time through the microphone's path")
     r.add_argument("--audio-device", default=None, help="sounddevice input device (name or index)")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds of audio")
+    r.add_argument("--audio-encoder", default=None, metavar="PATH",
+                   help="the audio encoder file, when the one recorded in the model has moved (same D and rate)")
     r.set_defaults(func=cmd_run)

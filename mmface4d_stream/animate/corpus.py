@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.animate.data import SequenceFiles, frame_rms, read_sequence_audio
+from mmface4d_stream.animate.encoder import EncoderFeatures
 from mmface4d_stream.animate.features import LogMelExtractor
 from mmface4d_stream.animate.pca import FrequentDirections
 from mmface4d_stream.animate.regions import FaceRegions
@@ -45,7 +46,7 @@ class CorpusStats:
     basis: (K, 3V) float32 orthonormal rows (displacement directions, metres).
     coeff_std: (K,) float32 per-component standard deviation of the training targets (metres).
     mean_coeffs: (K,) float32 the training set's mean displacement in the basis.
-    feature_mean, feature_std: (F,) float32 log-mel normalization.
+    feature_mean, feature_std: (F,) float32 feature normalization (log-mel or the audio encoder's).
     regions: lips and upper face.
     """
 
@@ -116,7 +117,7 @@ def estimate_neutrals(sequences: list[SequenceFiles], target: np.ndarray, suppor
 
 
 def compute_corpus_stats(sequences: list[SequenceFiles], regions: FaceRegions, first_frame: np.ndarray,
-                         extractor: LogMelExtractor, n_components: int, progress: bool = True) -> CorpusStats:
+                         extractor: LogMelExtractor | EncoderFeatures, n_components: int, progress: bool = True) -> CorpusStats:
     """The two passes of the module docstring. `first_frame` (V, 3) anchors the first alignment."""
     from tqdm import tqdm
 
@@ -160,7 +161,8 @@ def compute_corpus_stats(sequences: list[SequenceFiles], regions: FaceRegions, f
 
 @dataclass
 class SequenceTargets:
-    """Training arrays of one sequence: features (Tf, F) float32 (normalized log-mel, 100 Hz) and
+    """Training arrays of one sequence: features (Tf, F) float32 (normalized log-mel or
+    audio-encoder features on the 100 Hz grid) and
     coeffs (T, K) float32 metres (displacement coefficients of its T mesh frames)."""
 
     features: np.ndarray
@@ -172,7 +174,7 @@ class SequenceTargets:
         return self.features.nbytes + self.coeffs.nbytes
 
 
-def sequence_targets(seq: SequenceFiles, stats: CorpusStats, extractor: LogMelExtractor,
+def sequence_targets(seq: SequenceFiles, stats: CorpusStats, extractor: LogMelExtractor | EncoderFeatures,
                      neutral: np.ndarray | None = None) -> SequenceTargets:
     """Decode, align and project one sequence; normalize its features. `neutral` (V, 3) defaults to
     the subject's training neutral face."""

@@ -27,6 +27,7 @@ from mmface4d_stream.animate.animator import AnimationModel
 from mmface4d_stream.animate.corpus import (CorpusStats, SequenceTargets, compute_corpus_stats, estimate_neutrals,
                                             sequence_targets)
 from mmface4d_stream.animate.data import SequenceFiles, discover_sequences, split_by_subject
+from mmface4d_stream.animate.encoder import DEFAULT_ENCODER_WINDOW_S, open_encoder
 from mmface4d_stream.animate.features import LogMelConfig, LogMelExtractor, last_feature_index
 from mmface4d_stream.animate.model import AnimatorConfig, AudioToMotion
 from mmface4d_stream.animate.regions import anchors_for, face_regions, load_regions
@@ -41,7 +42,12 @@ MM = 1000.0
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training options (see `mmface4d animate train --help`). Times in frames at 30 fps."""
+    """Training options (see `mmface4d animate train --help`). Times in frames at 30 fps.
+
+    audio_encoder: a TorchScript speech encoder file whose features replace the log-mel ones
+    (`encoder.py`); audio_encoder_rate: its frames per second when the module has no
+    `frame_rate_hz` attribute (None: 50 Hz); audio_encoder_window_s: audio each encoder call sees.
+    """
 
     epochs: int = 30
     batch_size: int = 16
@@ -59,6 +65,9 @@ class TrainConfig:
     device: str = "cpu"
     cache_mb: float = 1024.0
     max_minutes: float | None = None
+    audio_encoder: str | None = None
+    audio_encoder_rate: float | None = None
+    audio_encoder_window_s: float = DEFAULT_ENCODER_WINDOW_S
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.clip_frames < 2:
@@ -80,7 +89,7 @@ class TrainResult:
 
 
 class _TargetCache:
-    def __init__(self, stats: CorpusStats, extractor: LogMelExtractor, budget_bytes: float,
+    def __init__(self, stats: CorpusStats, extractor, budget_bytes: float,
                  neutrals: dict[str, np.ndarray] | None = None):
         self.stats, self.extractor, self.budget = stats, extractor, budget_bytes
         self.neutrals = neutrals or {}
@@ -99,13 +108,15 @@ class _TargetCache:
         return item
 
 
-def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Random) -> list[list[SequenceFiles]]:
-    """Shuffled sequences in groups whose targets fit the cache (estimated from frame counts)."""
+def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Random,
+            n_features: int = 40) -> list[list[SequenceFiles]]:
+    """Shuffled sequences in groups whose targets fit the cache (estimated from frame counts and
+    `n_features` audio features per 10 ms)."""
     order = sequences[:]
     rng.shuffle(order)
     groups, current, size = [], [], 0.0
     for seq in order:
-        est = seq.n_frames * 4 * (64 + 40 * 100 / seq.fps)
+        est = seq.n_frames * 4 * (64 + n_features * 100 / seq.fps)
         if current and size + est > cache_budget:
             groups.append(current)
             current, size = [], 0.0
@@ -160,7 +171,7 @@ def _loss(model: AnimationModel, z: torch.Tensor, target: torch.Tensor, mask: to
 
 
 def _epoch_batches(sequences, cache, subject_index, config, rng):
-    for group in _groups(sequences, config.cache_mb * 2**20, rng):
+    for group in _groups(sequences, config.cache_mb * 2**20, rng, len(cache.stats.feature_mean)):
         clips = []
         for seq in group:
             tg = cache.get(seq)
@@ -215,9 +226,14 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
     sequences = discover_sequences(data_dirs)
 
     feature_config = LogMelConfig()
-    extractor = LogMelExtractor(feature_config)
     if resume and out.is_file():
         model = AnimationModel.load(out, device="cpu")
+        extractor = model.extractor()
+        trained_with = None if model.encoder is None else model.encoder.spec.path
+        asked = None if config.audio_encoder is None else str(Path(config.audio_encoder).expanduser().resolve())
+        if asked != trained_with:
+            raise InputError(f"cannot resume with --audio-encoder {asked or '(none)'}: the run was started with "
+                             f"{trained_with or 'log-mel features'}", out)
         if model.training.get("config", {}).get("n_components") is None:
             raise InputError("checkpoint holds no training state to resume", out)
         split = model.training["split"]
@@ -230,6 +246,9 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
         start_epoch = int(model.training["epoch"])
         logger.info("resuming %s after epoch %d", out, start_epoch)
     else:
+        extractor = LogMelExtractor(feature_config) if config.audio_encoder is None else open_encoder(
+            config.audio_encoder, config.audio_encoder_rate, config.audio_encoder_window_s, config=feature_config)
+        n_features = feature_config.n_mels if config.audio_encoder is None else extractor.n_features
         train_seqs, val_seqs = split_by_subject(sequences, config.val_fraction, config.seed)
         first = _first_frame(train_seqs[0])
         if regions_path is not None:
@@ -244,10 +263,10 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
             from mmface4d_stream.formats.faces import load_faces
 
             faces = load_faces(faces_path, len(first))
-        net_config = AnimatorConfig(n_features=feature_config.n_mels, n_components=len(stats.basis),
+        net_config = AnimatorConfig(n_features=n_features, n_components=len(stats.basis),
                                     n_subjects=len(subjects), hidden=config.hidden, lookahead_ms=config.lookahead_ms)
         model = AnimationModel(net_config, feature_config, train_seqs[0].fps, AudioToMotion(net_config), stats,
-                               subjects, faces)
+                               subjects, faces, encoder=None if config.audio_encoder is None else extractor)
         model.training = {"epoch": 0, "history": [],
                           "split": {"train": [str(s.wav_path) for s in train_seqs],
                                     "val": [str(s.wav_path) for s in val_seqs]},
