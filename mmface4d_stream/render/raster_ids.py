@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmface4d_stream.render.renderer import LENS_GLSL, set_lens_uniforms, shared_context
+from mmface4d_stream.render.renderer import CLEAR_VERTEX_SHADER, LENS_GLSL, set_lens_uniforms, shared_context
 
 __all__ = ["GLTriangleRasterizer"]
 
@@ -49,14 +49,6 @@ layout(location = 1) out vec2 out_bary;
 void main() {
     out_id = gl_PrimitiveID + 1;
     out_bary = v_bary;
-}
-"""
-
-_CLEAR_VERTEX_SHADER = """
-#version 330
-void main() {
-    vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
-    gl_Position = vec4(corner, 1.0, 1.0);
 }
 """
 
@@ -106,7 +98,7 @@ class GLTriangleRasterizer:
         self._bary_buf = ctx.buffer(bary.tobytes())
         self._vao = ctx.vertex_array(self._prog, [(self._pos_buf, "3f", "in_position"),
                                                   (self._bary_buf, "2f", "in_bary")])
-        self._clear_prog = ctx.program(vertex_shader=_CLEAR_VERTEX_SHADER, fragment_shader=_CLEAR_FRAGMENT_SHADER)
+        self._clear_prog = ctx.program(vertex_shader=CLEAR_VERTEX_SHADER, fragment_shader=_CLEAR_FRAGMENT_SHADER)
         self._clear_vao = ctx.vertex_array(self._clear_prog, [])
         self._size = (0, 0)
         self._fbo = None

@@ -285,7 +285,8 @@ void main() {
 """
 
 
-_CLEAR_VERTEX_SHADER = """
+# A full-screen quad from gl_VertexID alone (clears integer targets, which glClear cannot).
+CLEAR_VERTEX_SHADER = """
 #version 330
 void main() {
     vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
@@ -475,7 +476,7 @@ class MeshRenderer:
         self._fbo_fast = ctx.framebuffer(
             color_attachments=[self._color_tex, self._depth_mm_tex], depth_attachment=self._zbuf
         )
-        self._clear_prog = ctx.program(vertex_shader=_CLEAR_VERTEX_SHADER, fragment_shader=_CLEAR_FRAGMENT_SHADER)
+        self._clear_prog = ctx.program(vertex_shader=CLEAR_VERTEX_SHADER, fragment_shader=_CLEAR_FRAGMENT_SHADER)
         self._clear_prog["background"].value = tuple(c / 255.0 for c in self.background)
         self._clear_vao = ctx.vertex_array(self._clear_prog, [])
         self._clear_by_pass = any(self.background) or not self._zero_clear_works()
