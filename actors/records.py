@@ -41,8 +41,8 @@ class MeshPacket:
 class FrameReport:
     """What the encoder did with one tick, returned to the driver (small).
 
-    kind: "mesh" (fitted), "lost" (no face: previous mesh repeated), "dropped", "end" (source
-    exhausted) or "replayed" (a frame re-run after a restart, already written). filled: frames
+    kind: "mesh" (fitted), "lost" (no face: previous mesh repeated), "dropped" or "replayed" (a
+    frame re-run after a restart, already written); the source's end reaches the driver as None. filled: frames
     repeated before this one to close a gap of dropped frames. latency_ms: source emit → encoded
     (same host only). timings_ms: per-stage milliseconds of this frame. cause: why a dropped frame
     was dropped. t_source_ns: the source's emit time (host monotonic ns; 0: unknown).

@@ -158,7 +158,8 @@ class EndMessage:
     """The sequence is finished; no more meshes follow from this publisher run.
 
     last_seq: `seq` of the last mesh published (-1 if none), so a receiver can count trailing
-    losses; n_meshes: meshes published; reason: "finished", "stopped" or "error".
+    losses; n_meshes: meshes published; reason: "finished", "interrupted" (the graph on Ctrl-C),
+    "stopped" (a live animation ended) or "error".
     """
 
     t_publish_ns: int
