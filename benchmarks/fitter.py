@@ -111,11 +111,41 @@ def _device_profile(step, device: str, top: int = 12) -> list[dict] | None:
     return [{"name": "(all)", "calls": sum(e.count for e in events), "device_ms": total / 1e3}] + rows
 
 
+class _LegacyStreams:
+    """The d72b0a6 fitter behind `MultiStreamFitter`'s slot interface (one stream), so the same
+    timing loop measures both."""
+
+    cuda_graphs = False
+    timings: dict = {}
+
+    def __init__(self, model, cfg: FitterConfig, device: str):
+        from benchmarks.legacy_fitter import legacy_fitter_class
+
+        cls = legacy_fitter_class()
+        legacy_cfg = sys.modules[cls.__module__].FitterConfig(**dataclasses.asdict(cfg))
+        self._fitter = cls(model, legacy_cfg, device=device)
+
+    def open_stream(self) -> int:
+        return 0
+
+    def process(self, frames: dict) -> dict:
+        return {slot: self._fitter.process(obs) for slot, obs in frames.items()}
+
+
 def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int, offsets: bool,
-              cuda_graphs: bool = True, profile: bool = False) -> dict:
-    """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames."""
+              mode: str = "graph", profile: bool = False) -> dict:
+    """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames.
+
+    mode: "graph" (CUDA graphs where the device is CUDA), "eager", or "legacy" (the d72b0a6
+    fitter, one stream).
+    """
     cfg = FitterConfig(offsets=offsets, identity_frames=warmup)
-    fitter = MultiStreamFitter(model, cfg, device=device, cuda_graphs=cuda_graphs)
+    if mode == "legacy":
+        if batch != 1:
+            raise ValueError("the legacy fitter fits one stream")
+        fitter = _LegacyStreams(model, cfg, device)
+    else:
+        fitter = MultiStreamFitter(model, cfg, device=device, cuda_graphs=mode == "graph")
     slots = [fitter.open_stream() for _ in range(batch)]
     phase = [j % PHASES for j in range(batch)]
     times, cpu, errors, iters = [], [], [], []
@@ -160,46 +190,9 @@ def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int
         "iterations": float(np.mean(iters)),
         "mean_vertex_error_mm": float(np.mean(errors)),
         "graphs_captured": len(fitter.graphs) if fitter.cuda_graphs else 0,
-        "graph_failures": sorted(set(fitter.graphs.failures.values())),
+        "graph_failures": sorted(set(fitter.graphs.failures.values())) if fitter.cuda_graphs else [],
         "step_ms": phases,  # per batch step: host prepare/collate, launch, device, read-back + results
         "device_profile": device_profile,
-    }
-
-
-def run_legacy(model, frames, device: str, warmup: int, n_frames: int, offsets: bool) -> dict:
-    """The d72b0a6 fitter on one stream, same frames and figures."""
-    from benchmarks.legacy_fitter import legacy_fitter_class
-
-    cls = legacy_fitter_class()
-    legacy_cfg = sys.modules[cls.__module__].FitterConfig
-    fitter = cls(model, legacy_cfg(**dataclasses.asdict(FitterConfig(offsets=offsets, identity_frames=warmup))),
-                 device=device)
-    times, cpu, errors, iters = [], [], [], []
-    reads = ops = None
-    for k in range(n_frames):
-        if k == warmup + 1:
-            with HostReadCounter() as counter:
-                fitter.process(frames[k - 1][0])
-            reads = counter.total
-            with AtenOpCounter() as op_counter:
-                fitter.process(frames[k - 1][0])
-            ops = op_counter.total
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = fitter.process(frames[k][0])
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        if k >= warmup:
-            errors.append(1e3 * float(np.linalg.norm(res.vertices - frames[k][1], axis=1).mean()))
-            iters.append(res.iterations)
-    steady = float(np.sum(times[warmup:]))
-    n_steady = n_frames - warmup
-    return {
-        "batch": 1, "fps_per_stream": n_steady / steady, "fps_total": n_steady / steady,
-        "cpu_ms_per_frame": 1e3 * float(np.sum(cpu[warmup:])) / n_steady, "host_reads_per_step": reads,
-        "aten_ops_per_frame": ops, "kernel_launches_per_frame": None, "iterations": float(np.mean(iters)),
-        "mean_vertex_error_mm": float(np.mean(errors)), "graphs_captured": 0, "graph_failures": [], "step_ms": {},
     }
 
 
@@ -265,11 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 jobs = [("legacy", 1)] if args.legacy else []
                 jobs += [(mode, b) for b in args.batch for mode in modes]
                 for mode, b in jobs:
-                    if mode == "legacy":
-                        r = run_legacy(model, frames, device, args.warmup, args.frames, not args.no_offsets)
-                    else:
-                        r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
-                                      cuda_graphs=mode == "graph", profile=args.profile)
+                    r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
+                                  mode=mode, profile=args.profile and mode != "legacy")
                     r.update(model=key, cameras=n_cam, device=device, mode=mode)
                     rows.append(r)
                     print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "

@@ -1,9 +1,9 @@
 """The fitter as it was before the batched core (main d72b0a6), loaded from git for side-by-side timing.
 
 `benchmarks/fitter.py --legacy` times it in the same run as the current fitter, until the batched
-core is proven on every machine we use. The three modules it needs (fitter, camera_terms,
-regularizers) are written by `git show` into `out/legacy_fit_<rev>/legacy_fit/` with their imports
-pointed at each other; the rest (face models, geometry, types) comes from the current tree, whose
+core is proven on every machine we use. The four modules it needs (fitter, camera_terms,
+regularizers, geometry) are written by `git show` into `out/legacy_fit_<rev>/legacy_fit/` with their imports
+pointed at each other; the rest (face models, types) comes from the current tree, whose
 APIs it uses are unchanged. On a machine without the repository's history (the lent GPU machine),
 prepare the folder here (`python benchmarks/legacy_fitter.py`) and carry `out/legacy_fit_<rev>`.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_REV = "d72b0a6"
-_MODULES = ("fitter", "camera_terms", "regularizers")
+_MODULES = ("fitter", "camera_terms", "regularizers", "geometry")
 
 
 def legacy_folder(rev: str = LEGACY_REV) -> Path:

@@ -86,7 +86,9 @@ class FitCamera:
 
     # -- lens model -------------------------------------------------------------------------
 
-    def _radial_limit_r2(self) -> float:
+    @property
+    def radial_limit_r2(self) -> float:
+        """Squared normalized radius beyond which the radial factor is held constant (inf: none)."""
         return np.inf if self.max_radius is None else float(self.max_radius) ** 2
 
     def distort(self, xy: np.ndarray) -> np.ndarray:
@@ -94,7 +96,7 @@ class FitCamera:
         xy = np.asarray(xy, dtype=np.float64)
         if self.distortion is None:
             return xy.copy()
-        return distort_normalized(xy, np.asarray(self.distortion, np.float64), self._radial_limit_r2())
+        return distort_normalized(xy, np.asarray(self.distortion, np.float64), self.radial_limit_r2)
 
     def undistort(self, uv: np.ndarray, iterations: int = 30) -> np.ndarray:
         """Raw pixels (..., 2) -> normalized undistorted (x, y) (..., 2), float64 (fixed-point inversion)."""
@@ -102,7 +104,7 @@ class FitCamera:
         xd = np.stack([(uv[..., 0] - self.cx) / self.fx, (uv[..., 1] - self.cy) / self.fy], axis=-1)
         if self.distortion is None:
             return xd
-        return undistort_normalized(xd, np.asarray(self.distortion, np.float64), self._radial_limit_r2(), iterations)
+        return undistort_normalized(xd, np.asarray(self.distortion, np.float64), self.radial_limit_r2, iterations)
 
     def undistort_to_pinhole_px(self, uv: np.ndarray) -> np.ndarray:
         """Raw pixels (..., 2) -> where an ideal pinhole with the same fx, fy, cx, cy would see them."""
@@ -116,7 +118,7 @@ class FitCamera:
         if self.distortion is not None:
             k1, k2, k3, k4, k5, k6, p1, p2 = self.distortion
             r2 = x * x + y * y
-            r2c = r2.clamp_max(self._radial_limit_r2()) if self.max_radius is not None else r2
+            r2c = r2.clamp_max(self.radial_limit_r2) if self.max_radius is not None else r2
             radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
             x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)

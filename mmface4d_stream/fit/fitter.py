@@ -37,24 +37,12 @@ Usage (one stream; the graph builds observations from the landmark detector and 
 
 from __future__ import annotations
 
-import torch
-
 from mmface4d_stream.face.models import FaceModel
 from mmface4d_stream.fit.fitter_config import FitterConfig
 from mmface4d_stream.fit.multi import MultiStreamFitter
 from mmface4d_stream.fit.types import FitResult, FrameObservation
 
-__all__ = ["FitterConfig", "FaceFitter", "vertex_normals_torch"]
-
-
-def vertex_normals_torch(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals (N, 3) of a mesh (vertices (N, 3), triangles (F, 3) long)."""
-    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
-    fn = torch.linalg.cross(b - a, c - a, dim=1)
-    n = torch.zeros_like(vertices)
-    for k in range(3):
-        n.index_add_(0, triangles[:, k], fn)
-    return n / torch.linalg.norm(n, dim=1, keepdim=True).clamp_min(1e-12)
+__all__ = ["FitterConfig", "FaceFitter"]
 
 
 class FaceFitter:

@@ -163,8 +163,10 @@ def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: in
     return crops
 
 
-def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceModel, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Initial model -> reference pose (R (3, 3), t (3,)) without a warm start.
+def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceModel,
+              rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Initial model -> reference pose (R (3, 3), t (3,)) without a warm start, for the model's
+    vertices `rest` (N, 3) (its shape at the stream's identity, no expression).
 
     Landmarks lifted by depth + Kabsch with outlier rejection; without depth at the landmarks, a
     frontal face towards the camera with the most landmarks, at the distance where the model's
@@ -173,10 +175,7 @@ def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceMode
     det_idx = model.landmark_detector_index
     n_det = int(det_idx.max()) + 1
     points, valid, _ = lift_landmarks(obs, n_det)
-    lv = model.landmark_vertex
-    lm_model = model.mean_shape[lv].astype(np.float64)
-    if model.n_id:
-        lm_model = lm_model + model.id_basis[lv].astype(np.float64) @ np.asarray(alpha, np.float64)
+    lm_model = np.asarray(rest, np.float64)[model.landmark_vertex]
     rows = np.flatnonzero(valid[det_idx])
     if len(rows) >= 6:
         src, dst = lm_model[rows], points[det_idx[rows]]
@@ -229,7 +228,7 @@ def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) 
             intr[i, k] = (c.fx, c.fy, c.cx, c.cy)
             if c.distortion is not None:
                 dist[i, k] = c.distortion
-            r2[i, k] = min(c._radial_limit_r2(), 1e12)
+            r2[i, k] = min(c.radial_limit_r2, 1e12)
             target[i, k], conf[i, k] = cam.lm_px, cam.lm_conf
     f, ctr = intr[..., None, :2], intr[..., None, 2:]
     xy = undistort_normalized((target - ctr) / f, dist[:, :, None, :], r2[:, :, None])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["so3_exp", "so3_log", "so3_exp_torch", "so3_exp_batch", "so3_log_batch", "orthonormalize_batch",
+__all__ = ["so3_exp", "so3_log", "so3_exp_batch", "so3_log_batch", "orthonormalize_batch",
            "skew_torch", "kabsch", "invert_rigid"]
 
 
@@ -49,11 +49,6 @@ def skew_torch(v: torch.Tensor) -> torch.Tensor:
         torch.stack([v[..., 2], z, -v[..., 0]], -1),
         torch.stack([-v[..., 1], v[..., 0], z], -1),
     ], -2)
-
-
-def so3_exp_torch(w: torch.Tensor) -> torch.Tensor:
-    """Axis-angle (3,) -> rotation (3, 3), same dtype/device (Rodrigues; see `so3_exp_batch`)."""
-    return so3_exp_batch(w[None])[0]
 
 
 def so3_exp_batch(w: torch.Tensor) -> torch.Tensor:

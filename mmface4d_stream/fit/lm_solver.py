@@ -149,11 +149,7 @@ class _Terms:
         self.n_par = 6 + self.n_id + pack.n_exp
         self.inv_lm = 1.0 / cfg.landmark_sigma_px**2
         self.inv_d = 1.0 / cfg.depth_sigma_m**2
-        # The offsets and (identity frozen) the identity part are constant during the iterations.
-        self.s_off = fb.offsets[:, pack.samples]
-        self.lm_off = fb.offsets[:, pack.lm_vertex]
-        self.s_vid = fb.v_id[:, pack.samples]
-        self.lm_vid = fb.v_id[:, pack.lm_vertex]
+        self.fix_shape(fb.v_id, fb.offsets)
         self.s_normals = normals[:, pack.samples]
         tw = fb.temporal
         zeros = torch.zeros_like(tw)
@@ -171,6 +167,13 @@ class _Terms:
 
     # -- model points ------------------------------------------------------------------------
 
+    def fix_shape(self, v_id: torch.Tensor, offsets: torch.Tensor) -> None:
+        """The parts of the model points that stay constant during the LM iterations: the offsets
+        (B, N, 3) and, while α is not a parameter, the identity part v_id (B, N, 3), at the subsets."""
+        pack = self.pack
+        self.s_off, self.lm_off = offsets[:, pack.samples], offsets[:, pack.lm_vertex]
+        self.s_vid, self.lm_vid = v_id[:, pack.samples], v_id[:, pack.lm_vertex]
+
     def points(self, state, which: str) -> torch.Tensor:
         """Model-frame points (B, V, 3) of `which` ("samples" or "landmarks") for a state."""
         _r, _t, alpha, beta = state
@@ -185,17 +188,26 @@ class _Terms:
             base = mean + apply_basis(id_b, alpha)
         return base + apply_basis(exp_b, beta) + off
 
-    def associate(self, state, gate_m: float):
+    def samples_in_cameras(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depth samples of a state: rotated into the reference frame (B, S, 3) and in each
+        camera's frame (B, C, S, 3)."""
         r, t, _a, _b = state
-        rt = r.transpose(-1, -2)
+        rp = self.points(state, "samples") @ r.transpose(-1, -2)
+        return rp, self.fb.cameras.to_cameras(rp + t[:, None])
+
+    def associate(self, state, gate_m: float, xc: torch.Tensor):
+        """Associate the samples of a state, xc = `samples_in_cameras(state)[1]`, with the patches."""
         cams = self.fb.cameras
-        xc = cams.to_cameras(self.points(state, "samples") @ rt + t[:, None])
-        return self.patches.associate(cams, xc, cams.rotate(self.s_normals @ rt), gate_m, self.cfg.depth_min_normal_cos)
+        normals_cam = cams.rotate(self.s_normals @ state[0].transpose(-1, -2))
+        return self.patches.associate(cams, xc, normals_cam, gate_m, self.cfg.depth_min_normal_cos)
 
     # -- cost and normal equations -------------------------------------------------------------
 
-    def evaluate(self, state, assoc, with_jac: bool):
-        """(H (B, P, P) float64, g (B, P) float64, cost (B,)) or, without the Jacobian, cost (B,)."""
+    def evaluate(self, state, assoc, with_jac: bool, samples=None):
+        """(H (B, P, P) float64, g (B, P) float64, cost (B,)) or, without the Jacobian, cost (B,).
+
+        samples: `samples_in_cameras(state)` when the caller has it already.
+        """
         cfg, pack, fb = self.cfg, self.pack, self.fb
         r, t, alpha, beta = state
         rt = r.transpose(-1, -2)
@@ -224,8 +236,7 @@ class _Terms:
             h = jw_l.transpose(1, 2) @ j_l
             g = (jw_l.transpose(1, 2) @ res.reshape(b, -1, 1).to(torch.float64))[..., 0]
         # Depth.
-        rp = self.points(state, "samples") @ rt
-        xc = cams.to_cameras(rp + t[:, None])
+        rp, xc = self.samples_in_cameras(state) if samples is None else samples
         ok = assoc[0]
         res_d, jw_d, g_ref = depth_rows(assoc, cams, rp, xc)
         ar = res_d.abs()
@@ -327,8 +338,9 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     tol = cfg.step_tolerance
     for it in range(settings.iterations):
         widened = it < settings.widened_iterations
-        assoc = terms.associate(state, cfg.depth_gate_m * (3.0 if widened else 1.0))
-        h, g, cost = terms.evaluate(state, assoc, with_jac=True)
+        samples = terms.samples_in_cameras(state)
+        assoc = terms.associate(state, cfg.depth_gate_m * (3.0 if widened else 1.0), samples[1])
+        h, g, cost = terms.evaluate(state, assoc, with_jac=True, samples=samples)
         if not widened:
             # Re-association gave back what the last step gained: the ICP-style limit cycle of
             # discrete pixel associations around the optimum.
@@ -354,11 +366,8 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
             converged = converged | done
             active = active & ~done
     r, t, alpha, beta = state
-    if terms.fit_identity:
-        v_id = pack.mean + apply_basis(pack.id_basis, alpha)
-    else:
-        v_id = fb.v_id
-    full = v_id + apply_basis(pack.exp_basis, beta) + fb.offsets
+    v_id = pack.identity_shape(alpha) if terms.fit_identity else fb.v_id
+    full = pack.shape(v_id, beta, fb.offsets)
     offsets = fb.offsets
     if pack.regularizer is not None:
         offsets = _chunked(partial(offset_step, pack, cfg), b, chunk, fb.cameras, patches, r, t, full, fb.offsets,
@@ -368,14 +377,13 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     vertices = full @ r.transpose(-1, -2) + t[:, None]
     # Residual figures of the final state (read once by the caller, with the mesh).
     final = (r, t, alpha, beta)
-    terms.s_off, terms.lm_off = offsets[:, pack.samples], offsets[:, pack.lm_vertex]
-    if terms.fit_identity:
-        terms.fit_identity, terms.s_vid, terms.lm_vid = False, v_id[:, pack.samples], v_id[:, pack.lm_vertex]
+    terms.fit_identity = False
+    terms.fix_shape(v_id, offsets)
     uv, _ = project_pinhole_batch(fb.cameras, terms.points(final, "landmarks") @ r.transpose(-1, -2) + t[:, None])
     seen = (fb.lm_conf > 0).to(uv.dtype)
     lm_sq = (((uv - fb.lm_target) ** 2).sum(-1) * seen).sum(-1)
-    ok, tp, tn = terms.associate(final, cfg.depth_gate_m)
-    xc = fb.cameras.to_cameras(terms.points(final, "samples") @ r.transpose(-1, -2) + t[:, None])
+    _, xc = terms.samples_in_cameras(final)
+    ok, tp, tn = terms.associate(final, cfg.depth_gate_m, xc)
     res = (tn * (xc - tp)).sum(-1) * ok
     return SolveOutput(
         rotation=r, translation=t, alpha=alpha, beta=beta, offsets=offsets, v_id=v_id, full=full,

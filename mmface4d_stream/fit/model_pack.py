@@ -115,6 +115,14 @@ class ModelPack:
             regularizer=regularizer,
         )
 
+    def identity_shape(self, alpha: torch.Tensor) -> torch.Tensor:
+        """mean + B_id α for a batch: alpha (B, K_id) -> (B, N, 3) metres, model frame."""
+        return self.mean + apply_basis(self.id_basis, alpha)
+
+    def shape(self, v_id: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Model-frame vertices (B, N, 3): the identity part (B, N, 3) + B_exp β (β (B, K_exp)) + offsets."""
+        return v_id + apply_basis(self.exp_basis, beta) + offsets
+
     @property
     def n_vertices(self) -> int:
         return self.model.n_vertices

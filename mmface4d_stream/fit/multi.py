@@ -44,7 +44,7 @@ from mmface4d_stream.fit.frame_prep import (
     prepare_cameras,
 )
 from mmface4d_stream.fit.lm_solver import FrameBatch, SolveOutput, SolveSettings, solve_frames
-from mmface4d_stream.fit.model_pack import ModelPack, apply_basis
+from mmface4d_stream.fit.model_pack import ModelPack
 from mmface4d_stream.fit.template_lift import lift_landmarks
 from mmface4d_stream.fit.types import FitResult, FrameObservation, Pose
 
@@ -328,11 +328,9 @@ class MultiStreamFitter:
         else:
             flags.append("cold_start")
             alpha = st.identity if st.identity is not None else np.zeros(model.n_id, np.float32)
-            r0, t0 = initial_pose if initial_pose is not None else cold_pose(obs, cams, model, alpha)
-            s_model = model.mean_shape[samples].astype(np.float64)
-            if model.n_id:
-                s_model = s_model + model.id_basis[samples].astype(np.float64) @ alpha.astype(np.float64)
-            samples_ref = s_model @ np.asarray(r0).T + np.asarray(t0)
+            rest = model.vertices(alpha).astype(np.float64)  # cold starts are rare: the whole mesh
+            r0, t0 = initial_pose if initial_pose is not None else cold_pose(obs, cams, model, rest)
+            samples_ref = rest[samples] @ np.asarray(r0).T + np.asarray(t0)
             job.alpha0, job.pose0 = np.asarray(alpha, np.float32), (np.asarray(r0), np.asarray(t0))
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
@@ -355,8 +353,8 @@ class MultiStreamFitter:
             alpha = torch.as_tensor(job.alpha0, **f32)
             beta = torch.zeros(pack.n_exp, **f32)
             offsets = torch.zeros((pack.n_vertices, 3), **f32)
-        v_id = pack.mean + apply_basis(pack.id_basis, alpha[None])[0]
-        full = v_id + apply_basis(pack.exp_basis, beta[None])[0] + offsets
+        v_id = pack.identity_shape(alpha[None])[0]
+        full = pack.shape(v_id[None], beta[None], offsets[None])[0]
         return dict(rotation=rotation, translation=translation, alpha=alpha, beta=beta, offsets=offsets,
                     v_id=v_id, full=full)
 

@@ -285,7 +285,7 @@ def test_template_fit_on_a_rendered_kinect_capture(tmp_path):
     from scipy.spatial import cKDTree
 
     from mmface4d_stream.face.landmarks import FaceLandmarker
-    from mmface4d_stream.fit.fitter import vertex_normals_torch
+    from mmface4d_stream.fit.model_pack import vertex_normals
     from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
     from mmface4d_stream.formats.depth_nut import DepthNutReader
     from mmface4d_stream.formats.mesh_nut import MeshNutReader
@@ -313,7 +313,7 @@ def test_template_fit_on_a_rendered_kinect_capture(tmp_path):
         gt = truth[i]
         # Ground-truth vertices 0..467 are the MediaPipe points, like the template's.
         assert 1e3 * np.linalg.norm(res.vertices[:468] - gt[:468], axis=1).mean() < 8.0
-        normals = vertex_normals_torch(torch.as_tensor(gt), faces).numpy()
+        normals = vertex_normals(torch.as_tensor(gt)[None], faces)[0].numpy()
         _, j = cKDTree(gt).query(res.vertices)
         to_surface_mm = 1e3 * np.abs(((res.vertices - gt[j]) * normals[j]).sum(1))
         assert np.median(to_surface_mm) < 0.6 and np.mean(to_surface_mm) < 1.0
