@@ -238,14 +238,13 @@ def smooth_mesh_nut(
         progress: called as `progress(n_done, total)` after each unit of work: `n_done` units
             since the last call, `total = 2 * T + n_chunks` (decode, filter chunks, encode).
     """
-    from mmface4d_stream.formats.mesh_nut import MeshNutReader, MeshNutWriter
-
     from mmface4d_stream.errors import InputError
+    from mmface4d_stream.formats.mesh_nut import MeshNutReader, MeshNutWriter
     from mmface4d_stream.formats.output_files import check_output_dir, remove_quietly, reserve_npy
 
     out_prefix = str(out_prefix)
-    check_output_dir(Path(out_prefix).resolve().parent, create=True)
-    tmp_dir = check_output_dir(tmp_dir, create=True) if tmp_dir is not None else Path(out_prefix).resolve().parent
+    out_dir = check_output_dir(Path(out_prefix).resolve().parent, create=True)
+    tmp_dir = check_output_dir(tmp_dir, create=True) if tmp_dir is not None else out_dir
     handle, tmp_path = tempfile.mkstemp(prefix=".smooth-", suffix=".npy", dir=tmp_dir)
     os.close(handle)
     try:

@@ -18,8 +18,7 @@ from mmface4d_stream.formats.faces import load_faces, write_obj, write_ply
 from mmface4d_stream.formats.mesh_nut import (
     MeshNutReader, MeshNutWriter, frame_side, mesh_nut_paths, mesh_prefix_of, read_frame_header)
 from mmface4d_stream.formats.mesh_verify import MeshIssue, TemporalSpikes, verify_mesh_sequence
-from mmface4d_stream.formats.output_files import (check_output_dir, is_write_error, output_error, remove_quietly,
-                                                   reserve_npy)
+from mmface4d_stream.formats.output_files import check_output_dir, remove_quietly, replacing, reserve_npy
 from mmface4d_stream.formats.sequence import DatasetSequence
 
 log = logging.getLogger(__name__)
@@ -42,12 +41,11 @@ def _open_mesh(args: argparse.Namespace) -> MeshNutReader:
 def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_dir(out.parent, create=True)
-    partial = out.with_name(f".{out.name}.partial")
     with _open_mesh(args) as reader:
-        # Blocks reserved up front: a full disk is an error here, not a SIGBUS in the loop.
-        array = reserve_npy(partial, (len(reader), reader.n_vertices, 3), np.float32, report_as=out)
-        spikes = TemporalSpikes()
-        try:
+        with replacing(out) as partial:
+            # Blocks reserved up front: a full disk is an error here, not a SIGBUS in the loop.
+            array = reserve_npy(partial, (len(reader), reader.n_vertices, 3), np.float32, report_as=out)
+            spikes = TemporalSpikes()
             with _progress(len(reader), "decode") as bar:
                 for index, vertices in enumerate(reader):
                     array[index] = vertices
@@ -56,10 +54,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
             _report_issues(spikes.spikes(), reader.prefix, args.strict)
             array.flush()
             del array
-            partial.replace(out)
-        except BaseException:
-            remove_quietly(partial)
-            raise
         print(f"wrote {out}: {len(reader)} frames x {reader.n_vertices} vertices x 3 (float32, metres)",
               file=sys.stderr)
     return 0
@@ -193,23 +187,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _open_mesh(args) as reader:
         faces = load_faces(args.faces, reader.n_vertices)
         written: list[Path] = []
-        partial = None
         try:
             with _progress(len(reader), f"export {args.format}") as bar:
                 for index, vertices in enumerate(reader):
                     target = out_dir / f"frame_{index:06d}.{args.format}"
-                    partial = target.with_name(f".{target.name}.partial")
-                    try:
+                    with replacing(target) as partial:
                         writer(partial, vertices, faces)
-                    except OSError as exc:
-                        if is_write_error(exc):
-                            raise output_error(exc, target) from None
-                        raise
-                    partial.replace(target)
                     written.append(target)
                     bar.update()
         except BaseException:
-            remove_quietly(*written, *([partial] if partial else []))
+            remove_quietly(*written)
             raise
         print(f"wrote {len(reader)} {args.format} files to {out_dir}", file=sys.stderr)
     return 0

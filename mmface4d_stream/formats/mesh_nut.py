@@ -25,7 +25,6 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.gray16_video import (DECODER_THREADS, Decoding, Gray16VideoReader,
                                                      Gray16VideoWriter)
-from mmface4d_stream.formats.mesh_verify import coordinate_frame_problems, follows_margin_rule
 from mmface4d_stream.formats.output_files import remove_quietly
 
 log = logging.getLogger(__name__)
@@ -271,9 +270,15 @@ class MeshNutReader:
         self.fps = first.fps
         # The margin convention is learned from frame 0 of each file (a file by another writer
         # that does not follow it only gets the header and padding checks).
+        # (`mesh_verify` builds on this module's constants: imported here, not at module level.)
+        from mmface4d_stream.formats.mesh_verify import coordinate_frame_problems
+
+        self._frame_problems = coordinate_frame_problems
         self._margin_rule = [self.verify and self._follows_margin_rule(r) for r in self._readers]
 
     def _follows_margin_rule(self, reader: Gray16VideoReader) -> bool:
+        from mmface4d_stream.formats.mesh_verify import follows_margin_rule
+
         try:
             return follows_margin_rule(reader[0], self.n_vertices)
         except InputError:
@@ -293,7 +298,7 @@ class MeshNutReader:
     def _decode(self, frames: tuple[np.ndarray, np.ndarray, np.ndarray], index: int) -> np.ndarray:
         if self.verify:
             for axis, (reader, frame) in enumerate(zip(self._readers, frames)):
-                for reason in coordinate_frame_problems(frame, self.n_vertices, self._margin_rule[axis]):
+                for reason in self._frame_problems(frame, self.n_vertices, self._margin_rule[axis]):
                     if self.strict:
                         raise InputError(f"damaged frame: {reason}", reader.path, frame=index)
                     message = f"{reader.path} (frame {index}): damaged frame? {reason}"

@@ -25,10 +25,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.mesh_nut import (HEADER_PIXELS, MARGIN_M, QUANT_LEVELS, MeshNutReader,
+                                               read_frame_header)
 
-HEADER_PIXELS = 4
-QUANT_LEVELS = 65536
-MARGIN_M = 0.05
 # No face (nor any sane capture) spans this much along an axis, or sits this far from the camera.
 MAX_SPAN_M = 10.0
 MAX_ABS_M = 100.0
@@ -55,8 +54,7 @@ def coordinate_frame_problems(frame: np.ndarray, n_vertices: int, margin_rule: b
     ours do), so the extreme q values are known exactly from the header. Returns reasons (empty: ok).
     """
     flat = frame.reshape(-1)
-    lo, hi = np.ascontiguousarray(flat[:HEADER_PIXELS], dtype="<u2").view("<f4")
-    lo, hi = float(lo), float(hi)
+    lo, hi = (float(v) for v in read_frame_header(frame))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [f"header min/max ({lo}, {hi}) is not finite"]
     if not hi > lo:
@@ -87,7 +85,7 @@ def coordinate_frame_problems(frame: np.ndarray, n_vertices: int, margin_rule: b
 def follows_margin_rule(frame: np.ndarray, n_vertices: int) -> bool:
     """Whether a (presumed good) frame was written with the 5 cm margin convention."""
     flat = frame.reshape(-1)
-    lo, hi = np.ascontiguousarray(flat[:HEADER_PIXELS], dtype="<u2").view("<f4")
+    lo, hi = read_frame_header(frame)
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         return False
     edge = MARGIN_M / float(hi - lo) * QUANT_LEVELS
@@ -150,8 +148,6 @@ class VerifyReport(NamedTuple):
 def verify_mesh_sequence(prefix: str | os.PathLike, n_vertices: int | None = None,
                          progress: Callable[[], None] | None = None) -> VerifyReport:
     """Check every frame of a triplet and its motion; never raises for damage it can name."""
-    from mmface4d_stream.formats.mesh_nut import MeshNutReader
-
     issues: list[MeshIssue] = []
     spikes = TemporalSpikes()
     with MeshNutReader(prefix, n_vertices=n_vertices, verify=False) as reader:

@@ -71,13 +71,18 @@ def check_output_dir(directory: str | os.PathLike, create: bool = False) -> Path
     return directory
 
 
+def temporary_path(path: Path) -> Path:
+    """Hidden sibling `.<name>.partial<suffix>` (the suffix kept so muxers can still guess formats)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Write a whole file atomically: yields a hidden temporary path beside `path` (same suffix),
     which replaces `path` when the block succeeds and is removed when it fails. A write error
     (full disk, ...) becomes an `InputError` naming `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

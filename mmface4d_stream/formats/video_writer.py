@@ -20,12 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mmface4d_stream.formats.output_files import is_write_error, output_error, remove_quietly
-
-
-def temporary_path(path: Path) -> Path:
-    """Hidden sibling `.<name>.partial<suffix>` (the suffix kept so muxers can still guess formats)."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+from mmface4d_stream.formats.output_files import is_write_error, output_error, remove_quietly, temporary_path
 
 
 class VideoWriter:

@@ -116,13 +116,12 @@ def realign_wav(path: str | os.PathLike, shift_samples: int, chunk: int = 1 << 1
     import scipy.io.wavfile
 
     from mmface4d_stream.formats.audio import WavStreamWriter
+    from mmface4d_stream.formats.output_files import replacing
 
-    path = Path(path)
     if shift_samples == 0:
         return
     rate, samples = scipy.io.wavfile.read(path, mmap=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with replacing(path) as tmp:
         with WavStreamWriter(tmp, int(rate)) as writer:
             if shift_samples < 0:
                 for start in range(0, -shift_samples, chunk):
@@ -130,10 +129,6 @@ def realign_wav(path: str | os.PathLike, shift_samples: int, chunk: int = 1 << 1
             for start in range(max(shift_samples, 0), samples.shape[0], chunk):
                 writer.write(np.asarray(samples[start:start + chunk], dtype=np.float32))
         del samples
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class AudioRecorder:

@@ -184,6 +184,14 @@ class MeshPublisher:
             self._authenticator.start()
             self._authenticator.configure_curve_callback("*", _ClientKeyAllowList(curve_client_keys))
         self._context = self._own_context or context or zmq.Context.instance()
+
+        def curve_server(sock: zmq.Socket) -> None:
+            """CURVE server options, shared by the publish socket and the repair socket."""
+            if secure:
+                sock.curve_server = True
+                sock.curve_secretkey = _key_bytes(curve_secret_key)
+                sock.curve_publickey = _key_bytes(curve_public_key)
+
         self._socket = self._context.socket(zmq.XPUB)
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
@@ -192,10 +200,7 @@ class MeshPublisher:
             # so each new subscriber triggers a topology send and the count stays right.
             self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)
             self._set_nodrop(not drop_when_full)
-            if secure:
-                self._socket.curve_server = True
-                self._socket.curve_secretkey = _key_bytes(curve_secret_key)
-                self._socket.curve_publickey = _key_bytes(curve_public_key)
+            curve_server(self._socket)
             self._socket.bind(url)
         except Exception:
             self._socket.close(linger=0)
@@ -206,12 +211,6 @@ class MeshPublisher:
         self._history: MeshHistory | None = None
         self._repair: RepairService | None = None
         if history > 0:
-            def curve_server(sock):
-                if secure:
-                    sock.curve_server = True
-                    sock.curve_secretkey = _key_bytes(curve_secret_key)
-                    sock.curve_publickey = _key_bytes(curve_public_key)
-
             self._history = MeshHistory(history)
             try:
                 self._repair = RepairService(repair_url or default_repair_url(url), self._history, self._context,
