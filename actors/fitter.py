@@ -66,16 +66,10 @@ class Fitter:
         starts: torch's first calls, the model pack and, for the template, the subject's model are
         done now. The stream keeps that fit as its warm start; its counters start at zero, so the
         pre-roll is not a frame of the sequence. Returns {"seconds", "lost"}."""
-        import time
-
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return {"seconds": 0.0, "lost": None}
-        start = time.perf_counter()
-        mesh = self.stage.process(observed)
-        seconds = time.perf_counter() - start
-        self.stage.forget_counts()
-        return {"seconds": round(seconds, 3), "lost": bool(mesh.lost)}
+        return self.stage.warm_up(observed)
 
     def fit(self, *parts):
         observed = join_parts(parts)

@@ -144,20 +144,11 @@ class SharedFitter:
     async def warm_up(self, key: str, *parts) -> dict:
         """Fit lane `key`'s pre-roll frame (per-camera parts) before its capture clock starts; the
         stream keeps it as warm start with zero counts (see `Fitter.warm_up`). {"seconds", "lost"}."""
-        import time
-
         stream = self._stream(key)
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return {"seconds": 0.0, "lost": None}
-
-        def fit_once() -> dict:
-            start = time.perf_counter()
-            mesh = stream.stage.process(observed)
-            stream.stage.forget_counts()
-            return {"seconds": round(time.perf_counter() - start, 3), "lost": bool(mesh.lost)}
-
-        return await self._in_fitter_thread(fit_once)
+        return await self._in_fitter_thread(stream.stage.warm_up, observed)
 
     async def fit(self, key: str, tick: int, *parts):
         """The lane's tick `tick`: an `ObservedFrame` (or its per-camera parts) is fitted (in a
