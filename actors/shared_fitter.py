@@ -24,7 +24,7 @@ import numpy as np
 
 from actors.join import join_parts
 from actors.latency_gate import StaleFrameGate
-from actors.records import MeshPacket, inject_fault
+from actors.records import fitted_packet, inject_fault
 from mmface4d_stream.types import ObservedFrame
 
 log = logging.getLogger(__name__)
@@ -262,9 +262,6 @@ class SharedFitter:
                 continue
             if stream.gate is not None:
                 stream.gate.observe(mesh.timings_ms.get("fit", 0.0))
-            faces = None
-            if not stream.sent_faces and stream.stage.faces is not None:
-                faces, stream.sent_faces = stream.stage.faces, True
-            checkpoint = None if mesh.frame % stream.checkpoint_every else {"fitter": stream.stage.state()}
-            outcomes[i] = MeshPacket(mesh, faces, checkpoint)
+            outcomes[i] = fitted_packet(stream.stage, mesh, not stream.sent_faces, stream.checkpoint_every)
+            stream.sent_faces |= outcomes[i].faces is not None
         return outcomes
