@@ -6,7 +6,7 @@ import numpy as np
 
 from actors.join import join_parts
 from actors.latency_gate import StaleFrameGate
-from actors.records import MeshPacket, inject_fault
+from actors.records import fitted_packet, inject_fault
 from mmface4d_stream.types import ObservedFrame
 
 
@@ -66,16 +66,10 @@ class Fitter:
         starts: torch's first calls, the model pack and, for the template, the subject's model are
         done now. The stream keeps that fit as its warm start; its counters start at zero, so the
         pre-roll is not a frame of the sequence. Returns {"seconds", "lost"}."""
-        import time
-
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return {"seconds": 0.0, "lost": None}
-        start = time.perf_counter()
-        mesh = self.stage.process(observed)
-        seconds = time.perf_counter() - start
-        self.stage.forget_counts()
-        return {"seconds": round(seconds, 3), "lost": bool(mesh.lost)}
+        return self.stage.warm_up(observed)
 
     def fit(self, *parts):
         observed = join_parts(parts)
@@ -87,11 +81,9 @@ class Fitter:
         inject_fault(self.fault, "fitter", observed.seq, observed.frame)
         mesh = self.stage.process(observed)
         self.gate.observe(mesh.timings_ms.get("fit", 0.0))
-        faces = None
-        if not self._sent_faces and self.stage.faces is not None:
-            faces, self._sent_faces = self.stage.faces, True
-        checkpoint = None if mesh.frame % self.checkpoint_every else {"fitter": self.stage.state()}
-        return MeshPacket(mesh, faces, checkpoint)
+        packet = fitted_packet(self.stage, mesh, not self._sent_faces, self.checkpoint_every)
+        self._sent_faces |= packet.faces is not None
+        return packet
 
     def restore(self, state: dict | None) -> bool:
         """Continue from a checkpoint (None: from the start of the stream)."""

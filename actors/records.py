@@ -37,6 +37,14 @@ class MeshPacket:
     checkpoint: dict | None = None
 
 
+def fitted_packet(stage, mesh: MeshFrame, send_faces: bool, checkpoint_every: int) -> MeshPacket:
+    """A fitter's packet for `mesh`, fitted by `stage` (a `FitStage`): the stage's triangles when
+    `send_faces` and it has them, its state as checkpoint every `checkpoint_every` frames."""
+    faces = stage.faces if send_faces else None
+    checkpoint = None if mesh.frame % checkpoint_every else {"fitter": stage.state()}
+    return MeshPacket(mesh, faces, checkpoint)
+
+
 @dataclass
 class FrameReport:
     """What the encoder did with one tick, returned to the driver (small).

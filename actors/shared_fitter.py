@@ -24,7 +24,7 @@ import numpy as np
 
 from actors.join import join_parts
 from actors.latency_gate import StaleFrameGate
-from actors.records import MeshPacket, inject_fault
+from actors.records import fitted_packet, inject_fault
 from mmface4d_stream.types import ObservedFrame
 
 log = logging.getLogger(__name__)
@@ -144,20 +144,11 @@ class SharedFitter:
     async def warm_up(self, key: str, *parts) -> dict:
         """Fit lane `key`'s pre-roll frame (per-camera parts) before its capture clock starts; the
         stream keeps it as warm start with zero counts (see `Fitter.warm_up`). {"seconds", "lost"}."""
-        import time
-
         stream = self._stream(key)
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return {"seconds": 0.0, "lost": None}
-
-        def fit_once() -> dict:
-            start = time.perf_counter()
-            mesh = stream.stage.process(observed)
-            stream.stage.forget_counts()
-            return {"seconds": round(time.perf_counter() - start, 3), "lost": bool(mesh.lost)}
-
-        return await self._in_fitter_thread(fit_once)
+        return await self._in_fitter_thread(stream.stage.warm_up, observed)
 
     async def fit(self, key: str, tick: int, *parts):
         """The lane's tick `tick`: an `ObservedFrame` (or its per-camera parts) is fitted (in a
@@ -271,9 +262,6 @@ class SharedFitter:
                 continue
             if stream.gate is not None:
                 stream.gate.observe(mesh.timings_ms.get("fit", 0.0))
-            faces = None
-            if not stream.sent_faces and stream.stage.faces is not None:
-                faces, stream.sent_faces = stream.stage.faces, True
-            checkpoint = None if mesh.frame % stream.checkpoint_every else {"fitter": stream.stage.state()}
-            outcomes[i] = MeshPacket(mesh, faces, checkpoint)
+            outcomes[i] = fitted_packet(stream.stage, mesh, not stream.sent_faces, stream.checkpoint_every)
+            stream.sent_faces |= outcomes[i].faces is not None
         return outcomes

@@ -333,6 +333,16 @@ class FitStage:
         identity, template): the frames fitted so far were a warm-up, not the sequence's."""
         self.lost_frames, self.frames, self._residual_sums = [], 0, {}
 
+    def warm_up(self, observed: ObservedFrame) -> dict:
+        """Fit a pre-roll frame before the capture clock starts (torch's first calls, the model pack
+        and, for the template, the subject's model are done now): the stream keeps that fit as its
+        warm start and its counts start at zero (`forget_counts`). Returns {"seconds", "lost"}."""
+        start = time.perf_counter()
+        mesh = self.process(observed)
+        seconds = time.perf_counter() - start
+        self.forget_counts()
+        return {"seconds": round(seconds, 3), "lost": bool(mesh.lost)}
+
     def restore(self, state: dict) -> None:
         """Continue from a `state()` taken by a `FitStage` with the same model and rig."""
         self.fitter.restore_stream_state(state["fitter"])

@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from mmface4d_stream.preview import framing
 from mmface4d_stream.stream import schema
 from mmface4d_stream.stream.status import StageMeter
@@ -107,7 +105,6 @@ class StreamRelay:
         self._capture_latency_ms: float | None = None
         self._status: schema.StatusMessage | None = None
         self._end: schema.EndMessage | None = None
-        self._nonfinite = 0
         # Created here, not in the thread, so a bad URL raises in the caller.
         self._subscriber = MeshSubscriber(url, timeout_s=_POLL_S, stop_on_end=False, **dict(subscriber_options or {}))
         self._thread = threading.Thread(target=self._run, name="preview-relay", daemon=True)
@@ -185,11 +182,6 @@ class StreamRelay:
                 self._thumb_version,
                 framing.encode_thumbnail_frame(thumbnail.camera, thumbnail.jpeg, frame=message.frame),
             )
-        if not np.isfinite(message.vertices).all():
-            # A face lost before any fit has no mesh to carry over (NaN vertices): keep the last one.
-            self._nonfinite += 1
-            self._last_mesh_header["lost"] = True
-            return
         topology = self._topology
         if topology is None or topology.topology_id != message.topology_id or topology.n_vertices != message.n_vertices:
             # Wait for its topology (the subscriber asks for it); keep only the newest such mesh.
@@ -261,7 +253,6 @@ class StreamRelay:
             "rejected": stats.rejected,
             "dropped": stats.dropped,
             "last_error": stats.last_error,
-            "nonfinite_meshes": self._nonfinite,
             "end_reason": None if self._end is None else self._end.reason,
             "topology": None if topology is None else {
                 "id": topology.topology_id, "key": topology.key,
