@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from actors.records import Dropped, FrameReport, MeshPacket, inject_fault, latency_ms_since
+from actors.records import Dropped, FrameReport, inject_fault, latency_ms_since
 from mmface4d_stream.pipeline.stages import StageError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.records import Dropped, MeshPacket, inject_fault, latency_ms_since
+from actors.records import Dropped, inject_fault, latency_ms_since
 
 
 class ZmqPublisher:
