@@ -11,8 +11,8 @@ import pytest
 
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.fit.evaluate import evaluate_sequence
-from mmface4d_stream.formats.color_mp4 import ColorMp4Reader, ColorMp4Writer
-from mmface4d_stream.formats.depth_nut import DepthNutReader, DepthNutWriter
+from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
+from mmface4d_stream.formats.depth_nut import DepthNutWriter
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
