@@ -327,13 +327,11 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
                     break
             scheduler.step()
             train_loss = float(np.mean(losses)) if losses else float("nan")
-            net.cpu()
+            net.cpu()  # validation and the checkpoint on the CPU
             val_rmse = _validate(model, val_seqs, cache) if val_seqs else None
-            net.to(device)
             model.training["history"].append({"epoch": epoch, "train_loss": train_loss, "val_rmse_mm": val_rmse})
             model.training.update(epoch=epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                   elapsed_s=elapsed_before + time.monotonic() - started)
-            net.cpu()
             model.save(out)
             net.to(device)
             bar.set_postfix(loss=f"{train_loss:.3g}", val_mm="-" if val_rmse is None else f"{val_rmse:.2f}")
