@@ -135,7 +135,7 @@ def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Ran
 
 def _make_batch(items: list[tuple[SequenceTargets, int, int, int]], model: AnimationModel, warmup: int):
     """Clips (targets, first frame, frames, subject index) -> padded tensors."""
-    feats, coeffs, idx, mask, subjects = [], [], [], [], []
+    feats, coeffs, idx, subjects = [], [], [], []
     lengths = []
     for tg, a, n, subj in items:
         j = last_feature_index(np.arange(a, a + n), model.fps, model.lookahead_samples, model.feature_config)
