@@ -207,15 +207,6 @@ class StreamingAnimator:
         self.next_frame = 0
         model.net.eval()
 
-    @property
-    def samples_received(self) -> int:
-        return self._samples
-
-    def frame_needs_samples(self, frame: int) -> int:
-        """Samples of audio that must have arrived before `frame` can be computed."""
-        j = last_feature_index(frame, self.model.fps, self.model.lookahead_samples, self.model.feature_config)
-        return (j + 1) * self.model.feature_config.hop
-
     @torch.no_grad()
     def push(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
         block = np.asarray(block, dtype=np.float32).reshape(-1)

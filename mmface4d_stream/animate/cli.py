@@ -86,11 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     with publisher:
         print(f"publishing meshes on {url} (Ctrl-C stops)", file=sys.stderr)
-        try:
-            result = animator.run(source, publisher, duration_s=args.duration)
-        except KeyboardInterrupt:
-            source.stop()
-            raise
+        result = animator.run(source, publisher, duration_s=args.duration)  # stops the source however it ends
     print(f"published {result.meshes} meshes over {result.seconds:.1f} s of audio ({result.meshes_per_s:.1f}/s); "
           f"latency capture->publish p50 {result.latency_ms_p50:.1f} ms, p95 {result.latency_ms_p95:.1f} ms, "
           f"max {result.latency_ms_max:.1f} ms", file=sys.stderr)

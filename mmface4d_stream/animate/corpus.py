@@ -16,6 +16,7 @@ Two streaming passes over the training meshes; memory holds one sequence at a ti
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,8 +118,12 @@ def estimate_neutrals(sequences: list[SequenceFiles], target: np.ndarray, suppor
 
 
 def compute_corpus_stats(sequences: list[SequenceFiles], regions: FaceRegions, first_frame: np.ndarray,
-                         extractor: LogMelExtractor | EncoderFeatures, n_components: int, progress: bool = True) -> CorpusStats:
-    """The two passes of the module docstring. `first_frame` (V, 3) anchors the first alignment."""
+                         extractor: LogMelExtractor | EncoderFeatures, n_components: int, progress: bool = True,
+                         keep: Callable[[SequenceFiles, SequenceTargets], None] | None = None) -> CorpusStats:
+    """The two passes of the module docstring. `first_frame` (V, 3) anchors the first alignment.
+
+    The last pass decodes every sequence's training targets; `keep(seq, targets)`, if given, gets
+    each of them (they do not depend on `coeff_std`), so training need not decode them again."""
     from tqdm import tqdm
 
     rate = extractor.config.rate
@@ -154,7 +159,10 @@ def compute_corpus_stats(sequences: list[SequenceFiles], regions: FaceRegions, f
     # Component scales from the sketch would be approximate; one cheap pass over the targets is exact.
     sq = np.zeros(len(basis))
     for seq in sequences:
-        sq += np.square(sequence_targets(seq, stats, extractor).coeffs.astype(np.float64)).sum(0)
+        targets = sequence_targets(seq, stats, extractor)
+        sq += np.square(targets.coeffs.astype(np.float64)).sum(0)
+        if keep is not None:
+            keep(seq, targets)
     stats.coeff_std = np.sqrt(np.maximum(sq / max(sketch.rows_seen, 1), 1e-12)).astype(np.float32)
     return stats
 

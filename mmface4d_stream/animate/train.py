@@ -89,7 +89,7 @@ class TrainResult:
 
 
 class _TargetCache:
-    def __init__(self, stats: CorpusStats, extractor, budget_bytes: float,
+    def __init__(self, stats: CorpusStats | None, extractor, budget_bytes: float,
                  neutrals: dict[str, np.ndarray] | None = None):
         self.stats, self.extractor, self.budget = stats, extractor, budget_bytes
         self.neutrals = neutrals or {}
@@ -106,6 +106,12 @@ class _TargetCache:
             self._items[seq.wav_path] = item
             self._bytes += item.nbytes
         return item
+
+    def prime(self, seq: SequenceFiles, item: SequenceTargets) -> None:
+        """Keep targets decoded elsewhere (the corpus statistics' last pass) while they fit the budget."""
+        if seq.wav_path not in self._items and self._bytes + item.nbytes <= self.budget:
+            self._items[seq.wav_path] = item
+            self._bytes += item.nbytes
 
 
 def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Random,
@@ -129,7 +135,7 @@ def _groups(sequences: list[SequenceFiles], cache_budget: float, rng: random.Ran
 
 def _make_batch(items: list[tuple[SequenceTargets, int, int, int]], model: AnimationModel, warmup: int):
     """Clips (targets, first frame, frames, subject index) -> padded tensors."""
-    feats, coeffs, idx, mask, subjects = [], [], [], [], []
+    feats, coeffs, idx, subjects = [], [], [], []
     lengths = []
     for tg, a, n, subj in items:
         j = last_feature_index(np.arange(a, a + n), model.fps, model.lookahead_samples, model.feature_config)
@@ -226,6 +232,7 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
     sequences = discover_sequences(data_dirs)
 
     feature_config = LogMelConfig()
+    primed = None
     if resume and out.is_file():
         model = AnimationModel.load(out, device="cpu")
         extractor = model.extractor()
@@ -255,7 +262,9 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
             regions = load_regions(regions_path, len(first))
         else:
             regions = face_regions(first, anchors_for(len(first), landmark_mapping))
-        stats = compute_corpus_stats(train_seqs, regions, first, extractor, config.n_components, progress)
+        primed = _TargetCache(None, extractor, config.cache_mb * 2**20)
+        stats = compute_corpus_stats(train_seqs, regions, first, extractor, config.n_components, progress,
+                                     keep=primed.prime)
         subjects = stats.subjects
         faces_path = train_seqs[0].faces_path
         faces = None
@@ -286,7 +295,9 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
     # Validation subjects are unseen: their neutral faces come from their own silent frames.
     val_neutrals = estimate_neutrals(val_seqs, model.stats.reference, model.stats.regions.upper_face,
                                      feature_config.rate) if val_seqs else {}
-    cache = _TargetCache(model.stats, extractor, config.cache_mb * 2**20, val_neutrals)
+    # A new run's cache already holds the targets the statistics' last pass decoded.
+    cache = primed if primed is not None else _TargetCache(None, extractor, config.cache_mb * 2**20)
+    cache.stats, cache.neutrals = model.stats, val_neutrals
     subject_index = {s: i for i, s in enumerate(model.subjects)}
     lips = model.stats.regions.lips
     basis = model.stats.basis.reshape(len(model.stats.basis), -1, 3)
@@ -316,13 +327,11 @@ def train(data_dirs: list[str | os.PathLike], out: str | os.PathLike, config: Tr
                     break
             scheduler.step()
             train_loss = float(np.mean(losses)) if losses else float("nan")
-            net.cpu()
+            net.cpu()  # validation and the checkpoint on the CPU
             val_rmse = _validate(model, val_seqs, cache) if val_seqs else None
-            net.to(device)
             model.training["history"].append({"epoch": epoch, "train_loss": train_loss, "val_rmse_mm": val_rmse})
             model.training.update(epoch=epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                   elapsed_s=elapsed_before + time.monotonic() - started)
-            net.cpu()
             model.save(out)
             net.to(device)
             bar.set_postfix(loss=f"{train_loss:.3g}", val_mm="-" if val_rmse is None else f"{val_rmse:.2f}")

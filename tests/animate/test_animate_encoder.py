@@ -20,6 +20,8 @@ from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
+from animate_helpers import copy_sequences, start_listener
+
 RATE = 16000
 FPS = 30
 DIM = 6
@@ -70,11 +72,8 @@ def encoder_model(synthetic_corpus, encoder_file, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("encoder_model")
     data = root / "data"
-    for src in sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[05]*")) + \
-            sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[16]*")):
-        (data / src.parent.name / src.name).mkdir(parents=True)
-        for f in src.iterdir():
-            (data / src.parent.name / src.name / f.name).write_bytes(f.read_bytes())
+    copy_sequences(sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[05]*"))
+                   + sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[16]*")), data)
     out = root / "model.pt"
     assert main(["animate", "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--hidden", "16",
                  "--components", "6", "--val-fraction", "0", "--audio-encoder", encoder_file,
@@ -234,10 +233,7 @@ def test_missing_or_wrong_encoder_is_one_line_and_exit_2(encoder_model, encoder_
 
 def test_live_microphone_path_publishes_encoder_meshes(encoder_model, synthetic_corpus, tmp_path):
     """A wav played through the microphone's callback path, with the encoder: meshes reach a subscriber."""
-    import threading
-
     from mmface4d_stream.animate.live import LiveAnimator, WavFileSource
-    from mmface4d_stream.stream import schema
     from mmface4d_stream.stream.publisher import MeshPublisher
     from mmface4d_stream.stream.subscriber import MeshSubscriber
 
@@ -246,19 +242,9 @@ def test_live_microphone_path_publishes_encoder_meshes(encoder_model, synthetic_
     wav = tmp_path / "speech.wav"
     write_wav(wav, speech, RATE)
     url = f"ipc://{tmp_path}/animate.sock"
-    received = []
     with MeshPublisher(url) as publisher, MeshSubscriber(url, timeout_s=5.0) as subscriber:
         assert publisher.wait_for_subscribers(1, timeout_s=5.0)
-
-        def listen():
-            for message in subscriber:
-                if isinstance(message, schema.MeshMessage):
-                    received.append(message)
-                elif isinstance(message, schema.EndMessage):
-                    break
-
-        listener = threading.Thread(target=listen)
-        listener.start()
+        listener, received, _ = start_listener(subscriber)
         result = LiveAnimator(model).run(WavFileSource(wav), publisher, progress=False)
         listener.join(timeout=10.0)
     assert result.meshes == 30 and [m.frame for m in received] == list(range(30))

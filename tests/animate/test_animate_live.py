@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from mmface4d_stream.animate.animator import AnimationModel
 from mmface4d_stream.animate.live import LiveAnimator, MicrophoneSource, WavFileSource
 from mmface4d_stream.formats.audio import read_wav, write_wav
-from mmface4d_stream.stream import schema
 from mmface4d_stream.stream.publisher import MeshPublisher
 from mmface4d_stream.stream.subscriber import MeshSubscriber
+
+from animate_helpers import start_listener
 
 RATE = 16000
 
@@ -23,20 +22,9 @@ def test_wav_through_the_microphone_path_reaches_a_subscriber(trained_model, syn
     wav = tmp_path / "speech.wav"
     write_wav(wav, speech, RATE)
     url = f"ipc://{tmp_path}/animate.sock"
-    received: list[schema.MeshMessage] = []
-    ends: list[schema.EndMessage] = []
     with MeshPublisher(url) as publisher, MeshSubscriber(url, timeout_s=5.0) as subscriber:
         assert publisher.wait_for_subscribers(1, timeout_s=5.0)
-
-        def listen():
-            for message in subscriber:
-                if isinstance(message, schema.MeshMessage):
-                    received.append(message)
-                elif isinstance(message, schema.EndMessage):
-                    ends.append(message)
-
-        listener = threading.Thread(target=listen)
-        listener.start()
+        listener, received, ends = start_listener(subscriber)
         result = LiveAnimator(model).run(WavFileSource(wav), publisher, progress=False)
         listener.join(timeout=10.0)
     assert result.meshes == 60 and result.seconds == pytest.approx(2.0)

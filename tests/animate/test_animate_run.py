@@ -11,6 +11,8 @@ from mmface4d_stream.cli import main
 from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
+from animate_helpers import copy_sequences
+
 RATE = 16000
 
 
@@ -90,11 +92,8 @@ def test_resume_continues_training(synthetic_corpus, tmp_path):
     import torch
 
     data = tmp_path / "small"
-    for src in sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[0-1]*")) + \
-            sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[5-6]*")):
-        (data / src.parent.name / src.name).mkdir(parents=True)
-        for f in src.iterdir():
-            (data / src.parent.name / src.name / f.name).write_bytes(f.read_bytes())
+    copy_sequences(sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[0-1]*"))
+                   + sorted(synthetic_corpus[0].glob("subject0[01]/*seed000[5-6]*")), data)
     args = ["animate", "train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--hidden", "16",
             "--components", "6", "--val-fraction", "0"]
     assert main(args + ["--epochs", "1"]) == 0
