@@ -51,21 +51,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mmface4d_stream.audio.speech import speech_audio
 from mmface4d_stream.k4a.calibration import (
     K4aCalibration,
     RawCalibration,
     RigidTransform,
     synthetic_raw_calibration,
 )
+from mmface4d_stream.render.mesh_ops import rotation_matrix
+from mmface4d_stream.render.performance import generate_performance
 from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map
-from mmface4d_stream.render.subject import (
-    HEAD_CENTRE_BEHIND_NOSE_M,
-    SubjectModel,
-    generate_performance,
-    rotation_matrix,
-    sample_subject,
-    speech_audio,
-)
+from mmface4d_stream.render.subject import HEAD_CENTRE_BEHIND_NOSE_M, SubjectModel, sample_subject
 
 logger = logging.getLogger(__name__)
 
