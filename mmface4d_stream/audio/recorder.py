@@ -1,7 +1,7 @@
 """Microphone capture for a live session, streamed to disk and aligned to the cameras' clock.
 
 `AudioRecorder` writes `<name>.wav` (mono float32 16 kHz, the dataset's format) block by block as
-PortAudio delivers them (`formats.audio.WavStreamWriter`: a killed capture keeps every block up
+PortAudio delivers them (`audio.wav.WavStreamWriter`: a killed capture keeps every block up
 to the kill). `AudioClock` places the recording on the host's monotonic clock, the clock of the
 Kinect frames' system timestamps: PortAudio stamps each block with the ADC time of its first
 sample on its stream clock, which the clock maps to the host clock from the callbacks' own
@@ -27,6 +27,19 @@ log = logging.getLogger(__name__)
 # How often the writer thread moves captured blocks to the file: the most a kill can lose beyond
 # what PortAudio itself still held.
 WRITE_PERIOD_S = 0.05
+
+
+def import_sounddevice():
+    """sounddevice, or an InputError saying how to get it (and PortAudio, Debian libportaudio2)."""
+    from mmface4d_stream.errors import InputError
+    from mmface4d_stream.pipeline.kinect import LIVE_EXTRA_HINT
+
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise InputError(f"audio capture needs sounddevice ({LIVE_EXTRA_HINT}) and PortAudio "
+                         f"(Debian: libportaudio2): {exc}") from None
+    return sounddevice
 
 
 class AudioAlignment(NamedTuple):
@@ -115,7 +128,7 @@ def realign_wav(path: str | os.PathLike, shift_samples: int, chunk: int = 1 << 1
     (positive) or prepend that many zeros (negative). Streams through a temporary file."""
     import scipy.io.wavfile
 
-    from mmface4d_stream.formats.audio import WavStreamWriter
+    from mmface4d_stream.audio.wav import WavStreamWriter
     from mmface4d_stream.formats.output_files import replacing
 
     if shift_samples == 0:
@@ -144,12 +157,10 @@ class AudioRecorder:
 
     def __init__(self, path: str | os.PathLike, rate: int = 16000, device: int | str | None = None,
                  sounddevice=None, host_clock_ns: Callable[[], int] = time.monotonic_ns):
-        from mmface4d_stream.formats.audio import WavStreamWriter
+        from mmface4d_stream.audio.wav import WavStreamWriter
         from mmface4d_stream.formats.output_files import check_output_dir
 
         if sounddevice is None:
-            from mmface4d_stream.pipeline.live import import_sounddevice
-
             sounddevice = import_sounddevice()
         self.path = Path(path)
         self.rate = int(rate)
