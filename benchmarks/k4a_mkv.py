@@ -77,7 +77,7 @@ def main() -> None:
         rows.append(("sync 2 recordings, depth only (frame sets)", count, time.perf_counter() - t))
 
         # preprocess: sync + MJPG decode + depth->color registration + libx264 + FFV1, 2 cameras.
-        from mmface4d_stream.audio.wav import write_wav
+        from mmface4d_stream.formats.audio import write_wav
         from mmface4d_stream.k4a.preprocess import preprocess
 
         wav = Path(tmp) / "s.wav"

@@ -97,7 +97,7 @@ def _read_subject_table(root: Path) -> dict[str, str]:
 
 def discover_sequences(roots: list[str | os.PathLike], fps: float = 30.0) -> list[SequenceFiles]:
     """All usable sequences under the folders `roots`, sorted by (subject, name)."""
-    from mmface4d_stream.audio.wav import read_wav
+    from mmface4d_stream.formats.audio import read_wav
 
     found: list[SequenceFiles] = []
     for root in map(Path, roots):
@@ -164,7 +164,7 @@ def split_by_subject(sequences: list[SequenceFiles], val_fraction: float, seed: 
 def read_sequence_audio(seq: SequenceFiles, rate: int = 16000) -> np.ndarray:
     """The sequence's audio resampled to `rate`: float32 (S,), trimmed to its usable frames."""
     from mmface4d_stream.animate.features import resample_to
-    from mmface4d_stream.audio.wav import read_wav
+    from mmface4d_stream.formats.audio import read_wav
 
     audio = read_wav(seq.wav_path)
     samples = resample_to(audio.samples, audio.rate, rate)

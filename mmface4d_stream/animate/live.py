@@ -75,7 +75,7 @@ class WavFileSource:
     def __init__(self, path: str | os.PathLike, blocksize: int = BLOCK_SAMPLES, speed: float = 1.0,
                  rate: int = 16000):
         from mmface4d_stream.animate.features import resample_to
-        from mmface4d_stream.audio.wav import read_wav
+        from mmface4d_stream.formats.audio import read_wav
 
         if speed <= 0:
             raise InputError(f"playback speed must be positive, got {speed}")

@@ -67,7 +67,7 @@ def animate_wav(model: AnimationModel, wav: str | os.PathLike, out_prefix: str |
     `video_dir`, also render `video_dir/output.mp4` (`visualize`) with the audio muxed in."""
     from tqdm import tqdm
 
-    from mmface4d_stream.audio.wav import read_wav
+    from mmface4d_stream.formats.audio import read_wav
     from mmface4d_stream.formats.mesh_nut import MeshNutWriter
 
     audio = read_wav(wav)

@@ -88,7 +88,7 @@ def write_synthetic_corpus(out_dir: str | os.PathLike, subjects: int, sequences_
     Returns the sequence folders."""
     from tqdm import tqdm
 
-    from mmface4d_stream.audio.wav import write_wav
+    from mmface4d_stream.formats.audio import write_wav
     from mmface4d_stream.formats.mesh_nut import MeshNutWriter
 
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """Microphone capture for a live session, streamed to disk and aligned to the cameras' clock.
 
 `AudioRecorder` writes `<name>.wav` (mono float32 16 kHz, the dataset's format) block by block as
-PortAudio delivers them (`audio.wav.WavStreamWriter`: a killed capture keeps every block up
+PortAudio delivers them (`formats.audio.WavStreamWriter`: a killed capture keeps every block up
 to the kill). `AudioClock` places the recording on the host's monotonic clock, the clock of the
 Kinect frames' system timestamps: PortAudio stamps each block with the ADC time of its first
 sample on its stream clock, which the clock maps to the host clock from the callbacks' own
@@ -128,7 +128,7 @@ def realign_wav(path: str | os.PathLike, shift_samples: int, chunk: int = 1 << 1
     (positive) or prepend that many zeros (negative). Streams through a temporary file."""
     import scipy.io.wavfile
 
-    from mmface4d_stream.audio.wav import WavStreamWriter
+    from mmface4d_stream.formats.audio import WavStreamWriter
     from mmface4d_stream.formats.output_files import replacing
 
     if shift_samples == 0:
@@ -157,7 +157,7 @@ class AudioRecorder:
 
     def __init__(self, path: str | os.PathLike, rate: int = 16000, device: int | str | None = None,
                  sounddevice=None, host_clock_ns: Callable[[], int] = time.monotonic_ns):
-        from mmface4d_stream.audio.wav import WavStreamWriter
+        from mmface4d_stream.formats.audio import WavStreamWriter
         from mmface4d_stream.formats.output_files import check_output_dir
 
         if sounddevice is None:

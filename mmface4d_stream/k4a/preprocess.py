@@ -35,8 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from mmface4d_stream.audio.voice import FPS, FrameSpan, SpeechSpanFn, silero_speech_span, speech_frame_span
-from mmface4d_stream.audio.wav import DATASET_RATE_HZ, load_audio_16k
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ, load_audio_16k
 from mmface4d_stream.k4a.mkv import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
 from mmface4d_stream.k4a.sync import SessionSync
@@ -135,7 +135,7 @@ def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[
     """`preprocess`, listing each output in `files` before it is written."""
     from tqdm import tqdm
 
-    from mmface4d_stream.audio.wav import write_wav
+    from mmface4d_stream.formats.audio import write_wav
     from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
     from mmface4d_stream.formats.depth_nut import DepthNutWriter
 

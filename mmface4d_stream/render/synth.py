@@ -375,7 +375,7 @@ def synthesize_capture(
     """
     from tqdm import tqdm
 
-    from mmface4d_stream.audio.wav import write_wav
+    from mmface4d_stream.formats.audio import write_wav
     from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
     from mmface4d_stream.formats.depth_nut import DepthNutWriter
     from mmface4d_stream.formats.intrinsics import IntrinsicsJson

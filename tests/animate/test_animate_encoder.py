@@ -17,7 +17,7 @@ from mmface4d_stream.animate.encoder import EncoderFeatures, open_encoder
 from mmface4d_stream.animate.features import LogMelConfig, last_feature_index
 from mmface4d_stream.cli import main
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.audio.wav import read_wav, write_wav
+from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
 from animate_helpers import copy_sequences, start_listener

@@ -7,7 +7,7 @@ import pytest
 
 from mmface4d_stream.animate.animator import AnimationModel
 from mmface4d_stream.animate.live import LiveAnimator, MicrophoneSource, WavFileSource
-from mmface4d_stream.audio.wav import read_wav, write_wav
+from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.stream.publisher import MeshPublisher
 from mmface4d_stream.stream.subscriber import MeshSubscriber
 

@@ -8,7 +8,7 @@ import pytest
 from mmface4d_stream.animate.animator import AnimationModel
 from mmface4d_stream.animate.evaluate import evaluate
 from mmface4d_stream.animate.model import AnimatorConfig
-from mmface4d_stream.audio.wav import read_wav
+from mmface4d_stream.formats.audio import read_wav
 
 RATE = 16000
 FPS = 30

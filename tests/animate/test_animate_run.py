@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmface4d_stream.cli import main
-from mmface4d_stream.audio.wav import read_wav, write_wav
+from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
 from animate_helpers import copy_sequences

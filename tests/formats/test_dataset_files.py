@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.audio.wav import read_wav, write_wav
+from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader, ColorMp4Writer
 from mmface4d_stream.formats.depth_nut import DepthNutReader, DepthNutWriter
 from mmface4d_stream.formats.faces import load_faces, write_obj, write_ply

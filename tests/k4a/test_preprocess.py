@@ -10,10 +10,10 @@ from scipy.signal import lfilter
 
 from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
 
-for _module in ("color_mp4", "depth_nut", "intrinsics"):
+for _module in ("audio", "color_mp4", "depth_nut", "intrinsics"):
     pytest.importorskip(f"mmface4d_stream.formats.{_module}")
 
-from mmface4d_stream.audio.wav import read_wav, write_wav  # noqa: E402
+from mmface4d_stream.formats.audio import read_wav, write_wav  # noqa: E402
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader  # noqa: E402
 from mmface4d_stream.formats.depth_nut import DepthNutReader  # noqa: E402
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmface4d_stream.audio.wav import read_wav
+from mmface4d_stream.formats.audio import read_wav
 from mmface4d_stream.audio.recorder import AudioClock, AudioRecorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_clock_estimates_drift_and_maps_the_stream_clock():
 
 def test_a_killed_capture_keeps_its_audio(tmp_path):
     code = ("import os, signal, sys, numpy as np\n"
-            "from mmface4d_stream.audio.wav import WavStreamWriter\n"
+            "from mmface4d_stream.formats.audio import WavStreamWriter\n"
             "w = WavStreamWriter(sys.argv[1])\n"
             "for k in range(50): w.write(np.full(160, k / 100, np.float32))\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")

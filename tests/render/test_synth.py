@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import minimum_filter
 
-from mmface4d_stream.audio.wav import read_wav
+from mmface4d_stream.formats.audio import read_wav
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
