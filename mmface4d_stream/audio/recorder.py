@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmface4d_stream.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # How often the writer thread moves captured blocks to the file: the most a kill can lose beyond
@@ -31,8 +33,7 @@ WRITE_PERIOD_S = 0.05
 
 def import_sounddevice():
     """sounddevice, or an InputError saying how to get it (and PortAudio, Debian libportaudio2)."""
-    from mmface4d_stream.errors import InputError
-    from mmface4d_stream.pipeline.kinect import LIVE_EXTRA_HINT
+    from mmface4d_stream.pipeline.kinect import LIVE_EXTRA_HINT  # the `live` extra brings both
 
     try:
         import sounddevice
