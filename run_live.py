@@ -93,7 +93,7 @@ def live(args) -> int:
         inputs, kinect = [str(p) for p in args.replay], None
         record = bool(args.record)
     else:
-        from mmface4d_stream.pipeline.live import import_pyk4a
+        from mmface4d_stream.pipeline.kinect import import_pyk4a
 
         import_pyk4a()  # a missing extra is one clear line before Ray starts
         name = args.name or "live"
@@ -114,7 +114,7 @@ def live(args) -> int:
         server_keys(publish_url, config.publish.curve_certificate, "--set publish.curve_certificate=FILE")
     audio = None
     if record and not args.replay and not args.no_audio:
-        from mmface4d_stream.pipeline.audio_recorder import AudioRecorder
+        from mmface4d_stream.audio.recorder import AudioRecorder
 
         audio = AudioRecorder(Path(record_dir) / f"{name}.wav", device=args.audio_device)
     stop = threading.Event()

@@ -36,7 +36,7 @@ class CameraSource:
         if self.source is not None:
             self.close()
         if inputs == ["kinect"]:
-            from mmface4d_stream.pipeline.live import KinectSource
+            from mmface4d_stream.pipeline.kinect import KinectSource
 
             self.source = KinectSource(name=name or "live", max_frames=max_frames, **(kinect or {}))
         else:
@@ -110,7 +110,8 @@ class CameraSource:
         self.start_frame = frame
         frames = iter(self.source) if frame == 0 else skip_to(self.source, frame)
         if self.live:
-            from mmface4d_stream.pipeline.live import DatasetRecorder, LatestFrameSource
+            from mmface4d_stream.pipeline.dataset_recorder import DatasetRecorder
+            from mmface4d_stream.pipeline.latest_frame import LatestFrameSource
 
             if self.record_dir and self.recorder is None:
                 self.recorder = DatasetRecorder(self.record_dir, self.name, self.source.serials,

@@ -30,7 +30,6 @@ def capture(frames: int, seed: int):
     out = ROOT / "out" / "bench" / f"accuracy_{frames}f_seed{seed}"
     marker = out / "gt" / "cameras.json"
     if marker.is_file() and (out / "synth_2.mp4").is_file():
-        from mmface4d_stream.render.synth import SynthCapture  # noqa: F401  (layout documented there)
         return out
     synthesize_capture(out, frames=frames, cameras=3, seed=seed, name="synth", write_mkv=False)
     return out

@@ -153,12 +153,12 @@ def test_streamed_file_smoothing_equals_in_memory(tmp_path):
 
 def test_smooth_cli(tmp_path, capsys):
     pytest.importorskip("mmface4d_stream.formats.mesh_nut")
-    from mmface4d_stream import smoothing_cli
+    from mmface4d_stream import cli
     from mmface4d_stream.errors import InputError
 
     _write_triplet(tmp_path / "seq", _sequence(20, 50))
     parser = argparse.ArgumentParser()
-    smoothing_cli.register(parser.add_subparsers())
+    cli.register(parser.add_subparsers())
     args = parser.parse_args(["smooth", "--file_path", str(tmp_path / "seq_0.nut"),
                               "--out_path", str(tmp_path / "seq_filt"), "--vertices", "50"])
     assert args.func(args) == 0

@@ -49,7 +49,7 @@ class MicrophoneSource:
         self.finished = threading.Event()  # a microphone never finishes by itself
 
     def start(self, callback: AudioCallback) -> None:
-        from mmface4d_stream.pipeline.live import import_sounddevice
+        from mmface4d_stream.audio.recorder import import_sounddevice
 
         sounddevice = import_sounddevice()
         try:
@@ -158,7 +158,11 @@ class LiveAnimator:
 
     def run(self, source, publisher, duration_s: float | None = None, stop: threading.Event | None = None,
             progress: bool = True) -> LiveResult:
-        """Animate until the source finishes, `duration_s` of audio passed, or `stop` is set."""
+        """Animate until the source finishes, `duration_s` of audio passed, or `stop` is set.
+
+        Every way out sends the `end` message: reason "finished", "stopped" (`stop` set) or, on a
+        KeyboardInterrupt (re-raised after it), "interrupted". The source is stopped in all cases.
+        """
         from tqdm import tqdm
 
         from mmface4d_stream.stream.schema import StageStatus
@@ -213,6 +217,11 @@ class LiveAnimator:
                     break
             publish(streamer.finish())
             publisher.publish_end("finished" if not stop.is_set() else "stopped")
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM, which the CLI turns into it): subscribers still learn the stream
+            # is over, with the meshes published so far (the unfinished look-ahead is dropped).
+            publisher.publish_end("interrupted")
+            raise
         finally:
             source.stop()
             bar.close()

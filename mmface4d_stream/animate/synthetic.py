@@ -51,7 +51,10 @@ def _subject_shape(subject: int) -> tuple[np.ndarray, np.ndarray, float, float]:
 def synthetic_sequence(subject: int, seed: int, seconds: float, subdivisions: int = 0,
                        head_motion: bool = True) -> SyntheticSequence:
     """Generate one sequence of `subject` (its shape and style) with performance seed `seed`."""
-    from mmface4d_stream.render.subject import generate_performance, rotation_matrix, sample_subject, speech_audio
+    from mmface4d_stream.audio.speech import speech_audio
+    from mmface4d_stream.render.mesh_ops import rotation_matrix
+    from mmface4d_stream.render.performance import generate_performance
+    from mmface4d_stream.render.subject import sample_subject
 
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")

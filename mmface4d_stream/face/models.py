@@ -209,11 +209,6 @@ class FaceModel:
             landmark_vertex=i(self.landmark_vertex),
         )
 
-    def landmarks_for_detector(self, n_detector_points: int) -> tuple[np.ndarray, np.ndarray]:
-        """(detector indices, vertices) of the mapping restricted to detector indices < n_detector_points."""
-        keep = self.landmark_detector_index < n_detector_points
-        return self.landmark_detector_index[keep], self.landmark_vertex[keep]
-
     @staticmethod
     def _check_coeffs(c, k: int, label: str) -> np.ndarray:
         c = np.asarray(c, dtype=np.float32).ravel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -49,6 +50,23 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, rate: int = DATASET_
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         scipy.io.wavfile.write(tmp, int(rate), samples)
+
+
+def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
+    """The wav as mono float32 (S,) at 16 kHz (channels averaged, resampled if needed)."""
+    try:
+        samples, rate = read_wav(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read audio ({exc})", path=path) from None
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if rate != DATASET_RATE_HZ:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate), DATASET_RATE_HZ)
+        samples = resample_poly(samples, DATASET_RATE_HZ // g, int(rate) // g).astype(np.float32)
+    return samples
 
 
 _WAVE_FORMAT_IEEE_FLOAT = 3

@@ -127,7 +127,7 @@ class Decoding(str, enum.Enum):
 def choose_decoding(width: int, height: int, slice_crcs: bool, threads: int) -> Decoding:
     """The decoding mode for a stream of (width, height) frames.
 
-    Small frames (mesh coordinates, ~2 ms each) gain from frame threads, full-HD depth from slice
+    Small frames (mesh coordinates) gain from frame threads, full-HD depth from slice
     threads (frame threads would buffer several 4 MB frames). Threads and FFmpeg's log callback must
     not meet (see `ffmpeg_log`), so a file without slice CRCs decodes on one thread unless it is
     large, where speed wins over the per-frame check, as before CRCs were checked.

@@ -26,10 +26,10 @@ def register(subparsers) -> None:
     parser.add_argument("--no-vad", action="store_true",
                         help="keep every frame and all audio instead of clipping to the speech")
     parser.add_argument("--crf", type=int, default=10, help="libx264 quality of the color videos (default 10)")
-    parser.set_defaults(func=_run_preprocess)
+    parser.set_defaults(func=cmd_preprocess)
 
 
-def _run_preprocess(args: argparse.Namespace) -> int:
+def cmd_preprocess(args: argparse.Namespace) -> int:
     from mmface4d_stream.k4a.preprocess import preprocess
 
     result = preprocess(args.mkv, args.audio, args.out, args.name, vad=not args.no_vad, crf=args.crf)

@@ -6,9 +6,9 @@ The upstream `process_mkv` step, streaming: per camera i (the order of the MKVs 
 - `NAME_i.nut`: depth registered to the color camera, FFV1 gray16le, millimetres;
 - `NAME_i.json`: the color camera's intrinsics in Open3D's Azure Kinect metadata layout;
 
-and `NAME.wav`, 16 kHz mono float32. With voice-activity clipping (silero-vad, speech of at
-least 500 ms) only frames [start, end + 2) are kept, start/end being the frames of the first
-speech onset and the last speech offset, and the audio is clipped to the same span.
+and `NAME.wav`, 16 kHz mono float32. With voice-activity clipping (`audio.voice`: silero-vad,
+speech of at least 500 ms) only frames [start, end + 2) are kept, start/end being the frames of
+the first speech onset and the last speech offset, and the audio is clipped to the same span.
 
 The released dataset is 30 fps; Kinect recordings at 5 or 15 fps are converted at their own rate
 (the files and the json say so) with a warning, never resampled in time.
@@ -24,94 +24,24 @@ with the sequence length (only the audio track is held whole).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from mmface4d_stream.audio.voice import FPS, FrameSpan, SpeechSpanFn, silero_speech_span, speech_frame_span
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ, load_audio_16k
 from mmface4d_stream.k4a.mkv import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
 from mmface4d_stream.k4a.sync import SessionSync
 
 log = logging.getLogger(__name__)
-
-FPS = 30
-AUDIO_RATE = 16_000
-MIN_SPEECH_MS = 500
-#: Frames kept after the last speech frame (the upstream keeps [start, end + 2)).
-TAIL_FRAMES = 2
-
-#: (samples float32 (S,) at AUDIO_RATE) -> (first speech onset s, last speech offset s) or None.
-SpeechSpanFn = Callable[[np.ndarray, int], "tuple[float, float] | None"]
-
-
-class FrameSpan:
-    """Frames [start, stop) of a sequence at `fps` frames/s kept, and the matching audio samples."""
-
-    def __init__(self, start: int, stop: int | None, fps: int = FPS):
-        self.start, self.stop, self.fps = start, stop, fps
-
-    def audio_slice(self, rate: int) -> slice:
-        begin = round(self.start * rate / self.fps)
-        end = None if self.stop is None else round(self.stop * rate / self.fps)
-        return slice(begin, end)
-
-    def __repr__(self) -> str:
-        return f"FrameSpan({self.start}, {self.stop})"
-
-
-def silero_speech_span(samples: np.ndarray, rate: int) -> tuple[float, float] | None:
-    """First speech onset and last speech offset in seconds (silero-vad, >= 500 ms speech)."""
-    import torch
-    from silero_vad import get_speech_timestamps, load_silero_vad
-
-    model = load_silero_vad()
-    segments = get_speech_timestamps(
-        torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), model,
-        sampling_rate=rate, min_speech_duration_ms=MIN_SPEECH_MS, return_seconds=True,
-    )
-    if not segments:
-        return None
-    return float(segments[0]["start"]), float(segments[-1]["end"])
-
-
-def speech_frame_span(samples: np.ndarray, rate: int, speech_span: SpeechSpanFn = silero_speech_span,
-                      path: str | os.PathLike | None = None, fps: int = FPS) -> FrameSpan:
-    """Frames [start, end + 2) at `fps` around the detected speech, end = the last speech frame."""
-    span = speech_span(samples, rate)
-    if span is None:
-        raise InputError("no speech detected in the audio (use --no-vad to keep everything)", path=path)
-    onset_s, offset_s = span
-    start = int(math.floor(onset_s * fps))
-    end = int(math.floor(offset_s * fps))
-    return FrameSpan(start, end + TAIL_FRAMES, fps)
-
-
-def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
-    """The wav as mono float32 (S,) at 16 kHz (channels averaged, resampled if needed)."""
-    from mmface4d_stream.formats.audio import read_wav
-
-    try:
-        samples, rate = read_wav(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read audio ({exc})", path=path) from None
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1, dtype=np.float32)
-    if rate != AUDIO_RATE:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(int(rate), AUDIO_RATE)
-        samples = resample_poly(samples, AUDIO_RATE // g, int(rate) // g).astype(np.float32)
-    return samples
-
 
 #: Frame sets handed to the camera workers before the reader waits (bounds memory).
 _FRAMES_IN_FLIGHT = 2
@@ -227,7 +157,7 @@ def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[
             log.warning("%s is %d fps: writing %d fps files (the released dataset is %d fps)",
                         sync.readers[0].path, fps, fps, FPS)
         samples = load_audio_16k(audio_path)
-        span = (speech_frame_span(samples, AUDIO_RATE, speech_span, path=audio_path, fps=fps) if vad
+        span = (speech_frame_span(samples, DATASET_RATE_HZ, speech_span, path=audio_path, fps=fps) if vad
                 else FrameSpan(0, None, fps))
         log.info("keeping frames %s", span)
         if span.start >= sync.frame_count_estimate:
@@ -289,8 +219,8 @@ def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[
         audio = samples  # --no-vad keeps everything: the whole audio, however long the video
     else:
         # Clip to the frames actually written (the recordings may end before the speech span).
-        audio = samples[FrameSpan(span.start, span.start + written, fps).audio_slice(AUDIO_RATE)]
+        audio = samples[FrameSpan(span.start, span.start + written, fps).audio_slice(DATASET_RATE_HZ)]
     wav_path = out / f"{name}.wav"
-    write_wav(wav_path, audio, AUDIO_RATE)  # writes via a temporary file
+    write_wav(wav_path, audio, DATASET_RATE_HZ)  # writes via a temporary file
     files.append(wav_path)
     return PreprocessResult(files, written, span, int(audio.shape[0]), repeated)

@@ -40,10 +40,10 @@ def register(subparsers) -> None:
         help="the publisher's CURVE public key (Z85 text, or a file holding it) for an encrypted stream",
     )
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
-    parser.set_defaults(func=run_preview)
+    parser.set_defaults(func=cmd_preview)
 
 
-def run_preview(args: argparse.Namespace) -> int:
+def cmd_preview(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     options = {}

@@ -280,10 +280,6 @@ class StreamRelay:
                 info=self._info_locked(),
             )
 
-    @property
-    def subscriber_stats(self):
-        return self._subscriber.stats
-
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the thread and close the subscriber."""
         self._stop.set()

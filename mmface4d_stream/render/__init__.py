@@ -3,7 +3,8 @@
 - `renderer`: `MeshRenderer` draws a mesh (vertex colours or a uv texture) into a k4a `CameraModel`
   (Kinect lens distortion included) headless with moderngl/EGL; returns RGB and metric depth.
 - `subject`: the sample subject built at run time from scikit-image's astronaut portrait and
-  MediaPipe FaceMesh, with a deterministic talking performance and speech-like audio.
+  MediaPipe FaceMesh (`mesh_ops`: boundary loops, Loop subdivision, Rodrigues); `performance`: its
+  deterministic talking performance (its speech-like audio is `audio.speech`).
 - `synth`: `synthesize_capture` writes Kinect MKVs, MMFace4D dataset files and ground truth
   (`mmface4d synth`).
 - `visualize`: `render_mesh_video` renders a mesh nut triplet to `output.mp4` (`mmface4d visualize`).

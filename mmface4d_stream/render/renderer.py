@@ -20,8 +20,7 @@ Rendering undistorted and remapping would cost an extra full-frame pass, a large
 and a resampling error at every depth edge; projecting vertices avoids all three. Large triangles
 (a few-vertex wall) should be tessellated so that their straight distorted edges stay accurate.
 
-Speed (llvmpipe, 2 shared CPU cores): 35-65 frames/s for a 35709-vertex mesh at 1920x1080 with
-colour and depth read back (`benchmarks/render.py`).
+Speed: `benchmarks/render.py`; the README's "Measured" section keeps the figures.
 
 Pixel convention: integer pixel coordinates are pixel centres (OpenCV / Kinect SDK); the image's first
 row is the top (v = 0), so arrays come back without flipping.

@@ -19,7 +19,7 @@ Construction (`sample_subject`):
 
 Frames: the head frame has x right, y down, z away from the viewer (the face looks towards -z),
 origin at the head's centre of rotation ~10 cm behind the nose tip; metres throughout. The
-performance (`Performance`) deforms the control mesh (jaw, lips, smile, blinks, brows) and moves
+performance (`render.performance.Performance`) deforms the control mesh (jaw, lips, smile, blinks, brows) and moves
 the head rigidly; it is deterministic for a seed.
 
 Reference: C. Loop, "Smooth subdivision surfaces based on triangles", MSc thesis, University of
@@ -37,19 +37,15 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from mmface4d_stream.render.mesh_ops import boundary_loops, loop_subdivision_matrix, rotation_matrix
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FACE_WIDTH_M",
     "SubjectModel",
     "Expression",
-    "Performance",
     "sample_subject",
-    "generate_performance",
-    "speech_audio",
-    "loop_subdivision_matrix",
-    "boundary_loops",
-    "rotation_matrix",
 ]
 
 FACE_WIDTH_M = 0.14
@@ -74,141 +70,9 @@ _BAND_COLOURS = ("skin", "hair", "backdrop")
 _TEXTURE_BAND_PX = 24
 
 
-# ------------------------------------------------------------------------------------------------
-# Mesh utilities
-
-
-def boundary_loops(faces: np.ndarray) -> list[np.ndarray]:
-    """Closed boundary loops of a manifold triangle mesh, each an int array of vertex ids in order.
-
-    A boundary edge belongs to one face; loops follow the faces' winding. Raises ValueError when a
-    boundary vertex has more than one outgoing boundary edge (a non-manifold boundary).
-    """
-    f = np.asarray(faces)
-    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    key = np.minimum(directed[:, 0], directed[:, 1]) * (int(f.max()) + 1) + np.maximum(directed[:, 0], directed[:, 1])
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    boundary = directed[counts[inverse] == 1]
-    nxt: dict[int, int] = {}
-    for a, b in boundary.tolist():
-        if a in nxt:
-            raise ValueError(f"vertex {a} starts two boundary edges: the mesh boundary is not manifold")
-        nxt[a] = b
-    loops = []
-    seen: set[int] = set()
-    for start in sorted(nxt):
-        if start in seen:
-            continue
-        loop = [start]
-        seen.add(start)
-        cur = nxt[start]
-        while cur != start:
-            if cur in seen or cur not in nxt:
-                raise ValueError("boundary edges do not form closed loops")
-            loop.append(cur)
-            seen.add(cur)
-            cur = nxt[cur]
-        loops.append(np.array(loop, dtype=np.int64))
-    return loops
-
-
-def loop_subdivision_matrix(faces: np.ndarray, n_vertices: int) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
-    """One level of Loop subdivision as a linear map.
-
-    Args:
-        faces: (F, 3) int, a manifold triangle mesh (boundaries allowed), consistently wound.
-        n_vertices: N.
-    Returns:
-        (S, new_faces): S sparse (N + E, N) float64 so that new_vertices = S @ vertices (any
-        per-vertex attribute), vertices keep their index and edge points follow (E edges);
-        new_faces (4F, 3) int64 with the same winding.
-    """
-    f = np.asarray(faces, dtype=np.int64)
-    n = int(n_vertices)
-    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    opposite = np.concatenate([f[:, 2], f[:, 0], f[:, 1]])
-    lo, hi = np.minimum(edges[:, 0], edges[:, 1]), np.maximum(edges[:, 0], edges[:, 1])
-    key = lo * n + hi
-    ukey, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    if counts.max() > 2:
-        raise ValueError("Loop subdivision needs a manifold mesh: an edge has more than two faces")
-    n_edges = len(ukey)
-    ea, eb = ukey // n, ukey % n
-    edge_id = n + inverse  # new vertex id of each directed half-edge's edge
-
-    rows, cols, vals = [], [], []
-    # Odd (edge) vertices: 3/8 endpoints + 1/8 opposite vertices inside; midpoint on the boundary.
-    is_boundary_edge = counts == 1
-    w_end = np.where(is_boundary_edge, 0.5, 0.375)
-    e_rows = n + np.arange(n_edges)
-    rows += [e_rows, e_rows]
-    cols += [ea, eb]
-    vals += [w_end, w_end]
-    interior_half = ~is_boundary_edge[inverse]
-    rows.append(edge_id[interior_half])
-    cols.append(opposite[interior_half])
-    vals.append(np.full(interior_half.sum(), 0.125))
-
-    # Even vertices: valence-weighted average with the neighbours; boundary: 1/8, 3/4, 1/8 along it.
-    neighbours = [set() for _ in range(n)]
-    for a, b in zip(ea.tolist(), eb.tolist()):
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-    boundary_neighbours = [[] for _ in range(n)]
-    for a, b in zip(ea[is_boundary_edge].tolist(), eb[is_boundary_edge].tolist()):
-        boundary_neighbours[a].append(b)
-        boundary_neighbours[b].append(a)
-    for v in range(n):
-        nb = sorted(neighbours[v])
-        if not nb:
-            rows.append([v])
-            cols.append([v])
-            vals.append([1.0])
-        elif boundary_neighbours[v]:
-            bn = boundary_neighbours[v]
-            if len(bn) != 2:
-                raise ValueError(f"vertex {v} lies on {len(bn) // 2 or 1} boundary curves: not a manifold boundary")
-            rows.append([v, v, v])
-            cols.append([v, bn[0], bn[1]])
-            vals.append([0.75, 0.125, 0.125])
-        else:
-            k = len(nb)
-            beta = 3.0 / 16.0 if k == 3 else 3.0 / (8.0 * k)
-            rows.append([v] * (k + 1))
-            cols.append([v] + nb)
-            vals.append([1.0 - k * beta] + [beta] * k)
-    S = scipy.sparse.csr_matrix(
-        (np.concatenate([np.asarray(x, dtype=np.float64) for x in vals]),
-         (np.concatenate([np.asarray(x) for x in rows]), np.concatenate([np.asarray(x) for x in cols]))),
-        shape=(n + n_edges, n),
-    )
-    F = len(f)
-    e0, e1, e2 = edge_id[:F], edge_id[F : 2 * F], edge_id[2 * F :]  # edges (a,b), (b,c), (c,a)
-    a, b, c = f[:, 0], f[:, 1], f[:, 2]
-    new_faces = np.concatenate(
-        [np.stack([a, e0, e2], 1), np.stack([b, e1, e0], 1), np.stack([c, e2, e1], 1), np.stack([e0, e1, e2], 1)]
-    )
-    return S, new_faces
-
-
-def rotation_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation vector (3,) radians -> (3, 3) float64 rotation matrix."""
-    r = np.asarray(rotvec, dtype=np.float64)
-    theta = float(np.linalg.norm(r))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = r / theta
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(theta) * K + (1 - math.cos(theta)) * (K @ K)
-
-
 def _smoothstep(x, edge0, edge1):
     t = np.clip((np.asarray(x, dtype=np.float64) - edge0) / (edge1 - edge0), 0.0, 1.0)
     return t * t * (3 - 2 * t)
-
-
-# ------------------------------------------------------------------------------------------------
-# The subject
 
 
 class Expression(NamedTuple):
@@ -609,178 +473,3 @@ def sample_subject(subdivisions: int = 2) -> SubjectModel:
         _outer_boundary=dense_outer,
         _rig=_build_rig(control),
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# The performance
-
-
-@dataclass(frozen=True)
-class Performance:
-    """A deterministic facial performance sampled at `fps`.
-
-    Arrays have one row per frame: jaw, pucker, smile, blink, brow (F,) in [0, 1] (see
-    `Expression`); rotation (F, 3) rotation vectors (radians) and translation (F, 3) metres of the
-    head relative to its mean pose; syllables: (S, 3) start s, duration s, loudness of each
-    syllable (drives the audio).
-    """
-
-    fps: float
-    seed: int
-    jaw: np.ndarray
-    pucker: np.ndarray
-    smile: np.ndarray
-    blink: np.ndarray
-    brow: np.ndarray
-    rotation: np.ndarray
-    translation: np.ndarray
-    syllables: np.ndarray
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.jaw)
-
-    def expression(self, frame: int) -> Expression:
-        return Expression(
-            float(self.jaw[frame]), float(self.pucker[frame]), float(self.smile[frame]),
-            float(self.blink[frame]), float(self.brow[frame]),
-        )
-
-
-def _bumps(t: np.ndarray, starts: np.ndarray, durations: np.ndarray, heights: np.ndarray) -> np.ndarray:
-    """Sum of raised-cosine bumps (start, duration, height) sampled at times t (s)."""
-    out = np.zeros_like(t)
-    for s, d, a in zip(starts, durations, heights):
-        x = (t - s) / d
-        inside = (x > 0) & (x < 1)
-        out[inside] += a * 0.5 * (1 - np.cos(2 * np.pi * x[inside]))
-    return out
-
-
-def _smooth_noise(rng: np.random.Generator, t: np.ndarray, amplitude: float, freqs=(0.11, 0.23, 0.41)) -> np.ndarray:
-    out = np.zeros_like(t)
-    for f in freqs:
-        f = f * rng.uniform(0.8, 1.25)
-        out += np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) / len(freqs) ** 0.5
-    return amplitude * out
-
-
-def generate_performance(n_frames: int, seed: int = 0, fps: float = 30.0) -> Performance:
-    """Speech-like jaw and lip motion, smiles, blinks, brow raises and small head motion.
-
-    Speech: syllables 0.12-0.3 s long with pauses between phrases (4-5 syllables per second while
-    talking). Blinks every 2-5 s (0.2 s). Head: yaw within ~±9°, pitch ±5°, roll ±3°,
-    translation within ~±1.5 cm, all smooth. Deterministic for (n_frames, seed, fps).
-    """
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be at least 1, got {n_frames}")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    rng = np.random.default_rng(seed)
-    t = np.arange(n_frames) / fps
-    duration = n_frames / fps
-
-    syllables = []
-    now = rng.uniform(0.0, 0.15)
-    while now < duration:
-        phrase = int(rng.integers(3, 9))
-        for _ in range(phrase):
-            d = rng.uniform(0.12, 0.3)
-            syllables.append((now, d, rng.uniform(0.35, 1.0)))
-            now += d * rng.uniform(0.85, 1.05)
-        now += rng.uniform(0.25, 0.7)
-    syl = np.array(syllables, dtype=np.float64).reshape(-1, 3)
-    jaw = np.clip(_bumps(t, syl[:, 0], syl[:, 1], syl[:, 2] * 0.75), 0, 1)
-    rounded = rng.random(len(syl)) < 0.35
-    pucker = np.clip(_bumps(t, syl[rounded, 0], syl[rounded, 1] * 1.1, rng.uniform(0.4, 0.9, rounded.sum())), 0, 1)
-
-    n_smiles = max(1, int(duration / 4))
-    smile = _bumps(t, rng.uniform(-0.5, duration, n_smiles), rng.uniform(1.5, 3.0, n_smiles), rng.uniform(0.5, 1.0, n_smiles))
-    smile = np.clip(smile + 0.1, 0, 1)
-
-    blink_starts = []
-    now = rng.uniform(0.2, 1.5)
-    while now < duration:
-        blink_starts.append(now)
-        now += rng.uniform(2.0, 5.0)
-    blink = np.clip(_bumps(t, np.array(blink_starts), np.full(len(blink_starts), 0.2), np.full(len(blink_starts), 1.0)), 0, 1)
-
-    n_brows = max(1, int(duration / 5))
-    brow = np.clip(_bumps(t, rng.uniform(0, duration, n_brows), rng.uniform(0.6, 1.2, n_brows), rng.uniform(0.5, 1.0, n_brows)), 0, 1)
-
-    rotation = np.stack([
-        _smooth_noise(rng, t, math.radians(3.5)),  # pitch (about x)
-        _smooth_noise(rng, t, math.radians(6.0)),  # yaw (about y)
-        _smooth_noise(rng, t, math.radians(2.0)),  # roll (about z)
-    ], 1)
-    translation = np.stack([_smooth_noise(rng, t, 0.006), _smooth_noise(rng, t, 0.005), _smooth_noise(rng, t, 0.008)], 1)
-    return Performance(fps=float(fps), seed=int(seed), jaw=jaw, pucker=pucker, smile=smile, blink=blink, brow=brow,
-                       rotation=rotation, translation=translation, syllables=syl)
-
-
-_VOWEL_FORMANTS_HZ = (
-    (730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (640, 1190, 2390),
-    (490, 1350, 1690), (440, 1020, 2240),
-)
-
-
-def speech_audio(performance: Performance, rate: int = 16000) -> np.ndarray:
-    """A speech-like mono signal matching the performance's syllables: float32 (S,) in [-1, 1].
-
-    Voiced phrases: a glottal pulse train (pitch ~90-140 Hz, drifting) through three formant
-    resonators whose frequencies glide from vowel to vowel (one vowel per syllable, updated every
-    5 ms), under a loudness envelope that peaks with each syllable's jaw opening and stays voiced
-    between the syllables of a phrase; faint breath noise everywhere. Voice-activity detectors
-    (silero-vad) take it for speech. Its length is the performance's duration; deterministic for
-    the performance's seed.
-    """
-    from scipy.signal import lfilter
-
-    if rate < 8000:
-        raise ValueError(f"audio rate must be at least 8000 Hz, got {rate}")
-    rng = np.random.default_rng(performance.seed + 7919)
-    n = int(round(performance.n_frames / performance.fps * rate))
-    t = np.arange(n) / rate
-    syl = performance.syllables
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-
-    # Loudness: syllable bumps, bridged inside a phrase (gaps under 0.12 s stay voiced).
-    envelope = _bumps(t, syl[:, 0], syl[:, 1], syl[:, 2]) ** 0.5 if len(syl) else np.zeros(n)
-    for (s0, d0, a0), (s1, _, a1) in zip(syl[:-1], syl[1:]):
-        if s1 - (s0 + d0) < 0.12:
-            mid = (t > s0 + d0 / 2) & (t < s1 + 0.05)
-            envelope[mid] = np.maximum(envelope[mid], 0.45 * min(a0, a1))
-    f0 = 115.0 + 22.0 * np.sin(2 * np.pi * 1.3 * t + rng.uniform(0, 6.3)) - 8.0 * np.sin(2 * np.pi * 0.23 * t)
-    pulses = (np.diff(np.floor(np.cumsum(f0) / rate), prepend=0.0) > 0).astype(np.float64)
-    source = lfilter([1.0], [1.0, -0.95], pulses) + rng.normal(0, 0.02, n)
-
-    # Formant tracks: each syllable's vowel, gliding to the next over the syllable's last 40 %.
-    vowels = np.array(_VOWEL_FORMANTS_HZ, dtype=np.float64)[rng.integers(len(_VOWEL_FORMANTS_HZ), size=max(len(syl), 1))]
-    block = max(1, rate // 200)
-    centres = (np.arange(0, n, block) + block / 2) / rate
-    if len(syl):
-        idx = np.clip(np.searchsorted(syl[:, 0], centres, side="right") - 1, 0, len(syl) - 1)
-        phase = np.clip((centres - syl[idx, 0]) / syl[idx, 1], 0.0, 1.0)
-        glide = np.clip((phase - 0.6) / 0.4, 0.0, 1.0)[:, None]
-        nxt = np.minimum(idx + 1, len(syl) - 1)
-        tracks = (1 - glide) * vowels[idx] + glide * vowels[nxt]
-    else:
-        tracks = np.tile(vowels[0], (len(centres), 1))
-    voiced = np.zeros(n)
-    for k in range(3):
-        state = np.zeros(2)
-        out = np.empty(n)
-        for b, start in enumerate(range(0, n, block)):
-            f = tracks[b, k]
-            r = math.exp(-math.pi * (80.0 + 0.05 * f) / rate)
-            theta = 2 * math.pi * f / rate
-            seg, state = lfilter([1 - r], [1, -2 * r * math.cos(theta), r * r], source[start : start + block], zi=state)
-            out[start : start + block] = seg
-        voiced += out
-    signal = voiced * envelope
-    peak = float(np.max(np.abs(signal)))
-    if peak > 0:
-        signal *= 0.5 / peak
-    signal += 0.001 * rng.standard_normal(n)
-    return signal.astype(np.float32)

@@ -51,21 +51,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mmface4d_stream.audio.speech import speech_audio
 from mmface4d_stream.k4a.calibration import (
     K4aCalibration,
     RawCalibration,
     RigidTransform,
     synthetic_raw_calibration,
 )
+from mmface4d_stream.render.mesh_ops import rotation_matrix
+from mmface4d_stream.render.performance import generate_performance
 from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map
-from mmface4d_stream.render.subject import (
-    HEAD_CENTRE_BEHIND_NOSE_M,
-    SubjectModel,
-    generate_performance,
-    rotation_matrix,
-    sample_subject,
-    speech_audio,
-)
+from mmface4d_stream.render.subject import HEAD_CENTRE_BEHIND_NOSE_M, SubjectModel, sample_subject
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +76,6 @@ __all__ = [
 
 FPS = 30
 FRAME_PERIOD_USEC = 33_333
-AUDIO_RATE = 16_000
 COLOR_MODE = "MJPG_1080P"
 DEPTH_MODE = "NFOV_UNBINNED"
 NOSE_DISTANCE_M = 0.7
@@ -379,7 +374,7 @@ def synthesize_capture(
     """
     from tqdm import tqdm
 
-    from mmface4d_stream.formats.audio import write_wav
+    from mmface4d_stream.formats.audio import DATASET_RATE_HZ, write_wav
     from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
     from mmface4d_stream.formats.depth_nut import DepthNutWriter
     from mmface4d_stream.formats.intrinsics import IntrinsicsJson
@@ -449,8 +444,8 @@ def synthesize_capture(
     np.savez(capture.performance_path, jaw=performance.jaw, pucker=performance.pucker, smile=performance.smile,
              blink=performance.blink, brow=performance.brow, rotation=performance.rotation,
              translation=performance.translation + head_centre, fps=FPS, seed=seed)
-    audio = speech_audio(performance, AUDIO_RATE)
-    write_wav(capture.wav_path, audio, AUDIO_RATE)
+    audio = speech_audio(performance, DATASET_RATE_HZ)
+    write_wav(capture.wav_path, audio, DATASET_RATE_HZ)
 
     with ExitStack() as stack:
         color_renderers, depth_renderers = [], []

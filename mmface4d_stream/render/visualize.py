@@ -24,7 +24,7 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.k4a.calibration import CameraModel
 from mmface4d_stream.render.renderer import MeshRenderer
-from mmface4d_stream.render.subject import rotation_matrix
+from mmface4d_stream.render.mesh_ops import rotation_matrix
 
 logger = logging.getLogger(__name__)
 

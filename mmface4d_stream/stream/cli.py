@@ -52,7 +52,7 @@ def register(subparsers) -> None:
         "--max-message-mb", type=float, default=schema.DEFAULT_MAX_MESSAGE_BYTES / (1 << 20), metavar="MB",
         help="reject (count and skip) messages larger than this (default %(default)g MiB, ~4 BFM meshes)",
     )
-    parser.set_defaults(func=run_subscribe)
+    parser.set_defaults(func=cmd_subscribe)
 
 
 def _read_key(value: str | None) -> str | None:
@@ -120,7 +120,7 @@ class _Recorder:
         self._writer.close()
 
 
-def run_subscribe(args: argparse.Namespace) -> int:
+def cmd_subscribe(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if not args.max_message_mb > 0:

@@ -85,3 +85,37 @@ def test_microphone_source_feeds_the_same_callback(monkeypatch):
     kwargs["callback"](np.zeros((160, 1), np.float32), 160, None, None)
     assert len(calls) == 1
     source.stop()
+
+
+def test_ctrl_c_publishes_end_interrupted(trained_model, synthetic_corpus, tmp_path):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI) in the consumer loop still sends `end`."""
+    import queue
+
+    model = AnimationModel.load(trained_model)
+    speech = read_wav(sorted(synthetic_corpus[1].rglob("*.wav"))[0]).samples[: 2 * RATE]
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech, RATE)
+
+    class InterruptedQueue(queue.Queue):
+        """Ctrl-C arrives while the loop waits for its 20th audio block."""
+
+        def get(self, *args, **kwargs):
+            self.taken = getattr(self, "taken", 0) + 1
+            if self.taken == 20:
+                raise KeyboardInterrupt
+            return super().get(*args, **kwargs)
+
+    url = f"ipc://{tmp_path}/animate.sock"
+    source = WavFileSource(wav)
+    with MeshPublisher(url) as publisher, MeshSubscriber(url, timeout_s=5.0) as subscriber:
+        assert publisher.wait_for_subscribers(1, timeout_s=5.0)
+        listener, received, ends = start_listener(subscriber)
+        animator = LiveAnimator(model)
+        animator._queue = InterruptedQueue()
+        with pytest.raises(KeyboardInterrupt):
+            animator.run(source, publisher, progress=False)
+        listener.join(timeout=10.0)
+    assert not listener.is_alive()
+    assert len(ends) == 1 and ends[0].reason == "interrupted"
+    assert ends[0].n_meshes == len(received) < 60
+    assert source._stop.is_set()  # the source was stopped too

@@ -34,7 +34,7 @@ def test_run_writes_one_mesh_per_frame_of_audio(trained_model, synthetic_corpus,
 
 def test_run_on_a_given_neutral_face_in_another_pose(trained_model, synthetic_corpus, tmp_path):
     from mmface4d_stream.animate.animator import AnimationModel
-    from mmface4d_stream.render.subject import rotation_matrix
+    from mmface4d_stream.render.mesh_ops import rotation_matrix
 
     model = AnimationModel.load(trained_model)
     R = rotation_matrix([0.1, 0.5, -0.2]).astype(np.float32)

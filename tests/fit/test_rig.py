@@ -382,7 +382,7 @@ def main(monkeypatch):
     """`mmface4d` with only this area's commands (other areas' modules may be mid-change)."""
     from mmface4d_stream import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("mmface4d_stream.fit.rig_cli",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("mmface4d_stream.fit.cli",))
     return cli.main
 
 
@@ -430,7 +430,7 @@ def test_landmarks_to_points_inverts_a_kinect_lens_model():
 
 
 def test_calibrate_command_on_the_real_sample_names_the_missing_video(mmface4d_sample_dir, tmp_path, capsys, main):
-    from mmface4d_stream.fit.rig_cli import sequence_cameras
+    from mmface4d_stream.fit.cli import sequence_cameras
 
     assert sequence_cameras(mmface4d_sample_dir / "000337") == [0, 1, 2]
     # The shared sample carries intrinsics and landmarks but no videos.

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from mmface4d_stream.errors import InputError
 from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
 
 for _module in ("audio", "color_mp4", "depth_nut", "intrinsics"):
@@ -18,7 +17,7 @@ from mmface4d_stream.formats.audio import read_wav, write_wav  # noqa: E402
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader  # noqa: E402
 from mmface4d_stream.formats.depth_nut import DepthNutReader  # noqa: E402
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson  # noqa: E402
-from mmface4d_stream.k4a.preprocess import FrameSpan, preprocess, speech_frame_span  # noqa: E402
+from mmface4d_stream.k4a.preprocess import preprocess  # noqa: E402
 
 SR = 16_000
 PERIOD = 33_333
@@ -127,14 +126,6 @@ def test_injected_speech_span_clips_frames_and_audio(tmp_path, calibration_raw):
     begin, end = round(10 * SR / 30), round(23 * SR / 30)
     np.testing.assert_allclose(samples, audio[begin:end], atol=1e-7)
     assert abs(len(samples) / SR - 13 / 30) < 1e-3
-
-
-def test_frame_span_rule():
-    span = speech_frame_span(np.zeros(SR), SR, lambda s, r: (1.0, 2.0))
-    assert (span.start, span.stop) == (30, 62)
-    assert FrameSpan(30, 62).audio_slice(SR) == slice(16_000, 33_067)
-    with pytest.raises(InputError, match="no speech"):
-        speech_frame_span(np.zeros(SR), SR, lambda s, r: None)
 
 
 def test_silero_vad_on_synthetic_speech(tmp_path, calibration_raw):

@@ -82,7 +82,7 @@ def test_landmark_stage_registers_only_the_box_and_matches_full_registration(mkv
 
 def test_rig_calibration_and_recorder_register_whole_frames(mkv_frame_sets, short_capture, tmp_path):
     from mmface4d_stream.formats.depth_nut import DepthNutReader
-    from mmface4d_stream.pipeline.live import DatasetRecorder
+    from mmface4d_stream.pipeline.dataset_recorder import DatasetRecorder
 
     source = MkvSource(short_capture.mkv_paths, max_frames=4)
     registrations: dict = {}

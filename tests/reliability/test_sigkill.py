@@ -60,7 +60,7 @@ _COLOR_WRITER = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from mmface4d_stream.formats.color_mp4 import ColorMp4Writer
-    from mmface4d_stream.pipeline.live import RECORDING_FRAGMENT_S
+    from mmface4d_stream.pipeline.dataset_recorder import RECORDING_FRAGMENT_S
     writer = ColorMp4Writer(sys.argv[1], 320, 240, fps=30, fragment_s=RECORDING_FRAGMENT_S)
     for k in range(int(sys.argv[2])):
         writer.write(np.full((240, 320, 3), 3 * k, np.uint8))

@@ -1,20 +1,12 @@
-"""Sample subject: geometry in metres, the performance rig, Loop subdivision, determinism."""
+"""Sample subject: geometry in metres, the performance rig, determinism."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mmface4d_stream.render.subject import (
-    FACE_WIDTH_M,
-    Expression,
-    boundary_loops,
-    generate_performance,
-    loop_subdivision_matrix,
-    rotation_matrix,
-    sample_subject,
-    speech_audio,
-)
+from mmface4d_stream.render.mesh_ops import boundary_loops, rotation_matrix
+from mmface4d_stream.render.subject import FACE_WIDTH_M, Expression, sample_subject
 
 
 @pytest.fixture(scope="module")
@@ -60,38 +52,3 @@ def test_expressions_move_the_right_parts(subject):
     R = rotation_matrix([0.0, 0.3, 0.0])
     moved = subject.vertices(rotation=[0.0, 0.3, 0.0], translation=[0.0, 0.0, 0.8])
     np.testing.assert_allclose(moved, rest @ R.T + [0.0, 0.0, 0.8], atol=1e-6)
-
-
-def test_performance_is_deterministic_and_speech_like():
-    a = generate_performance(150, seed=3)
-    b = generate_performance(150, seed=3)
-    c = generate_performance(150, seed=4)
-    for name in ("jaw", "pucker", "smile", "blink", "brow", "rotation", "translation"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert not np.array_equal(a.jaw, c.jaw)
-    assert a.jaw.max() > 0.3 and (a.jaw < 0.05).any()
-    assert np.abs(np.degrees(a.rotation)).max() < 12 and np.abs(a.translation).max() < 0.02
-    # Frame-to-frame motion is smooth (no jumps above ~1 degree or 2 mm at 30 fps).
-    assert np.abs(np.diff(np.degrees(a.rotation), axis=0)).max() < 1.0
-    assert np.abs(np.diff(a.translation, axis=0)).max() < 0.002
-    audio = speech_audio(a, 16000)
-    assert audio.dtype == np.float32 and len(audio) == 5 * 16000
-    assert np.array_equal(audio, speech_audio(b, 16000))
-    # Loud while the jaw moves, quiet in pauses.
-    frames = np.abs(audio[: 150 * 533].reshape(150, 533)).mean(1)
-    assert np.corrcoef(frames, a.jaw)[0, 1] > 0.5
-
-
-def test_loop_subdivision_keeps_planes_and_counts():
-    # A planar square of 2 triangles: subdivided points stay in the plane; boundary rule keeps corners.
-    v = np.array([[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]], dtype=float)
-    f = np.array([[0, 1, 2], [0, 2, 3]])
-    S, f2 = loop_subdivision_matrix(f, 4)
-    assert S.shape == (9, 4) and f2.shape == (8, 3)
-    v2 = S @ v
-    np.testing.assert_allclose(v2[:, 2], 1.0)
-    np.testing.assert_allclose(np.asarray(S.sum(axis=1)).ravel(), 1.0)
-    np.testing.assert_allclose(v2[:4], v[:4] * [0.75, 0.75, 1] + 0.125 * (v[[1, 0, 1, 0]] + v[[3, 2, 3, 2]]) * [1, 1, 0])
-    # Winding preserved: all normals still +z or all -z, as before.
-    n = np.cross(v2[f2[:, 1]] - v2[f2[:, 0]], v2[f2[:, 2]] - v2[f2[:, 0]])[:, 2]
-    assert np.all(n > 0)

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--reference", type=int, default=None, help="reference camera index (default: the middle one)")
     p.add_argument("--no_icp", action="store_true", help="landmark alignment only, no point-to-plane ICP")
-    p.set_defaults(func=run_calibrate)
+    p.set_defaults(func=cmd_calibrate)
 
 
 def sequence_cameras(file_path: str | Path) -> list[int]:
@@ -62,7 +62,7 @@ def _managed(stack: contextlib.ExitStack, reader):
     return reader
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mmface4d_stream.face.landmarks import FaceLandmarker

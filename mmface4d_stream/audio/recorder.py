@@ -22,11 +22,25 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mmface4d_stream.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # How often the writer thread moves captured blocks to the file: the most a kill can lose beyond
 # what PortAudio itself still held.
 WRITE_PERIOD_S = 0.05
+
+
+def import_sounddevice():
+    """sounddevice, or an InputError saying how to get it (and PortAudio, Debian libportaudio2)."""
+    from mmface4d_stream.pipeline.kinect import LIVE_EXTRA_HINT  # the `live` extra brings both
+
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise InputError(f"audio capture needs sounddevice ({LIVE_EXTRA_HINT}) and PortAudio "
+                         f"(Debian: libportaudio2): {exc}") from None
+    return sounddevice
 
 
 class AudioAlignment(NamedTuple):
@@ -148,8 +162,6 @@ class AudioRecorder:
         from mmface4d_stream.formats.output_files import check_output_dir
 
         if sounddevice is None:
-            from mmface4d_stream.pipeline.live import import_sounddevice
-
             sounddevice = import_sounddevice()
         self.path = Path(path)
         self.rate = int(rate)

@@ -1,4 +1,4 @@
-"""Item 5: the microphone's wav is on disk as it is captured and aligned to the cameras' first frame."""
+"""The microphone's wav is on disk as it is captured and aligned to the cameras' first frame (audio/recorder.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmface4d_stream.audio.recorder import AudioClock, AudioRecorder
 from mmface4d_stream.formats.audio import read_wav
-from mmface4d_stream.pipeline.audio_recorder import AudioClock, AudioRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 16_000
