@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import synthetic_raw_calibration
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, shared_context
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "mmface4d_000337"

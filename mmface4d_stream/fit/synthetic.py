@@ -182,7 +182,7 @@ def make_rig(
 
 @lru_cache(maxsize=8)
 def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int):
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
     from mmface4d_stream.render.renderer import MeshRenderer
 
     dist = dict(zip(("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2"), camera.distortion or (0.0,) * 8))

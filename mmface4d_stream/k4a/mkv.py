@@ -42,7 +42,8 @@ import numpy as np
 
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.k4a import ebml
-from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode, K4aCalibration
+from mmface4d_stream.k4a.calibration import K4aCalibration
+from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
 
 log = logging.getLogger(__name__)
 

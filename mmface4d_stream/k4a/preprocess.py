@@ -237,7 +237,7 @@ def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[
             )
         n_cams = len(sync.readers)
         out.mkdir(parents=True, exist_ok=True)
-        registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
+        registrations = [r.calibration.registration for r in sync.readers]
         sizes = [r.calibration.color.size for r in sync.readers]
         cameras = [_CameraOutput(registrations[i], sizes[i]) for i in range(n_cams)]
         written = 0

@@ -57,7 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import K4aCalibration, _is_torch, _where
+from mmface4d_stream.arrays import is_torch, where
+from mmface4d_stream.k4a.calibration import K4aCalibration
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ class DepthToColorRegistration:
         """dz/du, dz/dv (mm per color pixel) of the surface at every depth pixel (flat arrays,
         numpy or torch), from where its right/left and lower/upper neighbours land in the color
         image; 0 where no neighbour on the same surface exists on either side."""
-        if _is_torch(u):
+        if is_torch(u):
             import torch
 
             zeros = torch.zeros_like
@@ -371,27 +372,27 @@ class DepthToColorRegistration:
             ok_f &= abs(dz) < _SAME_SURFACE_RATIO * z
             if step == 1:
                 ok_b = backward(ok_f)
-                du = _where(ok_f, du, backward(du))
-                dv = _where(ok_f, dv, backward(dv))
-                dz = _where(ok_f, dz, backward(dz))
+                du = where(ok_f, du, backward(du))
+                dv = where(ok_f, dv, backward(dv))
+                dz = where(ok_f, dz, backward(dz))
             else:
                 ok_b = zeros(ok)
                 ok_b[step:] = ok_f[:-step]
                 du_b, dv_b, dz_b = zeros(du), zeros(dv), zeros(dz)
                 du_b[step:], dv_b[step:], dz_b[step:] = du[:-step], dv[:-step], dz[:-step]
-                du, dv, dz = _where(ok_f, du, du_b), _where(ok_f, dv, dv_b), _where(ok_f, dz, dz_b)
+                du, dv, dz = where(ok_f, du, du_b), where(ok_f, dv, dv_b), where(ok_f, dz, dz_b)
             return du, dv, dz, ok_f | ok_b
 
         not_last = self._not_last_column
-        if _is_torch(u):
+        if is_torch(u):
             not_last = self._tables(u.device)["not_last_column"]
         dux, dvx, dzx, okx = pick(1, not_last)
         duy, dvy, dzy, oky = pick(self.depth_shape[1], None)
         det = dux * dvy - dvx * duy
         valid = okx & oky & (abs(det) > _MIN_JACOBIAN_DET) & (z < _MAX_INTERPOLATED_MM)
-        det = _where(valid, det, 1.0)
-        gu = _where(valid, (dzx * dvy - dzy * dvx) / det, 0.0)
-        gv = _where(valid, (dux * dzy - duy * dzx) / det, 0.0)
+        det = where(valid, det, 1.0)
+        gu = where(valid, (dzx * dvy - dzy * dvx) / det, 0.0)
+        gv = where(valid, (dux * dzy - duy * dzx) / det, 0.0)
         return gu, gv
 
     def depth_to_color(self, depth, *, roi=None, backend: str = "auto"):
@@ -409,7 +410,7 @@ class DepthToColorRegistration:
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}.")
         box = None if roi is None else self._check_roi(roi)
-        if _is_torch(depth):
+        if is_torch(depth):
             if backend == "auto" and depth.device.type == "cpu":
                 import torch
 
@@ -800,7 +801,7 @@ class DepthToColorRegistration:
         valid where the pixel has depth and projects inside the color image.
         """
         self._check_depth(depth)
-        if _is_torch(depth):
+        if is_torch(depth):
             import torch
 
             tables = self._tables(depth.device)
@@ -830,17 +831,17 @@ class DepthToColorRegistration:
             raise ValueError(f"color image must have shape ({hc}, {wc}, C), got {tuple(color.shape)}.")
         if "uint8" not in str(color.dtype):
             raise ValueError(f"color image must be uint8, got dtype {color.dtype}.")
-        if _is_torch(color) != _is_torch(depth):
+        if is_torch(color) != is_torch(depth):
             raise ValueError("color and depth must both be numpy arrays or both torch tensors.")
         if backend not in ("auto", "torch"):
             raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}.")
-        if _is_torch(color) and backend == "auto" and color.device.type == "cpu":
+        if is_torch(color) and backend == "auto" and color.device.type == "cpu":
             import torch
 
             return torch.from_numpy(self.color_to_depth(color.numpy(), depth.numpy()))
         pixels, ok = self.color_pixels(depth)
         squeeze = len(color.shape) == 2
-        if _is_torch(color):
+        if is_torch(color):
             import torch
 
             img = color.reshape(hc, wc, -1)
@@ -897,7 +898,7 @@ class DepthToColorRegistration:
         """Depth (Hd, Wd) uint16 mm -> points (Hd, Wd, 3) float32 metres in the depth camera's
         frame (zeros where there is no measurement or the pixel's ray is undefined)."""
         self._check_depth(depth)
-        if _is_torch(depth):
+        if is_torch(depth):
             import torch
 
             tables = self._tables(depth.device)
@@ -932,6 +933,6 @@ def _valid_depth_range(depth: np.ndarray) -> tuple[int, int] | None:
 
 
 def register_depth_to_color(depth, calibration: K4aCalibration):
-    """One-off `DepthToColorRegistration(calibration).depth_to_color(depth)`; keep the object
-    for video (its tables cost far more than a frame)."""
-    return DepthToColorRegistration(calibration).depth_to_color(depth)
+    """`calibration.registration.depth_to_color(depth)`: the calibration builds its registration
+    tables once and keeps them."""
+    return calibration.registration.depth_to_color(depth)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import BROWN_CONRADY, CameraModel
+from mmface4d_stream.k4a.camera_model import BROWN_CONRADY, CameraModel
 
 logger = logging.getLogger(__name__)
 

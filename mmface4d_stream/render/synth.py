@@ -51,12 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import (
-    K4aCalibration,
-    RawCalibration,
-    RigidTransform,
-    synthetic_raw_calibration,
-)
+from mmface4d_stream.geometry import RigidTransform
+from mmface4d_stream.k4a.calibration import K4aCalibration
+from mmface4d_stream.k4a.raw_calibration import RawCalibration
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map
 from mmface4d_stream.render.subject import (
     HEAD_CENTRE_BEHIND_NOSE_M,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.calibration import CameraModel
+from mmface4d_stream.k4a.camera_model import CameraModel
 from mmface4d_stream.render.renderer import MeshRenderer
 from mmface4d_stream.render.subject import rotation_matrix
 

@@ -261,7 +261,7 @@ def test_template_mode_builds_the_subject_and_tracks_expressions(astronaut_face_
 
 def test_fit_camera_matches_the_real_kinect_colour_model(k4a_sample_dir):
     """FitCamera built from the real device's k4a CameraModel projects like that model does."""
-    from mmface4d_stream.k4a.calibration import read_raw_calibration
+    from mmface4d_stream.k4a.raw_calibration import read_raw_calibration
 
     model = read_raw_calibration(k4a_sample_dir / "calibration.json").calibration("1080P", "NFOV_UNBINNED").color
     cam = FitCamera.from_any(model)

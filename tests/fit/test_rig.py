@@ -286,7 +286,7 @@ def rendered_rig():
     from scipy.spatial import cKDTree
     from skimage import data
 
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
     image = data.astronaut()
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as fm:
@@ -414,7 +414,7 @@ def test_calibrate_command_without_a_face_is_an_input_error(rendered_rig, tmp_pa
 
 
 def test_landmarks_to_points_inverts_a_kinect_lens_model():
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
     camera = CameraModel(1280, 720, 605.0, 604.0, 638.5, 365.2, k1=0.45, k2=-2.6, k3=1.6, k4=0.33,
                          k5=-2.4, k6=1.5, p1=6e-4, p2=-2e-4)

@@ -12,7 +12,7 @@ from skimage import data as skdata
 
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.k4a import ebml
-from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode
+from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
 from mmface4d_stream.k4a.mkv import ColorMode, MkvReader, MkvWriter, describe_mkv
 
 REAL_START_OFFSET_USEC = 336_277  # K4A_START_OFFSET_NS 336277000

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmface4d_stream.k4a.calibration import CameraModel, synthetic_raw_calibration
+from mmface4d_stream.k4a.camera_model import CameraModel
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, vertex_normals
 
 # Typical Azure Kinect lenses (k4a-calib's synthetic device calibration) in two capture modes.
