@@ -334,7 +334,7 @@ class DepthToColorRegistration:
         x = (z_m * rx + tx) * inv
         y = (z_m * ry + ty) * inv
         color = self.calibration.color
-        xd, yd, rs = color._distort(x, y)
+        xd, yd, rs = color.distort(x, y)
         u = xd * color.fx + color.cx
         v = yd * color.fy + color.cy
         ok = (zc > 0) & (rs <= color.metric_radius**2)
@@ -550,7 +550,7 @@ class DepthToColorRegistration:
 
     def _workspace(self, tables: _Tables) -> dict[str, Any]:
         """Per-thread scratch arrays sized for `tables`, reused across frames (see
-        CameraModel._distort_inplace): views of buffers that grow to the largest size seen."""
+        CameraModel.distort_inplace): views of buffers that grow to the largest size seen."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = _Scratch()
@@ -598,7 +598,7 @@ class DepthToColorRegistration:
             np.multiply(z, tables.ray_y, out=y)
             y += ty
             y *= inv
-        rs = color._distort_inplace(x, y, [ws["w0"], ws["w1"], ws["w2"], ws["w3"], ws["w4"]])
+        rs = color.distort_inplace(x, y, [ws["w0"], ws["w1"], ws["w2"], ws["w3"], ws["w4"]])
         np.less_equal(rs, color.metric_radius**2, out=tmp)
         ok &= tmp
         np.greater(depth, 0, out=tmp.reshape(shape))
@@ -815,7 +815,7 @@ class DepthToColorRegistration:
             self._project_numpy(np.asarray(depth), self._full, ws)
             u, v, ok = ws["x"].copy(), ws["y"].copy(), ws["ok"].copy()
             pixels = np.stack([u, v], axis=-1)
-        ok = ok & self.calibration.color._inside(u, v)
+        ok = ok & self.calibration.color.inside(u, v)
         hd, wd = self.depth_shape
         return pixels.reshape(hd, wd, 2), ok.reshape(hd, wd)
 

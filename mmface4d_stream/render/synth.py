@@ -55,7 +55,7 @@ from mmface4d_stream.geometry import RigidTransform
 from mmface4d_stream.k4a.calibration import K4aCalibration
 from mmface4d_stream.k4a.raw_calibration import RawCalibration
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
-from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map
+from mmface4d_stream.render.renderer import MeshRenderer
 from mmface4d_stream.render.subject import (
     HEAD_CENTRE_BEHIND_NOSE_M,
     SubjectModel,
@@ -224,7 +224,7 @@ def _surface_cosine(depth_m: np.ndarray, rays: np.ndarray, step: int = 1) -> np.
     """|cos| of the angle between each pixel's ray and its surface normal (from depth differences).
 
     Args:
-        depth_m: (H, W) float32 metres, 0 = missing. rays: (H, W, 2) float32 (`camera_ray_map`).
+        depth_m: (H, W) float32 metres, 0 = missing. rays: (H, W, 2) float32 (`CameraModel.ray_map`).
         step: evaluate on every step-th pixel and repeat (incidence varies slowly; 1080p uses 2).
     Returns:
         (H, W) float32, 0 where the depth or a neighbour is missing.
@@ -268,7 +268,7 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
 
     Args:
         depth_m: (H, W) float32 exact z along the optical axis, metres, 0 where no surface.
-        rays: (H, W, 2) float32 normalized undistorted (x, y) of each pixel (`camera_ray_map`).
+        rays: (H, W, 2) float32 normalized undistorted (x, y) of each pixel (`CameraModel.ray_map`).
         rng: generator for this camera and frame.
         noise: `DepthNoise`.
     Returns:
@@ -473,8 +473,8 @@ def synthesize_capture(
                 w, h = device.calibration.color.size
                 mp4_writers.append(stack.enter_context(ColorMp4Writer(capture.color_paths[i], w, h, fps=FPS, crf=10, atomic=True)))
                 nut_writers.append(stack.enter_context(DepthNutWriter(capture.depth_paths[i], w, h, fps=FPS, atomic=True)))
-        color_rays = [camera_ray_map(d.calibration.color) for d in devices]
-        depth_rays = [camera_ray_map(d.calibration.depth) for d in devices]
+        color_rays = [d.calibration.color.ray_map() for d in devices]
+        depth_rays = [d.calibration.depth.ray_map() for d in devices]
         T_color_from_ref = [np.linalg.inv(d.T_ref_from_color) for d in devices]
         T_depth_from_ref = [np.linalg.inv(d.T_ref_from_depth) for d in devices]
 
