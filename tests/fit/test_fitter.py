@@ -223,13 +223,13 @@ def test_rejects_bad_inputs(bfm, truth):
 
 
 def test_fit_camera_from_k4a_style_object():
-    class CameraModelLike:  # k4a.calibration.CameraModel: named coefficients + OpenCV-ordered `distortion`
-        width, height, fx, fy, cx, cy = 1920, 1080, 910.0, 910.5, 960.0, 540.0
-        k1, k2, k3, k4, k5, k6, p1, p2 = 0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4
-        distortion = np.array([0.5, -2.5, 1e-4, -2e-4, 1.5, 0.4, -2.3, 1.4])
-        metric_radius = 1.7
+    from mmface4d_stream.formats.intrinsics import IntrinsicsJson
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
-    cam = FitCamera.from_any(CameraModelLike())
+    # k4a CameraModel: named coefficients (its `distortion` property is in OpenCV's order)
+    model = CameraModel(1920, 1080, 910.0, 910.5, 960.0, 540.0, k1=0.5, k2=-2.5, k3=1.5, k4=0.4, k5=-2.3, k6=1.4,
+                        p1=1e-4, p2=-2e-4, metric_radius=1.7)
+    cam = FitCamera.of(model)
     assert cam.distortion == KINECT_LIKE_DISTORTION and cam.max_radius == 1.7
     uv = np.array([[100.0, 80.0], [960.0, 540.0], [1800.0, 1000.0]])
     xy = cam.undistort(uv)
@@ -237,7 +237,7 @@ def test_fit_camera_from_k4a_style_object():
     np.testing.assert_allclose(back, uv, atol=1e-6)
     pts = torch.tensor(np.concatenate([xy, np.ones((3, 1))], 1) * 0.7, dtype=torch.float32)
     np.testing.assert_allclose(cam.project_torch(pts).numpy(), uv, atol=2e-3)
-    pinhole = FitCamera.from_any({"fx": 500, "fy": 500, "cx": 320, "cy": 240, "width": 640, "height": 480})
+    pinhole = FitCamera.of(IntrinsicsJson(500, 500, 320, 240, 640, 480))
     assert pinhole.distortion is None
 
 
@@ -264,7 +264,7 @@ def test_fit_camera_matches_the_real_kinect_colour_model(k4a_sample_dir):
     from mmface4d_stream.k4a.raw_calibration import read_raw_calibration
 
     model = read_raw_calibration(k4a_sample_dir / "calibration.json").calibration("1080P", "NFOV_UNBINNED").color
-    cam = FitCamera.from_any(model)
+    cam = FitCamera.of(model)
     assert cam.distortion is not None and (cam.width, cam.height) == (1920, 1080)
     rng = np.random.default_rng(0)
     pts = np.stack([rng.uniform(-0.3, 0.3, 200), rng.uniform(-0.2, 0.2, 200), rng.uniform(0.5, 1.2, 200)], 1)
