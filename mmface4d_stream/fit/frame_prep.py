@@ -17,7 +17,7 @@ import torch
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
 from mmface4d_stream.fit.camera_terms import FitCamera, undistortion_grid
 from mmface4d_stream.fit.depth_term import CameraBatch
-from mmface4d_stream.fit.geometry import kabsch
+from mmface4d_stream.geometry import kabsch
 from mmface4d_stream.fit.template_lift import lift_landmarks
 from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 

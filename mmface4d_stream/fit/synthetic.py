@@ -24,7 +24,7 @@ import numpy as np
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
 from mmface4d_stream.fit.camera_terms import FitCamera
-from mmface4d_stream.fit.geometry import so3_exp
+from mmface4d_stream.geometry import so3_exp
 from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 
 logger = logging.getLogger(__name__)

@@ -78,7 +78,7 @@ class Pose:
 
     @property
     def axis_angle(self) -> np.ndarray:
-        from mmface4d_stream.fit.geometry import so3_log
+        from mmface4d_stream.geometry import so3_log
 
         return so3_log(self.rotation)
 

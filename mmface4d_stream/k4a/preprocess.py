@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.mkv import MkvReader
+from mmface4d_stream.k4a.mkv_reader import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
 from mmface4d_stream.k4a.sync import SessionSync
 

@@ -382,7 +382,7 @@ def synthesize_capture(
     from mmface4d_stream.formats.depth_nut import DepthNutWriter
     from mmface4d_stream.formats.intrinsics import IntrinsicsJson
     from mmface4d_stream.formats.mesh_nut import MeshNutWriter
-    from mmface4d_stream.k4a.mkv import MkvWriter
+    from mmface4d_stream.k4a.mkv_writer import MkvWriter
 
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")

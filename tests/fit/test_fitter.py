@@ -16,7 +16,7 @@ import torch
 from mmface4d_stream.face.models import BfmModel, TemplateModel
 from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
-from mmface4d_stream.fit.geometry import so3_log
+from mmface4d_stream.geometry import so3_log
 from mmface4d_stream.fit.synthetic import (
     frontal_pose,
     make_rig,

@@ -376,7 +376,7 @@ def test_roi_checks(reg_1080, roi, message):
 def test_projections_between_depth_levels_stay_near_the_box_of_their_ends(raw_json, resolution, mode):
     """What the ROI's safety margin relies on: between two depth levels a pixel's projection stays
     within the box spanned by its projections at the levels, up to a bowing far below 2 px."""
-    from mmface4d_stream.k4a.registration import _ROI_SAFETY_PX, _Scratch
+    from mmface4d_stream.k4a.registration_tables import _ROI_SAFETY_PX, _Scratch
 
     reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, resolution, mode))
     hd, wd = reg.depth_shape

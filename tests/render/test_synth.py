@@ -15,7 +15,7 @@ from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
-from mmface4d_stream.k4a.mkv import MkvReader
+from mmface4d_stream.k4a.mkv_reader import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
 from mmface4d_stream.render.synth import DepthNoise, build_rig, kinect_depth, synthesize_capture
 
