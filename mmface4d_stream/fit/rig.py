@@ -65,7 +65,7 @@ def _pinhole(intrinsics: Any) -> tuple[float, float, float, float]:
 def normalized_rays(intrinsics: Any, pixels: np.ndarray) -> np.ndarray:
     """(N, 2) pixels -> (N, 2) normalized undistorted ray coordinates (X/Z, Y/Z).
 
-    A camera with a lens model (`k4a.calibration.CameraModel` with `has_distortion`) is inverted
+    A camera with a lens model (`k4a.camera_model.CameraModel` with `has_distortion`) is inverted
     with its own `unproject_to_rays` (NaN where the model is not valid); anything else is a pinhole.
     """
     pixels = np.asarray(pixels, dtype=np.float64)
@@ -91,7 +91,7 @@ def landmarks_to_points(
     points_px: (N, 2) float pixel coordinates (x, y), pixel centres at integers; NaN rows allowed.
     depth_mm: (H, W) uint16 millimetres registered to this colour camera, 0 = no measurement.
     intrinsics: the colour camera: a 3×3 pinhole matrix, an object with fx, fy, cx, cy, or a
-        `k4a.calibration.CameraModel` (its lens distortion is inverted).
+        `k4a.camera_model.CameraModel` (its lens distortion is inverted).
     window_px: depths are read from the (2·window_px + 1)² window around each landmark; the depth is
         the median of valid values within `foreground_mm` of the window's nearest one (at the face's
         silhouette the window also holds background).

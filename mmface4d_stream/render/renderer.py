@@ -57,7 +57,7 @@ __all__ = [
 def _check_camera(camera: CameraModel) -> CameraModel:
     if not isinstance(camera, CameraModel):
         raise ValueError(
-            f"camera must be a mmface4d_stream.k4a.calibration.CameraModel, got {type(camera).__name__}"
+            f"camera must be a mmface4d_stream.k4a.camera_model.CameraModel, got {type(camera).__name__}"
         )
     if camera.model_type != BROWN_CONRADY or camera.codx != 0.0 or camera.cody != 0.0:
         raise ValueError(
@@ -306,7 +306,7 @@ class MeshRenderer:
     """Renders one mesh topology into one camera, frame after frame.
 
     Args:
-        camera: `mmface4d_stream.k4a.calibration.CameraModel` (pixel intrinsics, Brown-Conrady lens).
+        camera: `mmface4d_stream.k4a.camera_model.CameraModel` (pixel intrinsics, Brown-Conrady lens).
         faces: (F, 3) int triangle vertex indices (fixed for the renderer's life).
         n_vertices: N, the number of vertices of every frame.
         colors: (N, 3) per-vertex RGB, uint8 or float in [0, 1]; used when no texture is given.
