@@ -354,3 +354,26 @@ def test_cuda_matches_cpu(bfm, truth):
             results[device] = fitter.process(obs)
     assert 1e3 * np.linalg.norm(results["cuda"].vertices - gt, axis=1).mean() < 0.3
     np.testing.assert_allclose(results["cuda"].vertices, results["cpu"].vertices, atol=2e-4)
+
+
+def test_a_face_crop_with_its_offset_fits_like_the_whole_image(bfm, truth):
+    """The landmark stage hands the fitter crops with the whole image's camera and the crop's
+    offset (per-camera tables, not per crop box): the fit equals the one on the whole images."""
+    r, t = truth["pose"]
+    obs, _ = synthetic_frame(bfm, make_rig(2, distortion=KINECT_LIKE_DISTORTION), r, t, truth["alpha"], truth["beta"])
+    cropped = []
+    for co in obs.cameras:
+        lm = np.asarray(co.landmarks_px)
+        x0, y0 = (int(v) - 150 for v in np.floor(np.nanmin(lm, 0)))
+        x1, y1 = (int(v) + 150 for v in np.ceil(np.nanmax(lm, 0)))
+        x0, y0 = max(x0, 0), max(y0, 0)  # wide enough to hold the depth crop the fitter picks
+        assert x0 > 0 and y0 > 0 and x1 < co.depth_mm.shape[1] and y1 < co.depth_mm.shape[0]
+        cropped.append(dataclasses.replace(co, landmarks_px=lm - (x0, y0), depth_mm=co.depth_mm[y0:y1, x0:x1],
+                                           offset_px=(x0, y0)))
+    whole = FaceFitter(bfm).process(obs)
+    crop = FaceFitter(bfm).process(dataclasses.replace(obs, cameras=cropped))
+    assert whole.depth_used and crop.depth_used
+    np.testing.assert_allclose(crop.vertices, whole.vertices, atol=1e-5)
+    with pytest.raises(ValueError, match="leaves"):
+        bad = dataclasses.replace(cropped[0], offset_px=(10_000, 0))
+        FaceFitter(bfm).fit(dataclasses.replace(obs, cameras=[bad]))
