@@ -84,10 +84,9 @@ class Pose:
 
     def matrix(self) -> np.ndarray:
         """4x4 float64 T_ref_from_model."""
-        m = np.eye(4)
-        m[:3, :3] = self.rotation
-        m[:3, 3] = self.translation
-        return m
+        from mmface4d_stream.geometry import RigidTransform
+
+        return RigidTransform(self.rotation, self.translation).as_matrix()
 
 
 @dataclass

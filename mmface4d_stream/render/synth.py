@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmface4d_stream.geometry import RigidTransform
+from mmface4d_stream.geometry import RigidTransform, so3_exp
 from mmface4d_stream.k4a.calibration import K4aCalibration
 from mmface4d_stream.k4a.raw_calibration import RawCalibration
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
@@ -60,7 +60,6 @@ from mmface4d_stream.render.subject import (
     HEAD_CENTRE_BEHIND_NOSE_M,
     SubjectModel,
     generate_performance,
-    rotation_matrix,
     sample_subject,
     speech_audio,
 )
@@ -157,11 +156,8 @@ class SynthCapture:
 
 def _look_at_nose(yaw_deg: float, nose: np.ndarray, distance: float) -> np.ndarray:
     """T_ref_from_color of a camera at `distance` from `nose`, rotated by yaw about the vertical."""
-    R = rotation_matrix([0.0, math.radians(yaw_deg), 0.0])
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = nose - R @ np.array([0.0, 0.0, distance])
-    return T
+    R = so3_exp([0.0, math.radians(yaw_deg), 0.0])
+    return RigidTransform(R, nose - R @ np.array([0.0, 0.0, distance])).as_matrix()
 
 
 def _device_calibration(index: int, serial: str, rng: np.random.Generator, distortion: bool) -> RawCalibration:
@@ -182,7 +178,7 @@ def _device_calibration(index: int, serial: str, rng: np.random.Generator, disto
 
     tilt = rng.normal(0, math.radians(0.3), 3)
     T = base.color.T_camera_from_depth
-    T_new = RigidTransform(rotation_matrix(tilt) @ T.R, T.t + rng.normal(0, 0.0004, 3))
+    T_new = RigidTransform(so3_exp(tilt) @ T.R, T.t + rng.normal(0, 0.0004, 3))
     depth = jitter(base.depth, 0.003, 0.0015, 0.01)
     color = replace(jitter(base.color, 0.004, 0.002, 0.01), T_camera_from_depth=T_new)
     return replace(base, depth=depth, color=color, factory_cal_date=f"2024-0{1 + index % 9}-1{index % 10}")
@@ -497,7 +493,7 @@ def synthesize_capture(
         bar = stack.enter_context(tqdm(total=frames * cameras, desc=f"synth {name}", unit="view",
                                        disable=not progress, leave=False))
         for f in range(frames):
-            R = rotation_matrix(performance.rotation[f])
+            R = so3_exp(performance.rotation[f])
             t = head_centre + performance.translation[f]
             vertices = subject.vertices(performance.expression(f), rotation=R, translation=t)
             mesh_writer.write(vertices[: subject.n_face_vertices])
