@@ -1,6 +1,6 @@
 """The fitter's lens model is `k4a.camera_model.CameraModel`'s: its projections (the host view
-`FitCamera` and the batched copy the solver runs on the device, `depth_term.CameraBatch.project`)
-and its undistortion agree with `CameraModel` over the valid field of view of every mode of the
+`FitCamera`, the batched copy the solver runs on the device, `depth_term.CameraBatch.project`, and
+the rasterizer's, `raster.clip_coordinates`) and its undistortion agree with `CameraModel` over the valid field of view of every mode of the
 real device calibration."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.fit.frame_prep import PreparedCamera, collate_cameras
+from mmface4d_stream.fit.raster import clip_coordinates
 from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
 from mmface4d_stream.k4a.raw_calibration import read_raw_calibration
 
@@ -47,6 +48,12 @@ def test_fitter_projection_is_the_camera_models(raw, mode):
     batch, _, _ = collate_cameras([[prepared]], 1, "cpu")
     u, v = batch.project(torch.tensor(points, dtype=torch.float32)[None, None])
     np.testing.assert_allclose(np.stack([u[0, 0].numpy(), v[0, 0].numpy()], 1), expected, atol=5e-3 * max(1, model.width / 1000))
+    # The rasterizer's clip coordinates of the whole image, back to pixels.
+    w, h = model.width, model.height
+    clip = clip_coordinates(torch.tensor(points, dtype=torch.float32)[None], [cam], [(0, 0, w, h)], h, w)[0].double()
+    ndc = clip[:, :2] / clip[:, 3:]
+    raster_uv = (ndc.numpy() + 1) / 2 * [w, h] - 0.5
+    np.testing.assert_allclose(raster_uv, expected, atol=5e-3 * max(1, w / 1000))
     # The fitter's undistortion is the camera model's unprojection.
     np.testing.assert_allclose(cam.undistort(uv), rays[:, :2], atol=1e-9)
 
