@@ -11,11 +11,7 @@ intrinsics of a mode are::
     c_px = c_normalized * binned_size - crop_offset - 0.5      (0.5: origin at the pixel centre)
 
 with the binned size and crop offset of each color resolution and depth mode from the Sensor
-SDK's mode table (`MODE_TABLE` below).
-
-Extrinsics: each camera's `Rt` maps points in the depth camera's frame to that camera's frame
-(the depth camera's own `Rt` is the identity). The JSON stores translations in metres (the SDK
-multiplies them by 1000 for its millimetre API); everything here is in metres.
+SDK's mode table (`k4a.modes.MODE_TABLE`; `k4a.raw_calibration.RawCamera.camera_model` applies it).
 
 Lens model (`CameraModel`), for a point (X, Y, Z) in the camera frame, Z > 0::
 

@@ -3,8 +3,10 @@
 A Kinect stores one factory calibration per device (the MKV attachment `calibration.json`, or
 `k4a_device_get_raw_calibration` on a live device): each camera on its full sensor with
 normalized intrinsics, its lens parameters and its extrinsics `Rt` (depth camera frame -> that
-camera's frame, translation in metres). `RawCamera.camera_model(mode)` applies the mode table
-(see `camera_model` for the pixel intrinsics and the lens model).
+camera's frame, translation in metres; the depth camera's own `Rt` is the identity; the SDK
+multiplies translations by 1000 for its millimetre API, everything here is in metres).
+`RawCamera.camera_model(mode)` applies the mode table (see `camera_model` for the pixel
+intrinsics and the lens model).
 """
 
 from __future__ import annotations
