@@ -1,4 +1,5 @@
-"""The fitter's camera: the Kinect lens model on the host, landmark undistortion and per-pixel rays.
+"""The fitter's camera: its view of the one lens model (`k4a.camera_model.CameraModel`), landmark
+undistortion and per-pixel rays.
 
 Landmarks are observed in the raw (distorted) colour image. Rather than differentiate through
 the lens model, each observed landmark is undistorted once per frame to the ideal pinhole image
@@ -11,6 +12,11 @@ on is lifted to 3D along that pixel's exact ray (a per-camera ray map), and the 
 point-to-plane distance to the plane fitted from the pixel's neighbours (Chen & Medioni 1992;
 projective data association as in KinectFusion, Newcombe et al. 2011). Only a crop around the face
 is converted per frame (`frame_prep.crop_depth`, `depth_term.lift_patches`).
+
+Per-camera tables: a camera observation carries the whole image's camera and its crop's offset
+(`CameraObservation.offset_px`), so the undistortion grid and ray map below are built once per
+physical camera (a cache hit per frame, ~0.01 ms) and sliced at the crop's pixels, instead of once
+per moving crop box (a miss, ~1 ms, per camera per frame).
 """
 
 from __future__ import annotations
