@@ -15,8 +15,8 @@ is converted per frame (`frame_prep.crop_depth`, `depth_term.lift_patches`).
 
 Per-camera tables: a camera observation carries the whole image's camera and its crop's offset
 (`CameraObservation.offset_px`), so the undistortion grid and ray map below are built once per
-physical camera (a cache hit per frame, ~0.01 ms) and sliced at the crop's pixels, instead of once
-per moving crop box (a miss, ~1 ms, per camera per frame).
+physical camera (a cache hit per frame) and sampled at the crop's pixels, instead of once per
+moving crop box.
 """
 
 from __future__ import annotations

@@ -388,7 +388,7 @@ class CameraModel:
     def ray_map(self) -> np.ndarray:
         """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2), ray = (x, y, 1);
         NaN where the lens model cannot unproject (beyond the metric radius). Built once per
-        distinct camera and process (~0.1 s for 1080p), read-only; slice it for a window of the image
+        distinct camera and process, read-only; slice it for a window of the image
         rather than building the map of a `crop`."""
         return _ray_map(self)
 
