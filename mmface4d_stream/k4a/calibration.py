@@ -68,6 +68,19 @@ class K4aCalibration:
                 self._registration.append(DepthToColorRegistration(self))
             return self._registration[0]
 
+    def __getstate__(self) -> dict:
+        # Pickled without its registration (tables are rebuilt where they are used) or lock.
+        state = dict(self.__dict__)
+        state.pop("_registration", None)
+        state.pop("_registration_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_registration", [])
+        object.__setattr__(self, "_registration_lock", threading.Lock())
+
     @property
     def serial_number(self) -> str:
         return self.raw.serial_number if self.raw is not None else ""

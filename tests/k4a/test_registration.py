@@ -405,3 +405,12 @@ def test_calibration_owns_one_cached_registration(raw_json):
     assert cal.registration is reg
     depth = np.full(reg.depth_shape, 1000, np.uint16)
     np.testing.assert_array_equal(register_depth_to_color(depth, cal), reg.depth_to_color(depth))
+
+
+def test_calibration_pickles_without_its_registration(raw_json):
+    import pickle
+
+    cal = K4aCalibration.from_raw_json(raw_json, "720P", "NFOV_2X2BINNED")
+    reg = cal.registration
+    back = pickle.loads(pickle.dumps(cal))
+    assert back == cal and back.registration is not reg and back.registration is back.registration
