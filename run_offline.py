@@ -69,7 +69,7 @@ def check_inputs(jobs: list[SequenceJob]) -> None:
     """Open every recording's header and every camera json before Ray starts: a damaged MKV or
     intrinsics file is one line naming it (InputError), not an actor's death inside the graph."""
     from mmface4d_stream.formats.intrinsics import IntrinsicsJson
-    from mmface4d_stream.k4a.mkv import MkvReader
+    from mmface4d_stream.k4a.mkv_reader import MkvReader
 
     for job in jobs:
         for source in job.inputs:

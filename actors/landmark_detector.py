@@ -49,16 +49,14 @@ class LandmarkDetector:
         return self.stage.process(frame_set)
 
     def warm_up(self, frame_set: FrameSet | None = None, build: bool = True):
-        """Get ready before the capture clock starts: import the crops' camera model (it brings
-        torch), build the MediaPipe graphs when `build` (plain actor calls run in one thread: the
-        same one later calls use; a compiled graph's loop thread builds its own) and, given a
+        """Get ready before the capture clock starts: build the MediaPipe graphs when `build` (plain
+        actor calls run in one thread: the same one later calls use; a compiled graph's loop thread
+        builds its own) and, given a
         pre-roll `frame_set`, run it through (first inference, the depth registration tables of its
         cameras). The face found there stays tracked: the first frame after the clock starts is
         taken where the pre-roll left it (a moment earlier), without a full-frame search (which
         falls back to one when the face moved). Returns the pre-roll's `ObservedFrame` (the fitter
         warms on it) or None."""
-        from mmface4d_stream.fit.camera_terms import FitCamera  # noqa: F401
-
         if not build:
             return None
         stage = self.stage

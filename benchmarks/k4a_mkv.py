@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from skimage import data as skdata
 
-from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
+from mmface4d_stream.k4a.mkv_reader import MkvReader
+from mmface4d_stream.k4a.mkv_writer import MkvWriter
 from mmface4d_stream.k4a.sync import SessionSync
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "k4a_recording" / "recording.mkv"

@@ -23,7 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmface4d_stream.k4a.calibration import K4aCalibration, parse_raw_calibration, synthetic_raw_calibration  # noqa: E402
+from mmface4d_stream.k4a.calibration import K4aCalibration  # noqa: E402
+from mmface4d_stream.k4a.raw_calibration import parse_raw_calibration  # noqa: E402
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration  # noqa: E402
 from mmface4d_stream.k4a.registration import DepthToColorRegistration  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "k4a_recording"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import synthetic_raw_calibration
-from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, shared_context
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
+from mmface4d_stream.render.renderer import MeshRenderer, shared_context
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "mmface4d_000337"
 
@@ -74,7 +74,7 @@ def main() -> int:
     ray_ms = {}
     for cam_name, cam in (("color 1920x1080", COLOR_1080P), ("depth 640x576", DEPTH_NFOV_UNBINNED)):
         t0 = time.perf_counter()
-        camera_ray_map(cam)
+        cam.ray_map()
         ray_ms[cam_name] = (time.perf_counter() - t0) * 1000
 
     rows = []

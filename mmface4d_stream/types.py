@@ -20,7 +20,7 @@ class CameraFrame:
 
     rgb: (H, W, 3) uint8 color image. depth_mm: (H, W) uint16 millimetres registered to the color
     camera (0 = no measurement), or None. intrinsics: the color camera (anything
-    `fit.camera_terms.FitCamera.from_any` accepts: `IntrinsicsJson`, k4a `CameraModel`, ...).
+    `fit.camera_terms.FitCamera.of` accepts: `IntrinsicsJson`, k4a `CameraModel`, `FitCamera`).
 
     Depth not yet registered (MKV replay: the landmark stage registers only the face's box):
     depth_mm None, depth_raw (Hd, Wd) uint16 millimetres as the depth camera saw them, and
@@ -55,8 +55,8 @@ class FaceCrop:
     """One camera after landmark detection, cropped around the face.
 
     landmarks_px: (478, 2) float32 in crop pixels (NaN: not found). depth_mm: (h, w) uint16 crop of
-    the registered depth, or None. intrinsics: a `FitCamera` for the crop (principal point shifted
-    by `offset_px`). thumbnail_jpeg: a small JPEG of the crop for previews, or None.
+    the registered depth, or None. intrinsics: the camera of the whole image (as the source gave
+    it); `offset_px` (x0, y0): the crop's top-left pixel in that image. thumbnail_jpeg: a small JPEG of the crop for previews, or None.
     """
 
     camera: int

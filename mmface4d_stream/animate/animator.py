@@ -23,7 +23,7 @@ from mmface4d_stream.animate.features import (LogMelConfig, LogMelExtractor, Str
 from mmface4d_stream.animate.model import AnimatorConfig, AudioToMotion, StreamingState
 from mmface4d_stream.animate.regions import FaceRegions
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.fit.geometry import kabsch
+from mmface4d_stream.geometry import kabsch
 
 __all__ = ["AnimationModel", "StreamingAnimator", "CHECKPOINT_FORMAT"]
 

@@ -27,7 +27,7 @@ from mmface4d_stream.animate.encoder import EncoderFeatures
 from mmface4d_stream.animate.features import LogMelExtractor
 from mmface4d_stream.animate.pca import FrequentDirections
 from mmface4d_stream.animate.regions import FaceRegions
-from mmface4d_stream.fit.geometry import kabsch
+from mmface4d_stream.geometry import kabsch
 
 logger = logging.getLogger(__name__)
 

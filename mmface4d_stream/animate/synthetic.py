@@ -52,7 +52,7 @@ def synthetic_sequence(subject: int, seed: int, seconds: float, subdivisions: in
                        head_motion: bool = True) -> SyntheticSequence:
     """Generate one sequence of `subject` (its shape and style) with performance seed `seed`."""
     from mmface4d_stream.audio.speech import speech_audio
-    from mmface4d_stream.render.mesh_ops import rotation_matrix
+    from mmface4d_stream.geometry import so3_exp
     from mmface4d_stream.render.performance import generate_performance
     from mmface4d_stream.render.subject import sample_subject
 
@@ -73,7 +73,7 @@ def synthetic_sequence(subject: int, seed: int, seconds: float, subdivisions: in
         v = v * scale
         v[:, 2] -= bulge * np.exp(-d2 / (2 * 0.03**2))
         if head_motion:
-            v = v @ rotation_matrix(perf.rotation[f]).T + head_centre + perf.translation[f]
+            v = v @ so3_exp(perf.rotation[f]).T + head_centre + perf.translation[f]
         else:
             v = v + head_centre
         out[f] = v

@@ -1,4 +1,5 @@
-"""The fitter's camera: the Kinect lens model on the host, landmark undistortion and per-pixel rays.
+"""The fitter's camera: its view of the one lens model (`k4a.camera_model.CameraModel`), landmark
+undistortion and per-pixel rays.
 
 Landmarks are observed in the raw (distorted) colour image. Rather than differentiate through
 the lens model, each observed landmark is undistorted once per frame to the ideal pinhole image
@@ -11,33 +12,48 @@ on is lifted to 3D along that pixel's exact ray (a per-camera ray map), and the 
 point-to-plane distance to the plane fitted from the pixel's neighbours (Chen & Medioni 1992;
 projective data association as in KinectFusion, Newcombe et al. 2011). Only a crop around the face
 is converted per frame (`frame_prep.crop_depth`, `depth_term.lift_patches`).
+
+Per-camera tables: a camera observation carries the whole image's camera and its crop's offset
+(`CameraObservation.offset_px`), so the undistortion grid and ray map below are built once per
+physical camera (a cache hit per frame) and sampled at the crop's pixels, instead of once per
+moving crop box.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-__all__ = ["FitCamera", "distort_normalized", "undistort_normalized", "undistortion_grid", "sample_rays",
-           "RAY_GRID_STEP"]
+from mmface4d_stream.k4a.camera_model import BROWN_CONRADY, CameraModel
+
+__all__ = ["FitCamera", "undistortion_grid", "sample_rays", "RAY_GRID_STEP"]
 
 _DIST_NAMES = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
 
 
 @dataclass(frozen=True)
 class FitCamera:
-    """A colour camera for the fitter: pinhole + optional Kinect (OpenCV rational) lens model.
+    """The fitter's view of a colour camera: the values its batched (GPU) terms read, with every lens
+    computation delegated to the one lens model, `k4a.camera_model.CameraModel` (`self.model`).
 
     Attributes:
         fx, fy, cx, cy: pixels (pixel centres at integers).  width, height: pixels.
-        distortion: (k1, k2, k3, k4, k5, k6, p1, p2) or None for an ideal pinhole:
-            x_d = x·(1 + k1 r² + k2 r⁴ + k3 r⁶)/(1 + k4 r² + k5 r⁴ + k6 r⁶) + 2 p1 x y + p2 (r² + 2x²),
-            y_d = y·(same) + p1 (r² + 2y²) + 2 p2 x y, with (x, y) normalized undistorted coordinates.
-        max_radius: normalized radius beyond which the radial factor is held constant (the rational
-            model folds over outside the field of view); None: no limit.
+        distortion: (k1, k2, k3, k4, k5, k6, p1, p2) or None for an ideal pinhole (Brown–Conrady
+            with the rational radial term, distortion centre at the principal point).
+        max_radius: the lens model's metric radius (normalized); None: no limit.
+
+    What the fitter settles differently from the plain lens model, by design: its projection is
+    `CameraModel.project(..., finite=True)` (finite and differentiable everywhere: Z clamped, the
+    radial factor held beyond the metric radius) and its undistortion the matching
+    `unproject_to_rays(..., finite=True)`. Lens models the batched terms do not implement (a
+    distortion centre off the principal point, the legacy Rational6KT tangential factor) are
+    refused by `from_model` rather than approximated.
     """
 
     fx: float
@@ -56,55 +72,71 @@ class FitCamera:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
         if self.distortion is not None and len(self.distortion) != 8:
             raise ValueError(f"distortion must be (k1..k6, p1, p2): 8 values, got {len(self.distortion)}")
+        coeffs = dict(zip(_DIST_NAMES, self.distortion or (0.0,) * 8))
+        model = CameraModel(int(self.width), int(self.height), float(self.fx), float(self.fy), float(self.cx),
+                            float(self.cy), metric_radius=math.inf if self.max_radius is None else float(self.max_radius),
+                            **{k: float(v) for k, v in coeffs.items()})
+        object.__setattr__(self, "model", model)
 
     @classmethod
-    def from_any(cls, obj) -> "FitCamera":
-        """Accept a FitCamera, a k4a `CameraModel`, an `IntrinsicsJson`, a `RenderCamera`, or a dict."""
-        if isinstance(obj, FitCamera):
-            return obj
-        get = (lambda k, d=None: obj.get(k, d)) if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
-        try:
-            fx, fy, cx, cy = (float(get(k)) for k in ("fx", "fy", "cx", "cy"))
-            width, height = int(get("width")), int(get("height"))
-        except (TypeError, ValueError):
+    def from_model(cls, model: CameraModel) -> "FitCamera":
+        """The fitter's view of a k4a `CameraModel` (Brown–Conrady, distortion centre at the
+        principal point: what the batched terms and the GL shaders implement)."""
+        if not isinstance(model, CameraModel):
+            raise ValueError(f"expected a k4a CameraModel, got {type(model).__name__}")
+        if model.model_type != BROWN_CONRADY or model.codx != 0.0 or model.cody != 0.0:
             raise ValueError(
-                f"camera intrinsics need fx, fy, cx, cy, width, height; got {type(obj).__name__}"
-            ) from None
-        # Named coefficients first: k4a's CameraModel also has a `distortion` property, in OpenCV's
-        # (k1, k2, p1, p2, k3, ...) order, unlike RenderCamera's (k1..k6, p1, p2) tuple.
-        if all(get(k) is not None for k in _DIST_NAMES):
-            dist = [get(k) for k in _DIST_NAMES]
-        else:
-            dist = get("distortion")
-        dist_t = None
-        if dist is not None:
-            dist_t = tuple(float(d) for d in np.asarray(dist, dtype=np.float64).ravel())
-            if not any(dist_t):
-                dist_t = None
-        radius = get("max_radius") or get("metric_radius")
-        return cls(fx, fy, cx, cy, width, height, dist_t, float(radius) if radius else None)
+                "the fitter implements the Brown-Conrady lens model centred at the principal point "
+                f"(codx = cody = 0); got {model.model_type} with codx={model.codx}, cody={model.cody}"
+            )
+        dist = tuple(float(getattr(model, k)) for k in _DIST_NAMES)
+        radius = model.metric_radius if math.isfinite(model.metric_radius) else None
+        return cls(model.fx, model.fy, model.cx, model.cy, model.width, model.height,
+                   dist if any(dist) else None, radius)
 
-    # -- lens model -------------------------------------------------------------------------
+    @classmethod
+    def of(cls, camera) -> "FitCamera":
+        """A `FitCamera` as it is, a k4a `CameraModel` (`from_model`), a mapping of `CameraModel`'s
+        fields (the camera records of a synthetic capture's cameras.json), or a camera description
+        with a `camera_model()` method (`formats.intrinsics.IntrinsicsJson`)."""
+        if isinstance(camera, FitCamera):
+            return camera
+        if isinstance(camera, CameraModel):
+            return cls.from_model(camera)
+        if isinstance(camera, Mapping):
+            try:
+                return cls.from_model(CameraModel(**camera))
+            except TypeError as exc:
+                raise ValueError(f"a camera mapping must hold CameraModel's fields: {exc}") from None
+        to_model = getattr(camera, "camera_model", None)
+        if callable(to_model):
+            return cls.from_model(to_model())
+        raise ValueError(
+            f"camera intrinsics must be a FitCamera, a k4a CameraModel or have camera_model(); got {type(camera).__name__}"
+        )
+
+    def crop(self, x0: int, y0: int, width: int, height: int) -> "FitCamera":
+        """The camera of the window whose top-left pixel is (x0, y0): principal point shifted."""
+        return dataclasses.replace(self, cx=self.cx - x0, cy=self.cy - y0, width=int(width), height=int(height))
+
+    # -- lens model (CameraModel's) ------------------------------------------------------------
 
     @property
     def radial_limit_r2(self) -> float:
         """Squared normalized radius beyond which the radial factor is held constant (inf: none)."""
-        return np.inf if self.max_radius is None else float(self.max_radius) ** 2
+        return self.model.radial_limit_r2
 
     def distort(self, xy: np.ndarray) -> np.ndarray:
         """Normalized undistorted (..., 2) -> normalized distorted (..., 2), float64."""
         xy = np.asarray(xy, dtype=np.float64)
-        if self.distortion is None:
-            return xy.copy()
-        return distort_normalized(xy, np.asarray(self.distortion, np.float64), self.radial_limit_r2)
+        xd, yd, _ = self.model.distort(xy[..., 0], xy[..., 1], finite=True)
+        return np.stack([xd, yd], axis=-1)
 
-    def undistort(self, uv: np.ndarray, iterations: int = 30) -> np.ndarray:
-        """Raw pixels (..., 2) -> normalized undistorted (x, y) (..., 2), float64 (fixed-point inversion)."""
+    def undistort(self, uv: np.ndarray) -> np.ndarray:
+        """Raw pixels (..., 2) -> normalized undistorted (x, y) (..., 2), float64 (`CameraModel`'s
+        Gauss–Newton unprojection, finite everywhere)."""
         uv = np.asarray(uv, dtype=np.float64)
-        xd = np.stack([(uv[..., 0] - self.cx) / self.fx, (uv[..., 1] - self.cy) / self.fy], axis=-1)
-        if self.distortion is None:
-            return xd
-        return undistort_normalized(xd, np.asarray(self.distortion, np.float64), self.radial_limit_r2, iterations)
+        return self.model.unproject_to_rays(uv, finite=True).points[..., :2]
 
     def undistort_to_pinhole_px(self, uv: np.ndarray) -> np.ndarray:
         """Raw pixels (..., 2) -> where an ideal pinhole with the same fx, fy, cx, cy would see them."""
@@ -112,49 +144,13 @@ class FitCamera:
         return np.stack([xy[..., 0] * self.fx + self.cx, xy[..., 1] * self.fy + self.cy], axis=-1)
 
     def project_torch(self, points_cam: torch.Tensor) -> torch.Tensor:
-        """Camera-frame points (M, 3) metres -> raw (distorted) pixels (M, 2); z must be > 0."""
-        z = points_cam[:, 2].clamp_min(1e-6)
-        x, y = points_cam[:, 0] / z, points_cam[:, 1] / z
-        if self.distortion is not None:
-            k1, k2, k3, k4, k5, k6, p1, p2 = self.distortion
-            r2 = x * x + y * y
-            r2c = r2.clamp_max(self.radial_limit_r2) if self.max_radius is not None else r2
-            radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
-            x, y = (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                    y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
-        return torch.stack([x * self.fx + self.cx, y * self.fy + self.cy], dim=1)
+        """Camera-frame points (M, 3) metres -> raw (distorted) pixels (M, 2), finite and differentiable."""
+        return self.model.project(points_cam, finite=True).pixels
 
     def ray_map(self, device) -> torch.Tensor:
-        """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2) on `device`, cached."""
+        """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2) on `device`, built
+        once per camera and device (slice it with a window's offset instead of cropping the camera)."""
         return _ray_map(self, str(device))
-
-
-def distort_normalized(xy: np.ndarray, coeffs: np.ndarray, r2_limit) -> np.ndarray:
-    """The lens model on normalized coordinates, vectorized over points and cameras.
-
-    Args:
-        xy: (..., 2) normalized undistorted coordinates.
-        coeffs: (8,) or (..., 8) k1..k6, p1, p2 per point (broadcast against xy's leading shape).
-        r2_limit: scalar or (...,) squared radius beyond which the radial factor is held constant.
-    Returns:
-        (..., 2) normalized distorted coordinates, float64.
-    """
-    k1, k2, k3, k4, k5, k6, p1, p2 = np.moveaxis(np.asarray(coeffs, np.float64), -1, 0)
-    x, y = xy[..., 0], xy[..., 1]
-    r2 = x * x + y * y
-    r2c = np.minimum(r2, r2_limit)
-    radial = (1 + r2c * (k1 + r2c * (k2 + r2c * k3))) / (1 + r2c * (k4 + r2c * (k5 + r2c * k6)))
-    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=-1)
-
-
-def undistort_normalized(xd: np.ndarray, coeffs: np.ndarray, r2_limit, iterations: int = 30) -> np.ndarray:
-    """Invert `distort_normalized` by fixed-point iteration (xd (..., 2) distorted -> undistorted),
-    vectorized over points with per-point coefficients, float64."""
-    xy = np.array(xd, dtype=np.float64)
-    for _ in range(int(iterations)):
-        xy -= distort_normalized(xy, coeffs, r2_limit) - xd
-    return xy
 
 
 # Pixels between the nodes of a camera's undistortion grid: the field is smooth, so inverting the

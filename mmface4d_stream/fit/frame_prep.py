@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
-from mmface4d_stream.fit.camera_terms import FitCamera, undistort_normalized, undistortion_grid
+from mmface4d_stream.fit.camera_terms import FitCamera, undistortion_grid
 from mmface4d_stream.fit.depth_term import CameraBatch
-from mmface4d_stream.fit.geometry import kabsch
+from mmface4d_stream.geometry import kabsch
 from mmface4d_stream.fit.template_lift import lift_landmarks
 from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 
@@ -35,10 +35,11 @@ class PreparedCamera:
     Attributes:
         index: position in the observation.  camera: the lens model.
         r_cam_from_ref (3, 3), t_cam_from_ref (3,): reference -> camera, float64.
-        lm_px: (L, 2) observed raw (distorted) pixels per model landmark (0 where unobserved); they
-            are undistorted to pinhole pixels for the whole batch at once (`collate_cameras`).
+        lm_px: (L, 2) observed raw (distorted) image pixels per model landmark (0 where
+            unobserved); `collate_cameras` undistorts them to pinhole pixels.
         lm_conf: (L,).
-        n_observed: landmarks observed.  depth: uint16 (H, W) mm or None.
+        n_observed: landmarks observed.  depth: uint16 (H, W) mm or None: the window of the image
+            whose top-left pixel is `depth_offset` (x0, y0).
     """
 
     index: int
@@ -49,6 +50,7 @@ class PreparedCamera:
     lm_conf: np.ndarray
     n_observed: int
     depth: np.ndarray | None
+    depth_offset: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -85,7 +87,8 @@ def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCam
     for c, co in enumerate(obs.cameras):
         if not isinstance(co, CameraObservation):
             raise ValueError(f"camera {c}: expected a CameraObservation, got {type(co).__name__}")
-        cam = FitCamera.from_any(co.intrinsics)
+        cam = FitCamera.of(co.intrinsics)
+        ox, oy = (int(v) for v in co.offset_px)
         t_rc = np.asarray(co.T_ref_from_cam, dtype=np.float64)
         if t_rc.shape != (4, 4):
             raise ValueError(f"camera {c}: T_ref_from_cam must be 4x4, got {t_rc.shape}")
@@ -106,32 +109,40 @@ def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCam
             d = det_idx[rows]
             ok = np.isfinite(lm[d]).all(1) & (cf[d] > 0)
             rows = rows[ok]
-            target[rows] = lm[det_idx[rows]]
+            target[rows] = lm[det_idx[rows]] + (ox, oy)
             conf[rows] = np.clip(cf[det_idx[rows]], 0, 1)
             n_obs = len(rows)
         depth = None
         if co.depth_mm is not None:
             depth = np.asarray(co.depth_mm)
-            if depth.shape != (cam.height, cam.width):
+            if (ox, oy) == (0, 0) and depth.shape != (cam.height, cam.width):
                 raise ValueError(
                     f"camera {c}: depth map is {depth.shape[1]}x{depth.shape[0]} but the camera is {cam.width}x{cam.height}"
                 )
-        cams.append(PreparedCamera(c, cam, r_cr, t_cr, target, conf, n_obs, depth))
+            if ox < 0 or oy < 0 or ox + depth.shape[1] > cam.width or oy + depth.shape[0] > cam.height:
+                raise ValueError(
+                    f"camera {c}: the {depth.shape[1]}x{depth.shape[0]} depth window at {(ox, oy)} leaves the "
+                    f"{cam.width}x{cam.height} image"
+                )
+        cams.append(PreparedCamera(c, cam, r_cr, t_cr, target, conf, n_obs, depth, (ox, oy)))
     return cams
 
 
-def crop_depth(depth_mm: np.ndarray, camera: FitCamera, bbox: tuple[int, int, int, int], stride: int) -> DepthCrop | None:
-    """Crop `depth_mm` to bbox = (x0, y0, x1, y1) (exclusive end, clipped to the image), every
-    `stride`-th pixel; None when the clipped crop is too small for the patch normals."""
+def crop_depth(depth_mm: np.ndarray, camera: FitCamera, bbox: tuple[int, int, int, int], stride: int,
+               offset: tuple[int, int] = (0, 0)) -> DepthCrop | None:
+    """Crop `depth_mm` (the window of the image at `offset`) to bbox = (x0, y0, x1, y1) image pixels
+    (exclusive end, clipped to the window), every `stride`-th pixel; None when the clipped crop is
+    too small for the patch normals. The crop's x0, y0 are image pixels."""
     h_img, w_img = depth_mm.shape
+    ox, oy = (int(v) for v in offset)
     stride = max(int(stride), 1)
     s = patch_radius(stride)
     x0, y0, x1, y1 = bbox
-    x0, y0 = max(int(x0), 0), max(int(y0), 0)
-    x1, y1 = min(int(x1), w_img), min(int(y1), h_img)
+    x0, y0 = max(int(x0) - ox, 0), max(int(y0) - oy, 0)
+    x1, y1 = min(int(x1) - ox, w_img), min(int(y1) - oy, h_img)
     if x1 - x0 <= 2 * s * stride or y1 - y0 <= 2 * s * stride:
         return None
-    return DepthCrop(x0, y0, depth_mm[y0:y1:stride, x0:x1:stride])
+    return DepthCrop(x0 + ox, y0 + oy, depth_mm[y0:y1:stride, x0:x1:stride])
 
 
 def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: int, margin: float) -> list[DepthCrop | None]:
@@ -159,7 +170,8 @@ def choose_crops(cams: list[PreparedCamera], samples_ref: np.ndarray, stride: in
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             crops.append(None)
             continue
-        crops.append(crop_depth(cam.depth, cam.camera, (int(lo[0]), int(lo[1]), int(hi[0]) + 1, int(hi[1]) + 1), stride))
+        crops.append(crop_depth(cam.depth, cam.camera, (int(lo[0]), int(lo[1]), int(hi[0]) + 1, int(hi[1]) + 1), stride,
+                                 cam.depth_offset))
     return crops
 
 
@@ -206,7 +218,7 @@ def cold_pose(obs: FrameObservation, cams: list[PreparedCamera], model: FaceMode
 
 def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) -> tuple[CameraBatch, torch.Tensor, torch.Tensor]:
     """Stack B frames' cameras, padded to `n_cameras` (padding: identity pose, no landmarks), and
-    undistort every observed landmark of the batch to pinhole pixels in one vectorized pass.
+    undistort every observed landmark to pinhole pixels (each camera's `FitCamera.undistort_to_pinhole_px`).
 
     Returns (CameraBatch, lm_target (B, C, L, 2) pinhole pixels, lm_conf (B, C, L)) on `device`.
     """
@@ -230,9 +242,11 @@ def collate_cameras(frames: list[list[PreparedCamera]], n_cameras: int, device) 
                 dist[i, k] = c.distortion
             r2[i, k] = min(c.radial_limit_r2, 1e12)
             target[i, k], conf[i, k] = cam.lm_px, cam.lm_conf
-    f, ctr = intr[..., None, :2], intr[..., None, 2:]
-    xy = undistort_normalized((target - ctr) / f, dist[:, :, None, :], r2[:, :, None])
-    target = np.where(conf[..., None] > 0, xy * f + ctr, 0.0)
+    for i, cams in enumerate(frames):
+        for k, cam in enumerate(cams):
+            seen = conf[i, k] > 0
+            target[i, k][seen] = cam.camera.undistort_to_pinhole_px(target[i, k][seen])
+    target = np.where(conf[..., None] > 0, target, 0.0)
 
     def dev(a):
         if a.dtype == np.float64:

@@ -97,9 +97,9 @@ def _as_crops(crops, B: int) -> np.ndarray:
 
 
 def _as_cameras(cameras, B: int) -> list[FitCamera]:
-    if isinstance(cameras, (FitCamera, dict)) or not isinstance(cameras, Sequence):
+    if isinstance(cameras, FitCamera) or not isinstance(cameras, Sequence):
         cameras = [cameras]
-    cams = [FitCamera.from_any(c) for c in cameras]
+    cams = [FitCamera.of(c) for c in cameras]
     if len(cams) == 1 and B > 1:
         cams = cams * B
     if len(cams) != B:
@@ -227,7 +227,7 @@ class Rasterizer:
 
         Args:
             vertices: (B, N, 3) camera-frame positions, metres (torch or numpy; never differentiated).
-            cameras: a `FitCamera` (or anything `FitCamera.from_any` takes) per view, or one for all.
+            cameras: a `FitCamera` (or anything `FitCamera.of` takes) per view, or one for all.
             crops: (B, 4) or (4,) int x0, y0, w, h crop boxes in the raw image, pixels.
             size: (H, W) of the output; default: the largest crop (smaller crops are padded with
                 background).

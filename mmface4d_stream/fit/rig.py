@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.geometry import RigidTransform, kabsch
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _pinhole(intrinsics: Any) -> tuple[float, float, float, float]:
 def normalized_rays(intrinsics: Any, pixels: np.ndarray) -> np.ndarray:
     """(N, 2) pixels -> (N, 2) normalized undistorted ray coordinates (X/Z, Y/Z).
 
-    A camera with a lens model (`k4a.calibration.CameraModel` with `has_distortion`) is inverted
+    A camera with a lens model (`k4a.camera_model.CameraModel` with `has_distortion`) is inverted
     with its own `unproject_to_rays` (NaN where the model is not valid); anything else is a pinhole.
     """
     pixels = np.asarray(pixels, dtype=np.float64)
@@ -90,7 +91,7 @@ def landmarks_to_points(
     points_px: (N, 2) float pixel coordinates (x, y), pixel centres at integers; NaN rows allowed.
     depth_mm: (H, W) uint16 millimetres registered to this colour camera, 0 = no measurement.
     intrinsics: the colour camera: a 3×3 pinhole matrix, an object with fx, fy, cx, cy, or a
-        `k4a.calibration.CameraModel` (its lens distortion is inverted).
+        `k4a.camera_model.CameraModel` (its lens distortion is inverted).
     window_px: depths are read from the (2·window_px + 1)² window around each landmark; the depth is
         the median of valid values within `foreground_mm` of the window's nearest one (at the face's
         silhouette the window also holds background).
@@ -181,39 +182,14 @@ def face_surface_points(
 # Rigid alignment
 
 
-def rigid_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
-    """4×4 float64 transform from a (3, 3) rotation and a (3,) translation."""
-    t = np.eye(4)
-    t[:3, :3] = rotation
-    t[:3, 3] = translation
-    return t
-
-
 def transform_points(t: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4×4 transform to (N, 3) points."""
     return np.asarray(points) @ t[:3, :3].T + t[:3, 3]
 
 
 def kabsch_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Rigid 4×4 T minimising Σ w_i ||T src_i - dst_i||² (Kabsch 1976; Umeyama 1991, no scale).
-
-    src, dst: (M, 3) corresponding points, M >= 3, not all collinear. weights: optional (M,) >= 0.
-    """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.ndim != 2 or src.shape[1] != 3 or src.shape != dst.shape or len(src) < 3:
-        raise ValueError(f"kabsch needs two (M >= 3, 3) arrays of equal shape, got {src.shape} and {dst.shape}")
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(src),) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weights must be (M,) non-negative with a positive sum")
-    w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
-    cov = ((dst - mu_d) * w[:, None]).T @ (src - mu_s)
-    u, _, vt = np.linalg.svd(cov)
-    sign = np.ones(3)
-    sign[2] = np.sign(np.linalg.det(u @ vt)) or 1.0
-    r = (u * sign) @ vt
-    return rigid_matrix(r, mu_d - r @ mu_s)
+    """Rigid 4×4 T minimising Σ w_i ||T src_i - dst_i||² (`geometry.kabsch` as a matrix)."""
+    return RigidTransform(*kabsch(src, dst, weights)).as_matrix()
 
 
 class RobustAlignment(NamedTuple):
@@ -349,7 +325,7 @@ def average_transforms(transforms: Sequence[np.ndarray]) -> np.ndarray:
     u, _, vt = np.linalg.svd(ts[:, :3, :3].sum(axis=0))
     sign = np.ones(3)
     sign[2] = np.sign(np.linalg.det(u @ vt)) or 1.0
-    return rigid_matrix((u * sign) @ vt, ts[:, :3, 3].mean(axis=0))
+    return RigidTransform((u * sign) @ vt, ts[:, :3, 3].mean(axis=0)).as_matrix()
 
 
 # --------------------------------------------------------------------------------------------

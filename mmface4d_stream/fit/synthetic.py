@@ -24,7 +24,7 @@ import numpy as np
 
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
 from mmface4d_stream.fit.camera_terms import FitCamera
-from mmface4d_stream.fit.geometry import so3_exp
+from mmface4d_stream.geometry import RigidTransform, so3_exp
 from mmface4d_stream.fit.types import CameraObservation, FrameObservation
 
 logger = logging.getLogger(__name__)
@@ -173,16 +173,13 @@ def make_rig(
         y = np.array([0.0, 1.0, 0.0]) - z * z[1]
         y /= np.linalg.norm(y)
         x = np.cross(y, z)
-        t = np.eye(4)
-        t[:3, :3] = np.stack([x, y, z], 1)
-        t[:3, 3] = centre
-        rig.append((cam, t))
+        rig.append((cam, RigidTransform(np.stack([x, y, z], 1), centre).as_matrix()))
     return rig
 
 
 @lru_cache(maxsize=8)
 def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int):
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
     from mmface4d_stream.render.renderer import MeshRenderer
 
     dist = dict(zip(("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2"), camera.distortion or (0.0,) * 8))

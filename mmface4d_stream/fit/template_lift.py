@@ -59,13 +59,13 @@ def lift_landmarks(
     for c, cam_obs in enumerate(obs.cameras):
         if cam_obs.depth_mm is None or not cam_obs.has_face():
             continue
-        cam = FitCamera.from_any(cam_obs.intrinsics)
+        cam = FitCamera.of(cam_obs.intrinsics)
         lm = np.asarray(cam_obs.landmarks_px, dtype=np.float64)[:n_points]
         k = len(lm)
         conf = np.ones(k) if cam_obs.landmark_conf is None else np.asarray(cam_obs.landmark_conf, float).ravel()[:k]
         z = _depth_at(np.asarray(cam_obs.depth_mm), lm, half_window)
         z[conf <= 0] = np.nan
-        xy = cam.undistort(np.nan_to_num(lm))
+        xy = cam.undistort(np.nan_to_num(lm) + np.asarray(cam_obs.offset_px, np.float64))
         p_cam = np.concatenate([xy * z[:, None], z[:, None]], 1)
         t = np.asarray(cam_obs.T_ref_from_cam, dtype=np.float64)
         lifts[c, :k] = p_cam @ t[:3, :3].T + t[:3, 3]

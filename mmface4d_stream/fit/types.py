@@ -20,17 +20,20 @@ class CameraObservation:
     """What one camera contributes to one frame.
 
     Attributes:
-        intrinsics: the colour camera: a `mmface4d_stream.fit.camera_terms.FitCamera`, or anything
-            with fx, fy, cx, cy, width, height and optionally the Kinect lens model (`distortion`
-            (k1..k6, p1, p2) or attributes k1..p2): `k4a.calibration.CameraModel`,
-            `formats.intrinsics.IntrinsicsJson` (pinhole), `render.renderer.RenderCamera`.
-        landmarks_px: float (P, 2) detector points (MediaPipe FaceMesh order) in raw image pixels,
-            or None when no face was detected in this camera. NaN rows count as missing points.
+        intrinsics: the colour camera of the whole image: a `fit.camera_terms.FitCamera`, a
+            `k4a.camera_model.CameraModel` or a `formats.intrinsics.IntrinsicsJson` (pinhole)
+            (`FitCamera.of`).
+        landmarks_px: float (P, 2) detector points (MediaPipe FaceMesh order) in raw image pixels
+            of the window at `offset_px`, or None when no face was detected in this camera. NaN
+            rows count as missing points.
         landmark_conf: float (P,) in [0, 1] per point, or None (all 1).
         depth_mm: uint16 (H, W) depth registered to this colour camera, millimetres, 0 = no
-            measurement; or None. H, W must equal the intrinsics' height, width.
+            measurement, of the window at `offset_px` (inside the image); or None.
         T_ref_from_cam: float (4, 4) rigid transform, this camera's frame -> reference frame
             (identity for the reference camera).
+        offset_px: (x0, y0) the top-left pixel in the camera's image of the window that
+            `landmarks_px` and `depth_mm` cover (a face crop); (0, 0): the whole image. The camera
+            stays the whole image's, so its tables (ray maps) are built once, not per crop box.
     """
 
     intrinsics: Any
@@ -38,6 +41,7 @@ class CameraObservation:
     depth_mm: np.ndarray | None = None
     landmark_conf: np.ndarray | None = None
     T_ref_from_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
+    offset_px: tuple[int, int] = (0, 0)
 
     def has_face(self) -> bool:
         """True when landmarks were given and at least 3 are finite with positive confidence."""
@@ -74,16 +78,15 @@ class Pose:
 
     @property
     def axis_angle(self) -> np.ndarray:
-        from mmface4d_stream.fit.geometry import so3_log
+        from mmface4d_stream.geometry import so3_log
 
         return so3_log(self.rotation)
 
     def matrix(self) -> np.ndarray:
         """4x4 float64 T_ref_from_model."""
-        m = np.eye(4)
-        m[:3, :3] = self.rotation
-        m[:3, 3] = self.translation
-        return m
+        from mmface4d_stream.geometry import RigidTransform
+
+        return RigidTransform(self.rotation, self.translation).as_matrix()
 
 
 @dataclass

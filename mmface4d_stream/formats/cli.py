@@ -129,7 +129,7 @@ def describe_path(path_text: str, n_vertices: int | None = None) -> dict:
     if suffix == ".mkv":
         if not path.is_file():
             raise InputError("file not found", path)
-        from mmface4d_stream.k4a.mkv import describe_mkv
+        from mmface4d_stream.k4a.mkv_describe import describe_mkv
 
         return {"kind": "kinect_mkv", **describe_mkv(path)}
     if suffix == ".mp4":

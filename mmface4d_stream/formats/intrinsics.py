@@ -38,6 +38,13 @@ class IntrinsicsJson:
         """(3, 3) float64 camera matrix."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
+    def camera_model(self):
+        """The pinhole `k4a.camera_model.CameraModel` of these intrinsics (no lens distortion)."""
+        from mmface4d_stream.k4a.camera_model import CameraModel
+
+        return CameraModel(int(self.width), int(self.height), float(self.fx), float(self.fy), float(self.cx),
+                           float(self.cy))
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "IntrinsicsJson":
         path = Path(path)

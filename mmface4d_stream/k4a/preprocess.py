@@ -37,7 +37,7 @@ import numpy as np
 from mmface4d_stream.audio.voice import FPS, FrameSpan, SpeechSpanFn, silero_speech_span, speech_frame_span
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.audio import DATASET_RATE_HZ, load_audio_16k
-from mmface4d_stream.k4a.mkv import MkvReader
+from mmface4d_stream.k4a.mkv_reader import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
 from mmface4d_stream.k4a.sync import SessionSync
 
@@ -167,7 +167,7 @@ def _write_dataset_files(mkv_paths, audio_path, out_dir, name: str, files: list[
             )
         n_cams = len(sync.readers)
         out.mkdir(parents=True, exist_ok=True)
-        registrations = [DepthToColorRegistration(r.calibration) for r in sync.readers]
+        registrations = [r.calibration.registration for r in sync.readers]
         sizes = [r.calibration.color.size for r in sync.readers]
         cameras = [_CameraOutput(registrations[i], sizes[i]) for i in range(n_cams)]
         written = 0

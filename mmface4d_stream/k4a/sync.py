@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.mkv import K4aCapture, MkvReader
+from mmface4d_stream.k4a.mkv import K4aCapture
+from mmface4d_stream.k4a.mkv_reader import MkvReader
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ class DatasetRecorder:
         if self._color:
             length = 0 if self._first_us is None else self._last_us - self._first_us + 1_000_000 // self.fps
             for k, (serial, intrinsics) in enumerate(zip(self.serials, self.intrinsics)):
-                cam = FitCamera.from_any(intrinsics)
+                cam = FitCamera.of(intrinsics)
                 path = Path(f"{self.prefix(k)}.json")
                 IntrinsicsJson(float(cam.fx), float(cam.fy), float(cam.cx), float(cam.cy), int(cam.width),
                                int(cam.height), color_mode=self.color_mode, depth_mode=self.depth_mode,

@@ -44,7 +44,8 @@ class KinectSource:
     def __init__(self, serials: Sequence[str] | None = None, name: str = "live", color_resolution: str = "1080P",
                  depth_mode: str = "NFOV_UNBINNED", fps: int = 30, subordinate_delay_usec: int = 160,
                  max_frames: int | None = None, timeout_ms: int = 2000):
-        from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode, K4aCalibration
+        from mmface4d_stream.k4a.calibration import K4aCalibration
+        from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
 
         pyk4a = import_pyk4a()
         self.name = name

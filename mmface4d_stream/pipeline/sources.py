@@ -89,14 +89,12 @@ class DepthRegistrations:
 
     def registration(self, camera: CameraFrame):
         """The `DepthToColorRegistration` of the camera's calibration."""
-        from mmface4d_stream.k4a.registration import DepthToColorRegistration
-
         reg = self._by_serial.get(camera.serial)
         if reg is None or not (reg.calibration is camera.calibration or reg.calibration == camera.calibration):
             if camera.calibration is None:
                 raise ValueError(f"camera {camera.camera} ({camera.serial}) has raw depth but no calibration "
                                  "to register it")
-            reg = self._by_serial[camera.serial] = DepthToColorRegistration(camera.calibration)
+            reg = self._by_serial[camera.serial] = camera.calibration.registration
         return reg
 
     def full(self, camera: CameraFrame) -> np.ndarray | None:

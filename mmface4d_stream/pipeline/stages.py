@@ -11,16 +11,13 @@ import dataclasses
 import io
 import logging
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
-
-if TYPE_CHECKING:  # torch comes with it: only the processes that fit import it
-    from mmface4d_stream.fit.camera_terms import FitCamera
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +61,6 @@ def face_crop_box(points_px: np.ndarray, width: int, height: int, margin: float 
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
-def crop_camera(intrinsics, box: tuple[int, int, int, int]) -> FitCamera:
-    """The fitter camera of a crop: same lens, principal point shifted by the crop's corner (pixels)."""
-    from mmface4d_stream.fit.camera_terms import FitCamera
-
-    camera = FitCamera.from_any(intrinsics)
-    x0, y0, x1, y1 = box
-    return dataclasses.replace(camera, cx=camera.cx - x0, cy=camera.cy - y0, width=x1 - x0, height=y1 - y0)
-
-
 def jpeg_thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE_PX) -> tuple[bytes, int, int]:
     """A small JPEG (longest side `side` px) of an RGB crop, for previews: (bytes, width, height)."""
     from PIL import Image
@@ -88,7 +76,8 @@ class LandmarkStage:
     """Detect landmarks in every camera of a frame set and crop each camera to its face.
 
     One `FaceLandmarker` per camera keeps its own tracked ROI. Output crops are (h, w) depth in
-    millimetres with a `FitCamera` for the crop, landmarks in crop pixels.
+    millimetres and landmarks in crop pixels, with the camera of the whole image and the crop's
+    offset (the fitter slices its per-camera tables with it).
 
     Cameras with raw depth (MKV replay, `CameraFrame.depth_raw`) are registered here, one
     registration per camera serial: while the face is tracked the landmarks need color only and
@@ -123,10 +112,7 @@ class LandmarkStage:
             result = landmarker.process(camera.rgb, full_depth)
         height, width = camera.rgb.shape[:2]
         if not result.found:
-            from mmface4d_stream.fit.camera_terms import FitCamera
-
-            return FaceCrop(camera.camera, camera.serial, False, 0.0, result.points_px, None,
-                            FitCamera.from_any(camera.intrinsics), (0, 0))
+            return FaceCrop(camera.camera, camera.serial, False, 0.0, result.points_px, None, camera.intrinsics, (0, 0))
         box = face_crop_box(result.points_px, width, height)
         x0, y0, x1, y1 = box
         if full_depth is not None:
@@ -136,7 +122,7 @@ class LandmarkStage:
         thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self.thumbnails else None
         points = (result.points_px - np.float32([x0, y0])).astype(np.float32)
         return FaceCrop(camera.camera, camera.serial, True, float(result.confidence), points, depth,
-                        crop_camera(camera.intrinsics, box), (x0, y0), thumbnail)
+                        camera.intrinsics, (x0, y0), thumbnail)
 
     def process(self, frame_set: FrameSet) -> ObservedFrame:
         start = time.perf_counter()
@@ -223,6 +209,7 @@ class FitStage:
                 depth_mm=crop.depth_mm if crop.found else None,
                 landmark_conf=None,
                 T_ref_from_cam=transform,
+                offset_px=crop.offset_px,
             ))
         return FrameObservation(cameras, frame_index=observed.frame)
 

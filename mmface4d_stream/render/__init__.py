@@ -3,7 +3,7 @@
 - `renderer`: `MeshRenderer` draws a mesh (vertex colours or a uv texture) into a k4a `CameraModel`
   (Kinect lens distortion included) headless with moderngl/EGL; returns RGB and metric depth.
 - `subject`: the sample subject built at run time from scikit-image's astronaut portrait and
-  MediaPipe FaceMesh (`mesh_ops`: boundary loops, Loop subdivision, Rodrigues); `performance`: its
+  MediaPipe FaceMesh (`mesh_ops`: boundary loops, Loop subdivision); `performance`: its
   deterministic talking performance (its speech-like audio is `audio.speech`).
 - `synth`: `synthesize_capture` writes Kinect MKVs, MMFace4D dataset files and ground truth
   (`mmface4d synth`).

@@ -1,4 +1,4 @@
-"""Mesh utilities of the sample subject: boundary loops, Loop subdivision as a sparse matrix, Rodrigues.
+"""Mesh utilities of the sample subject: boundary loops, Loop subdivision as a sparse matrix.
 
 Reference: C. Loop, "Smooth subdivision surfaces based on triangles", MSc thesis, University of
 Utah, 1987.
@@ -6,12 +6,11 @@ Utah, 1987.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.sparse
 
-__all__ = ["boundary_loops", "loop_subdivision_matrix", "rotation_matrix"]
+__all__ = ["boundary_loops", "loop_subdivision_matrix"]
 
 
 def boundary_loops(faces: np.ndarray) -> list[np.ndarray]:
@@ -125,14 +124,3 @@ def loop_subdivision_matrix(faces: np.ndarray, n_vertices: int) -> tuple[scipy.s
         [np.stack([a, e0, e2], 1), np.stack([b, e1, e0], 1), np.stack([c, e2, e1], 1), np.stack([e0, e1, e2], 1)]
     )
     return S, new_faces
-
-
-def rotation_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation vector (3,) radians -> (3, 3) float64 rotation matrix."""
-    r = np.asarray(rotvec, dtype=np.float64)
-    theta = float(np.linalg.norm(r))
-    if theta < 1e-12:
-        return np.eye(3)
-    k = r / theta
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(theta) * K + (1 - math.cos(theta)) * (K @ K)

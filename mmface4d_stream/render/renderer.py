@@ -11,7 +11,7 @@ How distortion is handled (the choice this module makes):
   rasterized with straight edges between the distorted vertices. For a finely tessellated mesh
   (a face mesh, edges of a few pixels) the difference from truly curved edges is far below a pixel.
 - Depth: every fragment looks up the exact undistorted ray of its pixel (a per-camera texture built
-  once from the camera's unprojection, `camera_ray_map`) and intersects it with its triangle's plane
+  once from the camera's unprojection, `CameraModel.ray_map`) and intersects it with its triangle's plane
   (spanned by the screen derivatives of the interpolated camera-space position). Depth is therefore
   exact for planar triangles whatever the distortion, not an interpolation in distorted image
   space (measured: < 0.001 mm on tilted planes through Kinect lenses).
@@ -33,18 +33,16 @@ renderers from one thread.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import NamedTuple
 
 import numpy as np
 
-from mmface4d_stream.k4a.calibration import BROWN_CONRADY, CameraModel
+from mmface4d_stream.k4a.camera_model import BROWN_CONRADY, CameraModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "camera_ray_map",
     "RenderResult",
     "MeshRenderer",
     "vertex_normals",
@@ -58,7 +56,7 @@ __all__ = [
 def _check_camera(camera: CameraModel) -> CameraModel:
     if not isinstance(camera, CameraModel):
         raise ValueError(
-            f"camera must be a mmface4d_stream.k4a.calibration.CameraModel, got {type(camera).__name__}"
+            f"camera must be a mmface4d_stream.k4a.camera_model.CameraModel, got {type(camera).__name__}"
         )
     if camera.model_type != BROWN_CONRADY or camera.codx != 0.0 or camera.cody != 0.0:
         raise ValueError(
@@ -66,48 +64,6 @@ def _check_camera(camera: CameraModel) -> CameraModel:
             f"(codx = cody = 0); got {camera.model_type} with codx={camera.codx}, cody={camera.cody}"
         )
     return camera
-
-
-_RAY_GRID_STEP = 4
-
-
-@functools.lru_cache(maxsize=16)
-def camera_ray_map(camera: CameraModel) -> np.ndarray:
-    """Normalized undistorted (x, y) of every pixel centre: float32 (H, W, 2), ray = (x, y, 1).
-
-    The camera's own unprojection runs on every 4th pixel; in between, the smooth map is
-    bilinearly interpolated and polished by one Newton step through the camera's projection
-    (residual ~1e-7 of the normalized plane for Kinect lenses, ten times faster than
-    unprojecting every pixel). Pixels the lens
-    model cannot unproject (beyond its metric radius) hold NaN: the renderer leaves them empty,
-    as the Kinect does. Cached per distinct camera and process, read-only.
-    """
-    W, H = camera.width, camera.height
-    step = _RAY_GRID_STEP
-    gx = np.arange(0, W - 1 + step, step, dtype=np.float64)
-    gy = np.arange(0, H - 1 + step, step, dtype=np.float64)
-    grid = np.stack(np.meshgrid(gx, gy), axis=-1)
-    rays, valid = camera.unproject_to_rays(grid)
-    xy = np.where(valid[..., None], rays[..., :2], np.nan)
-    u = np.arange(W) / step
-    v = np.arange(H) / step
-    iu = np.minimum(u.astype(np.int64), len(gx) - 2)
-    iv = np.minimum(v.astype(np.int64), len(gy) - 2)
-    fu = (u - iu)[None, :, None]
-    fv = (v - iv)[:, None, None]
-    top = xy[iv][:, iu] * (1 - fu) + xy[iv][:, iu + 1] * fu
-    bottom = xy[iv + 1][:, iu] * (1 - fu) + xy[iv + 1][:, iu + 1] * fu
-    xy = top * (1 - fv) + bottom * fv
-    # One Newton step with the camera's own projection polishes the interpolation: the map's
-    # pixel derivatives are the inverse of the lens Jacobian.
-    uv = np.stack(np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64)), axis=-1)
-    residual = camera.project_normalized(xy).pixels - uv
-    d_du = np.gradient(xy, axis=1)
-    d_dv = np.gradient(xy, axis=0)
-    xy = xy - d_du * residual[..., :1] - d_dv * residual[..., 1:]
-    out = xy.astype(np.float32)
-    out.setflags(write=False)
-    return out
 
 
 class RenderResult(NamedTuple):
@@ -349,7 +305,7 @@ class MeshRenderer:
     """Renders one mesh topology into one camera, frame after frame.
 
     Args:
-        camera: `mmface4d_stream.k4a.calibration.CameraModel` (pixel intrinsics, Brown-Conrady lens).
+        camera: `mmface4d_stream.k4a.camera_model.CameraModel` (pixel intrinsics, Brown-Conrady lens).
         faces: (F, 3) int triangle vertex indices (fixed for the renderer's life).
         n_vertices: N, the number of vertices of every frame.
         colors: (N, 3) per-vertex RGB, uint8 or float in [0, 1]; used when no texture is given.
@@ -459,7 +415,7 @@ class MeshRenderer:
             content.append((self._attr_buf, "3f", "in_color"))
         self._vao = ctx.vertex_array(self._prog, content, index_buffer=self._idx_buf, index_element_size=4)
 
-        rays = camera_ray_map(camera)
+        rays = camera.ray_map()
         self._rays = ctx.texture((W, H), 2, rays.tobytes(), dtype="f4")
         self._rays.filter = (ctx.NEAREST, ctx.NEAREST)
         self._prog["ray_map"].value = 0

@@ -37,7 +37,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
-from mmface4d_stream.render.mesh_ops import boundary_loops, loop_subdivision_matrix, rotation_matrix
+from mmface4d_stream.geometry import so3_exp
+from mmface4d_stream.render.mesh_ops import boundary_loops, loop_subdivision_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class SubjectModel:
         v = np.concatenate([face, cavity, rigid])
         if rotation is not None:
             R = np.asarray(rotation, dtype=np.float64)
-            R = rotation_matrix(R) if R.shape == (3,) else R
+            R = so3_exp(R) if R.shape == (3,) else R
             v = v @ R.T
         if translation is not None:
             v = v + np.asarray(translation, dtype=np.float64)

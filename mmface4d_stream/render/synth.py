@@ -52,15 +52,12 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.audio.speech import speech_audio
-from mmface4d_stream.k4a.calibration import (
-    K4aCalibration,
-    RawCalibration,
-    RigidTransform,
-    synthetic_raw_calibration,
-)
-from mmface4d_stream.render.mesh_ops import rotation_matrix
+from mmface4d_stream.geometry import RigidTransform, so3_exp
+from mmface4d_stream.k4a.calibration import K4aCalibration
+from mmface4d_stream.k4a.raw_calibration import RawCalibration
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 from mmface4d_stream.render.performance import generate_performance
-from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map
+from mmface4d_stream.render.renderer import MeshRenderer
 from mmface4d_stream.render.subject import HEAD_CENTRE_BEHIND_NOSE_M, SubjectModel, sample_subject
 
 logger = logging.getLogger(__name__)
@@ -154,11 +151,8 @@ class SynthCapture:
 
 def _look_at_nose(yaw_deg: float, nose: np.ndarray, distance: float) -> np.ndarray:
     """T_ref_from_color of a camera at `distance` from `nose`, rotated by yaw about the vertical."""
-    R = rotation_matrix([0.0, math.radians(yaw_deg), 0.0])
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = nose - R @ np.array([0.0, 0.0, distance])
-    return T
+    R = so3_exp([0.0, math.radians(yaw_deg), 0.0])
+    return RigidTransform(R, nose - R @ np.array([0.0, 0.0, distance])).as_matrix()
 
 
 def _device_calibration(index: int, serial: str, rng: np.random.Generator, distortion: bool) -> RawCalibration:
@@ -179,7 +173,7 @@ def _device_calibration(index: int, serial: str, rng: np.random.Generator, disto
 
     tilt = rng.normal(0, math.radians(0.3), 3)
     T = base.color.T_camera_from_depth
-    T_new = RigidTransform(rotation_matrix(tilt) @ T.R, T.t + rng.normal(0, 0.0004, 3))
+    T_new = RigidTransform(so3_exp(tilt) @ T.R, T.t + rng.normal(0, 0.0004, 3))
     depth = jitter(base.depth, 0.003, 0.0015, 0.01)
     color = replace(jitter(base.color, 0.004, 0.002, 0.01), T_camera_from_depth=T_new)
     return replace(base, depth=depth, color=color, factory_cal_date=f"2024-0{1 + index % 9}-1{index % 10}")
@@ -221,7 +215,7 @@ def _surface_cosine(depth_m: np.ndarray, rays: np.ndarray, step: int = 1) -> np.
     """|cos| of the angle between each pixel's ray and its surface normal (from depth differences).
 
     Args:
-        depth_m: (H, W) float32 metres, 0 = missing. rays: (H, W, 2) float32 (`camera_ray_map`).
+        depth_m: (H, W) float32 metres, 0 = missing. rays: (H, W, 2) float32 (`CameraModel.ray_map`).
         step: evaluate on every step-th pixel and repeat (incidence varies slowly; 1080p uses 2).
     Returns:
         (H, W) float32, 0 where the depth or a neighbour is missing.
@@ -265,7 +259,7 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
 
     Args:
         depth_m: (H, W) float32 exact z along the optical axis, metres, 0 where no surface.
-        rays: (H, W, 2) float32 normalized undistorted (x, y) of each pixel (`camera_ray_map`).
+        rays: (H, W, 2) float32 normalized undistorted (x, y) of each pixel (`CameraModel.ray_map`).
         rng: generator for this camera and frame.
         noise: `DepthNoise`.
     Returns:
@@ -379,7 +373,7 @@ def synthesize_capture(
     from mmface4d_stream.formats.depth_nut import DepthNutWriter
     from mmface4d_stream.formats.intrinsics import IntrinsicsJson
     from mmface4d_stream.formats.mesh_nut import MeshNutWriter
-    from mmface4d_stream.k4a.mkv import MkvWriter
+    from mmface4d_stream.k4a.mkv_writer import MkvWriter
 
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -470,8 +464,8 @@ def synthesize_capture(
                 w, h = device.calibration.color.size
                 mp4_writers.append(stack.enter_context(ColorMp4Writer(capture.color_paths[i], w, h, fps=FPS, crf=10, atomic=True)))
                 nut_writers.append(stack.enter_context(DepthNutWriter(capture.depth_paths[i], w, h, fps=FPS, atomic=True)))
-        color_rays = [camera_ray_map(d.calibration.color) for d in devices]
-        depth_rays = [camera_ray_map(d.calibration.depth) for d in devices]
+        color_rays = [d.calibration.color.ray_map() for d in devices]
+        depth_rays = [d.calibration.depth.ray_map() for d in devices]
         T_color_from_ref = [np.linalg.inv(d.T_ref_from_color) for d in devices]
         T_depth_from_ref = [np.linalg.inv(d.T_ref_from_depth) for d in devices]
 
@@ -494,7 +488,7 @@ def synthesize_capture(
         bar = stack.enter_context(tqdm(total=frames * cameras, desc=f"synth {name}", unit="view",
                                        disable=not progress, leave=False))
         for f in range(frames):
-            R = rotation_matrix(performance.rotation[f])
+            R = so3_exp(performance.rotation[f])
             t = head_centre + performance.translation[f]
             vertices = subject.vertices(performance.expression(f), rotation=R, translation=t)
             mesh_writer.write(vertices[: subject.n_face_vertices])

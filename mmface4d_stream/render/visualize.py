@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.calibration import CameraModel
+from mmface4d_stream.geometry import RigidTransform, so3_exp
+from mmface4d_stream.k4a.camera_model import CameraModel
 from mmface4d_stream.render.renderer import MeshRenderer
-from mmface4d_stream.render.mesh_ops import rotation_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,9 @@ def view_poses(vertices: np.ndarray, views: int, camera: CameraModel, fill: floa
     distance = max(radius * focal / (fill * half_image), radius * 1.5, 0.05)
     poses = []
     for yaw in VIEW_YAWS_DEG[views]:
-        R_world_from_cam = rotation_matrix([0.0, math.radians(yaw), 0.0])
+        R_world_from_cam = so3_exp([0.0, math.radians(yaw), 0.0])
         position = centre - R_world_from_cam @ np.array([0.0, 0.0, distance])
-        T = np.eye(4)
-        T[:3, :3] = R_world_from_cam.T
-        T[:3, 3] = -R_world_from_cam.T @ position
-        poses.append(T)
+        poses.append(RigidTransform(R_world_from_cam, position).inverse().as_matrix())
     return poses
 
 

@@ -34,10 +34,10 @@ def test_run_writes_one_mesh_per_frame_of_audio(trained_model, synthetic_corpus,
 
 def test_run_on_a_given_neutral_face_in_another_pose(trained_model, synthetic_corpus, tmp_path):
     from mmface4d_stream.animate.animator import AnimationModel
-    from mmface4d_stream.render.mesh_ops import rotation_matrix
+    from mmface4d_stream.geometry import so3_exp
 
     model = AnimationModel.load(trained_model)
-    R = rotation_matrix([0.1, 0.5, -0.2]).astype(np.float32)
+    R = so3_exp([0.1, 0.5, -0.2]).astype(np.float32)
     posed = model.stats.reference @ R.T + np.array([0.1, -0.05, 0.3], np.float32)
     np.save(tmp_path / "neutral.npy", posed)
     wav = sorted(synthetic_corpus[1].rglob("*.wav"))[0]

@@ -16,7 +16,7 @@ import torch
 from mmface4d_stream.face.models import BfmModel, TemplateModel
 from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
-from mmface4d_stream.fit.geometry import so3_log
+from mmface4d_stream.geometry import so3_log
 from mmface4d_stream.fit.synthetic import (
     frontal_pose,
     make_rig,
@@ -223,13 +223,13 @@ def test_rejects_bad_inputs(bfm, truth):
 
 
 def test_fit_camera_from_k4a_style_object():
-    class CameraModelLike:  # k4a.calibration.CameraModel: named coefficients + OpenCV-ordered `distortion`
-        width, height, fx, fy, cx, cy = 1920, 1080, 910.0, 910.5, 960.0, 540.0
-        k1, k2, k3, k4, k5, k6, p1, p2 = 0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4
-        distortion = np.array([0.5, -2.5, 1e-4, -2e-4, 1.5, 0.4, -2.3, 1.4])
-        metric_radius = 1.7
+    from mmface4d_stream.formats.intrinsics import IntrinsicsJson
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
-    cam = FitCamera.from_any(CameraModelLike())
+    # k4a CameraModel: named coefficients (its `distortion` property is in OpenCV's order)
+    model = CameraModel(1920, 1080, 910.0, 910.5, 960.0, 540.0, k1=0.5, k2=-2.5, k3=1.5, k4=0.4, k5=-2.3, k6=1.4,
+                        p1=1e-4, p2=-2e-4, metric_radius=1.7)
+    cam = FitCamera.of(model)
     assert cam.distortion == KINECT_LIKE_DISTORTION and cam.max_radius == 1.7
     uv = np.array([[100.0, 80.0], [960.0, 540.0], [1800.0, 1000.0]])
     xy = cam.undistort(uv)
@@ -237,7 +237,7 @@ def test_fit_camera_from_k4a_style_object():
     np.testing.assert_allclose(back, uv, atol=1e-6)
     pts = torch.tensor(np.concatenate([xy, np.ones((3, 1))], 1) * 0.7, dtype=torch.float32)
     np.testing.assert_allclose(cam.project_torch(pts).numpy(), uv, atol=2e-3)
-    pinhole = FitCamera.from_any({"fx": 500, "fy": 500, "cx": 320, "cy": 240, "width": 640, "height": 480})
+    pinhole = FitCamera.of(IntrinsicsJson(500, 500, 320, 240, 640, 480))
     assert pinhole.distortion is None
 
 
@@ -261,10 +261,10 @@ def test_template_mode_builds_the_subject_and_tracks_expressions(astronaut_face_
 
 def test_fit_camera_matches_the_real_kinect_colour_model(k4a_sample_dir):
     """FitCamera built from the real device's k4a CameraModel projects like that model does."""
-    from mmface4d_stream.k4a.calibration import read_raw_calibration
+    from mmface4d_stream.k4a.raw_calibration import read_raw_calibration
 
     model = read_raw_calibration(k4a_sample_dir / "calibration.json").calibration("1080P", "NFOV_UNBINNED").color
-    cam = FitCamera.from_any(model)
+    cam = FitCamera.of(model)
     assert cam.distortion is not None and (cam.width, cam.height) == (1920, 1080)
     rng = np.random.default_rng(0)
     pts = np.stack([rng.uniform(-0.3, 0.3, 200), rng.uniform(-0.2, 0.2, 200), rng.uniform(0.5, 1.2, 200)], 1)
@@ -354,3 +354,26 @@ def test_cuda_matches_cpu(bfm, truth):
             results[device] = fitter.process(obs)
     assert 1e3 * np.linalg.norm(results["cuda"].vertices - gt, axis=1).mean() < 0.3
     np.testing.assert_allclose(results["cuda"].vertices, results["cpu"].vertices, atol=2e-4)
+
+
+def test_a_face_crop_with_its_offset_fits_like_the_whole_image(bfm, truth):
+    """The landmark stage hands the fitter crops with the whole image's camera and the crop's
+    offset (per-camera tables, not per crop box): the fit equals the one on the whole images."""
+    r, t = truth["pose"]
+    obs, _ = synthetic_frame(bfm, make_rig(2, distortion=KINECT_LIKE_DISTORTION), r, t, truth["alpha"], truth["beta"])
+    cropped = []
+    for co in obs.cameras:
+        lm = np.asarray(co.landmarks_px)
+        x0, y0 = (int(v) - 150 for v in np.floor(np.nanmin(lm, 0)))
+        x1, y1 = (int(v) + 150 for v in np.ceil(np.nanmax(lm, 0)))
+        x0, y0 = max(x0, 0), max(y0, 0)  # wide enough to hold the depth crop the fitter picks
+        assert x0 > 0 and y0 > 0 and x1 < co.depth_mm.shape[1] and y1 < co.depth_mm.shape[0]
+        cropped.append(dataclasses.replace(co, landmarks_px=lm - (x0, y0), depth_mm=co.depth_mm[y0:y1, x0:x1],
+                                           offset_px=(x0, y0)))
+    whole = FaceFitter(bfm).process(obs)
+    crop = FaceFitter(bfm).process(dataclasses.replace(obs, cameras=cropped))
+    assert whole.depth_used and crop.depth_used
+    np.testing.assert_allclose(crop.vertices, whole.vertices, atol=1e-5)
+    with pytest.raises(ValueError, match="leaves"):
+        bad = dataclasses.replace(cropped[0], offset_px=(10_000, 0))
+        FaceFitter(bfm).fit(dataclasses.replace(obs, cameras=[bad]))

@@ -12,7 +12,8 @@ from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.frame_prep import PreparedCamera, collate_cameras, collate_crops, crop_depth, patch_radius
 from mmface4d_stream.fit.landmark_term import project_pinhole_batch
-from mmface4d_stream.fit.geometry import kabsch, orthonormalize_batch, so3_exp, so3_exp_batch, so3_log, so3_log_batch
+from mmface4d_stream.fit.geometry import orthonormalize_batch, so3_exp_batch, so3_log_batch
+from mmface4d_stream.geometry import kabsch, so3_exp, so3_log
 from mmface4d_stream.fit.regularizers import OffsetRegularizer, uniform_laplacian
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
 from mmface4d_stream.fit.template_lift import lift_landmarks

@@ -17,14 +17,18 @@ from mmface4d_stream.fit.rig import (
     average_transforms,
     kabsch_transform,
     landmarks_to_points,
-    rigid_matrix,
     robust_rigid_alignment,
     rotation_angle_deg,
     transform_points,
 )
+from mmface4d_stream.geometry import RigidTransform
 
 W, H = 1920, 1080
 K = np.array([[910.98, 0.0, 963.45], [0.0, 910.67, 543.64], [0.0, 0.0, 1.0]])
+
+
+def _matrix(rotation, translation) -> np.ndarray:
+    return RigidTransform(rotation, translation).as_matrix()
 
 
 def rot(axis, deg):
@@ -60,7 +64,7 @@ def look_at_camera(target, yaw_deg, pitch_deg, roll_deg, distance):
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     r = np.stack([x, y, z], axis=1) @ rot([0, 0, 1], roll_deg)
-    return rigid_matrix(r, center)
+    return _matrix(r, center)
 
 
 def project(points_cam):
@@ -107,7 +111,7 @@ def synthetic_rig():
     frames = []
     for f in range(4):
         # The head moves between frames; the rig does not.
-        T_ref_from_face = rigid_matrix(
+        T_ref_from_face = _matrix(
             rot([0.2, 1.0, 0.1], 6.0 * (f - 1.5)), face_center + [0.01 * f, -0.005 * f, 0.01 * f]
         )
         lms, depths = [], []
@@ -221,7 +225,7 @@ def test_load_rejects_bad_files(tmp_path):
 
 def test_kabsch_and_robust_alignment():
     rng = np.random.default_rng(1)
-    t_true = rigid_matrix(rot([0.3, -1.0, 0.2], 40.0), [0.3, -0.05, 0.12])
+    t_true = _matrix(rot([0.3, -1.0, 0.2], 40.0), [0.3, -0.05, 0.12])
     src = rng.normal(0, 0.05, (200, 3)) + [0, 0, 0.8]
     dst = transform_points(t_true, src)
     np.testing.assert_allclose(kabsch_transform(src, dst), t_true, atol=1e-12)
@@ -264,10 +268,10 @@ def test_landmarks_to_points_reads_foreground_depth_through_holes():
 
 
 def test_average_transforms():
-    a = rigid_matrix(rot([0, 1, 0], 10.0), [0.1, 0, 0])
-    b = rigid_matrix(rot([0, 1, 0], 12.0), [0.3, 0, 0])
+    a = _matrix(rot([0, 1, 0], 10.0), [0.1, 0, 0])
+    b = _matrix(rot([0, 1, 0], 12.0), [0.3, 0, 0])
     m = average_transforms([a, b])
-    np.testing.assert_allclose(m, rigid_matrix(rot([0, 1, 0], 11.0), [0.2, 0, 0]), atol=1e-9)
+    np.testing.assert_allclose(m, _matrix(rot([0, 1, 0], 11.0), [0.2, 0, 0]), atol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def rendered_rig():
     from scipy.spatial import cKDTree
     from skimage import data
 
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
     image = data.astronaut()
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as fm:
@@ -315,7 +319,7 @@ def rendered_rig():
     renderer = renderer_mod.MeshRenderer(camera, faces, len(vertices), uv=uv, texture=image, shading="none")
 
     def render(frame):
-        T_ref_from_face = rigid_matrix(
+        T_ref_from_face = _matrix(
             rot([0.1, 1.0, 0.05], 5.0 * (frame - 2)), face_center + [0.01 * frame, 0.0, 0.005 * frame]
         )
         views = []
@@ -414,7 +418,7 @@ def test_calibrate_command_without_a_face_is_an_input_error(rendered_rig, tmp_pa
 
 
 def test_landmarks_to_points_inverts_a_kinect_lens_model():
-    from mmface4d_stream.k4a.calibration import CameraModel
+    from mmface4d_stream.k4a.camera_model import CameraModel
 
     camera = CameraModel(1280, 720, 605.0, 604.0, 638.5, 365.2, k1=0.45, k2=-2.6, k3=1.6, k4=0.33,
                          k5=-2.4, k6=1.5, p1=6e-4, p2=-2e-4)

@@ -9,19 +9,17 @@ import pytest
 import torch
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.calibration import (
-    MODE_TABLE,
-    CameraModel,
-    ColorResolution,
-    DepthMode,
-    K4aCalibration,
+from mmface4d_stream.geometry import RigidTransform
+from mmface4d_stream.k4a.calibration import K4aCalibration
+from mmface4d_stream.k4a.camera_model import CameraModel
+from mmface4d_stream.k4a.modes import MODE_TABLE, ColorResolution, DepthMode
+from mmface4d_stream.k4a.raw_calibration import (
     RawCamera,
-    RigidTransform,
     build_raw_calibration_json,
     parse_raw_calibration,
     read_raw_calibration,
-    synthetic_raw_calibration,
 )
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 
 ALL_MODES = list(ColorResolution) + list(DepthMode)
 
@@ -329,7 +327,7 @@ def test_torch_projection_is_differentiable(raw):
 
 
 def test_large_unprojections_run_in_batches(raw, monkeypatch):
-    import mmface4d_stream.k4a.calibration as calibration
+    import mmface4d_stream.k4a.camera_model as calibration
 
     model = raw.depth.camera_model(DepthMode.WFOV_2X2BINNED)
     pixels = _sample_grid(model, 5000)

@@ -1,4 +1,4 @@
-"""Azure Kinect MKV replay and writing (mmface4d_stream/k4a/mkv.py)."""
+"""Azure Kinect MKV replay and writing (mmface4d_stream/k4a/mkv*.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from skimage import data as skdata
 
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.k4a import ebml
-from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode
-from mmface4d_stream.k4a.mkv import ColorMode, MkvReader, MkvWriter, describe_mkv
+from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
+from mmface4d_stream.k4a.mkv import ColorMode
+from mmface4d_stream.k4a.mkv_describe import describe_mkv
+from mmface4d_stream.k4a.mkv_reader import MkvReader
+from mmface4d_stream.k4a.mkv_writer import MkvWriter
 
 REAL_START_OFFSET_USEC = 336_277  # K4A_START_OFFSET_NS 336277000
 REAL_BLOCK_TIMESTAMP_USEC = 463_945  # the one capture's block timestamp in the file

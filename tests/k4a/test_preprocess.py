@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
+from mmface4d_stream.k4a.mkv_reader import MkvReader
+from mmface4d_stream.k4a.mkv_writer import MkvWriter
 
 for _module in ("audio", "color_mp4", "depth_nut", "intrinsics"):
     pytest.importorskip(f"mmface4d_stream.formats.{_module}")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from mmface4d_stream.k4a.calibration import ColorResolution, DepthMode, K4aCalibration
+from mmface4d_stream.k4a.calibration import K4aCalibration
+from mmface4d_stream.k4a.modes import ColorResolution, DepthMode
 from mmface4d_stream.k4a.registration import DepthToColorRegistration, register_depth_to_color
 
 
@@ -227,7 +228,8 @@ def test_depth_points(reg_1080):
 def test_pinhole_rig_maps_a_card_where_the_formula_says():
     import warnings
 
-    from mmface4d_stream.k4a.calibration import RigidTransform, synthetic_raw_calibration
+    from mmface4d_stream.geometry import RigidTransform
+    from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
 
     # Pinhole cameras, color 50 mm to the depth camera's right, no z offset (0/0 for empty pixels).
     raw = synthetic_raw_calibration(T_color_from_depth=RigidTransform(np.eye(3), [-0.05, 0, 0]), distortion=False)
@@ -374,7 +376,7 @@ def test_roi_checks(reg_1080, roi, message):
 def test_projections_between_depth_levels_stay_near_the_box_of_their_ends(raw_json, resolution, mode):
     """What the ROI's safety margin relies on: between two depth levels a pixel's projection stays
     within the box spanned by its projections at the levels, up to a bowing far below 2 px."""
-    from mmface4d_stream.k4a.registration import _ROI_SAFETY_PX, _Scratch
+    from mmface4d_stream.k4a.registration_tables import _ROI_SAFETY_PX, _Scratch
 
     reg = DepthToColorRegistration(K4aCalibration.from_raw_json(raw_json, resolution, mode))
     hd, wd = reg.depth_shape
@@ -394,3 +396,21 @@ def test_projections_between_depth_levels_stay_near_the_box_of_their_ends(raw_js
             bow = np.maximum(np.maximum(np.fmin(ua, ub) - u, u - np.fmax(ua, ub)),
                              np.maximum(np.fmin(va, vb) - v, v - np.fmax(va, vb)))
             assert bow[both].max() < 0.1 * _ROI_SAFETY_PX
+
+
+def test_calibration_owns_one_cached_registration(raw_json):
+    cal = K4aCalibration.from_raw_json(raw_json, "720P", "NFOV_2X2BINNED")
+    reg = cal.registration
+    assert isinstance(reg, DepthToColorRegistration) and reg.calibration is cal
+    assert cal.registration is reg
+    depth = np.full(reg.depth_shape, 1000, np.uint16)
+    np.testing.assert_array_equal(register_depth_to_color(depth, cal), reg.depth_to_color(depth))
+
+
+def test_calibration_pickles_without_its_registration(raw_json):
+    import pickle
+
+    cal = K4aCalibration.from_raw_json(raw_json, "720P", "NFOV_2X2BINNED")
+    reg = cal.registration
+    back = pickle.loads(pickle.dumps(cal))
+    assert back == cal and back.registration is not reg and back.registration is back.registration

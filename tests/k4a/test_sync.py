@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
+from mmface4d_stream.k4a.mkv_reader import MkvReader
+from mmface4d_stream.k4a.mkv_writer import MkvWriter
 from mmface4d_stream.k4a.sync import SessionSync
 
 PERIOD = 33_333

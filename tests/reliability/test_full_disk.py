@@ -149,7 +149,8 @@ def test_missing_and_blocked_folders(tmp_path):
 def test_preprocess_on_a_full_disk(k4a_sample_dir, full_disk, tmp_path, capsys):
     """Writer threads hit the full disk: one line naming the file, and no partial files left."""
     from mmface4d_stream.formats.audio import write_wav
-    from mmface4d_stream.k4a.mkv import MkvReader, MkvWriter
+    from mmface4d_stream.k4a.mkv_reader import MkvReader
+    from mmface4d_stream.k4a.mkv_writer import MkvWriter
 
     with MkvReader(k4a_sample_dir / "recording.mkv") as reader:
         calibration_raw = reader.calibration_raw

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmface4d_stream.k4a.calibration import CameraModel, synthetic_raw_calibration
-from mmface4d_stream.render.renderer import MeshRenderer, camera_ray_map, vertex_normals
+from mmface4d_stream.k4a.camera_model import CameraModel
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
+from mmface4d_stream.render.renderer import MeshRenderer, vertex_normals
 
 # Typical Azure Kinect lenses (k4a-calib's synthetic device calibration) in two capture modes.
 _CALIBRATION = synthetic_raw_calibration().calibration("720P", "NFOV_UNBINNED")
@@ -58,7 +59,7 @@ def test_tilted_plane_depth_within_half_mm(camera):
     vertices = np.stack([x, y, z], 1)
     with MeshRenderer(camera, faces, len(vertices)) as r:
         res = r.render(vertices, return_depth_m=True)
-    rays = camera_ray_map(camera).astype(np.float64)
+    rays = camera.ray_map().astype(np.float64)
     z_true = 0.9 / (1 - 0.35 * rays[..., 0] + 0.2 * rays[..., 1])
     inside = (np.abs(rays[..., 0] * z_true) < 0.85) & (np.abs(rays[..., 1] * z_true) < 0.75)
     assert inside.mean() > 0.5
@@ -74,7 +75,7 @@ def test_sphere_depth_within_half_mm(camera):
     center, radius = np.array([0.03, -0.02, 0.75]), 0.12
     with MeshRenderer(camera, faces, len(unit)) as r:
         res = r.render(center + radius * unit, return_depth_m=True)
-    rays = np.concatenate([camera_ray_map(camera).astype(np.float64), np.ones(res.depth_mm.shape + (1,))], -1)
+    rays = np.concatenate([camera.ray_map().astype(np.float64), np.ones(res.depth_mm.shape + (1,))], -1)
     # Ray t * (x, y, 1) meets the sphere at the smaller root of |t r - c|^2 = R^2 (z = t).
     a = np.einsum("hwc,hwc->hw", rays, rays)
     b = -2 * rays @ center
@@ -112,7 +113,7 @@ def test_color_and_depth_aligned_and_projection_matches_camera():
     assert red.sum() > 2000
     assert np.array_equal(red, near)
     # The silhouette is where the camera's own lens model says the rays meet the sphere.
-    rays = np.concatenate([camera_ray_map(camera).astype(np.float64), np.ones(red.shape + (1,))], -1)
+    rays = np.concatenate([camera.ray_map().astype(np.float64), np.ones(red.shape + (1,))], -1)
     a = np.einsum("hwc,hwc->hw", rays, rays)
     b = -2 * rays @ center
     hit = b * b - 4 * a * (center @ center - radius**2) > 0

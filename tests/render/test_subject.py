@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmface4d_stream.render.mesh_ops import boundary_loops, rotation_matrix
+from mmface4d_stream.geometry import so3_exp
+from mmface4d_stream.render.mesh_ops import boundary_loops
 from mmface4d_stream.render.subject import FACE_WIDTH_M, Expression, sample_subject
 
 
@@ -49,6 +50,6 @@ def test_expressions_move_the_right_parts(subject):
     assert smile[61, 1] < rest[61, 1] - 0.003 and smile[291, 1] < rest[291, 1] - 0.003
     brow = subject.vertices(Expression(brow=1.0))
     assert brow[105, 1] < rest[105, 1] - 0.003 and abs(brow[159, 1] - rest[159, 1]) < 1.5e-3
-    R = rotation_matrix([0.0, 0.3, 0.0])
+    R = so3_exp([0.0, 0.3, 0.0])
     moved = subject.vertices(rotation=[0.0, 0.3, 0.0], translation=[0.0, 0.0, 0.8])
     np.testing.assert_allclose(moved, rest @ R.T + [0.0, 0.0, 0.8], atol=1e-6)

@@ -14,10 +14,9 @@ from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
-from mmface4d_stream.k4a.calibration import synthetic_raw_calibration
-from mmface4d_stream.k4a.mkv import MkvReader
+from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
+from mmface4d_stream.k4a.mkv_reader import MkvReader
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
-from mmface4d_stream.render.renderer import camera_ray_map
 from mmface4d_stream.render.synth import DepthNoise, build_rig, kinect_depth, synthesize_capture
 
 N_FRAMES = 20
@@ -151,7 +150,7 @@ def test_same_seed_same_content(tmp_path):
 
 def test_kinect_depth_noise_model():
     cam = synthetic_raw_calibration().calibration("720P", "NFOV_UNBINNED").depth
-    rays = camera_ray_map(cam)
+    rays = cam.ray_map()
     H, W = rays.shape[:2]
     # A fronto-parallel wall at 2 m with a box at 0.7 m in front of it, and one tilted strip.
     depth = np.full((H, W), 2.0, np.float32)
