@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from actors.records import Dropped, FrameReport, inject_fault, latency_ms_since
-from mmface4d_stream.pipeline.stages import StageError
+from mmface4d_stream.errors import StageError
 
 
 class NutEncoder:

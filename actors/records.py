@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmface4d_stream.pipeline.stages import StageError
+from mmface4d_stream.errors import StageError
 from mmface4d_stream.types import MeshFrame
 
 

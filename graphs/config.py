@@ -18,13 +18,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from mmface4d_stream.errors import InputError
+from mmface4d_stream.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(InputError):
-    """A bad config value: the message names the file and the dotted key."""
 
 
 @dataclass

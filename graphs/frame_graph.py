@@ -43,9 +43,8 @@ from tqdm import tqdm
 from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFitter, Smoother, StreamLost, ZmqPublisher
 from actors.records import FrameReport
 from graphs.config import GraphConfig
-from mmface4d_stream.errors import InputError
+from mmface4d_stream.errors import InputError, PipelineError, StageError
 from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, steady_rate
-from mmface4d_stream.pipeline.stages import StageError
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,6 @@ except ImportError:  # pragma: no cover - older Ray
 _ACTOR_LOST = tuple(e for e in (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                                 RayChannelError) if isinstance(e, type))
 _TIMEOUTS = tuple(e for e in (ray.exceptions.GetTimeoutError, RayChannelTimeoutError) if isinstance(e, type))
-
-
-class PipelineError(RuntimeError):
-    """A sequence stopped: a stage failed (its `StageError` is the cause) or restarts ran out."""
 
 
 def _actor_lost(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from mmface4d_stream.errors import InputError, StageError
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
@@ -30,25 +31,8 @@ CROP_MARGIN = 0.35
 THUMBNAIL_SIDE_PX = 160
 
 
-class StageError(RuntimeError):
-    """A stage failed on one frame: names the stage, the sequence, the frame and the camera (None: all).
-
-    Picklable (it crosses Ray actor boundaries); `detail` is the original exception's one-line text.
-    """
-
-    def __init__(self, stage: str, seq: str, frame: int, camera: int | None = None, detail: str = ""):
-        self.stage, self.seq, self.frame, self.camera, self.detail = stage, seq, frame, camera, detail
-        where = f"sequence {seq}, frame {frame}" + ("" if camera is None else f", camera {camera}")
-        super().__init__(f"stage {stage} failed on {where}: {detail}")
-
-    def __reduce__(self):
-        return StageError, (self.stage, self.seq, self.frame, self.camera, self.detail)
-
-
 def _stage_error(stage: str, seq: str, frame: int, camera: int | None, exc: BaseException) -> BaseException:
     """Wrap an unexpected exception with its frame context (user-input errors pass unchanged)."""
-    from mmface4d_stream.errors import InputError
-
     if isinstance(exc, (InputError, StageError)):
         return exc
     return StageError(stage, seq, frame, camera, f"{type(exc).__name__}: {exc}")
@@ -402,7 +386,6 @@ def calibrate_rig(source, landmark_config: LandmarkerConfig | None = None, frame
     Runs its own landmark stage over at most `max_frames` frame sets of `source` (an iterable of
     `FrameSet`), keeping `frames` good ones. Returns a `fit.rig.RigCalibration`.
     """
-    from mmface4d_stream.errors import InputError
     from mmface4d_stream.fit.rig import RigCalibrator
 
     calibrator = RigCalibrator(source.intrinsics, source.serials, reference=reference)

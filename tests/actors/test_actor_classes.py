@@ -75,7 +75,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
 def test_stage_error_survives_pickling_with_its_context():
     import pickle
 
-    from mmface4d_stream.pipeline.stages import StageError
+    from mmface4d_stream.errors import StageError
 
     error = pickle.loads(pickle.dumps(StageError("landmarks", "seq1", 17, 2, "ValueError: bad")))
     assert str(error) == "stage landmarks failed on sequence seq1, frame 17, camera 2: ValueError: bad"

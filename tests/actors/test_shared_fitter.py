@@ -67,7 +67,7 @@ def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_c
 
 
 def test_a_frame_that_fails_fails_only_its_own_stream(one_camera_observed):
-    from mmface4d_stream.pipeline.stages import StageError
+    from mmface4d_stream.errors import StageError
 
     observed = one_camera_observed[:2]
 
