@@ -10,10 +10,10 @@ from actors.camera_source import CameraSource
 from actors.fitter import Fitter
 from actors.landmark_detector import LandmarkDetector
 from actors.nut_encoder import NutEncoder
-from actors.records import Dropped, FrameReport, MeshPacket
+from actors.records import Checkpoint, Dropped, FrameReport, MeshPacket
 from actors.shared_fitter import SharedFitter, StreamLost
 from actors.smoother import Smoother
 from actors.zmq_publisher import ZmqPublisher
 
 __all__ = ["CameraSource", "LandmarkDetector", "Fitter", "SharedFitter", "StreamLost", "Smoother", "NutEncoder",
-           "ZmqPublisher", "Dropped", "FrameReport", "MeshPacket"]
+           "ZmqPublisher", "Checkpoint", "Dropped", "FrameReport", "MeshPacket"]

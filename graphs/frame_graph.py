@@ -36,15 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray
 from tqdm import tqdm
 
 from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFitter, Smoother, StreamLost, ZmqPublisher
-from actors.records import FrameReport
+from actors.records import Checkpoint, FrameReport
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError, PipelineError, StageError
-from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, steady_rate
+from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, latency_stats, steady_rate
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,6 @@ def original_error(exc: BaseException) -> BaseException:
             break
         exc = cause
     return exc
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "mean": round(float(a.mean()), 2), "n": int(a.size)}
 
 
 def throughput_figures(start: float, arrivals: list[float], emit_ns: list[int], clock_start: float | None = None) -> dict:
@@ -183,10 +174,10 @@ class SharedFitterPool:
     """
 
     def __init__(self, config: GraphConfig, count: int, num_gpus: float, device: str):
-        options = dict(dataclasses.asdict(config.fitter), device=device)
+        stage_config = config.fitter.stage_config(device=device)
         cls = ray.remote(SharedFitter).options(num_cpus=config.fitter.num_cpus, num_gpus=num_gpus, max_restarts=-1)
         self.device = device
-        self.actors = [cls.remote(options, config.fitter.batch_window_ms, config.fitter.max_batch)
+        self.actors = [cls.remote(stage_config, config.fitter.batch_window_ms, config.fitter.max_batch)
                        for _ in range(count)]
         try:
             ray.get([actor.ping.remote() for actor in self.actors])
@@ -278,7 +269,7 @@ class SequencePipeline:
         cfg = self.config
         keys = self._landmark_keys
         cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
-        return [self._actor(key, LandmarkDetector, self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
+        return [self._actor(key, LandmarkDetector, self._n_cameras, cfg.landmarks.stage_config(),
                             max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
                             cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
                 for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]
@@ -303,8 +294,7 @@ class SequencePipeline:
             if key in self.actors:  # per sequence (publisher) or not wanted now
                 ray.kill(self.actors.pop(key), no_restart=True)
         opening = [self._actor(
-            "source", CameraSource, self.job.inputs, cameras=cfg.source.cameras, max_frames=cfg.source.max_frames,
-            loop=cfg.source.loop, live=self.live, pace=cfg.source.pace, kinect=self.job.kinect,
+            "source", CameraSource, self.job.inputs, cfg.source, live=self.live, kinect=self.job.kinect,
             record_dir=self.job.record_dir, name=self.job.name, fault=self._fault_for("source"))]
         self._get([r for r in opening if r is not None], "source")
         self.info = self._get(self.actors["source"].info.remote(), "source")
@@ -314,12 +304,12 @@ class SequencePipeline:
             ray.kill(self.actors.pop(key), no_restart=True)  # the lane's last sequence had other cameras
         opening = self._new_landmarks()
         if self.shared is None:
-            opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
+            opening.append(self._actor("fitter", Fitter, None, cfg.fitter.stage_config(), cfg.ray.checkpoint_every,
                                        fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
                                        max_latency_ms=self._max_latency_ms))
         if cfg.smoother.enabled:
-            opening.append(self._actor("smoother", Smoother, cfg.smoother.cutoff_hz, cfg.smoother.order,
-                                       float(cfg.output.fps), fault=self._fault_for("smoother")))
+            opening.append(self._actor("smoother", Smoother, cfg.smoother, float(cfg.output.fps),
+                                       fault=self._fault_for("smoother")))
         # The encoder cannot append to a file a dead process left: it is never restarted.
         opening.append(self._actor("encoder", NutEncoder, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
                                    allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
@@ -393,13 +383,13 @@ class SequencePipeline:
         if self.on_ready is not None:
             self.on_ready(dict(self.startup, name=name))
 
-    def _open_fitter_stream(self, checkpoint: dict | None = None):
+    def _open_fitter_stream(self, state: dict | None = None):
         """The pending call that gives the fitter this sequence's rig and a fresh stream (or the
-        stream at `checkpoint`, whose ticks continue from the next one to submit)."""
+        stream at a checkpoint's fitter `state`, whose ticks continue from the next one to submit)."""
         if self.shared is None:
             return self.actors["fitter"].set_rig.remote(self.transforms)
         return self.shared.open_stream.remote(self.stream_key, self.transforms, self.config.ray.checkpoint_every,
-                                              self._fault_for("fitter"), checkpoint, self._next_tick,
+                                              self._fault_for("fitter"), state, self._next_tick,
                                               self._max_latency_ms)
 
     def _get(self, refs, stage: str):
@@ -481,13 +471,13 @@ class SequencePipeline:
         self._ready()
         self._clock_start = time.perf_counter()
         self._get(self.actors["source"].start.remote(0), "source")
-        checkpoint = {"frame": -1, "fitter": None, "smoother": None}
+        self.checkpoint = Checkpoint()
         bar = tqdm(total=total, desc=name, unit="frame", file=sys.stderr, disable=not self.progress,
                    position=self.position, leave=True, dynamic_ncols=True)
         try:
             while True:
                 try:
-                    self._run_stream(bar, checkpoint)
+                    self._run_stream(bar)
                     break
                 except _TIMEOUTS as exc:
                     raise PipelineError(f"sequence {name}: no result within ray.frame_timeout_s = "
@@ -500,11 +490,11 @@ class SequencePipeline:
                     if self.restarts > cfg.ray.max_restarts:
                         raise PipelineError(f"sequence {name}: an actor died {self.restarts} times, giving up "
                                             f"({type(exc).__name__}: {exc})") from None
-                    resume = checkpoint["frame"] + 1
+                    resume = self.checkpoint.frame + 1
                     self.resumed_from.append(resume)
                     log.warning("sequence %s: an actor died (%s); restarting from frame %d (restart %d of %d)",
                                 name, type(exc).__name__, resume, self.restarts, cfg.ray.max_restarts)
-                    self._resume(resume, checkpoint)
+                    self._resume(resume, self.checkpoint)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("sequence %s: interrupted; finalizing the outputs", name)
@@ -527,7 +517,7 @@ class SequencePipeline:
             log.error("%s", error)
         return result
 
-    def _run_stream(self, bar, checkpoint: dict) -> None:
+    def _run_stream(self, bar) -> None:
         cfg = self.config
         compiled = cfg.ray.compiled
         if compiled and self._dag is None:
@@ -550,8 +540,7 @@ class SequencePipeline:
             if len(outputs) > 1 and outputs[1] is not None:
                 self._publish_ms[report.frame] = outputs[1]
             if report.checkpoint is not None:
-                checkpoint.update(frame=report.frame, fitter=report.checkpoint["fitter"],
-                                  smoother=report.checkpoint.get("smoother"))
+                self.checkpoint = report.checkpoint
                 report.checkpoint = None
             if report.kind != "replayed":
                 self.reports.append(report)
@@ -562,15 +551,15 @@ class SequencePipeline:
         if self.stop.is_set() and not ended:
             raise KeyboardInterrupt
 
-    def _resume(self, frame: int, checkpoint: dict) -> None:
+    def _resume(self, frame: int, checkpoint: Checkpoint) -> None:
         """After an actor restart: wait for every actor, rewind the stream to `frame`, restore state."""
         self._new_landmarks(missing_only=True)  # (those killed with a compiled graph's teardown)
         a = self.actors
         everyone = list(a.values()) + ([self.shared] if self.shared is not None else [])
-        deadline = time.monotonic() + 120.0
+        deadline = time.monotonic() + self.config.ray.restart_wait_s
         while True:
             try:
-                ray.get([actor.ping.remote() for actor in everyone], timeout=30.0)
+                ray.get([actor.ping.remote() for actor in everyone], timeout=self.config.ray.ping_timeout_s)
                 break
             except _ACTOR_LOST + (ray.exceptions.GetTimeoutError,):
                 if time.monotonic() > deadline:
@@ -582,16 +571,17 @@ class SequencePipeline:
                  if key in self._reused and (key in ("source", "fitter") or key.startswith("landmarks")) and key in a])
         if self.shared is None:
             ray.get(a["fitter"].set_rig.remote(self.transforms))
-            calls = [a["fitter"].restore.remote(checkpoint["fitter"])]
+            calls = [a["fitter"].restore.remote(checkpoint.fitter)]
         else:  # a restarted shared fitter knows no stream; a surviving one drops the lane's old ticks
-            calls = [self._open_fitter_stream(checkpoint["fitter"])]
+            calls = [self._open_fitter_stream(checkpoint.fitter)]
         calls += [a[key].reset.remote() for key in self._landmark_keys] + [a["source"].start.remote(frame)]
         if "smoother" in a:
-            calls.append(a["smoother"].restore.remote(checkpoint["smoother"]))
+            calls.append(a["smoother"].restore.remote(checkpoint.smoother))
         ray.get(calls)
 
     def _finish(self, start: float, success: bool, interrupted: bool, error: str | None) -> dict:
         a = self.actors
+        timeouts = self.config.ray
         elapsed = time.perf_counter() - start
         summary, faces, source_stats = {}, None, {}
         if self.shared is None:
@@ -599,23 +589,23 @@ class SequencePipeline:
         else:
             fitter_calls = [self.shared.summary.remote(self.stream_key), self.shared.faces.remote(self.stream_key)]
         try:
-            summary, faces, source_stats = ray.get(fitter_calls + [a["source"].stats.remote()], timeout=60.0)
+            summary, faces, source_stats = ray.get(fitter_calls + [a["source"].stats.remote()], timeout=timeouts.collect_timeout_s)
         except Exception as exc:  # a dead fitter loses only the summary: the files are finalized below
             log.warning("could not collect the fitter summary: %s", exc)
         if self.shared is not None:
             try:
-                ray.get(self.shared.close_stream.remote(self.stream_key), timeout=60.0)
+                ray.get(self.shared.close_stream.remote(self.stream_key), timeout=timeouts.collect_timeout_s)
             except Exception as exc:  # gone with a crashed actor already
                 log.debug("closing the shared fitter stream: %s", exc)
         recorded = []
         try:
-            recorded = ray.get(a["source"].close.remote(), timeout=120.0)
+            recorded = ray.get(a["source"].close.remote(), timeout=timeouts.close_timeout_s)
         except Exception as exc:
             log.warning("closing the source: %s", exc)
         kinds = collections.Counter(r.kind for r in self.reports)
         if self.live and source_stats.get("captured"):
             try:  # frames captured after the last mesh are dropped ones too: the file covers them all
-                ray.get(a["encoder"].fill_to.remote(int(source_stats["captured"])), timeout=60.0)
+                ray.get(a["encoder"].fill_to.remote(int(source_stats["captured"])), timeout=timeouts.collect_timeout_s)
             except Exception as exc:
                 log.warning("filling the last dropped frames: %s", exc)
         fitted_reports = [(r, t) for r, t in zip(self.reports, self._arrivals) if r.kind in ("mesh", "lost")]
@@ -670,7 +660,7 @@ class SequencePipeline:
             "frames_dropped_by_cause": dropped_by_cause,
             "latency_budget": (dict(budget.report(), measured_to="publish" if self._publish_ms else "encoded")
                                if self.live else None),
-            "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
+            "stage_latency_ms": {k: latency_stats(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
             "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),
             "counts": dict(kinds),
@@ -680,14 +670,14 @@ class SequencePipeline:
         if interrupted:
             meta["interrupted"] = True
         try:
-            counts = ray.get(a["encoder"].close.remote(faces, meta, success), timeout=120.0)
+            counts = ray.get(a["encoder"].close.remote(faces, meta, success), timeout=timeouts.close_timeout_s)
             meta.update(counts)
         except Exception as exc:
             log.error("finalizing %s: %s", self.job.save_path, exc)
         if "publisher" in a:
             try:
                 ray.get(a["publisher"].close.remote("interrupted" if interrupted else "error" if error else "finished"),
-                        timeout=30.0)
+                        timeout=timeouts.publisher_close_timeout_s)
             except Exception as exc:
                 log.warning("closing the publisher: %s", exc)
         # A lane keeps healthy actors for its next sequence; the publisher is per sequence.

@@ -98,6 +98,16 @@ class CausalButterworth:
         self._zi = None
         self._frame_shape = None
 
+    def state(self) -> dict:
+        """The filter's state after the last frame (picklable): {"zi": (sections, 2, elements) float64
+        or None before the first frame, "frame_shape": the frames' shape or None}."""
+        return {"zi": None if self._zi is None else self._zi.copy(), "frame_shape": self._frame_shape}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` of a filter with the same design (cutoff, order, fps, init)."""
+        self._zi = None if state["zi"] is None else np.array(state["zi"], dtype=np.float64)
+        self._frame_shape = None if state["frame_shape"] is None else tuple(state["frame_shape"])
+
     def filter(self, frames: np.ndarray) -> np.ndarray:
         """Filter a chunk of consecutive frames, shape (T, *frame_shape); returns the same shape.
 

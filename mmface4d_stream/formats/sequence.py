@@ -21,7 +21,8 @@ from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.landmarks import landmark_frame_count
 
 STREAM_SUFFIXES = ("mp4", "nut", "json", "pkl")
-DATASET_FPS = 30.0
+# The MMFace4D capture rate, frames per second (the one definition: sources, outputs and checks use it).
+DATASET_FPS = 30
 # Audio may differ from the video span by up to a frame before we call it inconsistent.
 AUDIO_TOLERANCE_S = 1.0 / DATASET_FPS
 
@@ -129,7 +130,7 @@ class DatasetSequence:
     @property
     def fps(self) -> float:
         rates = [r for c in self.cameras for r in (c.color_fps, c.depth_fps) if r]
-        return rates[0] if rates else DATASET_FPS
+        return rates[0] if rates else float(DATASET_FPS)
 
     def camera(self, index: int) -> CameraStreams:
         for cam in self.cameras:

@@ -16,10 +16,8 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
-from mmface4d_stream.formats.sequence import DatasetSequence
+from mmface4d_stream.formats.sequence import DATASET_FPS, DatasetSequence
 from mmface4d_stream.types import CameraFrame, FrameSet
-
-DATASET_FPS = 30
 
 
 class DatasetSource:

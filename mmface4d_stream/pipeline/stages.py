@@ -2,7 +2,8 @@
 
 `LandmarkStage` (one per camera set): MediaPipe landmarks, then a crop around the face so only
 small arrays travel further. `FitStage`: the rig's extrinsics and the warm-started fitter.
-`SmoothStage`: causal Butterworth on the vertices.
+`SmoothStage`: causal Butterworth on the vertices. Their settings, with the defaults, are the
+typed configs of `pipeline.stage_config` (each builds its stage); the rig is `pipeline.rig_setup`'s.
 """
 
 from __future__ import annotations
@@ -365,45 +366,14 @@ class SmoothStage:
         return dataclasses.replace(mesh, vertices=vertices, smoothed=True, timings_ms=timings)
 
     def state(self) -> dict:
-        """The filter's section state and frame shape after the last frame (picklable)."""
-        return {"zi": None if self.filter._zi is None else self.filter._zi.copy(),
-                "frame_shape": self.filter._frame_shape, "shape": self._shape}
+        """The filter's state (`CausalButterworth.state`) and frame shape after the last frame (picklable)."""
+        return {"filter": self.filter.state(), "shape": self._shape}
 
     def restore(self, state: dict) -> None:
         """Continue from a `state()` of a `SmoothStage` with the same design."""
-        self.filter._zi = None if state["zi"] is None else np.array(state["zi"])
-        self.filter._frame_shape = state["frame_shape"]
+        self.filter.restore(state["filter"])
         self._shape = state["shape"]
 
     def close(self) -> None:
         pass
 
-
-def calibrate_rig(source, landmark_config: LandmarkerConfig | None = None, frames: int = 5,
-                  max_frames: int = 150, reference: int | None = None):
-    """Solve the rig's extrinsics from the first frames where every camera sees the face.
-
-    Runs its own landmark stage over at most `max_frames` frame sets of `source` (an iterable of
-    `FrameSet`), keeping `frames` good ones. Returns a `fit.rig.RigCalibration`.
-    """
-    from mmface4d_stream.fit.rig import RigCalibrator
-
-    calibrator = RigCalibrator(source.intrinsics, source.serials, reference=reference)
-    landmarkers = [FaceLandmarker(landmark_config) for _ in source.intrinsics]
-    registrations = DepthRegistrations()
-    try:
-        for count, frame_set in enumerate(source):
-            if count >= max_frames or calibrator.n_frames >= frames:
-                break
-            if any(c is None or (c.depth_mm is None and c.depth_raw is None) for c in frame_set.cameras):
-                continue
-            depths = [registrations.full(c) for c in frame_set.cameras]
-            results = [lm.process(c.rgb, d) for lm, c, d in zip(landmarkers, frame_set.cameras, depths)]
-            calibrator.add_frame([r.points_px if r.found else None for r in results], depths, frame_set.frame)
-    finally:
-        for landmarker in landmarkers:
-            landmarker.close()
-    if calibrator.n_frames == 0:
-        raise InputError(f"no frame among the first {max_frames} where every camera sees the face with depth; "
-                         "cannot calibrate the rig (give --rig rig.json)")
-    return calibrator.solve()
