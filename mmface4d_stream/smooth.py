@@ -27,11 +27,15 @@ from typing import NamedTuple
 import numpy as np
 from scipy import signal
 
+from mmface4d_stream.formats.sequence import DATASET_FPS
+
 log = logging.getLogger(__name__)
 
+# The one place of the smoothing defaults (the upstream design: order 5, 5 Hz at the dataset's 30 fps);
+# `pipeline.stage_config.SmoothStageConfig`, the stages and the CLI take them from here.
 DEFAULT_CUTOFF_HZ = 5.0
 DEFAULT_ORDER = 5
-DEFAULT_FPS = 30.0
+DEFAULT_FPS = float(DATASET_FPS)
 UPSTREAM_PAD_FRAMES = 3
 # Working memory for one vertex chunk in `smooth_mesh_nut` (float64 copies inside filtfilt).
 DEFAULT_CHUNK_BYTES = 256 << 20

@@ -19,6 +19,7 @@ import numpy as np
 from mmface4d_stream.errors import InputError, StageError
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.pipeline.sources import DepthRegistrations
+from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_FPS, DEFAULT_ORDER
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
 
 if TYPE_CHECKING:  # torch comes with it: only the processes that fit import it
@@ -346,7 +347,7 @@ class SmoothStage:
     made-up motion.
     """
 
-    def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0):
+    def __init__(self, cutoff_hz: float = DEFAULT_CUTOFF_HZ, order: int = DEFAULT_ORDER, fps: float = DEFAULT_FPS):
         from mmface4d_stream.smooth import CausalButterworth
 
         self.filter = CausalButterworth(cutoff_hz=cutoff_hz, order=order, fps=fps)
