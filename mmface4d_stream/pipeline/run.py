@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.pipeline.latency_budget import latency_stats
 from mmface4d_stream.pipeline.rig_setup import resolve_rig
-from mmface4d_stream.pipeline.sinks import MeshNutSink, output_paths
+from mmface4d_stream.pipeline.sinks import output_paths
 from mmface4d_stream.pipeline.stage_config import (FitStageConfig, LandmarkStageConfig, OutputConfig, SmoothStageConfig,
                                                    SourceConfig, check_section)
 
@@ -73,7 +73,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     landmarks = LandmarkStageConfig().build(len(source.camera_indices))
     fitter = options.fitter.build(rig.transforms, model=model)
     smoother = options.smoother.build(options.output.fps) if options.smoother.enabled else None
-    sink = MeshNutSink(save_path, fps=options.output.fps)
+    sink = options.output.build(save_path)
     start = time.perf_counter()
     success = False
     stage_ms: dict[str, list[float]] = {}

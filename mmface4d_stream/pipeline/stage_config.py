@@ -169,6 +169,12 @@ class OutputConfig:
     write_meshes: bool = True
     fps: int = setting(DATASET_FPS, bound="positive")
 
+    def build(self, save_path: str):
+        """The `MeshNutSink` writing `save_path_{0,1,2}.nut` at `fps`."""
+        from mmface4d_stream.pipeline.sinks import MeshNutSink
+
+        return MeshNutSink(save_path, fps=self.fps)
+
 
 @dataclass
 class PublishConfig:
