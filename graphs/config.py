@@ -31,7 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
-class LandmarksConfig(LandmarkStageConfig):
+class LandmarkActorsConfig(LandmarkStageConfig):
     """LandmarkDetector actors: the stage's settings plus CPUs reserved for the stage. per_camera:
     one actor per camera (the cameras of a frame set run in parallel, the fitter joins them by
     frame; the stage's num_cpus are split between them), else one actor for every camera."""
@@ -45,7 +45,7 @@ class LandmarksConfig(LandmarkStageConfig):
 
 
 @dataclass
-class FitterConfig(FitStageConfig):
+class FitterActorConfig(FitStageConfig):
     """Fitter actor: the fit stage's settings plus its Ray resources. num_cpus: CPUs a fitter actor
     reserves (per lane, or per shared actor).
 
@@ -61,10 +61,6 @@ class FitterConfig(FitStageConfig):
     num_gpus: float = setting(1.0, bound="positive")
     batch_window_ms: float = setting(5.0, bound="non_negative")
     max_batch: int = setting(64, bound="positive")
-
-
-# The graph's smoother section is the stage's settings as they are.
-SmootherConfig = SmoothStageConfig
 
 
 @dataclass
@@ -125,9 +121,9 @@ class GraphConfig:
     """Everything one per-frame graph needs."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
-    fitter: FitterConfig = field(default_factory=FitterConfig)
-    smoother: SmootherConfig = field(default_factory=SmootherConfig)
+    landmarks: LandmarkActorsConfig = field(default_factory=LandmarkActorsConfig)
+    fitter: FitterActorConfig = field(default_factory=FitterActorConfig)
+    smoother: SmoothStageConfig = field(default_factory=SmoothStageConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
