@@ -151,7 +151,7 @@ def bench_throughput(frames: int, live_loops: int = 10) -> None:
 def live_rig_file(cap) -> str:
     """A rig file for the capture, as a previous session's `_rig.json` (calibrated once, then reused)."""
     from mmface4d_stream.pipeline.sources import open_source
-    from mmface4d_stream.pipeline.stages import calibrate_rig
+    from mmface4d_stream.pipeline.rig_setup import calibrate_rig
 
     path = OUT / f"rig_{cap.out_dir.name}.json"
     if not path.is_file():
