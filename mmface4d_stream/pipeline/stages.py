@@ -175,7 +175,8 @@ class FitStage:
     """Fit the face model to each observed frame, warm-started from the previous one.
 
     rig_transforms: per camera (in frame-set order) the 4x4 T_ref_from_cam; None for one camera
-    (identity). Use `rig_setup.resolve_rig` (or `calibrate_rig`) to get them from the first frames of a multi-camera sequence.
+    (identity). `rig_setup.resolve_rig` gives them (a rig file, or calibrated on the first frames
+    of a multi-camera sequence).
     fitter: the stream's fitter when it is not a new `FaceFitter(model, config, device)`: a
     `StreamSlot` of a fitter shared by many sequences (`model` is then that fitter's model, None for
     per-stream templates). The bookkeeping (lost frames, residual sums, checkpoints, faces) is the
