@@ -291,7 +291,8 @@ class SequencePipeline:
             meta["error"] = error
         if interrupted:
             meta["interrupted"] = True
-        meta.update(graph.finalize(faces, meta, success, "interrupted" if interrupted else "error" if error else "finished"))
+        end_reason = "interrupted" if interrupted else "error" if error else "finished"
+        meta.update(graph.finalize(faces, meta, success, end_reason))
         # A lane keeps healthy actors for its next sequence; the publisher is per sequence.
         graph.release(graph.lane is not None and success and not interrupted and self.restarts == 0)
         return meta
