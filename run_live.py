@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graphs.config import load_config  # noqa: E402
 from graphs.frame_graph import SequenceJob  # noqa: E402
 from mmface4d_stream.errors import InputError  # noqa: E402
+from mmface4d_stream.formats.sequence import mkv_session_name  # noqa: E402
 from run_offline import cli_overrides, install_stop_handler, print_result, start_preview  # noqa: E402
 
 log = logging.getLogger("run_live")
@@ -89,7 +90,7 @@ def live(args) -> int:
         missing = [p for p in args.replay if not Path(p).is_file()]
         if missing:
             raise InputError(f"no such recording: {', '.join(missing)}")
-        name = args.name or Path(args.replay[0]).stem.rsplit("_", 1)[0]
+        name = args.name or mkv_session_name(args.replay[0])
         inputs, kinect = [str(p) for p in args.replay], None
         record = bool(args.record)
     else:

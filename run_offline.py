@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -30,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graphs.config import load_config  # noqa: E402
 from graphs.frame_graph import SequenceJob  # noqa: E402
 from mmface4d_stream.errors import InputError  # noqa: E402
+from mmface4d_stream.formats.sequence import mkv_session_name, sequence_cameras, sequence_names  # noqa: E402
 
 log = logging.getLogger("run_offline")
-
-_CAMERA_FILE = re.compile(r"^(?P<name>.+)_(?P<cam>\d+)\.mp4$")
 
 
 def discover_jobs(inputs: list[str], out_dir: Path) -> list[SequenceJob]:
@@ -45,7 +43,7 @@ def discover_jobs(inputs: list[str], out_dir: Path) -> list[SequenceJob]:
         missing = [str(p) for p in mkvs if not p.is_file()]
         if missing:
             raise InputError(f"no such recording: {', '.join(missing)}")
-        name = mkvs[0].stem.rsplit("_", 1)[0]
+        name = mkv_session_name(mkvs[0])
         jobs.append(SequenceJob([str(p) for p in mkvs], str(out_dir / name), name))
     for path in others:
         if path.is_dir():
@@ -53,7 +51,7 @@ def discover_jobs(inputs: list[str], out_dir: Path) -> list[SequenceJob]:
             if not found:
                 raise InputError("no dataset sequence (NAME_0.mp4 ...) or .mkv recording in this folder", path)
             jobs.extend(found)
-        elif list(path.parent.glob(f"{path.name}_[0-9]*.mp4")):
+        elif path.parent.is_dir() and sequence_cameras(path, ("mp4",)):
             jobs.append(SequenceJob([str(path)], str(out_dir / path.name), path.name))
         else:
             raise InputError("not a dataset sequence DIR/NAME (no NAME_<cam>.mp4 beside it), .mkv file or folder",
@@ -78,8 +76,8 @@ def check_inputs(jobs: list[SequenceJob]) -> None:
                 with MkvReader(path):
                     pass
             else:
-                for json_path in sorted(path.parent.glob(f"{path.name}_[0-9]*.json")):
-                    IntrinsicsJson.load(json_path)
+                for camera in sequence_cameras(path, ("json",)):
+                    IntrinsicsJson.load(path.parent / f"{path.name}_{camera}.json")
 
 
 def _scan_folder(folder: Path, out_dir: Path) -> list[SequenceJob]:
@@ -87,10 +85,9 @@ def _scan_folder(folder: Path, out_dir: Path) -> list[SequenceJob]:
     for directory in sorted([folder] + [p for p in folder.rglob("*") if p.is_dir()]):
         mkvs = sorted(directory.glob("*.mkv"))
         if mkvs:
-            name = mkvs[0].stem.rsplit("_", 1)[0]
+            name = mkv_session_name(mkvs[0])
             jobs.append(SequenceJob([str(p) for p in mkvs], str(out_dir / name), name))
-        names = sorted({m["name"] for p in directory.glob("*.mp4") if (m := _CAMERA_FILE.match(p.name))})
-        for name in names:
+        for name in sequence_names(directory, ("mp4",)):
             jobs.append(SequenceJob([str(directory / name)], str(out_dir / name), name))
     return jobs
 

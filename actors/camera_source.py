@@ -4,48 +4,48 @@ from __future__ import annotations
 
 import logging
 
-from actors.records import inject_fault
-from mmface4d_stream.pipeline.sources import LoopingSource, open_source, skip_to
-from mmface4d_stream.pipeline.stages import calibrate_rig
+from actors.base import StageActor
+from mmface4d_stream.pipeline.rig_setup import resolve_rig
+from mmface4d_stream.pipeline.sources import skip_to
+from mmface4d_stream.pipeline.stage_config import SourceConfig
 
 log = logging.getLogger(__name__)
 
 
-class CameraSource:
+class CameraSource(StageActor):
     """Reads one sequence. Offline: `read` returns the next frame set (blocking on the files). Live
     (`live=True`): a thread keeps only the newest frame set (paced at device rate when `pace`) and
     `read` returns it; frames the graph was too busy to take are counted (`stats()["dropped"]`).
 
     inputs: MKV paths of one session, one dataset prefix `<dir>/<name>`, or `["kinect"]` for live
-    devices (`kinect` options: serials, ...). record_dir: live only: also write every frame set
-    as a dataset sequence there (the capture itself).
+    devices (`kinect` options: serials, ...). config: what to read (cameras, max_frames, loop,
+    pace). record_dir: live only: also write every frame set as a dataset sequence there (the
+    capture itself).
     """
 
-    def __init__(self, inputs: list[str], cameras: list[int] | None = None, max_frames: int | None = None,
-                 loop: int = 1, live: bool = False, pace: bool = False, kinect: dict | None = None,
-                 record_dir: str | None = None, name: str | None = None, fault: dict | None = None):
+    fault_stage = "source"
+
+    def setup(self) -> None:
         self.source = None
         self.recorder = None
-        self.open(inputs, cameras, max_frames, loop, live, pace, kinect, record_dir, name, fault)
 
-    def open(self, inputs: list[str], cameras: list[int] | None = None, max_frames: int | None = None,
-             loop: int = 1, live: bool = False, pace: bool = False, kinect: dict | None = None,
-             record_dir: str | None = None, name: str | None = None, fault: dict | None = None) -> bool:
+    def open(self, inputs: list[str], config: SourceConfig | None = None, live: bool = False,
+             kinect: dict | None = None, record_dir: str | None = None, name: str | None = None,
+             fault: dict | None = None) -> bool:
         """Read another sequence (the constructor's arguments); the previous one is closed first.
         Lets one actor process (its imports and caches) serve many sequences."""
         if self.source is not None:
             self.close()
+        config = config or SourceConfig()
         if inputs == ["kinect"]:
             from mmface4d_stream.pipeline.kinect import KinectSource
 
-            self.source = KinectSource(name=name or "live", max_frames=max_frames, **(kinect or {}))
+            self.source = KinectSource(name=name or "live", max_frames=config.max_frames, **(kinect or {}))
         else:
-            self.source = open_source(inputs, cameras=cameras, max_frames=max_frames)
-            if loop > 1:
-                self.source = LoopingSource(self.source, loop)
+            self.source = config.open(inputs)
         self.name = name or self.source.name
         # Devices deliver at their own rate; only recordings need pacing.
-        self.live, self.pace = live, pace and inputs != ["kinect"]
+        self.live, self.pace = live, config.pace and inputs != ["kinect"]
         self.record_dir = record_dir
         self.recorder = None
         self.fault = fault
@@ -63,24 +63,10 @@ class CameraSource:
     def calibrate(self, reference: int | None = None, rig_path: str | None = None,
                   save_path: str | None = None) -> tuple[list | None, int | None]:
         """(T_ref_from_cam per camera, reference index): identity (None) for one camera, else from
-        `rig_path` or calibrated on the first frames (saved to `save_path_rig.json`)."""
-        import time
-
-        from mmface4d_stream.fit.rig import RigCalibration
-
-        if len(self.source.camera_indices) == 1:
-            self._rig_info = {"rig": "one camera", "seconds": None}
-            return None, None
-        if rig_path:
-            rig = RigCalibration.load(rig_path)
-            self._rig_info = {"rig": "file", "seconds": None}
-        else:
-            start = time.perf_counter()
-            rig = calibrate_rig(self.source, reference=reference)
-            self._rig_info = {"rig": "calibrated", "seconds": round(time.perf_counter() - start, 3)}
-            if save_path:
-                rig.save(f"{save_path}_rig.json")
-        return [t.tolist() for t in rig.transforms_for(self.source.serials, rig_path)], rig.reference
+        `rig_path` or calibrated on the first frames (saved to `save_path_rig.json`): `resolve_rig`."""
+        rig = resolve_rig(self.source, rig_path, reference, save_path)
+        self._rig_info = rig.info()
+        return None if rig.transforms is None else [t.tolist() for t in rig.transforms], rig.reference
 
     def rig_info(self) -> dict:
         """How the last `calibrate` got the rig: {"rig": "one camera" | "file" | "calibrated",
@@ -129,7 +115,7 @@ class CameraSource:
         else:
             frame_set = next(self._frames, None)
         if frame_set is not None:
-            inject_fault(self.fault, "source", frame_set.seq, frame_set.frame)
+            self.inject_fault(frame_set.seq, frame_set.frame)
             self.read_count += 1
         return frame_set
 
@@ -157,6 +143,3 @@ class CameraSource:
             self.source.close()
         self.source = None
         return written
-
-    def ping(self) -> bool:
-        return True

@@ -2,63 +2,56 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from actors.base import StageActor
+from actors.fit_stream import FitStream, fitter_gate
 from actors.join import join_parts
-from actors.latency_gate import StaleFrameGate
-from actors.records import fitted_packet, inject_fault
+from mmface4d_stream.pipeline.stage_config import FitStageConfig
 from mmface4d_stream.types import ObservedFrame
 
 
-class Fitter:
+class Fitter(StageActor):
     """Fits each observed frame; every `checkpoint_every` frames the packet carries the stream state
     to the driver, so a restarted actor continues where the stream was (`restore`).
 
     rig_transforms: per camera 4x4 T_ref_from_cam as nested lists (None: one camera, or not known
     yet: the graph starts the actor while the rig is being calibrated and then calls `set_rig`).
-    options: `graphs.config.FitterConfig` as a dict. max_latency_ms (live policy): a frame that
-    would leave the fitter later than this after its capture is dropped (`Dropped`, cause
-    fitter_busy). `fit` takes the per-camera landmark actors' parts of a frame and joins them.
+    config: the fit stage's settings. max_latency_ms (live policy): a frame that would leave the
+    fitter later than this after its capture is dropped (`Dropped`, cause fitter_busy). `fit`
+    takes the per-camera landmark actors' parts of a frame and joins them.
     """
 
-    def __init__(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
-                 fault: dict | None = None, max_latency_ms: float | None = None):
+    def setup(self) -> None:
         self._model_key = self._model = None
-        self.open(rig_transforms, options, checkpoint_every, fault, max_latency_ms)
 
-    def open(self, rig_transforms: list | None, options: dict, checkpoint_every: int = 15,
+    def open(self, rig_transforms: list | None, config: FitStageConfig, checkpoint_every: int = 15,
              fault: dict | None = None, max_latency_ms: float | None = None) -> bool:
         """Start another sequence (the constructor's arguments) with a fresh stream; a loaded face
-        model is kept when the model options are the same (a template model is per subject: rebuilt)."""
-        import torch
-
-        torch.set_num_threads(int(options.get("torch_threads", 1)))
+        model is kept when the model settings are the same (a template model is per subject: rebuilt)."""
+        config.set_torch_threads()
         self.rig_transforms = rig_transforms
-        self.options = options
+        self.config = config
         self.checkpoint_every = int(checkpoint_every)
         self.fault = fault
-        self.gate = StaleFrameGate("fitter", "fitter_busy", max_latency_ms, expect_own_time=True)
-        self.stage = self._new_stage()
-        self._sent_faces = False
+        self.gate = fitter_gate(max_latency_ms)
+        self._new_stream()
         return True
 
-    def _new_stage(self):
-        from mmface4d_stream.pipeline.run import ReconstructOptions, load_face_model
-        from mmface4d_stream.pipeline.stages import FitStage
+    def _new_stream(self) -> None:
+        if self.config.model_key != self._model_key:
+            self._model = self.config.load_model()
+            self._model_key = self.config.model_key
+        stage = self.config.build(self.rig_transforms, model=self._model)
+        self.stream = FitStream(stage, self.checkpoint_every, self.fault, self.gate)
 
-        key = tuple(self.options.get(k) for k in ("face_model", "bfm_folder", "landmark_mapping"))
-        if key != self._model_key:
-            self._model = load_face_model(ReconstructOptions(face_model=key[0] or "template", bfm_folder=key[1],
-                                                             landmark_mapping=key[2]))
-            self._model_key = key
-        model = self._model
-        transforms = None if self.rig_transforms is None else [np.asarray(t) for t in self.rig_transforms]
-        return FitStage(transforms, model=model, device=self.options.get("device", "cpu"))
+    @property
+    def stage(self):
+        """The sequence's `FitStage`."""
+        return self.stream.stage
 
     def set_rig(self, rig_transforms: list | None) -> bool:
         """Use these extrinsics (per camera 4x4 T_ref_from_cam, None: one camera): a fresh stream."""
         self.rig_transforms = rig_transforms
-        self.stage = self._new_stage()  # the face model is cached: only the stream state is new
+        self._new_stream()  # the face model is cached: only the stream state is new
         return True
 
     def warm_up(self, *parts) -> dict:
@@ -75,22 +68,17 @@ class Fitter:
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):
             return observed
-        dropped = self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
+        dropped = self.stream.admit(observed)
         if dropped is not None:
             return dropped
-        inject_fault(self.fault, "fitter", observed.seq, observed.frame)
-        mesh = self.stage.process(observed)
-        self.gate.observe(mesh.timings_ms.get("fit", 0.0))
-        packet = fitted_packet(self.stage, mesh, not self._sent_faces, self.checkpoint_every)
-        self._sent_faces |= packet.faces is not None
-        return packet
+        self.stream.inject_fault(observed)
+        return self.stream.packet(self.stage.process(observed))
 
     def restore(self, state: dict | None) -> bool:
-        """Continue from a checkpoint (None: from the start of the stream)."""
-        self.stage = self._new_stage()
+        """Continue from a checkpoint's fitter state (None: from the start of the stream)."""
+        self._new_stream()
         if state is not None:
             self.stage.restore(state)
-        self._sent_faces = False
         return True
 
     def summary(self) -> dict:
@@ -98,6 +86,3 @@ class Fitter:
 
     def faces(self):
         return self.stage.faces
-
-    def ping(self) -> bool:
-        return True

@@ -3,31 +3,32 @@ of a frame set or for one camera (one actor per camera: the cameras run in paral
 
 from __future__ import annotations
 
+from actors.base import StageActor
 from actors.latency_gate import StaleFrameGate
-from actors.records import inject_fault
+from mmface4d_stream.pipeline.stage_config import LandmarkStageConfig
 from mmface4d_stream.pipeline.stages import LandmarkStage
 from mmface4d_stream.types import FrameSet
 
 
-class LandmarkDetector:
+class LandmarkDetector(StageActor):
     """Landmarks + crop for the cameras of a frame set at positions `cameras` (None: all n_cameras).
-    max_latency_ms (live policy): a frame set older than this when it arrives is dropped here
-    (`Dropped`, cause too_old), before any work is spent on it."""
+    config: the landmark stage's settings. max_latency_ms (live policy): a frame set older than
+    this when it arrives is dropped here (`Dropped`, cause too_old), before any work is spent on it."""
 
-    def __init__(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
-                 fault: dict | None = None, cameras: list[int] | None = None):
+    fault_stage = "landmarks"
+
+    def setup(self) -> None:
         self._stage = None
-        self.open(n_cameras, thumbnails, max_latency_ms, fault, cameras)
 
-    def open(self, n_cameras: int, thumbnails: bool = False, max_latency_ms: float | None = None,
+    def open(self, n_cameras: int, config: LandmarkStageConfig | None = None, max_latency_ms: float | None = None,
              fault: dict | None = None, cameras: list[int] | None = None) -> bool:
         """Start another sequence (the constructor's arguments): tracked faces are forgotten; the
         MediaPipe graphs are kept when the cameras and settings are the same."""
         cameras = None if cameras is None else list(cameras)
-        if self._stage is not None and (n_cameras, thumbnails, cameras) != (self.n_cameras, self.thumbnails,
-                                                                            self.cameras):
+        config = config or LandmarkStageConfig()
+        if self._stage is not None and (n_cameras, config, cameras) != (self.n_cameras, self.config, self.cameras):
             self.close()
-        self.n_cameras, self.thumbnails, self.cameras = n_cameras, thumbnails, cameras
+        self.n_cameras, self.config, self.cameras = n_cameras, config, cameras
         self.gate = StaleFrameGate("landmarks", "too_old", max_latency_ms)
         self.fault = fault
         return self.reset()
@@ -36,7 +37,7 @@ class LandmarkDetector:
     def stage(self) -> LandmarkStage:
         # Built on first use, in the thread that runs the calls (a compiled graph's loop thread).
         if self._stage is None:
-            self._stage = LandmarkStage(self.n_cameras, thumbnails=self.thumbnails, cameras=self.cameras)
+            self._stage = self.config.build(self.n_cameras, self.cameras)
         return self._stage
 
     def detect(self, frame_set):
@@ -45,7 +46,7 @@ class LandmarkDetector:
         dropped = self.gate.check(frame_set.seq, frame_set.frame, frame_set.t_source_ns)
         if dropped is not None:
             return dropped
-        inject_fault(self.fault, "landmarks", frame_set.seq, frame_set.frame)
+        self.inject_fault(frame_set.seq, frame_set.frame)
         return self.stage.process(frame_set)
 
     def warm_up(self, frame_set: FrameSet | None = None, build: bool = True):
@@ -74,6 +75,3 @@ class LandmarkDetector:
         if self._stage is not None:
             self._stage.close()
             self._stage = None
-
-    def ping(self) -> bool:
-        return True

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import time
 
-from actors.records import Dropped, FrameReport, inject_fault, latency_ms_since
-from mmface4d_stream.pipeline.stages import StageError
+from actors.base import StageActor
+from actors.records import Dropped, FrameReport, latency_ms_since
+from mmface4d_stream.errors import StageError
+from mmface4d_stream.formats.sequence import DATASET_FPS
 
 
-class NutEncoder:
+class NutEncoder(StageActor):
     """Writes meshes in frame order; a gap in the frame numbers (dropped frames) repeats the previous
     mesh so file frame i stays capture frame i. Frames below the next expected number (re-run after
     a restart) are ignored. With `write=False` only reports are produced (publish-only graphs).
     allow_gaps=False (offline policy): a gap is an error instead (an earlier stage failed on it)."""
 
-    def __init__(self, save_path: str, fps: int = 30, write: bool = True, allow_gaps: bool = True,
-                 fault: dict | None = None):
-        self.closed = True
-        self.open(save_path, fps, write, allow_gaps, fault)
+    fault_stage = "encoder"
 
-    def open(self, save_path: str, fps: int = 30, write: bool = True, allow_gaps: bool = True,
+    def setup(self) -> None:
+        self.closed = True
+
+    def open(self, save_path: str, fps: int = DATASET_FPS, write: bool = True, allow_gaps: bool = True,
              fault: dict | None = None) -> bool:
         """Write another sequence (the constructor's arguments). The previous one must be closed."""
         from mmface4d_stream.pipeline.graph_sinks import IndexedMeshNutSink
@@ -45,7 +47,7 @@ class NutEncoder:
         mesh = packet.mesh
         if mesh.frame < self.next_frame:
             return FrameReport(mesh.seq, mesh.frame, "replayed", checkpoint=packet.checkpoint)
-        inject_fault(self.fault, "encoder", mesh.seq, mesh.frame)
+        self.inject_fault(mesh.seq, mesh.frame)
         start = time.perf_counter()
         if packet.faces is not None:
             self.faces = packet.faces
@@ -87,9 +89,6 @@ class NutEncoder:
         # An actor torn down without close() (driver killed) still finalizes its files.
         if not getattr(self, "closed", True) and getattr(self, "sink", None) is not None:
             try:
-                self.sink.writer.close(success=False)
+                self.sink.abort()
             except Exception:
                 pass
-
-    def ping(self) -> bool:
-        return True

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmface4d_stream.pipeline.stages import StageError
+from mmface4d_stream.errors import StageError
 from mmface4d_stream.types import MeshFrame
 
 
@@ -25,23 +25,33 @@ class Dropped:
 
 
 @dataclass
+class Checkpoint:
+    """The stream state after frame `frame` (-1: before the first, nothing to restore): the fitter's
+    `FitStage.state()` and, in a graph with a smoother, its `SmoothStage.state()` (picklable)."""
+
+    frame: int = -1
+    fitter: dict | None = None
+    smoother: dict | None = None
+
+
+@dataclass
 class MeshPacket:
     """A mesh and, when the fitter's topology is new (first frame, after a restore), its triangles (F, 3).
 
-    checkpoint: every `checkpoint_every` frames the stream state after this frame ({"fitter": ...,
-    "smoother": ...}); it rides along to the encoder, which hands it to the driver in its report.
+    checkpoint: every `checkpoint_every` frames the stream state after this frame (the smoother
+    adds its own); it rides along to the encoder, which hands it to the driver in its report.
     """
 
     mesh: MeshFrame
     faces: np.ndarray | None = None
-    checkpoint: dict | None = None
+    checkpoint: Checkpoint | None = None
 
 
 def fitted_packet(stage, mesh: MeshFrame, send_faces: bool, checkpoint_every: int) -> MeshPacket:
     """A fitter's packet for `mesh`, fitted by `stage` (a `FitStage`): the stage's triangles when
     `send_faces` and it has them, its state as checkpoint every `checkpoint_every` frames."""
     faces = stage.faces if send_faces else None
-    checkpoint = None if mesh.frame % checkpoint_every else {"fitter": stage.state()}
+    checkpoint = None if mesh.frame % checkpoint_every else Checkpoint(mesh.frame, stage.state())
     return MeshPacket(mesh, faces, checkpoint)
 
 
@@ -62,7 +72,7 @@ class FrameReport:
     filled: int = 0
     latency_ms: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    checkpoint: dict | None = None
+    checkpoint: Checkpoint | None = None
     cause: str | None = None
     t_source_ns: int = 0
 

@@ -20,11 +20,9 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
+from actors.fit_stream import FitStream, fitter_gate
 from actors.join import join_parts
-from actors.latency_gate import StaleFrameGate
-from actors.records import fitted_packet, inject_fault
+from mmface4d_stream.pipeline.stage_config import FitStageConfig
 from mmface4d_stream.types import ObservedFrame
 
 log = logging.getLogger(__name__)
@@ -37,19 +35,20 @@ class StreamLost(RuntimeError):
 
 @dataclasses.dataclass
 class _Stream:
-    """One lane's stream: its fitter slot and stage, and the calls waiting for their turn."""
+    """One lane's stream: its fitter slot, its `FitStream` (a `FitStage` over the slot, with the
+    stale-frame gate, faults and checkpoints of a per-lane `Fitter`), and the calls waiting for their turn."""
 
     slot: int
-    stage: object  # FitStage over a StreamSlot
-    checkpoint_every: int
-    fault: dict | None
+    fit: FitStream
     next_tick: int
     waiting: dict = dataclasses.field(default_factory=dict)  # tick -> (item, asyncio.Future)
-    sent_faces: bool = False
     batches: int = 0
     batched_frames: int = 0  # sum of the batch sizes this stream's frames were solved in
     last_solve: int = -1  # the solve that took its latest frame: beyond max_batch, the longest-waiting go first
-    gate: StaleFrameGate | None = None  # live policy: frames that cannot make the latency budget are dropped
+
+    @property
+    def stage(self):
+        return self.fit.stage
 
     def fail_waiting(self, reason: str) -> None:
         for _, future in self.waiting.values():
@@ -61,27 +60,22 @@ class _Stream:
 class SharedFitter:
     """Fits the frames of many lanes' streams in shared solves (an async Ray actor).
 
-    options: `graphs.config.FitterConfig` as a dict; `device` is the one this actor fits on (the
-    graph gives `cuda` to an actor that reserved a GPU). batch_window_ms: after the first frame is
+    config: the fit stage's settings; its `device` is the one this actor fits on (the graph gives
+    `cuda` to an actor that reserved a GPU). batch_window_ms: after the first frame is
     ready, how long to wait for the other open streams' frames (none: solve at once when every
     open stream has a frame ready). max_batch: most frames in one solve.
     """
 
-    def __init__(self, options: dict, batch_window_ms: float = 5.0, max_batch: int = 64):
-        import torch
-
+    def __init__(self, config: FitStageConfig, batch_window_ms: float = 5.0, max_batch: int = 64):
         from mmface4d_stream.fit.multi import MultiStreamFitter
-        from mmface4d_stream.pipeline.run import ReconstructOptions, load_face_model
 
-        torch.set_num_threads(int(options.get("torch_threads", 1)))
-        self.options = options
-        self.device = options.get("device", "cpu")
+        config.set_torch_threads()
+        self.config = config
+        self.device = config.device
         self.batch_window_s = float(batch_window_ms) / 1e3
         self.max_batch = int(max_batch)
-        face_model = options.get("face_model") or "template"
         # A template is per subject: every stream builds its own (model None); a BFM is shared.
-        self._model = None if face_model == "template" else load_face_model(ReconstructOptions(
-            face_model=face_model, bfm_folder=options.get("bfm_folder"), landmark_mapping=options.get("landmark_mapping")))
+        self._model = config.load_model()
         self.fitter = MultiStreamFitter(self._model, None, self.device)
         self._streams: dict[str, _Stream] = {}
         # Every use of the fitter runs in this one thread, in submission order: solves never overlap
@@ -115,17 +109,16 @@ class SharedFitter:
             old.fail_waiting(f"stream {key} was re-opened")
 
         def build() -> _Stream:
-            from mmface4d_stream.pipeline.stages import FitStage, StreamSlot
+            from mmface4d_stream.pipeline.stages import StreamSlot
 
             if old is not None:
                 self.fitter.close_stream(old.slot)
             slot = self.fitter.open_stream()
-            transforms = None if rig_transforms is None else [np.asarray(t) for t in rig_transforms]
-            stage = FitStage(transforms, model=self._model, fitter=StreamSlot(self.fitter, slot))
+            stage = self.config.build(rig_transforms, model=self._model, fitter=StreamSlot(self.fitter, slot))
             if state is not None:
                 stage.restore(state)
-            gate = StaleFrameGate("fitter", "fitter_busy", max_latency_ms, expect_own_time=True)
-            return _Stream(slot, stage, int(checkpoint_every), fault, int(next_tick), gate=gate)
+            fit = FitStream(stage, checkpoint_every, fault, fitter_gate(max_latency_ms))
+            return _Stream(slot, fit, int(next_tick))
 
         stream = await self._in_fitter_thread(build)
         self._streams[key] = stream
@@ -160,8 +153,8 @@ class SharedFitter:
         if tick < stream.next_tick or tick in stream.waiting:
             raise StreamLost(f"tick {tick} of stream {key} is older than its restore")
         observed = join_parts(parts)
-        if isinstance(observed, ObservedFrame) and stream.gate is not None:
-            observed = stream.gate.check(observed.seq, observed.frame, observed.t_source_ns) or observed
+        if isinstance(observed, ObservedFrame):
+            observed = stream.fit.admit(observed) or observed
         future = asyncio.get_running_loop().create_future()
         stream.waiting[tick] = (observed, future)
         self._wake.set()
@@ -250,7 +243,7 @@ class SharedFitter:
         solving = []
         for i, (stream, observed) in enumerate(batch):
             try:
-                inject_fault(stream.fault, "fitter", observed.seq, observed.frame)
+                stream.fit.inject_fault(observed)
                 solving.append(i)
             except Exception as exc:
                 outcomes[i] = exc
@@ -260,8 +253,5 @@ class SharedFitter:
             if isinstance(mesh, BaseException):
                 outcomes[i] = mesh
                 continue
-            if stream.gate is not None:
-                stream.gate.observe(mesh.timings_ms.get("fit", 0.0))
-            outcomes[i] = fitted_packet(stream.stage, mesh, not stream.sent_faces, stream.checkpoint_every)
-            stream.sent_faces |= outcomes[i].faces is not None
+            outcomes[i] = stream.fit.packet(mesh)
         return outcomes

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from actors.records import Dropped, inject_fault, latency_ms_since
+from actors.base import StageActor
+from actors.records import Dropped, latency_ms_since
+from mmface4d_stream.pipeline.stage_config import PublishConfig
 
 
-class ZmqPublisher:
+class ZmqPublisher(StageActor):
     """Publishes every mesh packet (docs/protocol.md). The graph never waits on the socket:
     every subscriber has its own queue (`send_hwm` messages live, `offline_hwm` offline, deep
     enough that a subscriber that keeps up on average loses nothing) and one that stalls or dies
@@ -13,11 +15,15 @@ class ZmqPublisher:
     `send_timeout_s`. Frames below the next expected number (re-run after a restart) are not
     published twice. `curve_public_key`/`curve_secret_key` (Z85) encrypt the stream. With `history`
     > 0 subscribers may ask for the meshes they missed (`stream.repair`), and the status reports
-    what each of them lost."""
+    what each of them lost. The defaults are `PublishConfig`'s, but for `history` (none kept).
+    One actor publishes one sequence (a lane starts a new one per sequence)."""
 
-    def __init__(self, url: str, drop_when_full: bool = True, send_hwm: int = 4, send_timeout_s: float | None = 10.0,
-                 fault: dict | None = None, offline_hwm: int = 256, curve_public_key: bytes | None = None,
-                 curve_secret_key: bytes | None = None, history: int = 0, repair_url: str | None = None):
+    fault_stage = "publisher"
+
+    def open(self, url: str, drop_when_full: bool = True, send_hwm: int = PublishConfig.send_hwm,
+             send_timeout_s: float | None = PublishConfig.send_timeout_s, fault: dict | None = None,
+             offline_hwm: int = PublishConfig.offline_hwm, curve_public_key: bytes | None = None,
+             curve_secret_key: bytes | None = None, history: int = 0, repair_url: str | None = None) -> bool:
         from mmface4d_stream.pipeline.graph_sinks import CountingPublishSink
 
         live = drop_when_full
@@ -30,16 +36,17 @@ class ZmqPublisher:
         self.next_frame = 0
         self.fault = fault
         self.closed = False
+        return True
 
     @property
     def endpoint(self) -> str:
-        return self.sink.publisher.endpoint
+        return self.sink.endpoint
 
     def get_endpoint(self) -> str:
         return self.endpoint
 
     def wait_for_subscribers(self, n: int, timeout_s: float) -> bool:
-        return self.sink.publisher.wait_for_subscribers(n, timeout_s)
+        return self.sink.wait_for_subscribers(n, timeout_s)
 
     def set_budget(self, max_latency_ms: float, fps: float = 30.0, window_s: float = 5.0) -> bool:
         """Live graphs: keep a `LatencyBudget` over the last `window_s` seconds and publish it
@@ -80,7 +87,7 @@ class ZmqPublisher:
         mesh = packet.mesh
         if mesh.frame < self.next_frame:
             return None
-        inject_fault(self.fault, "publisher", mesh.seq, mesh.frame)
+        self.inject_fault(mesh.seq, mesh.frame)
         self._account(mesh.frame)
         if packet.faces is not None:
             self.sink.set_faces(packet.faces, len(mesh.vertices))
@@ -94,18 +101,11 @@ class ZmqPublisher:
         return latency_ms
 
     def stats(self) -> dict:
-        stats = self.sink.publisher.stats
-        return {k: v for k, v in vars(stats).items() if isinstance(v, (int, float))}
+        return self.sink.stats()
 
     def close(self, reason: str = "finished") -> bool:
         if self.closed:
             return False
         self.closed = True
-        try:
-            self.sink.publisher.publish_end(reason)
-        finally:
-            self.sink.publisher.close()
-        return True
-
-    def ping(self) -> bool:
+        self.sink.close(reason)
         return True

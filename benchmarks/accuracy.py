@@ -21,6 +21,8 @@ import torch
 
 from mmface4d_stream.fit.evaluate import evaluate_sequence
 from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
+from mmface4d_stream.pipeline.sinks import stage_latency
+from mmface4d_stream.pipeline.stage_config import FitStageConfig, SourceConfig
 from mmface4d_stream.render.synth import synthesize_capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +50,13 @@ def main() -> None:
     for label, cameras, reference in (("3 cameras", None, None), ("1 camera (centre)", [0], 0)):
         save = ROOT / "out" / "bench" / f"recon_{label.split()[0]}cam_{args.device}"
         meta = reconstruct([folder / "synth"], save,
-                           ReconstructOptions(cameras=cameras, device=args.device, progress=True))
+                           ReconstructOptions(source=SourceConfig(cameras=cameras),
+                                              fitter=FitStageConfig(device=args.device), progress=True))
         reference = meta["reference_camera"] if reference is None else reference
         error = evaluate_sequence(save, folder / "gt", reference_device=reference)
         rows.append((label, error, meta))
     if args.json:
-        print(json.dumps({label: dict(error.to_dict(), stage_ms=meta["stage_ms"], lost_frames=len(meta["frames_lost_face"]))
+        print(json.dumps({label: dict(error.to_dict(), stage_latency_ms=stage_latency(meta), lost_frames=len(meta["frames_lost_face"]))
                           for label, error, meta in rows}))
         return
     print(f"\nnoisy synthetic capture, {args.frames} frames, device {args.device}, {os.cpu_count()} CPU cores, "
@@ -74,7 +77,7 @@ def main() -> None:
     print("\n| cameras | stage | mean ms | p50 ms | p95 ms | frames/s (from mean) |")
     print("|---|---|---:|---:|---:|---:|")
     for label, _, meta in rows:
-        for stage, t in meta["stage_ms"].items():
+        for stage, t in stage_latency(meta).items():
             print(f"| {label} | {stage} | {t['mean']:.1f} | {t['p50']:.1f} | {t['p95']:.1f} | {1e3 / t['mean']:.1f} |")
     print("\n(landmarks: MediaPipe on every camera of a frame; fit: the fitter alone, detection excluded)")
 

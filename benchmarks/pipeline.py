@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graphs.config import load_config  # noqa: E402
 from graphs.frame_graph import SequenceJob, SequencePipeline  # noqa: E402
 from graphs.runner import ensure_ray  # noqa: E402
+from mmface4d_stream.pipeline.latency_budget import latency_stats  # noqa: E402
 
 OUT = Path("out/bench")
 
@@ -150,7 +151,7 @@ def bench_throughput(frames: int, live_loops: int = 10) -> None:
 def live_rig_file(cap) -> str:
     """A rig file for the capture, as a previous session's `_rig.json` (calibrated once, then reused)."""
     from mmface4d_stream.pipeline.sources import open_source
-    from mmface4d_stream.pipeline.stages import calibrate_rig
+    from mmface4d_stream.pipeline.rig_setup import calibrate_rig
 
     path = OUT / f"rig_{cap.out_dir.name}.json"
     if not path.is_file():
@@ -295,7 +296,8 @@ def bench_stream(subscribers: int = 8, messages: int = 300, n_vertices: int = 69
           "vertices at 30 Hz (live mode)\n")
     print("| p50 ms | p95 ms | max ms | received per subscriber (min / max) |")
     print("|---:|---:|---:|---:|")
-    print(f"| {np.percentile(allv, 50):.2f} | {np.percentile(allv, 95):.2f} | {allv.max():.2f} | "
+    stats = latency_stats(allv, None)
+    print(f"| {stats['p50']:.2f} | {stats['p95']:.2f} | {allv.max():.2f} | "
           f"{min(counts)} / {max(counts)} |", flush=True)
 
 

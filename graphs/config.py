@@ -1,5 +1,10 @@
 """The graph's one config tree: dataclasses with the defaults, read from and written to YAML.
 
+The stages' sections (source, landmarks, fitter, smoother, output, publish) are the library's
+typed stage configs (`mmface4d_stream.pipeline.stage_config`, shared with `mmface4d reconstruct`);
+this module adds the Ray resources of the landmark and fitter actors and the graph's own sections
+(policy, ray, faults). Allowed values live with the fields (`setting`).
+
 A YAML file overrides any subset of the keys (`configs/defaults.yaml` lists them all with their
 defaults); `load_config("configs/3-cam.yaml", overrides={"policy.mode": "live"})` gives a
 `GraphConfig`. Unknown keys, wrong types and out-of-range values raise `ConfigError`, one line
@@ -18,47 +23,31 @@ from typing import Any, Mapping
 
 import yaml
 
-from mmface4d_stream.errors import InputError
+from mmface4d_stream.errors import ConfigError
+from mmface4d_stream.pipeline.stage_config import (FitStageConfig, LandmarkStageConfig, OutputConfig, PublishConfig,
+                                                   SmoothStageConfig, SourceConfig, check_section, field_rules, setting)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-class ConfigError(InputError):
-    """A bad config value: the message names the file and the dotted key."""
-
-
 @dataclass
-class SourceConfig:
-    """What the camera source reads.
-
-    cameras: dataset camera indices to read (None: all). max_frames: stop after this many frame
-    sets (None: all). loop: replay the input this many times back to back (benchmarks reach long
-    runs from a short capture; frame numbers keep counting). pace: emit frames at device rate
-    (live replay of recordings) instead of as fast as the graph consumes them.
-    """
-
-    cameras: list[int] | None = None
-    max_frames: int | None = None
-    loop: int = 1
-    pace: bool = False
-
-
-@dataclass
-class LandmarksConfig:
-    """LandmarkDetector actors: thumbnails for previews, CPUs reserved for the stage. per_camera:
+class LandmarkActorsConfig(LandmarkStageConfig):
+    """LandmarkDetector actors: the stage's settings plus CPUs reserved for the stage. per_camera:
     one actor per camera (the cameras of a frame set run in parallel, the fitter joins them by
     frame; the stage's num_cpus are split between them), else one actor for every camera."""
 
-    thumbnails: bool = False
-    num_cpus: float = 1.0
+    num_cpus: float = setting(1.0, bound="non_negative")
     per_camera: bool = True
+
+    def stage_config(self) -> LandmarkStageConfig:
+        """The stage's settings alone (what the actors receive)."""
+        return LandmarkStageConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LandmarkStageConfig)})
 
 
 @dataclass
-class FitterConfig:
-    """Fitter actor. face_model: template (built in) or bfm (needs bfm_folder). rig: a rig JSON from
-    `mmface4d calibrate` (None: calibrated from the first frames). reference: the rig's reference
-    camera (None: the middle one). torch_threads: intra-op threads of the fitter's process.
+class FitterActorConfig(FitStageConfig):
+    """Fitter actor: the fit stage's settings plus its Ray resources. num_cpus: CPUs a fitter actor
+    reserves (per lane, or per shared actor).
 
     shared: one fitter actor serves many sequences (lanes), solving the frames that are ready
     together: `auto` when the cluster has GPUs (one actor per `num_gpus` GPUs, fitting on cuda),
@@ -67,70 +56,11 @@ class FitterConfig:
     most max_batch frames at once.
     """
 
-    face_model: str = "template"
-    bfm_folder: str | None = None
-    landmark_mapping: str | None = None
-    device: str = "cpu"
-    rig: str | None = None
-    reference: int | None = None
-    torch_threads: int = 1
-    num_cpus: float = 1.0
-    shared: str = "off"
-    num_gpus: float = 1.0
-    batch_window_ms: float = 5.0
-    max_batch: int = 64
-
-
-@dataclass
-class SmootherConfig:
-    """Causal Butterworth on the fitted vertices (lag: 2.8 frames at 0 Hz with the defaults). Off by
-    default: offline accuracy is better unfiltered; the live config turns it on against jitter."""
-
-    enabled: bool = False
-    cutoff_hz: float = 5.0
-    order: int = 5
-
-
-@dataclass
-class OutputConfig:
-    """Mesh nut triplet per sequence (`<out>/<name>_{0,1,2}.nut` + faces + meta json)."""
-
-    write_meshes: bool = True
-    fps: int = 30
-
-
-@dataclass
-class PublishConfig:
-    """ZeroMQ mesh stream (docs/protocol.md). The graph never waits on the socket: each
-    subscriber has its own queue (send_hwm messages live, offline_hwm offline) and a subscriber
-    that does not keep up loses messages alone, counted from the gaps in `seq`. send_timeout_s
-    bounds only the wait to deliver `end` offline. The last `history` meshes are kept for
-    subscribers that ask for what they missed (`subscribe --save` does), on repair_url (default: the
-    next port). A url beyond loopback needs
-    curve_certificate (a ZeroMQ certificate holding the server's secret key): loopback has no
-    authentication, any local process may subscribe."""
-
-    enabled: bool = False
-    url: str = "tcp://127.0.0.1:5555"
-    send_hwm: int = 4
-    offline_hwm: int = 256
-    send_timeout_s: float | None = 10.0
-    wait_subscribers: int = 0
-    wait_timeout_s: float = 10.0
-    curve_certificate: str | None = None
-    history: int = 120
-    repair_url: str | None = None
-
-    def publisher_options(self, url: str | None = None) -> dict:
-        """Keyword arguments for `ZmqPublisher` beyond its url (CURVE keys loaded and checked here)."""
-        from mmface4d_stream.stream.curve import server_keys
-
-        keys = server_keys(url or self.url, self.curve_certificate, "publish.curve_certificate")
-        options = {"send_hwm": self.send_hwm, "offline_hwm": self.offline_hwm, "send_timeout_s": self.send_timeout_s,
-                   "history": self.history, "repair_url": self.repair_url}
-        if keys is not None:
-            options.update(curve_public_key=keys.public, curve_secret_key=keys.secret)
-        return options
+    num_cpus: float = setting(1.0, bound="non_negative")
+    shared: str = setting("off", choices=("auto", "on", "off"), on_off=True)
+    num_gpus: float = setting(1.0, bound="positive")
+    batch_window_ms: float = setting(5.0, bound="non_negative")
+    max_batch: int = setting(64, bound="positive")
 
 
 @dataclass
@@ -141,9 +71,9 @@ class PolicyConfig:
     stage is dropped there). Both: dropped frames are gaps in the frame numbers; the mesh file
     repeats the previous mesh for them and lists them in its meta json."""
 
-    mode: str = "offline"
-    max_inflight: int = 3
-    max_latency_ms: float = 500.0
+    mode: str = setting("offline", choices=("offline", "live"))
+    max_inflight: int = setting(3, bound="positive")
+    max_latency_ms: float = setting(500.0, bound="positive")
 
 
 @dataclass
@@ -153,15 +83,25 @@ class RayConfig:
     is restarted this many times and resumes from the last checkpoint, taken every
     checkpoint_every frames. max_pipelines: sequences processed at once (None: as many as the
     cluster's CPUs allow). frame_timeout_s: longest wait for one frame's result before the
-    graph counts as hung (an error)."""
+    graph counts as hung (an error).
+
+    The driver's other waits: restart_wait_s for every actor to answer again after a crash (each
+    ping waits at most ping_timeout_s); collect_timeout_s for the end-of-sequence figures (fitter
+    summary, shared stream closed, last dropped frames filled); close_timeout_s for the source and
+    the encoder to finalize their files; publisher_close_timeout_s for the stream's `end`."""
 
     address: str | None = None
-    num_cpus: int | None = None
+    num_cpus: int | None = setting(None, bound="positive")
     compiled: bool = False
-    max_restarts: int = 2
-    checkpoint_every: int = 15
-    max_pipelines: int | None = None
-    frame_timeout_s: float = 300.0
+    max_restarts: int = setting(2, bound="non_negative")
+    checkpoint_every: int = setting(15, bound="positive")
+    max_pipelines: int | None = setting(None, bound="positive")
+    frame_timeout_s: float = setting(300.0, bound="positive")
+    restart_wait_s: float = setting(120.0, bound="positive")
+    ping_timeout_s: float = setting(30.0, bound="positive")
+    collect_timeout_s: float = setting(60.0, bound="positive")
+    close_timeout_s: float = setting(120.0, bound="positive")
+    publisher_close_timeout_s: float = setting(30.0, bound="positive")
 
 
 @dataclass
@@ -169,10 +109,11 @@ class FaultConfig:
     """Test aid: make `stage` (source, landmarks, fitter, smoother, encoder, publisher) raise
     (kind: raise) or kill its process (kind: exit, once) at `frame`, and/or sleep delay_ms per frame."""
 
-    stage: str | None = None
-    frame: int | None = None
-    kind: str | None = None
-    delay_ms: float = 0.0
+    stage: str | None = setting(None, choices=(None, "source", "landmarks", "fitter", "smoother", "encoder",
+                                                "publisher"))
+    frame: int | None = setting(None, bound="non_negative")
+    kind: str | None = setting(None, choices=(None, "raise", "exit"))
+    delay_ms: float = setting(0.0, bound="non_negative")
 
 
 @dataclass
@@ -180,9 +121,9 @@ class GraphConfig:
     """Everything one per-frame graph needs."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
-    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
-    fitter: FitterConfig = field(default_factory=FitterConfig)
-    smoother: SmootherConfig = field(default_factory=SmootherConfig)
+    landmarks: LandmarkActorsConfig = field(default_factory=LandmarkActorsConfig)
+    fitter: FitterActorConfig = field(default_factory=FitterActorConfig)
+    smoother: SmoothStageConfig = field(default_factory=SmoothStageConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -194,25 +135,6 @@ class GraphConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-_CHOICES = {
-    "fitter.face_model": ("template", "bfm"),
-    "fitter.shared": ("auto", "on", "off"),
-    "policy.mode": ("offline", "live"),
-    "faults.stage": (None, "source", "landmarks", "fitter", "smoother", "encoder", "publisher"),
-    "faults.kind": (None, "raise", "exit"),
-}
-# Choice keys whose words YAML 1.1 reads as booleans (`shared: on`): taken back as the words.
-_ON_OFF = {"fitter.shared"}
-_POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_hwm", "publish.offline_hwm",
-             "fitter.torch_threads",
-             "smoother.order", "smoother.cutoff_hz", "ray.checkpoint_every", "policy.max_latency_ms",
-             "source.max_frames", "ray.num_cpus", "ray.max_pipelines", "ray.frame_timeout_s",
-             "fitter.num_gpus", "fitter.max_batch"}
-_NON_NEGATIVE = {"ray.max_restarts", "landmarks.num_cpus", "fitter.num_cpus", "faults.delay_ms",
-                 "publish.wait_subscribers", "faults.frame", "publish.history",
-                 "fitter.batch_window_ms"}
 
 
 def _check_value(key: str, annotation: Any, value: Any, where: str) -> Any:
@@ -261,26 +183,14 @@ def _apply(instance: Any, data: Mapping, prefix: str, where: str) -> None:
         if dataclasses.is_dataclass(current):
             _apply(current, value, f"{key}.", where)
             continue
-        if key in _ON_OFF and isinstance(value, bool):
+        if field_rules(instance)[name].get("on_off") and isinstance(value, bool):
             value = "on" if value else "off"
         setattr(instance, name, _check_value(key, hints[name], value, where))
 
 
 def _validate(config: GraphConfig, where: str) -> None:
-    for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(str(c) for c in choices if c)}, got {value!r}", where)
-    for key in _POSITIVE | _NON_NEGATIVE:
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value is None:
-            continue
-        if key in _POSITIVE and value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value!r}", where)
-        if key in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{key} must not be negative, got {value!r}", where)
+    for f in dataclasses.fields(config):
+        check_section(getattr(config, f.name), f.name, where)
     if config.fitter.face_model == "bfm" and not config.fitter.bfm_folder:
         raise ConfigError("fitter.face_model bfm needs fitter.bfm_folder (the BFM is licensed per user)", where)
     if config.fitter.shared == "on" and config.ray.compiled:

@@ -1,4 +1,4 @@
-"""The per-frame graph of one sequence, live or offline, as Ray actors.
+"""The per-frame graph of one sequence, live or offline, as Ray actors: `SequencePipeline` drives it.
 
     source -> landmarks -> fitter -> [smoother] -> {encoder, publisher}
 
@@ -20,67 +20,35 @@ stream to the last checkpoint (fitter warm start and smoother state, taken every
 already written. A restarted shared fitter has lost every lane's stream: each lane notices
 (`StreamLost`) and resumes the same way. A stage that raises stops the sequence with a
 `PipelineError` naming stage, sequence, camera and frame; the encoder always finalizes its files.
+
+Building the actors and wiring a tick through them is `graphs.sequence_graph.SequenceGraph`'s;
+this module drives a sequence (ticks in flight, restarts) and writes its meta json.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
-import re
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray
 from tqdm import tqdm
 
-from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFitter, Smoother, StreamLost, ZmqPublisher
-from actors.records import FrameReport
+from actors.records import Checkpoint, FrameReport
 from graphs.config import GraphConfig
-from mmface4d_stream.errors import InputError
-from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, steady_rate
-from mmface4d_stream.pipeline.stages import StageError
+from graphs.sequence_graph import (_ACTOR_LOST, _TIMEOUTS, Lane, SequenceGraph, SequenceJob, SharedFitterPool,
+                                   actor_lost, original_error, shared_fitter_plan)
+from mmface4d_stream.errors import InputError, PipelineError, StageError
+from mmface4d_stream.pipeline.latency_budget import DROP_CAUSES, LatencyBudget, latency_stats, steady_rate
 
 log = logging.getLogger(__name__)
 
-# Exceptions that mean an actor's process is gone (restartable), as opposed to a stage raising.
-try:
-    from ray.exceptions import RayChannelError, RayChannelTimeoutError
-except ImportError:  # pragma: no cover - older Ray
-    RayChannelError = RayChannelTimeoutError = ()
-_ACTOR_LOST = tuple(e for e in (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                                RayChannelError) if isinstance(e, type))
-_TIMEOUTS = tuple(e for e in (ray.exceptions.GetTimeoutError, RayChannelTimeoutError) if isinstance(e, type))
-
-
-class PipelineError(RuntimeError):
-    """A sequence stopped: a stage failed (its `StageError` is the cause) or restarts ran out."""
-
-
-def _actor_lost(exc: BaseException) -> bool:
-    """Whether `exc` means that an actor's process (or the lane's stream in a shared fitter) is gone:
-    the sequence can resume from its checkpoint."""
-    if isinstance(exc, _ACTOR_LOST):
-        return True
-    return isinstance(exc, ray.exceptions.RayTaskError) and isinstance(original_error(exc), StreamLost)
-
-
-@dataclass
-class SequenceJob:
-    """One sequence to reconstruct: its inputs (MKVs of one session, one dataset prefix, or
-    ["kinect"]) and the output prefix (`save_path_{0,1,2}.nut`, `_faces.npy`, `_meta.json`)."""
-
-    inputs: list[str]
-    save_path: str
-    name: str | None = None
-    kinect: dict | None = None
-    record_dir: str | None = None
+__all__ = ["SequencePipeline", "SequenceResult", "SequenceJob", "Lane", "SharedFitterPool", "shared_fitter_plan",
+           "original_error", "throughput_figures"]
 
 
 @dataclass
@@ -93,26 +61,6 @@ class SequenceResult:
     error: str | None = None
     interrupted: bool = False
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def original_error(exc: BaseException) -> BaseException:
-    """The exception a stage raised, out of Ray's wrappers (a failure propagates through later stages)."""
-    seen = set()
-    while isinstance(exc, ray.exceptions.RayTaskError) and id(exc) not in seen:
-        seen.add(id(exc))
-        cause = getattr(exc, "cause", None)
-        if not isinstance(cause, BaseException):
-            break
-        exc = cause
-    return exc
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "mean": round(float(a.mean()), 2), "n": int(a.size)}
 
 
 def throughput_figures(start: float, arrivals: list[float], emit_ns: list[int], clock_start: float | None = None) -> dict:
@@ -139,84 +87,9 @@ def throughput_figures(start: float, arrivals: list[float], emit_ns: list[int], 
             "steady_frames_per_second": None if steady is None else round(steady, 3)}
 
 
-class Lane:
-    """Actor processes kept from one sequence to the next (one lane per concurrently running pipeline).
-
-    Starting an actor costs seconds on a small machine (a process importing torch, MediaPipe,
-    PyAV); a folder of short sequences would spend most of its time there. A pipeline given a
-    lane re-opens the lane's actors for its sequence instead (`open(...)` takes the constructor's
-    arguments) and leaves them in the lane when it ends well; after a failure they are discarded.
-    """
-
-    def __init__(self):
-        self.actors: dict[str, object] = {}
-        self.sequences = 0
-
-    def discard(self) -> None:
-        """Kill the kept actors."""
-        for actor in self.actors.values():
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # already gone
-                pass
-        self.actors.clear()
-
-
-def shared_fitter_plan(config: GraphConfig, resources: dict) -> tuple[int, float, str]:
-    """How a run fits, from `fitter.shared` and the cluster's resources: (number of shared fitter
-    actors, GPUs each reserves, the device they fit on); (0, 0.0, "") when every lane has its own
-    fitter actor. `auto` shares when the cluster has GPUs (one actor per `fitter.num_gpus` GPUs, on
-    cuda); `on` also without them (one actor on `fitter.device`); a compiled graph owns its actors,
-    so `auto` does not share with `ray.compiled` (and the config rejects `on` with it)."""
-    fitter = config.fitter
-    if fitter.shared == "off" or config.ray.compiled:
-        return 0, 0.0, ""
-    gpus = float(resources.get("GPU", 0.0))
-    if gpus >= fitter.num_gpus:
-        return max(1, int(gpus // fitter.num_gpus + 1e-9)), fitter.num_gpus, "cuda"
-    if fitter.shared == "on":
-        return 1, 0.0, fitter.device
-    return 0, 0.0, ""
-
-
-class SharedFitterPool:
-    """The shared fitter actors of a run (`SharedFitter`, one per GPU); lane `i` uses actor `i % n`.
-
-    An actor reserves `fitter.num_cpus` CPUs and `num_gpus` GPUs once, whatever the number of lanes
-    it serves. Ray restarts a crashed one without limit: the lanes bound it, each giving up on its
-    sequence after `ray.max_restarts` restarts.
-    """
-
-    def __init__(self, config: GraphConfig, count: int, num_gpus: float, device: str):
-        options = dict(dataclasses.asdict(config.fitter), device=device)
-        cls = ray.remote(SharedFitter).options(num_cpus=config.fitter.num_cpus, num_gpus=num_gpus, max_restarts=-1)
-        self.device = device
-        self.actors = [cls.remote(options, config.fitter.batch_window_ms, config.fitter.max_batch)
-                       for _ in range(count)]
-        try:
-            ray.get([actor.ping.remote() for actor in self.actors])
-        except ray.exceptions.RayActorError as exc:
-            self.shutdown()
-            if exc.actor_init_failed:  # e.g. a BFM folder without the model: the user's to fix
-                lines = [line for line in str(exc).splitlines() if line.strip()]
-                reason = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip())  # the class is noise to a user
-                raise InputError(f"the shared fitter did not start: {reason}") from None
-            raise
-
-    def for_lane(self, index: int):
-        return self.actors[index % len(self.actors)]
-
-    def shutdown(self) -> None:
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # already gone
-                pass
-        self.actors = []
-
-
 class SequencePipeline:
-    """Builds the actors of one sequence and runs it to the end (or until `stop` is set).
+    """Runs one sequence through its `SequenceGraph` to the end (or until `stop` is set): ticks in
+    flight (at most `policy.max_inflight`), checkpoints, restarts after a crash, the meta json.
 
     shared_fitter: a `SharedFitter` actor (of a `SharedFitterPool`) that fits this sequence in a
     stream of its own; None: the pipeline has its own `Fitter` actor. on_ready: called with the
@@ -228,288 +101,74 @@ class SequencePipeline:
                  lane: Lane | None = None, shared_fitter=None, on_ready: Callable[[dict], None] | None = None):
         self.job = job
         self.config = config
-        self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
+        self.graph = SequenceGraph(job, config, publish_url, lane, shared_fitter)
         self.progress = progress
         self.position = position
         self.stop = stop or threading.Event()
-        self.live = config.policy.mode == "live"
-        self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
+        self.live = self.graph.live
         self.restarts = 0
         self.resumed_from: list[int] = []  # the frame each restart rewound the stream to
         self.reports: list[FrameReport] = []
         self._arrivals: list[float] = []  # perf_counter when each frame's result reached the driver
         self._publish_ms: dict[int, float] = {}  # capture → publish milliseconds per published frame
-        self._dag = None
-        self.lane = lane
-        self.actors: dict[str, object] = lane.actors if lane is not None else {}
-        self._open_args: dict[str, tuple[tuple, dict]] = {}  # this sequence's arguments per actor
-        self._reused: set[str] = set()  # actors taken over from the lane's earlier sequences
-        self.endpoint: str | None = None
-        if shared_fitter is not None and config.ray.compiled:
-            raise ValueError("a shared fitter serves plain actor calls only (ray.compiled false)")
-        self.shared = shared_fitter
-        # This sequence's stream in the shared fitter (unique: lanes run the same names on re-runs).
-        self.stream_key = f"{job.name or Path(job.save_path).name}-{uuid.uuid4().hex[:8]}"
-        self._next_tick = 0  # the next frame tick to submit; it keeps counting through restarts
         self.on_ready = on_ready
-        self.startup: dict = {}  # seconds of the start-up phases, and how the rig was obtained
+        self.checkpoint = Checkpoint()  # the last one the encoder handed back
         self._clock_start: float | None = None  # perf_counter when the source started
 
-    # ----------------------------------------------------------------------------- actors
-
-    def _remote(self, cls, num_cpus: float = 0.0, restarts: int | None = None):
-        max_restarts = self.config.ray.max_restarts if restarts is None else restarts
-        return ray.remote(cls).options(num_cpus=num_cpus, max_restarts=max_restarts)
-
-    def _actor(self, key: str, cls, *args, num_cpus: float = 0.0, restarts: int | None = None, **kwargs):
-        """This sequence's actor `key`: the lane's one re-opened with these arguments, or a new one.
-        Returns the pending `open` call (None for a new actor)."""
-        self._open_args[key] = (args, kwargs)
-        if key in self.actors:
-            self._reused.add(key)
-            return self.actors[key].open.remote(*args, **kwargs)
-        self.actors[key] = self._remote(cls, num_cpus, restarts).remote(*args, **kwargs)
-        return None
+    @property
+    def startup(self) -> dict:
+        """Seconds of the start-up phases, and how the rig was obtained."""
+        return self.graph.startup
 
     @property
-    def _landmark_keys(self) -> list[str]:
-        """The landmark actors' keys: one per camera (`landmarks.<position>`) or one for all."""
-        if self.config.landmarks.per_camera and self._n_cameras > 1:
-            return [f"landmarks.{k}" for k in range(self._n_cameras)]
-        return ["landmarks"]
-
-    def _new_landmarks(self, missing_only: bool = False) -> list:
-        """Create (or re-open, unless `missing_only`) this sequence's landmark actors; the pending opens."""
-        cfg = self.config
-        keys = self._landmark_keys
-        cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
-        return [self._actor(key, LandmarkDetector, self._n_cameras, thumbnails=cfg.landmarks.thumbnails,
-                            max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
-                            cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
-                for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]
-
-    def _fault_for(self, stage: str) -> dict | None:
-        return self.fault if self.fault and self.fault["stage"] == stage else None
-
-    def build(self) -> dict:
-        """Create the actors (source first: its info sizes the rest) and calibrate the rig.
-
-        The rig calibration (landmarks on the first frame sets) runs while the other actors start
-        (their processes import torch, MediaPipe, PyAV): the fitter gets the extrinsics afterwards
-        through `set_rig`.
-        """
-        cfg = self.config
-        began = time.perf_counter()
-        Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
-        if self.lane is not None:
-            self.lane.sequences += 1
-        unwanted = ("publisher",) + (() if cfg.smoother.enabled else ("smoother",)) + (("fitter",) if self.shared else ())
-        for key in unwanted:
-            if key in self.actors:  # per sequence (publisher) or not wanted now
-                ray.kill(self.actors.pop(key), no_restart=True)
-        opening = [self._actor(
-            "source", CameraSource, self.job.inputs, cameras=cfg.source.cameras, max_frames=cfg.source.max_frames,
-            loop=cfg.source.loop, live=self.live, pace=cfg.source.pace, kinect=self.job.kinect,
-            record_dir=self.job.record_dir, name=self.job.name, fault=self._fault_for("source"))]
-        self._get([r for r in opening if r is not None], "source")
-        self.info = self._get(self.actors["source"].info.remote(), "source")
-        calibration = self.actors["source"].calibrate.remote(cfg.fitter.reference, cfg.fitter.rig, self.job.save_path)
-        self._n_cameras = len(self.info["camera_indices"])
-        for key in [k for k in self.actors if k.startswith("landmarks") and k not in self._landmark_keys]:
-            ray.kill(self.actors.pop(key), no_restart=True)  # the lane's last sequence had other cameras
-        opening = self._new_landmarks()
-        if self.shared is None:
-            opening.append(self._actor("fitter", Fitter, None, dataclasses.asdict(cfg.fitter), cfg.ray.checkpoint_every,
-                                       fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
-                                       max_latency_ms=self._max_latency_ms))
-        if cfg.smoother.enabled:
-            opening.append(self._actor("smoother", Smoother, cfg.smoother.cutoff_hz, cfg.smoother.order,
-                                       float(cfg.output.fps), fault=self._fault_for("smoother")))
-        # The encoder cannot append to a file a dead process left: it is never restarted.
-        opening.append(self._actor("encoder", NutEncoder, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
-                                   allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
-        if self.publish_url:
-            self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
-                        fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
-        # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
-        opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]
-        self.transforms, self.reference = self._get(calibration, "source")
-        self.startup["rig"] = self._get(self.actors["source"].rig_info.remote(), "source")
-        self._get([r for r in opening if r is not None] + [self._open_fitter_stream()], "setup")
-        if self.publish_url:
-            self.endpoint = self._get(self.actors["publisher"].get_endpoint.remote(), "publisher")
-            if self.live:
-                self._get(self.actors["publisher"].set_budget.remote(cfg.policy.max_latency_ms, cfg.output.fps),
-                          "publisher")
-            if cfg.publish.wait_subscribers:
-                self._get(self.actors["publisher"].wait_for_subscribers.remote(
-                    cfg.publish.wait_subscribers, cfg.publish.wait_timeout_s), "publisher")
-        self._get([a.ping.remote() for a in self.actors.values()], "setup")
-        self.startup["actors_s"] = round(time.perf_counter() - began, 3)
-        self._warm_up()
-        self.startup["ready_s"] = round(time.perf_counter() - began, 3)
-        return self.info
-
-    @property
-    def _max_latency_ms(self) -> float | None:
-        return self.config.policy.max_latency_ms if self.live else None
-
-    def _warm_up(self) -> None:
-        """Live: warm every stage on a pre-roll frame set before the capture clock starts: the
-        landmark actors' first inference and depth registration tables (their MediaPipe graphs are
-        built during `build`), the fitter's torch calls, model pack and template (the stream keeps
-        the pre-roll's fit as its warm start). Offline nothing waits for the graph, and the first
-        frame must fit from a cold start as `mmface4d reconstruct` does: no pre-roll. Nor with a
-        compiled graph, whose loop thread builds MediaPipe on first use."""
-        began = time.perf_counter()
-        a = self.actors
-        keys = self._landmark_keys
-        if self.config.ray.compiled or not self.live:
-            self.startup["warm_up"] = {"seconds": 0.0, "preroll": False}
-            return
-        preroll = a["source"].preroll.remote()
-        parts = [a[key].warm_up.remote(preroll) for key in keys]
-        if self.shared is None:
-            fitted = a["fitter"].warm_up.remote(*parts)
-        else:
-            fitted = self.shared.warm_up.remote(self.stream_key, *parts)
-        try:
-            fit = self._get(fitted, "fitter")
-        except ray.exceptions.RayTaskError as exc:
-            # The capture (and its recording) must not depend on the warm-up: the first frames pay instead.
-            error = str(original_error(exc)).splitlines()[0]
-            log.warning("sequence %s: the warm-up failed (%s); starting cold", self.info["name"], error)
-            self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
-                                       "error": error}
-            return
-        self.startup["warm_up"] = {"seconds": round(time.perf_counter() - began, 3), "preroll": True,
-                                   "fit_seconds": fit["seconds"], "face_found": fit["lost"] is False}
-
-    def _ready(self) -> None:
-        """Every actor is warm: say so (log, the status topic, `on_ready`) just before the clock starts."""
-        name = self.info["name"]
-        rig = self.startup.get("rig", {})
-        warm = self.startup.get("warm_up", {})
-        log.info("sequence %s: ready after %.1f s (actors %.1f s, warm-up %.1f s, rig %s%s)", name,
-                 self.startup.get("ready_s", 0.0), self.startup.get("actors_s", 0.0), warm.get("seconds", 0.0),
-                 rig.get("rig"), "" if rig.get("seconds") is None else f" in {rig['seconds']:.1f} s")
-        if self.live and "publisher" in self.actors:  # (offline there is no clock: the topology comes first)
-            self._get(self.actors["publisher"].announce.remote("ready"), "publisher")
-        if self.on_ready is not None:
-            self.on_ready(dict(self.startup, name=name))
-
-    def _open_fitter_stream(self, checkpoint: dict | None = None):
-        """The pending call that gives the fitter this sequence's rig and a fresh stream (or the
-        stream at `checkpoint`, whose ticks continue from the next one to submit)."""
-        if self.shared is None:
-            return self.actors["fitter"].set_rig.remote(self.transforms)
-        return self.shared.open_stream.remote(self.stream_key, self.transforms, self.config.ray.checkpoint_every,
-                                              self._fault_for("fitter"), checkpoint, self._next_tick,
-                                              self._max_latency_ms)
-
-    def _get(self, refs, stage: str):
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
-            cause = original_error(exc)
-            if isinstance(cause, InputError):
-                raise InputError(str(cause).splitlines()[0]) from None
-            raise
-
-    # ------------------------------------------------------------------------------ graph
-
-    def _wire(self, tick, call) -> list:
-        """The per-frame chain from `tick`; `call(method, arg)` binds (compiled graph) or submits
-        (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher]."""
-        a = self.actors
-        frame_set = call(a["source"].read, tick)
-        # One landmark actor per camera (or one for all): the fitter joins their parts by frame.
-        parts = [call(a[key].detect, frame_set) for key in self._landmark_keys]
-        if self.shared is not None:  # (plain calls only) the tick orders this lane's calls in the shared actor
-            packet = self.shared.fit.remote(self.stream_key, tick, *parts)
-        else:
-            packet = call(a["fitter"].fit, *parts)
-        if "smoother" in a:
-            packet = call(a["smoother"].smooth, packet)
-        outputs = [call(a["encoder"].write, packet)]
-        if "publisher" in a:
-            outputs.append(call(a["publisher"].publish, packet))
-        return outputs
-
-    def _compile(self):
-        from ray.dag import InputNode, MultiOutputNode
-
-        with InputNode() as tick:
-            dag = MultiOutputNode(self._wire(tick, lambda method, *args: method.bind(*args)))
-        return dag.experimental_compile(_max_inflight_executions=self.config.policy.max_inflight + 1,
-                                        _submit_timeout=self.config.ray.frame_timeout_s)
-
-    def _submit_plain(self, tick: int) -> list:
-        return self._wire(tick, lambda method, *args: method.remote(*args))
-
-    def _teardown(self) -> None:
-        """Stop the compiled graph. MediaPipe inside the landmark actors keeps Ray's teardown waiting
-        forever (Ray 2.60), so those actors (stateless) are killed first and rebuilt when needed."""
-        if self._dag is not None:
-            dag, self._dag = self._dag, None
-            for key in self._landmark_keys:
-                landmarks = self.actors.pop(key, None)
-                if landmarks is not None:
-                    ray.kill(landmarks, no_restart=True)
-            try:
-                dag.teardown()
-            except Exception as exc:  # a dead actor can make teardown complain; the graph is gone either way
-                log.debug("compiled graph teardown: %s", exc)
-
-    # -------------------------------------------------------------------------------- run
+    def endpoint(self) -> str | None:
+        """The mesh stream's address (None: not published)."""
+        return self.graph.endpoint
 
     def run(self) -> SequenceResult:
         cfg = self.config
+        graph = self.graph
         start = time.perf_counter()
         interrupted = False
         error: str | None = None
         failure: BaseException | None = None
         try:
-            self.build()
+            graph.build()
         except BaseException as exc:
-            for actor in self.actors.values():
-                ray.kill(actor, no_restart=True)
-            self.actors.clear()
-            if self.shared is not None:
-                self.shared.close_stream.remote(self.stream_key)
+            graph.discard()
             if isinstance(exc, InputError):
                 log.error("%s: %s", self.job.name or self.job.save_path, exc)
                 return SequenceResult(self.job, {}, False, str(exc))
             raise
-        total = self.info["frames"] or None
-        name = self.info["name"]
-        self._ready()
+        total = graph.info["frames"] or None
+        name = graph.info["name"]
+        graph.ready(self.on_ready)
         self._clock_start = time.perf_counter()
-        self._get(self.actors["source"].start.remote(0), "source")
-        checkpoint = {"frame": -1, "fitter": None, "smoother": None}
+        graph.get(graph.actors["source"].start.remote(0), "source")
+        self.checkpoint = Checkpoint()
         bar = tqdm(total=total, desc=name, unit="frame", file=sys.stderr, disable=not self.progress,
                    position=self.position, leave=True, dynamic_ncols=True)
         try:
             while True:
                 try:
-                    self._run_stream(bar, checkpoint)
+                    self._run_stream(bar)
                     break
                 except _TIMEOUTS as exc:
                     raise PipelineError(f"sequence {name}: no result within ray.frame_timeout_s = "
                                         f"{cfg.ray.frame_timeout_s} s; the graph is stuck ({type(exc).__name__})") from None
                 except _ACTOR_LOST + (ray.exceptions.RayTaskError,) as exc:
-                    if not _actor_lost(exc):
+                    if not actor_lost(exc):
                         raise
-                    self._teardown()
+                    graph.teardown()
                     self.restarts += 1
                     if self.restarts > cfg.ray.max_restarts:
                         raise PipelineError(f"sequence {name}: an actor died {self.restarts} times, giving up "
                                             f"({type(exc).__name__}: {exc})") from None
-                    resume = checkpoint["frame"] + 1
+                    resume = self.checkpoint.frame + 1
                     self.resumed_from.append(resume)
                     log.warning("sequence %s: an actor died (%s); restarting from frame %d (restart %d of %d)",
                                 name, type(exc).__name__, resume, self.restarts, cfg.ray.max_restarts)
-                    self._resume(resume, checkpoint)
+                    graph.resume(resume, self.checkpoint)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("sequence %s: interrupted; finalizing the outputs", name)
@@ -523,7 +182,7 @@ class SequencePipeline:
             failure, error = exc, str(exc)
         finally:
             bar.close()
-            self._teardown()
+            graph.teardown()
         # Live capture ends with Ctrl-C: that is a normal end, so the meta json is written.
         success = error is None and (not interrupted or self.live)
         meta = self._finish(start, success, interrupted, error)
@@ -532,18 +191,15 @@ class SequencePipeline:
             log.error("%s", error)
         return result
 
-    def _run_stream(self, bar, checkpoint: dict) -> None:
+    def _run_stream(self, bar) -> None:
         cfg = self.config
-        compiled = cfg.ray.compiled
-        if compiled and self._dag is None:
-            self._dag = self._compile()
         inflight: collections.deque = collections.deque()
         ended = False
         while True:
             while not ended and not self.stop.is_set() and len(inflight) < cfg.policy.max_inflight:
-                tick = self._next_tick
-                inflight.append(self._dag.execute(tick) if compiled else self._submit_plain(tick))
-                self._next_tick = tick + 1
+                tick = self.graph.next_tick
+                inflight.append(self.graph.submit(tick))
+                self.graph.next_tick = tick + 1
             if not inflight:
                 break
             head = inflight.popleft()
@@ -555,8 +211,7 @@ class SequencePipeline:
             if len(outputs) > 1 and outputs[1] is not None:
                 self._publish_ms[report.frame] = outputs[1]
             if report.checkpoint is not None:
-                checkpoint.update(frame=report.frame, fitter=report.checkpoint["fitter"],
-                                  smoother=report.checkpoint.get("smoother"))
+                self.checkpoint = report.checkpoint
                 report.checkpoint = None
             if report.kind != "replayed":
                 self.reports.append(report)
@@ -567,62 +222,14 @@ class SequencePipeline:
         if self.stop.is_set() and not ended:
             raise KeyboardInterrupt
 
-    def _resume(self, frame: int, checkpoint: dict) -> None:
-        """After an actor restart: wait for every actor, rewind the stream to `frame`, restore state."""
-        self._new_landmarks(missing_only=True)  # (those killed with a compiled graph's teardown)
-        a = self.actors
-        everyone = list(a.values()) + ([self.shared] if self.shared is not None else [])
-        deadline = time.monotonic() + 120.0
-        while True:
-            try:
-                ray.get([actor.ping.remote() for actor in everyone], timeout=30.0)
-                break
-            except _ACTOR_LOST + (ray.exceptions.GetTimeoutError,):
-                if time.monotonic() > deadline:
-                    raise PipelineError(f"sequence {self.info['name']}: actors did not come back after a crash") from None
-                time.sleep(0.5)
-        # A restarted actor runs its constructor again, with the arguments it was created with: for an
-        # actor taken over from the lane those were another sequence's, so it opens this one again.
-        ray.get([a[key].open.remote(*args, **kwargs) for key, (args, kwargs) in self._open_args.items()
-                 if key in self._reused and (key in ("source", "fitter") or key.startswith("landmarks")) and key in a])
-        if self.shared is None:
-            ray.get(a["fitter"].set_rig.remote(self.transforms))
-            calls = [a["fitter"].restore.remote(checkpoint["fitter"])]
-        else:  # a restarted shared fitter knows no stream; a surviving one drops the lane's old ticks
-            calls = [self._open_fitter_stream(checkpoint["fitter"])]
-        calls += [a[key].reset.remote() for key in self._landmark_keys] + [a["source"].start.remote(frame)]
-        if "smoother" in a:
-            calls.append(a["smoother"].restore.remote(checkpoint["smoother"]))
-        ray.get(calls)
-
     def _finish(self, start: float, success: bool, interrupted: bool, error: str | None) -> dict:
-        a = self.actors
+        """Collect the end figures, write the meta json with the files, release the actors."""
+        graph = self.graph
         elapsed = time.perf_counter() - start
-        summary, faces, source_stats = {}, None, {}
-        if self.shared is None:
-            fitter_calls = [a["fitter"].summary.remote(), a["fitter"].faces.remote()]
-        else:
-            fitter_calls = [self.shared.summary.remote(self.stream_key), self.shared.faces.remote(self.stream_key)]
-        try:
-            summary, faces, source_stats = ray.get(fitter_calls + [a["source"].stats.remote()], timeout=60.0)
-        except Exception as exc:  # a dead fitter loses only the summary: the files are finalized below
-            log.warning("could not collect the fitter summary: %s", exc)
-        if self.shared is not None:
-            try:
-                ray.get(self.shared.close_stream.remote(self.stream_key), timeout=60.0)
-            except Exception as exc:  # gone with a crashed actor already
-                log.debug("closing the shared fitter stream: %s", exc)
-        recorded = []
-        try:
-            recorded = ray.get(a["source"].close.remote(), timeout=120.0)
-        except Exception as exc:
-            log.warning("closing the source: %s", exc)
+        summary, faces, source_stats, recorded = graph.collect()
         kinds = collections.Counter(r.kind for r in self.reports)
         if self.live and source_stats.get("captured"):
-            try:  # frames captured after the last mesh are dropped ones too: the file covers them all
-                ray.get(a["encoder"].fill_to.remote(int(source_stats["captured"])), timeout=60.0)
-            except Exception as exc:
-                log.warning("filling the last dropped frames: %s", exc)
+            graph.fill_to(int(source_stats["captured"]))
         fitted_reports = [(r, t) for r, t in zip(self.reports, self._arrivals) if r.kind in ("mesh", "lost")]
         fitted = {r.frame for r, _ in fitted_reports}
         last = max([r.frame for r in self.reports] + [int(source_stats.get("captured", 0)) - 1 if self.live else -1])
@@ -647,15 +254,15 @@ class SequencePipeline:
         frames_done = last + 1
         meta = {
             "source": list(self.job.inputs),
-            "cameras": [{"index": i, "serial": s} for i, s in zip(self.info["camera_indices"], self.info["serials"])],
-            "reference_camera": self.reference,
+            "cameras": [{"index": i, "serial": s} for i, s in zip(graph.info["camera_indices"], graph.info["serials"])],
+            "reference_camera": graph.reference,
             "device": self.config.fitter.device,
             "smoothed": self.config.smoother.enabled,
             "policy": self.config.policy.mode,
             "compiled_graph": self.config.ray.compiled,
             **summary,
             "frames_in": frames_done,
-            "input_frames": None if self.live else self.info.get("input_frames"),
+            "input_frames": None if self.live else graph.info.get("input_frames"),
             "frames_captured": source_stats.get("captured"),
             "frames_dropped": dropped,
             "source_frames_dropped": source_stats.get("dropped", 0),
@@ -675,7 +282,7 @@ class SequencePipeline:
             "frames_dropped_by_cause": dropped_by_cause,
             "latency_budget": (dict(budget.report(), measured_to="publish" if self._publish_ms else "encoded")
                                if self.live else None),
-            "stage_latency_ms": {k: percentiles(v) for k, v in sorted(stage_ms.items())},
+            "stage_latency_ms": {k: latency_stats(v) for k, v in sorted(stage_ms.items())},
             "recorded": recorded,
             "first_recorded_host_ns": source_stats.get("first_recorded_host_ns"),
             "counts": dict(kinds),
@@ -684,20 +291,8 @@ class SequencePipeline:
             meta["error"] = error
         if interrupted:
             meta["interrupted"] = True
-        try:
-            counts = ray.get(a["encoder"].close.remote(faces, meta, success), timeout=120.0)
-            meta.update(counts)
-        except Exception as exc:
-            log.error("finalizing %s: %s", self.job.save_path, exc)
-        if "publisher" in a:
-            try:
-                ray.get(a["publisher"].close.remote("interrupted" if interrupted else "error" if error else "finished"),
-                        timeout=30.0)
-            except Exception as exc:
-                log.warning("closing the publisher: %s", exc)
+        end_reason = "interrupted" if interrupted else "error" if error else "finished"
+        meta.update(graph.finalize(faces, meta, success, end_reason))
         # A lane keeps healthy actors for its next sequence; the publisher is per sequence.
-        keep = self.lane is not None and success and not interrupted and self.restarts == 0
-        for key in list(a):
-            if not keep or key == "publisher":
-                ray.kill(a.pop(key), no_restart=True)
+        graph.release(graph.lane is not None and success and not interrupted and self.restarts == 0)
         return meta

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import ray
 
 from graphs.config import GraphConfig
-from graphs.frame_graph import Lane, SequenceJob, SequencePipeline, SequenceResult, SharedFitterPool, shared_fitter_plan
+from graphs.frame_graph import SequencePipeline, SequenceResult
+from graphs.sequence_graph import Lane, SequenceJob, SharedFitterPool, shared_fitter_plan
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.pipeline.sinks import is_finished
 

@@ -27,11 +27,15 @@ from typing import NamedTuple
 import numpy as np
 from scipy import signal
 
+from mmface4d_stream.formats.sequence import DATASET_FPS
+
 log = logging.getLogger(__name__)
 
+# The one place of the smoothing defaults (the upstream design: order 5, 5 Hz at the dataset's 30 fps);
+# `pipeline.stage_config.SmoothStageConfig`, the stages and the CLI take them from here.
 DEFAULT_CUTOFF_HZ = 5.0
 DEFAULT_ORDER = 5
-DEFAULT_FPS = 30.0
+DEFAULT_FPS = float(DATASET_FPS)
 UPSTREAM_PAD_FRAMES = 3
 # Working memory for one vertex chunk in `smooth_mesh_nut` (float64 copies inside filtfilt).
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -97,6 +101,16 @@ class CausalButterworth:
         """Forget the state; the next frame starts a new sequence (and may have a new shape)."""
         self._zi = None
         self._frame_shape = None
+
+    def state(self) -> dict:
+        """The filter's state after the last frame (picklable): {"zi": (sections, 2, elements) float64
+        or None before the first frame, "frame_shape": the frames' shape or None}."""
+        return {"zi": None if self._zi is None else self._zi.copy(), "frame_shape": self._frame_shape}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` of a filter with the same design (cutoff, order, fps, init)."""
+        self._zi = None if state["zi"] is None else np.array(state["zi"], dtype=np.float64)
+        self._frame_shape = None if state["frame_shape"] is None else tuple(state["frame_shape"])
 
     def filter(self, frames: np.ndarray) -> np.ndarray:
         """Filter a chunk of consecutive frames, shape (T, *frame_shape); returns the same shape.

@@ -227,6 +227,9 @@ class LiveAnimator:
             bar.close()
             torch.set_num_threads(threads)
         elapsed = max(time.monotonic() - started, 1e-9)
+        from mmface4d_stream.pipeline.latency_budget import latency_stats
+
         lat = np.array(latencies) if latencies else np.zeros(1)
-        return LiveResult(len(latencies), received / rate, float(np.percentile(lat, 50)),
-                          float(np.percentile(lat, 95)), float(lat.max()), len(latencies) / elapsed)
+        stats = latency_stats(lat, None)
+        return LiveResult(len(latencies), received / rate, stats["p50"], stats["p95"], float(lat.max()),
+                          len(latencies) / elapsed)

@@ -7,6 +7,7 @@ streams of different lengths, an audio track of another duration, missing files.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,9 +22,41 @@ from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.landmarks import landmark_frame_count
 
 STREAM_SUFFIXES = ("mp4", "nut", "json", "pkl")
-DATASET_FPS = 30.0
+# A camera's file of a dataset sequence: `<name>_<camera index>.<suffix>`.
+CAMERA_FILE = re.compile(r"(?P<name>.+)_(?P<camera>\d+)\.(?P<suffix>\w+)")
+# The MMFace4D capture rate, frames per second (the one definition: sources, outputs and checks use it).
+DATASET_FPS = 30
 # Audio may differ from the video span by up to a frame before we call it inconsistent.
 AUDIO_TOLERANCE_S = 1.0 / DATASET_FPS
+
+
+def camera_file(filename: str, suffixes: tuple[str, ...] = STREAM_SUFFIXES) -> tuple[str, int] | None:
+    """(sequence name, camera index) of a dataset camera file name with one of `suffixes`, else None."""
+    m = CAMERA_FILE.fullmatch(filename)
+    if m is None or m["suffix"] not in suffixes:
+        return None
+    return m["name"], int(m["camera"])
+
+
+def sequence_names(directory: str | os.PathLike, suffixes: tuple[str, ...] = ("json", "mp4")) -> list[str]:
+    """Names of the dataset sequences in `directory` (not below): those with a camera file of one
+    of `suffixes` (mesh triplets, `<prefix>_0.nut` only, do not count with the default)."""
+    return sorted({parsed[0] for p in Path(directory).iterdir() if (parsed := camera_file(p.name, suffixes))})
+
+
+def sequence_cameras(prefix: str | os.PathLike, suffixes: tuple[str, ...] = STREAM_SUFFIXES) -> list[int]:
+    """Camera indices of the sequence `<dir>/<name>`: every `<name>_<cam>.<suffix>` beside the prefix."""
+    prefix = Path(prefix)
+    if not prefix.parent.is_dir():
+        return []
+    return sorted({parsed[1] for p in prefix.parent.glob(f"{glob.escape(prefix.name)}_*.*")
+                   if (parsed := camera_file(p.name, suffixes)) and parsed[0] == prefix.name})
+
+
+def mkv_session_name(path: str | os.PathLike) -> str:
+    """The session name of an Azure Kinect recording `<session>_<device>.mkv` (the text before the
+    last underscore): the recordings of one session share it, and it names the session's outputs."""
+    return Path(path).stem.rsplit("_", 1)[0]
 
 
 @dataclass
@@ -66,8 +99,7 @@ class DatasetSequence:
         path = Path(path)
         if path.is_dir():
             # A sequence has per-camera json or mp4 files; mesh triplets (`<prefix>_0.nut` only) do not count.
-            names = sorted({m.group(1) for p in path.iterdir()
-                            if (m := re.fullmatch(r"(.+)_\d+\.(?:json|mp4)", p.name))})
+            names = sequence_names(path)
             if len(names) != 1:
                 raise InputError(f"folder holds {len(names)} sequences ({', '.join(names) or 'none'}); "
                                  "give <dir>/<name>", path)
@@ -91,13 +123,8 @@ class DatasetSequence:
             self.audio_duration_s = samples.shape[0] / float(rate)
 
     def _find_cameras(self) -> list[CameraStreams]:
-        indices = set()
-        for p in self.directory.glob(f"{self.name}_*.*"):
-            m = re.fullmatch(re.escape(self.name) + r"_(\d+)\.(mp4|nut|json|pkl)", p.name)
-            if m:
-                indices.add(int(m.group(1)))
         cameras = []
-        for index in sorted(indices):
+        for index in sequence_cameras(self.directory / self.name):
             cam = CameraStreams(index)
             base = self.directory / f"{self.name}_{index}"
             if (p := base.with_suffix(".mp4")).is_file():
@@ -129,7 +156,7 @@ class DatasetSequence:
     @property
     def fps(self) -> float:
         rates = [r for c in self.cameras for r in (c.color_fps, c.depth_fps) if r]
-        return rates[0] if rates else DATASET_FPS
+        return rates[0] if rates else float(DATASET_FPS)
 
     def camera(self, index: int) -> CameraStreams:
         for cam in self.cameras:

@@ -24,6 +24,7 @@ def _camera_selection(count: int | None, available: int) -> list[int] | None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
+    from mmface4d_stream.pipeline.stage_config import FitStageConfig, SmoothStageConfig, SourceConfig
 
     if bool(args.file_path) == bool(args.mkv):
         raise InputError("give either --file_path DIR/NAME or --mkv A.mkv [B.mkv ...]")
@@ -37,10 +38,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         cameras = _camera_selection(args.cameras, len(DatasetSequence(args.file_path).camera_indices))
     elif args.mkv and args.cameras is not None and args.cameras != len(args.mkv):
         raise InputError("with --mkv, give exactly the recordings to use instead of --cameras")
-    options = ReconstructOptions(cameras=cameras, face_model=args.face_model, bfm_folder=args.bfm_folder,
-                                 landmark_mapping=args.landmark_mapping, device=args.device, rig_path=args.rig,
-                                 reference=args.reference, smooth=args.smooth, max_frames=args.max_frames,
-                                 progress=not args.no_progress)
+    options = ReconstructOptions(
+        source=SourceConfig(cameras=cameras, max_frames=args.max_frames),
+        fitter=FitStageConfig(face_model=args.face_model, bfm_folder=args.bfm_folder,
+                              landmark_mapping=args.landmark_mapping, device=args.device, rig=args.rig,
+                              reference=args.reference),
+        smoother=SmoothStageConfig(enabled=args.smooth), progress=not args.no_progress)
     meta = reconstruct(inputs, args.save_path, options)
     print(json.dumps({k: meta[k] for k in ("frames", "frames_lost_face", "model", "frames_per_second")}),
           file=sys.stderr)

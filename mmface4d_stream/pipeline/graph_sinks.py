@@ -60,12 +60,8 @@ class CountingPublishSink(PublishSink):
     budget = None
     state: str | None = None
 
-    @property
-    def has_topology(self) -> bool:
-        return self._topology_shape is not None
-
     def record_drop(self, stage: str, n: int = 1) -> None:
-        self._meters.setdefault(stage, self._meter_cls()).drop(n)
+        self.meter(stage).drop(n)
 
     def status_extra(self) -> dict:
         extra = {} if self.state is None else {"state": self.state}
@@ -76,5 +72,4 @@ class CountingPublishSink(PublishSink):
     def announce(self, state: str) -> None:
         """Publish a status at once saying the graph is in `state` ("ready": warm, the clock starts)."""
         self.state = state
-        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, force=True,
-                                      **self.status_extra())
+        self.publish_status(force=True)

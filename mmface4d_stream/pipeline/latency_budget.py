@@ -30,12 +30,24 @@ import numpy as np
 DROP_CAUSES = ("source_busy", "too_old", "fitter_busy")
 
 
-def p50_p95(values) -> dict[str, float] | None:
-    """{"p50", "p95"} of `values` in their unit, rounded to 0.1; None when there are none."""
+def latency_stats(values, digits: int | None = 2) -> dict[str, float]:
+    """{"p50", "p95", "mean", "n"} of `values` (e.g. milliseconds, in their unit), rounded to
+    `digits` decimals (None: unrounded); {} when there are none. The one percentile summary of the
+    project: meta json (`stage_latency_ms`), live budget, stream reports."""
     a = np.asarray(list(values), dtype=np.float64)
     if a.size == 0:
-        return None
-    return {"p50": round(float(np.percentile(a, 50)), 1), "p95": round(float(np.percentile(a, 95)), 1)}
+        return {}
+    p50, p95 = np.percentile(a, [50, 95])
+    figures = {"p50": float(p50), "p95": float(p95), "mean": float(a.mean())}
+    if digits is not None:
+        figures = {k: round(v, digits) for k, v in figures.items()}
+    return dict(figures, n=int(a.size))
+
+
+def p50_p95(values) -> dict[str, float] | None:
+    """{"p50", "p95"} of `values` in their unit, rounded to 0.1; None when there are none."""
+    stats = latency_stats(values, 1)
+    return {"p50": stats["p50"], "p95": stats["p95"]} if stats else None
 
 
 class LatencyBudget:

@@ -9,50 +9,41 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.pipeline.sinks import MeshNutSink, output_paths
-from mmface4d_stream.pipeline.sources import open_source
-from mmface4d_stream.pipeline.stages import FitStage, LandmarkStage, SmoothStage, calibrate_rig
+from mmface4d_stream.pipeline.latency_budget import latency_stats
+from mmface4d_stream.pipeline.rig_setup import resolve_rig
+from mmface4d_stream.pipeline.sinks import output_paths
+from mmface4d_stream.pipeline.stage_config import (FitStageConfig, LandmarkStageConfig, OutputConfig, SmoothStageConfig,
+                                                   SourceConfig, check_section)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ReconstructOptions:
-    """What `reconstruct` builds. face_model: "template" (built-in, no licensed file) or "bfm"."""
+    """What `reconstruct` builds: the same typed stage configs as the graph's (`pipeline.stage_config`).
 
-    cameras: Sequence[int] | None = None
-    face_model: str = "template"
-    bfm_folder: str | None = None
-    landmark_mapping: str | None = None
-    device: str = "cpu"
-    rig_path: str | None = None
-    reference: int | None = None
-    smooth: bool = False
-    max_frames: int | None = None
+    source: cameras and max_frames (loop and pace are the graph's). fitter: face model, device,
+    rig file and reference camera, torch threads. smoother: `enabled` runs the causal filter while
+    fitting. output: the mesh files' frame rate. progress: a progress bar on stderr.
+    """
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    fitter: FitStageConfig = field(default_factory=FitStageConfig)
+    smoother: SmoothStageConfig = field(default_factory=SmoothStageConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     progress: bool = True
-    # The fitter is many small tensor ops: one thread is fastest on a CPU shared with the decoders.
-    torch_threads: int = 1
 
-
-def load_face_model(options: ReconstructOptions):
-    """None for the template (the fitter builds it from the first good frame), else the user's BFM."""
-    if options.face_model == "template":
-        return None
-    if options.face_model == "bfm":
-        if not options.bfm_folder:
-            raise InputError("--face-model bfm needs --bfm-folder (the BFM is licensed per user)")
-        from mmface4d_stream.face.models import BfmModel
-
-        return BfmModel.load(options.bfm_folder, options.landmark_mapping)
-    raise InputError(f"unknown face model {options.face_model!r} (template or bfm)")
+    def check(self) -> None:
+        """Every section against its allowed values (ConfigError naming the key)."""
+        for name in ("source", "fitter", "smoother", "output"):
+            check_section(getattr(self, name), name, "reconstruct options")
 
 
 def check_device(device: str, torch_threads: int | None = None) -> str:
@@ -65,21 +56,6 @@ def check_device(device: str, torch_threads: int | None = None) -> str:
     return device
 
 
-def rig_transforms_for(source, options: ReconstructOptions, save_path: str):
-    """Per-camera T_ref_from_cam: identity for one camera, else from --rig or calibrated now."""
-    from mmface4d_stream.fit.rig import RigCalibration
-
-    if len(source.camera_indices) == 1:
-        return None, None
-    if options.rig_path:
-        rig = RigCalibration.load(options.rig_path)
-    else:
-        log.info("calibrating the rig from the first frames of %s", source.name)
-        rig = calibrate_rig(source, reference=options.reference)
-        rig.save(f"{save_path}_rig.json")
-    return rig.transforms_for(source.serials, options.rig_path), rig
-
-
 def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLike,
                 options: ReconstructOptions | None = None) -> dict:
     """Reconstruct a dataset sequence (`<dir>/<name>`) or a set of MKVs into `save_path_{0,1,2}.nut`.
@@ -87,16 +63,17 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     Returns the meta dict also written to `save_path_meta.json`.
     """
     options = options or ReconstructOptions()
+    options.check()
     save_path = str(save_path)
     Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    check_device(options.device, options.torch_threads)
-    model = load_face_model(options)
-    source = open_source(inputs, cameras=options.cameras, max_frames=options.max_frames)
-    transforms, rig = rig_transforms_for(source, options, save_path)
-    landmarks = LandmarkStage(len(source.camera_indices))
-    fitter = FitStage(transforms, model=model, device=options.device)
-    smoother = SmoothStage() if options.smooth else None
-    sink = MeshNutSink(save_path)
+    check_device(options.fitter.device, options.fitter.torch_threads)
+    model = options.fitter.load_model()
+    source = options.source.open(inputs)
+    rig = resolve_rig(source, options.fitter.rig, options.fitter.reference, save_path)
+    landmarks = LandmarkStageConfig().build(len(source.camera_indices))
+    fitter = options.fitter.build(rig.transforms, model=model)
+    smoother = options.smoother.build(options.output.fps) if options.smoother.enabled else None
+    sink = options.output.build(save_path)
     start = time.perf_counter()
     success = False
     stage_ms: dict[str, list[float]] = {}
@@ -127,15 +104,14 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
         meta = {
             "source": [str(p) for p in inputs],
             "cameras": [{"index": i, "serial": s} for i, s in zip(source.camera_indices, source.serials)],
-            "reference_camera": None if rig is None else rig.reference,
-            "device": options.device,
-            "smoothed": bool(options.smooth),
+            "reference_camera": rig.reference,
+            "device": options.fitter.device,
+            "smoothed": bool(options.smoother.enabled),
             "input_frames": getattr(source, "input_frames", None),
             **fitter.summary(),
             "seconds": round(elapsed, 3),
             "frames_per_second": round(fitter.frames / elapsed, 3) if elapsed > 0 else None,
-            "stage_ms": {stage: {"mean": round(float(np.mean(v)), 3), "p50": round(float(np.percentile(v, 50)), 3),
-                                 "p95": round(float(np.percentile(v, 95)), 3)} for stage, v in stage_ms.items()},
+            "stage_latency_ms": {stage: latency_stats(v) for stage, v in sorted(stage_ms.items())},
         }
         sink.close(faces=fitter.faces, meta=meta, success=success)
     if sink.frames_written == 0:
@@ -143,4 +119,4 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     return meta
 
 
-__all__ = ["ReconstructOptions", "reconstruct", "output_paths"]
+__all__ = ["ReconstructOptions", "reconstruct", "output_paths", "check_device"]

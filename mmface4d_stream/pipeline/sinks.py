@@ -45,6 +45,13 @@ def is_finished(save_path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and meta.get("complete", True) is True
 
 
+def stage_latency(meta: dict) -> dict[str, dict[str, float]]:
+    """Per stage the latency figures of a meta json ({stage: {p50, p95, mean, n}} milliseconds):
+    `stage_latency_ms`, or the `stage_ms` ({mean, p50, p95}) that `reconstruct` wrote before."""
+    figures = meta.get("stage_latency_ms")
+    return dict(figures if figures is not None else meta.get("stage_ms", {}))
+
+
 def update_meta(save_path: str | os.PathLike, fields: dict) -> bool:
     """Add `fields` to a finished reconstruction's meta json (atomically); False when there is none."""
     path = output_paths(save_path)["meta"]
@@ -92,6 +99,10 @@ class MeshNutSink:
         self.frames_written += 1
         return mesh
 
+    def abort(self) -> None:
+        """Finalize the nut files as they are (decodable), without faces or meta json (a dying process)."""
+        self.writer.close(success=False)
+
     def close(self, faces: np.ndarray | None = None, meta: dict | None = None, success: bool = True) -> None:
         self.writer.close(success=success)
         if faces is not None:
@@ -117,6 +128,33 @@ class PublishSink:
         self._meter_cls = StageMeter
         self._topology_shape: tuple[int, int] | None = None
 
+    @property
+    def endpoint(self) -> str:
+        """The address subscribers connect to (the bound port when the url asked for any)."""
+        return self.publisher.endpoint
+
+    def wait_for_subscribers(self, n: int, timeout_s: float | None) -> bool:
+        """Wait until `n` subscribers are connected (False when `timeout_s` passed first)."""
+        return self.publisher.wait_for_subscribers(n, timeout_s)
+
+    def stats(self) -> dict:
+        """The publisher's counters (meshes, status and topology sent, subscriptions, drops)."""
+        return {k: v for k, v in vars(self.publisher.stats).items() if isinstance(v, (int, float))}
+
+    @property
+    def has_topology(self) -> bool:
+        """Whether subscribers were given the triangles (no mesh can be drawn before)."""
+        return self._topology_shape is not None
+
+    def meter(self, stage: str):
+        """The `StageMeter` behind the status figures of `stage` (made on first use)."""
+        return self._meters.setdefault(stage, self._meter_cls())
+
+    def publish_status(self, force: bool = False) -> None:
+        """Publish the status now (`force`) or when its 1 Hz period is due."""
+        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, force=force,
+                                      **self.status_extra())
+
     def set_faces(self, faces: np.ndarray, n_vertices: int) -> None:
         if self._topology_shape != (len(faces), n_vertices):
             self.publisher.set_topology(faces, n_vertices)
@@ -132,18 +170,19 @@ class PublishSink:
             thumbnails=[Thumbnail(str(cam), jpeg, width, height) for cam, jpeg, width, height in mesh.thumbnails])
         now = time.monotonic_ns()
         for stage, ms in mesh.timings_ms.items():
-            self._meters.setdefault(stage, self._meter_cls()).record(ms / 1e3)
+            self.meter(stage).record(ms / 1e3)
         if mesh.t_source_ns:
-            self._meters.setdefault("capture_to_publish", self._meter_cls()).record((now - mesh.t_source_ns) / 1e9)
-        self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, **self.status_extra())
+            self.meter("capture_to_publish").record((now - mesh.t_source_ns) / 1e9)
+        self.publish_status()
         return mesh
 
     def status_extra(self) -> dict:
         """Optional status fields (`state`, `budget`) for `publish_status`; none here."""
         return {}
 
-    def close(self) -> None:
+    def close(self, reason: str = "finished") -> None:
+        """Send `end` with `reason` (finished, interrupted, error) and close the socket."""
         try:
-            self.publisher.publish_end()
+            self.publisher.publish_end(reason)
         finally:
             self.publisher.close()

@@ -16,10 +16,8 @@ import numpy as np
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
-from mmface4d_stream.formats.sequence import DatasetSequence
+from mmface4d_stream.formats.sequence import DATASET_FPS, DatasetSequence, mkv_session_name
 from mmface4d_stream.types import CameraFrame, FrameSet
-
-DATASET_FPS = 30
 
 
 class DatasetSource:
@@ -133,7 +131,7 @@ class MkvSource:
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise InputError("no MKV recordings given")
-        self.name = name or self.paths[0].stem.rsplit("_", 1)[0]
+        self.name = name or mkv_session_name(self.paths[0])
         self.max_frames = max_frames
         # Probe once for serials, calibrations and the frame-set count; iteration reopens.
         with SessionSync(self.paths, tracks=("COLOR", "DEPTH")) as sync:

@@ -2,7 +2,8 @@
 
 `LandmarkStage` (one per camera set): MediaPipe landmarks, then a crop around the face so only
 small arrays travel further. `FitStage`: the rig's extrinsics and the warm-started fitter.
-`SmoothStage`: causal Butterworth on the vertices.
+`SmoothStage`: causal Butterworth on the vertices. Their settings, with the defaults, are the
+typed configs of `pipeline.stage_config` (each builds its stage); the rig is `pipeline.rig_setup`'s.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
+from mmface4d_stream.errors import InputError, StageError
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.pipeline.sources import DepthRegistrations
+from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_FPS, DEFAULT_ORDER
 from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
 
 log = logging.getLogger(__name__)
@@ -27,25 +30,8 @@ CROP_MARGIN = 0.35
 THUMBNAIL_SIDE_PX = 160
 
 
-class StageError(RuntimeError):
-    """A stage failed on one frame: names the stage, the sequence, the frame and the camera (None: all).
-
-    Picklable (it crosses Ray actor boundaries); `detail` is the original exception's one-line text.
-    """
-
-    def __init__(self, stage: str, seq: str, frame: int, camera: int | None = None, detail: str = ""):
-        self.stage, self.seq, self.frame, self.camera, self.detail = stage, seq, frame, camera, detail
-        where = f"sequence {seq}, frame {frame}" + ("" if camera is None else f", camera {camera}")
-        super().__init__(f"stage {stage} failed on {where}: {detail}")
-
-    def __reduce__(self):
-        return StageError, (self.stage, self.seq, self.frame, self.camera, self.detail)
-
-
 def _stage_error(stage: str, seq: str, frame: int, camera: int | None, exc: BaseException) -> BaseException:
     """Wrap an unexpected exception with its frame context (user-input errors pass unchanged)."""
-    from mmface4d_stream.errors import InputError
-
     if isinstance(exc, (InputError, StageError)):
         return exc
     return StageError(stage, seq, frame, camera, f"{type(exc).__name__}: {exc}")
@@ -175,7 +161,8 @@ class FitStage:
     """Fit the face model to each observed frame, warm-started from the previous one.
 
     rig_transforms: per camera (in frame-set order) the 4x4 T_ref_from_cam; None for one camera
-    (identity). Use `calibrate_rig` to get them from the first frames of a multi-camera sequence.
+    (identity). `rig_setup.resolve_rig` gives them (a rig file, or calibrated on the first frames
+    of a multi-camera sequence).
     fitter: the stream's fitter when it is not a new `FaceFitter(model, config, device)`: a
     `StreamSlot` of a fitter shared by many sequences (`model` is then that fitter's model, None for
     per-stream templates). The bookkeeping (lost frames, residual sums, checkpoints, faces) is the
@@ -348,7 +335,7 @@ class SmoothStage:
     made-up motion.
     """
 
-    def __init__(self, cutoff_hz: float = 5.0, order: int = 5, fps: float = 30.0):
+    def __init__(self, cutoff_hz: float = DEFAULT_CUTOFF_HZ, order: int = DEFAULT_ORDER, fps: float = DEFAULT_FPS):
         from mmface4d_stream.smooth import CausalButterworth
 
         self.filter = CausalButterworth(cutoff_hz=cutoff_hz, order=order, fps=fps)
@@ -368,46 +355,14 @@ class SmoothStage:
         return dataclasses.replace(mesh, vertices=vertices, smoothed=True, timings_ms=timings)
 
     def state(self) -> dict:
-        """The filter's section state and frame shape after the last frame (picklable)."""
-        return {"zi": None if self.filter._zi is None else self.filter._zi.copy(),
-                "frame_shape": self.filter._frame_shape, "shape": self._shape}
+        """The filter's state (`CausalButterworth.state`) and frame shape after the last frame (picklable)."""
+        return {"filter": self.filter.state(), "shape": self._shape}
 
     def restore(self, state: dict) -> None:
         """Continue from a `state()` of a `SmoothStage` with the same design."""
-        self.filter._zi = None if state["zi"] is None else np.array(state["zi"])
-        self.filter._frame_shape = state["frame_shape"]
+        self.filter.restore(state["filter"])
         self._shape = state["shape"]
 
     def close(self) -> None:
         pass
 
-
-def calibrate_rig(source, landmark_config: LandmarkerConfig | None = None, frames: int = 5,
-                  max_frames: int = 150, reference: int | None = None):
-    """Solve the rig's extrinsics from the first frames where every camera sees the face.
-
-    Runs its own landmark stage over at most `max_frames` frame sets of `source` (an iterable of
-    `FrameSet`), keeping `frames` good ones. Returns a `fit.rig.RigCalibration`.
-    """
-    from mmface4d_stream.errors import InputError
-    from mmface4d_stream.fit.rig import RigCalibrator
-
-    calibrator = RigCalibrator(source.intrinsics, source.serials, reference=reference)
-    landmarkers = [FaceLandmarker(landmark_config) for _ in source.intrinsics]
-    registrations = DepthRegistrations()
-    try:
-        for count, frame_set in enumerate(source):
-            if count >= max_frames or calibrator.n_frames >= frames:
-                break
-            if any(c is None or (c.depth_mm is None and c.depth_raw is None) for c in frame_set.cameras):
-                continue
-            depths = [registrations.full(c) for c in frame_set.cameras]
-            results = [lm.process(c.rgb, d) for lm, c, d in zip(landmarkers, frame_set.cameras, depths)]
-            calibrator.add_frame([r.points_px if r.found else None for r in results], depths, frame_set.frame)
-    finally:
-        for landmarker in landmarkers:
-            landmarker.close()
-    if calibrator.n_frames == 0:
-        raise InputError(f"no frame among the first {max_frames} where every camera sees the face with depth; "
-                         "cannot calibrate the rig (give --rig rig.json)")
-    return calibrator.solve()

@@ -72,10 +72,10 @@ def _read_key(value: str | None) -> str | None:
 
 
 def _percentiles_ms(samples_ns: list[int]) -> tuple[float, float]:
-    if not samples_ns:
-        return float("nan"), float("nan")
-    p50, p95 = np.percentile(np.asarray(samples_ns, dtype=np.float64) / 1e6, [50, 95])
-    return float(p50), float(p95)
+    from mmface4d_stream.pipeline.latency_budget import latency_stats
+
+    stats = latency_stats(np.asarray(samples_ns, dtype=np.float64) / 1e6, None)
+    return (stats["p50"], stats["p95"]) if stats else (float("nan"), float("nan"))
 
 
 class _Recorder:

@@ -8,6 +8,7 @@ import numpy as np
 
 from actors import Dropped, Fitter, FrameReport, LandmarkDetector, MeshPacket, NutEncoder, Smoother
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
+from mmface4d_stream.pipeline.stage_config import FitStageConfig
 from mmface4d_stream.types import FrameSet, MeshFrame
 
 
@@ -45,7 +46,7 @@ def test_landmark_detector_drops_frames_older_than_the_latency_bound():
 
 def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observed):
     observed = one_camera_observed
-    options = {"face_model": "template", "device": "cpu", "torch_threads": 1}
+    options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
 
     def run(fitter, smoother, frames):
         out = []
@@ -59,12 +60,13 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
     assert all(isinstance(p, MeshPacket) and not p.mesh.lost for p in straight)
     assert straight[0].faces is not None and straight[1].faces is None
     checkpoint = straight[3].checkpoint
-    assert checkpoint is not None and set(checkpoint) == {"fitter", "smoother"} and straight[4].checkpoint is None
+    assert checkpoint is not None and checkpoint.fitter is not None and checkpoint.smoother is not None
+    assert checkpoint.frame == 3 and straight[4].checkpoint is None
 
     # A fresh pair (as after a process restart) restored to frame 3 continues like the uninterrupted run.
     fitter2, smoother2 = Fitter(None, options, checkpoint_every=3), Smoother()
-    fitter2.restore(checkpoint["fitter"])
-    smoother2.restore(checkpoint["smoother"])
+    fitter2.restore(checkpoint.fitter)
+    smoother2.restore(checkpoint.smoother)
     resumed = run(fitter2, smoother2, observed[4:])
     assert resumed[0].faces is not None  # the publisher gets the topology again
     for a, b in zip(straight[4:], resumed):
@@ -75,7 +77,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
 def test_stage_error_survives_pickling_with_its_context():
     import pickle
 
-    from mmface4d_stream.pipeline.stages import StageError
+    from mmface4d_stream.errors import StageError
 
     error = pickle.loads(pickle.dumps(StageError("landmarks", "seq1", 17, 2, "ValueError: bad")))
     assert str(error) == "stage landmarks failed on sequence seq1, frame 17, camera 2: ValueError: bad"

@@ -10,6 +10,7 @@ import numpy as np
 from actors import Dropped, Fitter, MeshPacket
 from actors.latency_gate import StaleFrameGate
 from actors.zmq_publisher import ZmqPublisher
+from mmface4d_stream.pipeline.stage_config import FitStageConfig
 from mmface4d_stream.stream.schema import StatusMessage
 from mmface4d_stream.stream.subscriber import MeshSubscriber
 from mmface4d_stream.types import MeshFrame, ObservedFrame
@@ -35,7 +36,7 @@ def test_gates_drop_late_frames_with_their_cause():
 
 
 def test_fitter_warms_on_a_preroll_and_joins_per_camera_parts(one_camera_observed):
-    options = {"face_model": "template", "device": "cpu", "torch_threads": 1}
+    options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
     first = one_camera_observed[0]
     fitter = Fitter(None, options)
     warm = fitter.warm_up(first)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mmface4d_stream.k4a.registration import DepthToColorRegistration
+from mmface4d_stream.pipeline.rig_setup import calibrate_rig
 from mmface4d_stream.pipeline.sources import DepthRegistrations, MkvSource
-from mmface4d_stream.pipeline.stages import LandmarkStage, calibrate_rig
+from mmface4d_stream.pipeline.stages import LandmarkStage
 
 
 def _registered(frame_set, registrations: dict):

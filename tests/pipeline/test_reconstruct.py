@@ -16,6 +16,7 @@ from mmface4d_stream.formats.depth_nut import DepthNutWriter
 from mmface4d_stream.formats.intrinsics import IntrinsicsJson
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
+from mmface4d_stream.pipeline.stage_config import SourceConfig
 from mmface4d_stream.pipeline.sinks import is_finished, output_paths
 
 
@@ -37,7 +38,8 @@ def test_three_cameras_meet_the_accuracy_bound(short_capture, tmp_path):
 
 def test_one_camera_from_the_mkv(short_capture, tmp_path):
     out = tmp_path / "mkv1"
-    meta = reconstruct([short_capture.mkv_paths[0]], out, ReconstructOptions(progress=False, max_frames=6))
+    meta = reconstruct([short_capture.mkv_paths[0]], out,
+                       ReconstructOptions(source=SourceConfig(max_frames=6), progress=False))
     assert meta["frames"] == 6 and meta["reference_camera"] is None
     # 6 of the recording's 10 frames: not finished, so a later full run does it again (issue 13, item 4).
     written = json.loads(output_paths(out)["meta"].read_text())

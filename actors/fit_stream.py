@@ -1,0 +1,41 @@
+"""FitStream: one sequence's fitting inside a fitter actor (per-lane `Fitter` or `SharedFitter`)."""
+
+from __future__ import annotations
+
+from actors.latency_gate import StaleFrameGate
+from actors.records import Dropped, MeshPacket, fitted_packet, inject_fault
+from mmface4d_stream.types import MeshFrame, ObservedFrame
+
+
+def fitter_gate(max_latency_ms: float | None) -> StaleFrameGate:
+    """The fitter's stale-frame gate (kept by an actor across its stream's restores: its time estimate)."""
+    return StaleFrameGate("fitter", "fitter_busy", max_latency_ms, expect_own_time=True)
+
+
+class FitStream:
+    """A `FitStage` with what the graph adds around it, the same in both fitter actors: the live
+    policy's stale-frame gate (`fitter_gate`: a frame that would leave the fitter later than
+    max_latency_ms after capture is dropped, cause fitter_busy; None: offline, nothing dropped), the faults config,
+    a checkpoint every `checkpoint_every` frames and the triangles sent once per (re)start."""
+
+    def __init__(self, stage, checkpoint_every: int = 15, fault: dict | None = None,
+                 gate: StaleFrameGate | None = None):
+        self.stage = stage
+        self.checkpoint_every = int(checkpoint_every)
+        self.fault = fault
+        self.gate = gate or fitter_gate(None)
+        self.sent_faces = False
+
+    def admit(self, observed: ObservedFrame) -> Dropped | None:
+        """A `Dropped` marker when `observed` cannot make the latency budget, else None."""
+        return self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
+
+    def inject_fault(self, observed: ObservedFrame) -> None:
+        inject_fault(self.fault, "fitter", observed.seq, observed.frame)
+
+    def packet(self, mesh: MeshFrame) -> MeshPacket:
+        """The packet of a fitted `mesh` (its time feeds the gate's estimate)."""
+        self.gate.observe(mesh.timings_ms.get("fit", 0.0))
+        packet = fitted_packet(self.stage, mesh, not self.sent_faces, self.checkpoint_every)
+        self.sent_faces |= packet.faces is not None
+        return packet

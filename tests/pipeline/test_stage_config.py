@@ -1,0 +1,99 @@
+"""One config tree, one policy layer: the stage configs, sequence naming and meta readers shared by
+`reconstruct` and the graph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from graphs.config import GraphConfig, load_config
+from mmface4d_stream.errors import ConfigError, InputError
+from mmface4d_stream.formats.sequence import (DATASET_FPS, camera_file, mkv_session_name, sequence_cameras,
+                                              sequence_names)
+from mmface4d_stream.pipeline.latency_budget import latency_stats, p50_p95
+from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
+from mmface4d_stream.pipeline.sinks import stage_latency
+from mmface4d_stream.pipeline.stage_config import (FitStageConfig, LandmarkStageConfig, OutputConfig, PublishConfig,
+                                                   SmoothStageConfig, SourceConfig, check_section)
+from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_ORDER, CausalButterworth
+
+
+def test_the_graph_sections_are_the_library_stage_configs():
+    config = GraphConfig()
+    assert isinstance(config.source, SourceConfig) and isinstance(config.fitter, FitStageConfig)
+    assert isinstance(config.landmarks, LandmarkStageConfig) and isinstance(config.smoother, SmoothStageConfig)
+    assert isinstance(config.output, OutputConfig) and isinstance(config.publish, PublishConfig)
+    # The defaults of reconstruct and of the graph are the same objects' defaults.
+    options = ReconstructOptions()
+    assert config.fitter.stage_config() == options.fitter and config.smoother == options.smoother
+    assert (options.smoother.cutoff_hz, options.smoother.order, options.output.fps) == (
+        DEFAULT_CUTOFF_HZ, DEFAULT_ORDER, DATASET_FPS)
+    # The actors receive the stage's settings alone, with the changes the graph makes.
+    shared = load_config(None, {"fitter.face_model": "template", "fitter.torch_threads": 2}).fitter
+    assert shared.stage_config(device="cuda") == FitStageConfig(torch_threads=2, device="cuda")
+    assert type(shared.stage_config()) is FitStageConfig
+
+
+def test_allowed_values_live_with_the_fields():
+    with pytest.raises(ConfigError, match="fitter.face_model must be one of template, bfm"):
+        check_section(FitStageConfig(face_model="flame"), "fitter")
+    with pytest.raises(ConfigError, match="smoother.order must be positive"):
+        check_section(SmoothStageConfig(order=0), "smoother")
+    with pytest.raises(ConfigError, match="source.max_frames must be positive"):
+        reconstruct(["nowhere"], "/nonexistent/out", ReconstructOptions(source=SourceConfig(max_frames=0)))
+    check_section(PublishConfig(), "publish")  # the defaults pass
+
+
+def test_each_config_builds_its_stage():
+    smoother = SmoothStageConfig(cutoff_hz=4.0, order=3).build(25.0)
+    assert (smoother.filter.cutoff_hz, smoother.filter.order, smoother.filter.fps) == (4.0, 3, 25.0)
+    stage = FitStageConfig().build([np.eye(4), np.eye(4)])
+    assert len(stage.rig_transforms) == 2 and FitStageConfig().load_model() is None
+    with pytest.raises(InputError, match="needs --bfm-folder"):
+        FitStageConfig(face_model="bfm").load_model()
+
+
+def test_filter_state_round_trip_continues_exactly():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(12, 5, 3))
+    straight = CausalButterworth()
+    expected = straight.filter(frames)
+    first = CausalButterworth()
+    first.filter(frames[:7])
+    resumed = CausalButterworth()
+    resumed.restore(first.state())
+    np.testing.assert_array_equal(resumed.filter(frames[7:]), expected[7:])
+
+
+def test_sequence_discovery_and_session_names(tmp_path):
+    for name in ("000337_0.mp4", "000337_2.json", "000337_1.nut", "other_seq_1.mp4", "mesh_0.txt", "000337.wav"):
+        (tmp_path / name).touch()
+    assert camera_file("other_seq_1.mp4") == ("other_seq", 1) and camera_file("mesh_0.txt") is None
+    assert sequence_names(tmp_path) == ["000337", "other_seq"]
+    assert sequence_names(tmp_path, ("json",)) == ["000337"]
+    assert sequence_cameras(tmp_path / "000337") == [0, 1, 2]
+    assert sequence_cameras(tmp_path / "000337", ("mp4",)) == [0]
+    assert sequence_cameras(tmp_path / "missing" / "x") == []
+    assert mkv_session_name("/rec/session_7_000250714112.mkv") == "session_7"
+
+
+def test_one_percentile_summary_and_old_meta_files():
+    values = [1.0, 2.0, 3.0, 10.0]
+    stats = latency_stats(values)
+    assert stats == {"p50": 2.5, "p95": round(float(np.percentile(values, 95)), 2), "mean": 4.0, "n": 4}
+    assert latency_stats([]) == {} and p50_p95([]) is None
+    assert p50_p95(values) == {"p50": 2.5, "p95": round(float(np.percentile(values, 95)), 1)}
+    old = {"stage_ms": {"fit": {"mean": 3.0, "p50": 2.0, "p95": 5.0}}}
+    new = {"stage_latency_ms": {"fit": stats}}
+    assert stage_latency(old) == old["stage_ms"] and stage_latency(new) == new["stage_latency_ms"]
+    assert stage_latency({}) == {}
+
+
+def test_graph_timeouts_are_config_fields():
+    names = {f.name for f in dataclasses.fields(GraphConfig().ray)}
+    assert {"restart_wait_s", "ping_timeout_s", "collect_timeout_s", "close_timeout_s",
+            "publisher_close_timeout_s"} <= names
+    with pytest.raises(ConfigError, match="ray.ping_timeout_s must be positive"):
+        load_config(None, {"ray.ping_timeout_s": 0})
