@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def split_by_subject(sequences: list[SequenceFiles], val_fraction: float, seed: 
     return train, val
 
 
-def read_sequence_audio(seq: SequenceFiles, rate: int = 16000) -> np.ndarray:
+def read_sequence_audio(seq: SequenceFiles, rate: int = DATASET_RATE_HZ) -> np.ndarray:
     """The sequence's audio resampled to `rate`: float32 (S,), trimmed to its usable frames."""
     from mmface4d_stream.animate.features import resample_to
     from mmface4d_stream.formats.audio import read_wav

@@ -18,12 +18,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
 import torch
 
 __all__ = ["LogMelConfig", "LogMelExtractor", "StreamingLogMel", "last_feature_index", "mel_filterbank",
            "resample_to"]
 
-SAMPLE_RATE_HZ = 16000
+SAMPLE_RATE_HZ = DATASET_RATE_HZ
 
 
 @dataclass(frozen=True)

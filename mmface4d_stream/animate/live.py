@@ -31,6 +31,7 @@ import torch
 
 from mmface4d_stream.animate.animator import AnimationModel
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ AudioCallback = Callable[[np.ndarray, int, object, object], None]
 class MicrophoneSource:
     """A sounddevice input stream (mono float32 at `rate`) feeding `callback`."""
 
-    def __init__(self, rate: int = 16000, device: int | str | None = None, blocksize: int = BLOCK_SAMPLES):
+    def __init__(self, rate: int = DATASET_RATE_HZ, device: int | str | None = None, blocksize: int = BLOCK_SAMPLES):
         self.rate, self.device, self.blocksize = int(rate), device, int(blocksize)
         self._stream = None
         self.finished = threading.Event()  # a microphone never finishes by itself
@@ -73,7 +74,7 @@ class WavFileSource:
     on `time.monotonic`'s clock). `finished` is set after the last block."""
 
     def __init__(self, path: str | os.PathLike, blocksize: int = BLOCK_SAMPLES, speed: float = 1.0,
-                 rate: int = 16000):
+                 rate: int = DATASET_RATE_HZ):
         from mmface4d_stream.animate.features import resample_to
         from mmface4d_stream.formats.audio import read_wav
 

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
+from mmface4d_stream.formats.sequence import DATASET_FPS
+
 __all__ = ["SyntheticSequence", "synthetic_sequence", "write_synthetic_corpus"]
 
-FPS = 30
-RATE = 16000
+FPS = DATASET_FPS  # the dataset's (and the Kinects') frame rate
+RATE = DATASET_RATE_HZ
 NOSE_DISTANCE_M = 0.7
 
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class AudioRecorder:
         host_clock_ns: the host clock the cameras' system timestamps use.
     """
 
-    def __init__(self, path: str | os.PathLike, rate: int = 16000, device: int | str | None = None,
+    def __init__(self, path: str | os.PathLike, rate: int = DATASET_RATE_HZ, device: int | str | None = None,
                  sounddevice=None, host_clock_ns: Callable[[], int] = time.monotonic_ns):
         from mmface4d_stream.formats.audio import WavStreamWriter
         from mmface4d_stream.formats.output_files import check_output_dir

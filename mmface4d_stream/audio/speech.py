@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ
 from mmface4d_stream.render.performance import Performance, bumps
 
 __all__ = ["speech_audio"]
@@ -17,7 +18,7 @@ _VOWEL_FORMANTS_HZ = (
 )
 
 
-def speech_audio(performance: Performance, rate: int = 16000) -> np.ndarray:
+def speech_audio(performance: Performance, rate: int = DATASET_RATE_HZ) -> np.ndarray:
     """A speech-like mono signal matching the performance's syllables: float32 (S,) in [-1, 1].
 
     Voiced phrases: a glottal pulse train (pitch ~90-140 Hz, drifting) through three formant

@@ -14,9 +14,10 @@ from typing import Callable
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.formats.sequence import DATASET_FPS
 
 #: Frame rate of the released dataset (frames/s): `FrameSpan`'s default.
-FPS = 30
+FPS = DATASET_FPS  # the dataset's (and the Kinects') frame rate
 MIN_SPEECH_MS = 500
 #: Frames kept after the last speech frame (the upstream keeps [start, end + 2)).
 TAIL_FRAMES = 2

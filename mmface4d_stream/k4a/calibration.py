@@ -54,10 +54,6 @@ class K4aCalibration:
         return parse_raw_calibration(data).calibration(color_resolution, depth_mode)
 
     @property
-    def T_depth_from_color(self) -> RigidTransform:
-        return self.T_color_from_depth.inverse()
-
-    @property
     def registration(self) -> DepthToColorRegistration:
         """This calibration's depth <-> colour registration with default settings, built on first
         use (~0.25 s of tables) and kept: one per device and mode pair, shared by threads."""

@@ -225,18 +225,6 @@ class MkvReader:
         return 1_000_000 // self.fps
 
     @property
-    def has_color(self) -> bool:
-        return "COLOR" in self._streams
-
-    @property
-    def has_depth(self) -> bool:
-        return "DEPTH" in self._streams
-
-    @property
-    def has_ir(self) -> bool:
-        return "IR" in self._streams
-
-    @property
     def calibration(self) -> K4aCalibration:
         """The parsed device calibration for this recording's modes.
 

@@ -19,7 +19,6 @@ from mmface4d_stream.k4a.mkv import (
     CAMERA_FPS,
     WIRED_SYNC_MODES,
     ColorMode,
-    K4aCapture,
 )
 from mmface4d_stream.k4a.mkv_patch import patch_kinect_layout
 
@@ -210,15 +209,6 @@ class MkvWriter:
             packet.is_keyframe = True
             self._container.mux(packet)
         self.frames_written += 1
-
-    def write_capture(self, capture: K4aCapture) -> None:
-        """Write a `K4aCapture` (e.g. from `MkvReader`), keeping its timestamps."""
-        base = capture.depth_timestamp_usec if capture.depth_timestamp_usec is not None else capture.ir_timestamp_usec
-        if base is None:
-            delay = int(self._container.metadata["K4A_DEPTH_DELAY_NS"]) // 1000
-            base = capture.color_timestamp_usec + delay  # type: ignore[operator]
-        self.write(base, color=capture.color, depth=capture.depth, ir=capture.ir,
-                   color_timestamp_usec=capture.color_timestamp_usec)
 
     def _encode_jpeg(self, image: np.ndarray, track: _WriterTrack) -> bytes:
         image = np.ascontiguousarray(image)

@@ -38,10 +38,6 @@ class _SensorMode:
     """
 
     @property
-    def mode_info(self) -> ModeInfo:
-        return MODE_TABLE[self]
-
-    @property
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         info = MODE_TABLE[self]

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.audio.speech import speech_audio
+from mmface4d_stream.formats.sequence import DATASET_FPS
 from mmface4d_stream.geometry import RigidTransform, so3_exp
 from mmface4d_stream.k4a.calibration import K4aCalibration
 from mmface4d_stream.k4a.raw_calibration import RawCalibration
@@ -71,7 +72,7 @@ __all__ = [
     "synthesize_capture",
 ]
 
-FPS = 30
+FPS = DATASET_FPS  # the dataset's (and the Kinects') frame rate
 FRAME_PERIOD_USEC = 33_333
 COLOR_MODE = "MJPG_1080P"
 DEPTH_MODE = "NFOV_UNBINNED"
