@@ -1,10 +1,10 @@
-"""FitStream: one sequence's fitting inside a fitter actor (per-lane `Fitter` or `SharedFitter`)."""
+"""FitStream: one sequence's fitting inside a fitter actor (per-lane `FitActor` or `SharedFitActor`)."""
 
 from __future__ import annotations
 
 from actors.latency_gate import StaleFrameGate
 from actors.records import Dropped, MeshPacket, fitted_packet, inject_fault
-from mmface4d_stream.types import MeshFrame, ObservedFrame
+from mmface4d_stream.frame_records import MeshFrame, ObservedFrame
 
 
 def fitter_gate(max_latency_ms: float | None) -> StaleFrameGate:

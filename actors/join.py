@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmface4d_stream.pipeline.camera_join import join_observed
-from mmface4d_stream.types import ObservedFrame
+from mmface4d_stream.frame_records import ObservedFrame
 
 
 def join_parts(parts: tuple):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmface4d_stream.errors import StageError
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 
 @dataclass

@@ -18,6 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_REV = "d72b0a6"
 _MODULES = ("fitter", "camera_terms", "regularizers", "geometry")
+# Modules of the current tree it imports that have moved since `rev`: old name -> new name.
+_MOVED = {"mmface4d_stream.fit." + "types": "mmface4d_stream.fit.fit_io"}  # old name split: search-and-replace leaves it
+
+
+def _current_imports(text: str) -> str:
+    for old, new in _MOVED.items():
+        text = text.replace(old, new)
+    return text
 
 
 def legacy_folder(rev: str = LEGACY_REV) -> Path:
@@ -25,6 +33,11 @@ def legacy_folder(rev: str = LEGACY_REV) -> Path:
     folder = ROOT / "out" / f"legacy_fit_{rev}"
     package = folder / "legacy_fit"
     if all((package / f"{m}.py").is_file() for m in _MODULES):
+        for m in _MODULES:  # a folder written before a module moved: point its imports at the new names
+            path = package / f"{m}.py"
+            text = path.read_text()
+            if _current_imports(text) != text:
+                path.write_text(_current_imports(text))
         return folder
     package.mkdir(parents=True, exist_ok=True)
     for name in _MODULES:
@@ -36,7 +49,7 @@ def legacy_folder(rev: str = LEGACY_REV) -> Path:
                              f"prepare {folder} on a machine with the repository's history") from None
         for other in _MODULES:
             text = text.replace(f"mmface4d_stream.fit.{other}", f"legacy_fit.{other}")
-        (package / f"{name}.py").write_text(text)
+        (package / f"{name}.py").write_text(_current_imports(text))
     (package / "__init__.py").write_text("")
     return folder
 

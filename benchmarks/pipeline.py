@@ -56,7 +56,7 @@ class PeakMemory:
         for proc in self.psutil.process_iter(["pid", "cmdline", "memory_info"]):
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.pid == self.psutil.Process().pid or cmd.startswith("ray::") and any(
-                    name in cmd for name in ("CameraSource", "LandmarkDetector", "Fitter", "Smoother", "NutEncoder")):
+                    name in cmd for name in ("SourceActor", "LandmarkActor", "FitActor", "SmoothActor", "NutActor")):
                 rss = (proc.info["memory_info"].rss if proc.info["memory_info"] else 0) / 2**20
                 self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0.0), rss)
 

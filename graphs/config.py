@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class LandmarkActorsConfig(LandmarkStageConfig):
-    """LandmarkDetector actors: the stage's settings plus CPUs reserved for the stage. per_camera:
+    """LandmarkActor actors: the stage's settings plus CPUs reserved for the stage. per_camera:
     one actor per camera (the cameras of a frame set run in parallel, the fitter joins them by
     frame; the stage's num_cpus are split between them), else one actor for every camera."""
 

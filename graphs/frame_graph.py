@@ -9,7 +9,7 @@ their calls in order, so the fitter's warm start and the smoother's state follow
 chain of plain actor calls. At most `policy.max_inflight` ticks are in the graph at once: memory
 is constant offline, latency is bounded live (where the source also keeps only the newest frame).
 
-A GPU is shared, not owned: with `fitter.shared` the fitter box is a `SharedFitter` actor (one per
+A GPU is shared, not owned: with `fitter.shared` the fitter box is a `SharedFitActor` actor (one per
 GPU, started by `graphs.runner`) that serves the pipelines of many lanes, each through its own
 stream (warm start, identity, template, checkpoints), and fits the frames that are ready from
 different lanes in one solve; sources and landmark actors stay per lane, on CPUs.
@@ -91,8 +91,8 @@ class SequencePipeline:
     """Runs one sequence through its `SequenceGraph` to the end (or until `stop` is set): ticks in
     flight (at most `policy.max_inflight`), checkpoints, restarts after a crash, the meta json.
 
-    shared_fitter: a `SharedFitter` actor (of a `SharedFitterPool`) that fits this sequence in a
-    stream of its own; None: the pipeline has its own `Fitter` actor. on_ready: called with the
+    shared_fitter: a `SharedFitActor` actor (of a `SharedFitterPool`) that fits this sequence in a
+    stream of its own; None: the pipeline has its own `FitActor` actor. on_ready: called with the
     start-up figures (`self.startup`) when every actor is warm, just before the capture clock starts.
     """
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import ray
 
-from actors import CameraSource, Fitter, LandmarkDetector, NutEncoder, SharedFitter, Smoother, StreamLost, ZmqPublisher
+from actors import SourceActor, FitActor, LandmarkActor, NutActor, SharedFitActor, SmoothActor, StreamLost, PublishActor
 from actors.records import Checkpoint
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError, PipelineError
@@ -112,7 +112,7 @@ def shared_fitter_plan(config: GraphConfig, resources: dict) -> tuple[int, float
 
 
 class SharedFitterPool:
-    """The shared fitter actors of a run (`SharedFitter`, one per GPU); lane `i` uses actor `i % n`.
+    """The shared fitter actors of a run (`SharedFitActor`, one per GPU); lane `i` uses actor `i % n`.
 
     An actor reserves `fitter.num_cpus` CPUs and `num_gpus` GPUs once, whatever the number of lanes
     it serves. Ray restarts a crashed one without limit: the lanes bound it, each giving up on its
@@ -121,7 +121,7 @@ class SharedFitterPool:
 
     def __init__(self, config: GraphConfig, count: int, num_gpus: float, device: str):
         stage_config = config.fitter.stage_config(device=device)
-        cls = ray.remote(SharedFitter).options(num_cpus=config.fitter.num_cpus, num_gpus=num_gpus, max_restarts=-1)
+        cls = ray.remote(SharedFitActor).options(num_cpus=config.fitter.num_cpus, num_gpus=num_gpus, max_restarts=-1)
         self.device = device
         self.actors = [cls.remote(stage_config, config.fitter.batch_window_ms, config.fitter.max_batch)
                        for _ in range(count)]
@@ -154,8 +154,8 @@ class SequenceGraph:
     puts one frame tick through the chain; `resume` brings the actors back to a checkpoint after a
     crash; `collect`, `finalize` and `release` end the sequence. `SequencePipeline` drives it.
 
-    shared_fitter: a `SharedFitter` actor (of a `SharedFitterPool`) that fits this sequence in a
-    stream of its own; None: the graph has its own `Fitter` actor.
+    shared_fitter: a `SharedFitActor` actor (of a `SharedFitterPool`) that fits this sequence in a
+    stream of its own; None: the graph has its own `FitActor` actor.
     """
 
     def __init__(self, job: SequenceJob, config: GraphConfig, publish_url: str | None = None,
@@ -208,7 +208,7 @@ class SequenceGraph:
         cfg = self.config
         keys = self._landmark_keys
         cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
-        return [self._actor(key, LandmarkDetector, self._n_cameras, cfg.landmarks.stage_config(),
+        return [self._actor(key, LandmarkActor, self._n_cameras, cfg.landmarks.stage_config(),
                             max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
                             cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
                 for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]
@@ -233,7 +233,7 @@ class SequenceGraph:
             if key in self.actors:  # per sequence (publisher) or not wanted now
                 ray.kill(self.actors.pop(key), no_restart=True)
         opening = [self._actor(
-            "source", CameraSource, self.job.inputs, cfg.source, live=self.live, kinect=self.job.kinect,
+            "source", SourceActor, self.job.inputs, cfg.source, live=self.live, kinect=self.job.kinect,
             record_dir=self.job.record_dir, name=self.job.name, fault=self._fault_for("source"))]
         self.get([r for r in opening if r is not None], "source")
         self.info = self.get(self.actors["source"].info.remote(), "source")
@@ -243,17 +243,17 @@ class SequenceGraph:
             ray.kill(self.actors.pop(key), no_restart=True)  # the lane's last sequence had other cameras
         opening = self._new_landmarks()
         if self.shared is None:
-            opening.append(self._actor("fitter", Fitter, None, cfg.fitter.stage_config(), cfg.ray.checkpoint_every,
+            opening.append(self._actor("fitter", FitActor, None, cfg.fitter.stage_config(), cfg.ray.checkpoint_every,
                                        fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
                                        max_latency_ms=self._max_latency_ms))
         if cfg.smoother.enabled:
-            opening.append(self._actor("smoother", Smoother, cfg.smoother, float(cfg.output.fps),
+            opening.append(self._actor("smoother", SmoothActor, cfg.smoother, float(cfg.output.fps),
                                        fault=self._fault_for("smoother")))
         # The encoder cannot append to a file a dead process left: it is never restarted.
-        opening.append(self._actor("encoder", NutEncoder, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
+        opening.append(self._actor("encoder", NutActor, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
                                    allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
         if self.publish_url:
-            self._actor("publisher", ZmqPublisher, self.publish_url, drop_when_full=self.live,
+            self._actor("publisher", PublishActor, self.publish_url, drop_when_full=self.live,
                         fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
         # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
         opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]

@@ -40,7 +40,7 @@ from __future__ import annotations
 from mmface4d_stream.face.models import FaceModel
 from mmface4d_stream.fit.fitter_config import FitterConfig
 from mmface4d_stream.fit.multi import MultiStreamFitter
-from mmface4d_stream.fit.types import FitResult, FrameObservation
+from mmface4d_stream.fit.fit_io import FitResult, FrameObservation
 
 __all__ = ["FitterConfig", "FaceFitter"]
 

@@ -19,7 +19,7 @@ from mmface4d_stream.fit.camera_terms import FitCamera, undistortion_grid
 from mmface4d_stream.fit.depth_term import CameraBatch
 from mmface4d_stream.geometry import kabsch
 from mmface4d_stream.fit.template_lift import lift_landmarks
-from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+from mmface4d_stream.fit.fit_io import CameraObservation, FrameObservation
 
 __all__ = ["PreparedCamera", "DepthCrop", "prepare_cameras", "crop_depth", "choose_crops", "cold_pose",
            "collate_cameras", "collate_crops", "patch_radius", "bucket"]

@@ -46,7 +46,7 @@ from mmface4d_stream.fit.frame_prep import (
 from mmface4d_stream.fit.lm_solver import FrameBatch, SolveOutput, SolveSettings, solve_frames
 from mmface4d_stream.fit.model_pack import ModelPack
 from mmface4d_stream.fit.template_lift import lift_landmarks
-from mmface4d_stream.fit.types import FitResult, FrameObservation, Pose
+from mmface4d_stream.fit.fit_io import FitResult, FrameObservation, Pose
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel
 from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.geometry import RigidTransform, so3_exp
-from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+from mmface4d_stream.fit.fit_io import CameraObservation, FrameObservation
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from mmface4d_stream.fit.camera_terms import FitCamera
-from mmface4d_stream.fit.types import FrameObservation
+from mmface4d_stream.fit.fit_io import FrameObservation
 
 __all__ = ["lift_landmarks"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mmface4d_stream.types import ObservedFrame
+from mmface4d_stream.frame_records import ObservedFrame
 
 
 def join_observed(parts: Sequence[ObservedFrame]) -> ObservedFrame:

@@ -14,7 +14,7 @@ import numpy as np
 
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.pipeline.sources import DepthRegistrations
-from mmface4d_stream.types import FrameSet
+from mmface4d_stream.frame_records import FrameSet
 
 # Colour files of a recording are fragmented mp4s, a fragment every this many seconds.
 RECORDING_FRAGMENT_S = 0.5

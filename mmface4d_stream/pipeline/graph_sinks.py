@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmface4d_stream.pipeline.sinks import MeshNutSink, PublishSink
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 
 class IndexedMeshNutSink(MeshNutSink):

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mmface4d_stream.errors import InputError
-from mmface4d_stream.types import CameraFrame, FrameSet
+from mmface4d_stream.frame_records import CameraFrame, FrameSet
 
 log = logging.getLogger(__name__)
 

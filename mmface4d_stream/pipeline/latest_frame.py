@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from mmface4d_stream.types import FrameSet
+from mmface4d_stream.frame_records import FrameSet
 
 
 class LatestFrameSource:

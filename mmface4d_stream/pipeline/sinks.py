@@ -13,7 +13,7 @@ import numpy as np
 from mmface4d_stream.formats.mesh_nut import MeshNutWriter, mesh_nut_paths
 from mmface4d_stream.formats.output_files import replacing
 from mmface4d_stream.stream.schema import Thumbnail
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 log = logging.getLogger(__name__)
 

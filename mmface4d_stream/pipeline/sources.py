@@ -17,7 +17,7 @@ from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.color_mp4 import ColorMp4Reader
 from mmface4d_stream.formats.depth_nut import DepthNutReader
 from mmface4d_stream.formats.sequence import DATASET_FPS, DatasetSequence, mkv_session_name
-from mmface4d_stream.types import CameraFrame, FrameSet
+from mmface4d_stream.frame_records import CameraFrame, FrameSet
 
 
 class DatasetSource:

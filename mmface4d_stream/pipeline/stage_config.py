@@ -199,7 +199,7 @@ class PublishConfig:
     repair_url: str | None = None
 
     def publisher_options(self, url: str | None = None) -> dict:
-        """Keyword arguments for `ZmqPublisher` beyond its url (CURVE keys loaded and checked here)."""
+        """Keyword arguments for `PublishActor` beyond its url (CURVE keys loaded and checked here)."""
         from mmface4d_stream.stream.curve import server_keys
 
         keys = server_keys(url or self.url, self.curve_certificate, "publish.curve_certificate")

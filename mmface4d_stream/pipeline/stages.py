@@ -20,7 +20,7 @@ from mmface4d_stream.errors import InputError, StageError
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
 from mmface4d_stream.pipeline.sources import DepthRegistrations
 from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_FPS, DEFAULT_ORDER
-from mmface4d_stream.types import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
+from mmface4d_stream.frame_records import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class FitStage:
         self._residual_sums: dict[str, float] = {}
 
     def observation(self, observed: ObservedFrame):
-        from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+        from mmface4d_stream.fit.fit_io import CameraObservation, FrameObservation
 
         cameras = []
         for k, crop in enumerate(observed.crops):

@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from actors import Dropped, Fitter, FrameReport, LandmarkDetector, MeshPacket, NutEncoder, Smoother
+from actors import Dropped, FitActor, FrameReport, LandmarkActor, MeshPacket, NutActor, SmoothActor
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
-from mmface4d_stream.types import FrameSet, MeshFrame
+from mmface4d_stream.frame_records import FrameSet, MeshFrame
 
 
 def _mesh(frame: int, value: float, lost: bool = False) -> MeshFrame:
@@ -17,7 +17,7 @@ def _mesh(frame: int, value: float, lost: bool = False) -> MeshFrame:
 
 
 def test_encoder_fills_dropped_frames_and_ignores_replayed_ones(tmp_path):
-    encoder = NutEncoder(str(tmp_path / "m"))
+    encoder = NutActor(str(tmp_path / "m"))
     faces = np.array([[0, 1, 2], [3, 4, 5]], np.int32)
     reports = [encoder.write(MeshPacket(_mesh(0, 0.1), faces)),
                encoder.write(Dropped("s", 1, "landmarks", "old")),
@@ -35,7 +35,7 @@ def test_encoder_fills_dropped_frames_and_ignores_replayed_ones(tmp_path):
 
 
 def test_landmark_detector_drops_frames_older_than_the_latency_bound():
-    detector = LandmarkDetector(1, max_latency_ms=50.0)
+    detector = LandmarkActor(1, max_latency_ms=50.0)
     stale = FrameSet("s", 4, 0, [None], t_source_ns=time.monotonic_ns() - 200_000_000)
     dropped = detector.detect(stale)
     assert isinstance(dropped, Dropped) and dropped.frame == 4 and dropped.stage == "landmarks"
@@ -55,7 +55,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
             out.append(packet)
         return out
 
-    fitter, smoother = Fitter(None, options, checkpoint_every=3), Smoother()
+    fitter, smoother = FitActor(None, options, checkpoint_every=3), SmoothActor()
     straight = run(fitter, smoother, observed)
     assert all(isinstance(p, MeshPacket) and not p.mesh.lost for p in straight)
     assert straight[0].faces is not None and straight[1].faces is None
@@ -64,7 +64,7 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
     assert checkpoint.frame == 3 and straight[4].checkpoint is None
 
     # A fresh pair (as after a process restart) restored to frame 3 continues like the uninterrupted run.
-    fitter2, smoother2 = Fitter(None, options, checkpoint_every=3), Smoother()
+    fitter2, smoother2 = FitActor(None, options, checkpoint_every=3), SmoothActor()
     fitter2.restore(checkpoint.fitter)
     smoother2.restore(checkpoint.smoother)
     resumed = run(fitter2, smoother2, observed[4:])

@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 
-from actors import Dropped, Fitter, MeshPacket
+from actors import Dropped, FitActor, MeshPacket
 from actors.latency_gate import StaleFrameGate
-from actors.zmq_publisher import ZmqPublisher
+from actors.publish_actor import PublishActor
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
 from mmface4d_stream.stream.schema import StatusMessage
 from mmface4d_stream.stream.subscriber import MeshSubscriber
-from mmface4d_stream.types import MeshFrame, ObservedFrame
+from mmface4d_stream.frame_records import MeshFrame, ObservedFrame
 
 
 def _ago_ns(ms: float) -> int:
@@ -38,7 +38,7 @@ def test_gates_drop_late_frames_with_their_cause():
 def test_fitter_warms_on_a_preroll_and_joins_per_camera_parts(one_camera_observed):
     options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
     first = one_camera_observed[0]
-    fitter = Fitter(None, options)
+    fitter = FitActor(None, options)
     warm = fitter.warm_up(first)
     assert warm["lost"] is False and warm["seconds"] > 0
     assert fitter.summary()["frames"] == 0  # the pre-roll is not a frame of the sequence
@@ -60,7 +60,7 @@ def _packet(frame: int, faces=None) -> MeshPacket:
 
 
 def test_publisher_counts_drops_by_cause_and_publishes_the_budget():
-    publisher = ZmqPublisher("tcp://127.0.0.1:*", drop_when_full=True)
+    publisher = PublishActor("tcp://127.0.0.1:*", drop_when_full=True)
     try:
         publisher.set_budget(max_latency_ms=300.0, fps=30.0)
         with MeshSubscriber(publisher.endpoint, timeout_s=2.0, topics=("status",)) as subscriber:

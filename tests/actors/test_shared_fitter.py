@@ -1,4 +1,4 @@
-"""SharedFitter as a plain object (no Ray): streams in tick order, batched solves, restore, lost streams."""
+"""SharedFitActor as a plain object (no Ray): streams in tick order, batched solves, restore, lost streams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from actors import Dropped, Fitter, MeshPacket, SharedFitter, StreamLost
+from actors import Dropped, FitActor, MeshPacket, SharedFitActor, StreamLost
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
 
 OPTIONS = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
@@ -15,14 +15,14 @@ OPTIONS = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
 
 def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_camera_observed):
     observed = one_camera_observed[:4]
-    own = Fitter(None, OPTIONS, checkpoint_every=2)
+    own = FitActor(None, OPTIONS, checkpoint_every=2)
     expected = [own.fit(o) for o in observed]
     # Stream b has a dropped frame between its frames 1 and 2: tick 2 is that marker.
     marker = Dropped(observed[0].seq, 99, "landmarks", "old")
     ticks_b = observed[:2] + [marker] + observed[2:]
 
     async def run():
-        shared = SharedFitter(OPTIONS, batch_window_ms=50.0, max_batch=8)
+        shared = SharedFitActor(OPTIONS, batch_window_ms=50.0, max_batch=8)
         assert (await shared.open_stream("a", None, 2))["device"] == "cpu"
         await shared.open_stream("b", None, 2)
         # Ray runs an async actor's calls in any order: here the latest ticks come first.
@@ -60,7 +60,7 @@ def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_c
     assert [s["shared_fitter"]["mean_batch"] for s in summaries] == [2.0, 2.0]
     assert summaries[0]["frames"] == 4 and summaries[0]["frames_lost_face"] == []
     # Restored like a lane's own fitter restored from the same checkpoint.
-    own_restored = Fitter(None, OPTIONS, checkpoint_every=2)
+    own_restored = FitActor(None, OPTIONS, checkpoint_every=2)
     own_restored.restore(expected[2].checkpoint.fitter)
     want = own_restored.fit(observed[3])
     assert resumed.faces is not None  # a re-opened stream sends its topology again
@@ -73,7 +73,7 @@ def test_a_frame_that_fails_fails_only_its_own_stream(one_camera_observed):
     observed = one_camera_observed[:2]
 
     async def run():
-        shared = SharedFitter(OPTIONS, batch_window_ms=50.0)
+        shared = SharedFitActor(OPTIONS, batch_window_ms=50.0)
         await shared.open_stream("a", None, 15, fault={"stage": "fitter", "frame": 1, "kind": "raise"})
         await shared.open_stream("b", None, 15)
         calls = [shared.fit(key, t, observed[t]) for key in "ab" for t in range(2)]

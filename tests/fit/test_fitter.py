@@ -25,7 +25,7 @@ from mmface4d_stream.fit.synthetic import (
     synthetic_frame,
     write_bfm_mat,
 )
-from mmface4d_stream.fit.types import CameraObservation, FrameObservation
+from mmface4d_stream.fit.fit_io import CameraObservation, FrameObservation
 
 KINECT_LIKE_DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 

@@ -38,7 +38,7 @@ def test_per_camera_stages_joined_equal_the_single_stage(short_capture):
 
 
 def test_join_rejects_parts_of_different_frames_and_bad_camera_positions():
-    from mmface4d_stream.types import ObservedFrame
+    from mmface4d_stream.frame_records import ObservedFrame
 
     a = ObservedFrame("s", 1, 0, [None, None])
     b = ObservedFrame("s", 2, 0, [None, None])

@@ -17,7 +17,7 @@ from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.mesh_nut import MeshNutWriter
 from mmface4d_stream.formats.output_files import check_output_dir, reserve_npy
 from mmface4d_stream.pipeline.sinks import MeshNutSink
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 REPO = Path(__file__).resolve().parents[2]
 N_VERTICES = 2000

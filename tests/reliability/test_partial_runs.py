@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from mmface4d_stream.pipeline.sinks import MeshNutSink, is_finished, output_paths
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 
 def _run(save_path, frames: int, input_frames: int | None) -> dict:

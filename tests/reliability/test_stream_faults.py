@@ -10,13 +10,13 @@ import pytest
 import zmq
 
 from actors.records import MeshPacket
-from actors.zmq_publisher import ZmqPublisher
+from actors.publish_actor import PublishActor
 from graphs.config import load_config
 from mmface4d_stream.errors import InputError
 from mmface4d_stream.stream import schema
 from mmface4d_stream.stream.curve import server_keys
 from mmface4d_stream.stream.subscriber import MeshSubscriber
-from mmface4d_stream.types import MeshFrame
+from mmface4d_stream.frame_records import MeshFrame
 
 N_VERTICES = 35709  # BFM size: 428 KB a mesh, so an idle subscriber's queues really fill
 FACES = np.array([[0, 1, 2]], np.int32)
@@ -29,7 +29,7 @@ def _packet(frame: int) -> MeshPacket:
 
 def test_idle_subscriber_neither_stalls_the_offline_graph_nor_costs_others_frames():
     """The issue's case: one SUB subscribes and never reads; the real one got 10 of 30 meshes."""
-    publisher = ZmqPublisher("tcp://127.0.0.1:*", drop_when_full=False, send_timeout_s=10.0)
+    publisher = PublishActor("tcp://127.0.0.1:*", drop_when_full=False, send_timeout_s=10.0)
     context = zmq.Context()
     idle = context.socket(zmq.SUB)
     idle.setsockopt(zmq.RCVHWM, 1)
@@ -83,7 +83,7 @@ def test_curve_certificate_encrypts_the_graph_stream(tmp_path):
     assert options["curve_secret_key"] is not None
     with pytest.raises(InputError, match="only a public key"):
         server_keys("tcp://0.0.0.0:1", public_file, "x")
-    publisher = ZmqPublisher("tcp://127.0.0.1:*", drop_when_full=False, **options)
+    publisher = PublishActor("tcp://127.0.0.1:*", drop_when_full=False, **options)
     port = publisher.endpoint.rsplit(":", 1)[1]
     plain = MeshSubscriber(f"tcp://127.0.0.1:{port}", timeout_s=0.5)
     secure = MeshSubscriber(f"tcp://127.0.0.1:{port}", timeout_s=10.0, curve_server_key=options["curve_public_key"])

@@ -1,4 +1,4 @@
-"""Fitter: `FitStage` (the warm-started face fitter) as an actor, with checkpoints for restarts."""
+"""FitActor: `FitStage` (the warm-started face fitter) as an actor, with checkpoints for restarts."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from actors.base import StageActor
 from actors.fit_stream import FitStream, fitter_gate
 from actors.join import join_parts
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
-from mmface4d_stream.types import ObservedFrame
+from mmface4d_stream.frame_records import ObservedFrame
 
 
-class Fitter(StageActor):
+class FitActor(StageActor):
     """Fits each observed frame; every `checkpoint_every` frames the packet carries the stream state
     to the driver, so a restarted actor continues where the stream was (`restore`).
 

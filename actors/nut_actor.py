@@ -1,4 +1,4 @@
-"""NutEncoder: `MeshNutSink` as an actor: the sequence's mesh nut triplet, one frame per capture frame."""
+"""NutActor: `MeshNutSink` as an actor: the sequence's mesh nut triplet, one frame per capture frame."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mmface4d_stream.errors import StageError
 from mmface4d_stream.formats.sequence import DATASET_FPS
 
 
-class NutEncoder(StageActor):
+class NutActor(StageActor):
     """Writes meshes in frame order; a gap in the frame numbers (dropped frames) repeats the previous
     mesh so file frame i stays capture frame i. Frames below the next expected number (re-run after
     a restart) are ignored. With `write=False` only reports are produced (publish-only graphs).

@@ -1,4 +1,4 @@
-"""Smoother: `SmoothStage` (causal Butterworth on the vertices) as an actor, with checkpoints."""
+"""SmoothActor: `SmoothStage` (causal Butterworth on the vertices) as an actor, with checkpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from actors.records import MeshPacket
 from mmface4d_stream.pipeline.stage_config import SmoothStageConfig
 
 
-class Smoother(StageActor):
+class SmoothActor(StageActor):
     """Filters each mesh causally; adds its state to the packets that carry a checkpoint, and
     `restore` continues from one after a restart. config: the smooth stage's settings; fps: the
     meshes' frame rate."""

@@ -1,4 +1,4 @@
-"""CameraSource: a sequence's frame sets (dataset files, MKV session, or live Kinects) into the graph."""
+"""SourceActor: a sequence's frame sets (dataset files, MKV session, or live Kinects) into the graph."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmface4d_stream.pipeline.stage_config import SourceConfig
 log = logging.getLogger(__name__)
 
 
-class CameraSource(StageActor):
+class SourceActor(StageActor):
     """Reads one sequence. Offline: `read` returns the next frame set (blocking on the files). Live
     (`live=True`): a thread keeps only the newest frame set (paced at device rate when `pace`) and
     `read` returns it; frames the graph was too busy to take are counted (`stats()["dropped"]`).

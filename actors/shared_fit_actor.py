@@ -1,8 +1,8 @@
-"""SharedFitter: one fitter actor serving many sequences at once (one per GPU), batching their frames.
+"""SharedFitActor: one fitter actor serving many sequences at once (one per GPU), batching their frames.
 
 Each sequence (a lane's pipeline) opens a stream under its own key: a `MultiStreamFitter` slot with
 its warm start, identity and template, driven by a `FitStage` that keeps the sequence's
-bookkeeping (lost frames, residual sums, checkpoints, faces) exactly as the per-lane `Fitter` does.
+bookkeeping (lost frames, residual sums, checkpoints, faces) exactly as the per-lane `FitActor` does.
 The frames that are ready from different streams within a short window are fitted in one
 `MultiStreamFitter.process` call.
 
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from actors.fit_stream import FitStream, fitter_gate
 from actors.join import join_parts
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
-from mmface4d_stream.types import ObservedFrame
+from mmface4d_stream.frame_records import ObservedFrame
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class StreamLost(RuntimeError):
 @dataclasses.dataclass
 class _Stream:
     """One lane's stream: its fitter slot, its `FitStream` (a `FitStage` over the slot, with the
-    stale-frame gate, faults and checkpoints of a per-lane `Fitter`), and the calls waiting for their turn."""
+    stale-frame gate, faults and checkpoints of a per-lane `FitActor`), and the calls waiting for their turn."""
 
     slot: int
     fit: FitStream
@@ -57,7 +57,7 @@ class _Stream:
         self.waiting.clear()
 
 
-class SharedFitter:
+class SharedFitActor:
     """Fits the frames of many lanes' streams in shared solves (an async Ray actor).
 
     config: the fit stage's settings; its `device` is the one this actor fits on (the graph gives
@@ -136,7 +136,7 @@ class SharedFitter:
 
     async def warm_up(self, key: str, *parts) -> dict:
         """Fit lane `key`'s pre-roll frame (per-camera parts) before its capture clock starts; the
-        stream keeps it as warm start with zero counts (see `Fitter.warm_up`). {"seconds", "lost"}."""
+        stream keeps it as warm start with zero counts (see `FitActor.warm_up`). {"seconds", "lost"}."""
         stream = self._stream(key)
         observed = join_parts(parts)
         if not isinstance(observed, ObservedFrame):

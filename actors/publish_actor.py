@@ -1,4 +1,4 @@
-"""ZmqPublisher: `PublishSink` as an actor: meshes, topology, 1 Hz status and end over ZeroMQ."""
+"""PublishActor: `PublishSink` as an actor: meshes, topology, 1 Hz status and end over ZeroMQ."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from actors.records import Dropped, latency_ms_since
 from mmface4d_stream.pipeline.stage_config import PublishConfig
 
 
-class ZmqPublisher(StageActor):
+class PublishActor(StageActor):
     """Publishes every mesh packet (docs/protocol.md). The graph never waits on the socket:
     every subscriber has its own queue (`send_hwm` messages live, `offline_hwm` offline, deep
     enough that a subscriber that keeps up on average loses nothing) and one that stalls or dies

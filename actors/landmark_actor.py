@@ -1,4 +1,4 @@
-"""LandmarkDetector: `LandmarkStage` as an actor (full frames in, face crops out), for every camera
+"""LandmarkActor: `LandmarkStage` as an actor (full frames in, face crops out), for every camera
 of a frame set or for one camera (one actor per camera: the cameras run in parallel)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from actors.base import StageActor
 from actors.latency_gate import StaleFrameGate
 from mmface4d_stream.pipeline.stage_config import LandmarkStageConfig
 from mmface4d_stream.pipeline.stages import LandmarkStage
-from mmface4d_stream.types import FrameSet
+from mmface4d_stream.frame_records import FrameSet
 
 
-class LandmarkDetector(StageActor):
+class LandmarkActor(StageActor):
     """Landmarks + crop for the cameras of a frame set at positions `cameras` (None: all n_cameras).
     config: the landmark stage's settings. max_latency_ms (live policy): a frame set older than
     this when it arrives is dropped here (`Dropped`, cause too_old), before any work is spent on it."""
