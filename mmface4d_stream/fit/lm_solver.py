@@ -47,6 +47,10 @@ class SolveSettings:
     per-pixel work (patches, normals, offsets); None: the whole batch at once (GPU). On a CPU one
     stream at a time keeps each pass's arrays in cache (8 streams' (3, 3, N) offset blocks are
     ~10 MB), while the small per-parameter work stays batched.
+       early_exit: stop the LM loop once every stream has converged, at the price of up to two host
+    reads per iteration (`active.any()`). Worth it on a CPU, where reading a flag costs nothing and
+    the remaining iterations are real work; never in a captured CUDA graph (the results are the
+    same either way: a converged stream's iterations are masked no-ops).
     """
 
     iterations: int
@@ -55,6 +59,7 @@ class SolveSettings:
     stride: int
     radius: int
     chunk: int | None = None
+    early_exit: bool = False
 
 
 @dataclass
@@ -348,6 +353,8 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
             converged = converged | cycled
             active = active & ~cycled
             start_cost = torch.where(active, cost, start_cost)
+            if settings.early_exit and not bool(active.any()):
+                break
         a = h + damping[:, None, None] * torch.diag_embed(torch.diagonal(h, dim1=1, dim2=2).clamp_min(1e-9)) + 1e-9 * eye
         delta, solved = _cholesky_solve(a, -g)
         delta = delta.to(fb.rotation.dtype)
@@ -365,6 +372,8 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
             done = accept & ((cost - new_cost < cfg.cost_tolerance * cost) | small)
             converged = converged | done
             active = active & ~done
+        if settings.early_exit and not bool(active.any()):
+            break
     r, t, alpha, beta = state
     v_id = pack.identity_shape(alpha) if terms.fit_identity else fb.v_id
     full = pack.shape(v_id, beta, fb.offsets)

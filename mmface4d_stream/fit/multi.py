@@ -381,6 +381,7 @@ class MultiStreamFitter:
             stride=max(int(cfg.depth_stride), 1),
             radius=patch_radius(cfg.depth_stride),
             chunk=_cpu_chunk(pack.model.n_vertices) if self.device.type == "cpu" else None,
+            early_exit=self.device.type == "cpu",
         )
         n_cam = max(len(job.cams) for job in jobs)
         n_jobs = len(jobs)

@@ -3,6 +3,8 @@ nothing back inside the solve."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from mmface4d_stream.fit import lm_solver
 from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
 from mmface4d_stream.fit.host_reads import AtenOpCounter, HostReadCounter
+from mmface4d_stream.fit.lm_solver import tensor_fields
 from mmface4d_stream.fit.multi import MultiStreamFitter
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
 
@@ -85,10 +88,13 @@ def test_a_steady_frame_reads_nothing_back_inside_the_solve(model, streams, monk
     inside = []
     solve = lm_solver.solve_frames
 
-    def counted(*args, **kwargs):
-        with HostReadCounter() as reads, AtenOpCounter() as ops:
-            out = solve(*args, **kwargs)
-        inside.append((reads.total, dict(reads.counts), ops.total))
+    def counted(pack, config, fb, settings):
+        # The solve as a captured CUDA graph runs it: no early exit (on a CPU the fitter stops the
+        # LM loop once every stream converged, reading one flag per check; pinned below).
+        for early_exit in (False, True):
+            with HostReadCounter() as reads, AtenOpCounter() as ops:
+                out = solve(pack, config, fb, replace(settings, early_exit=early_exit))
+            inside.append((reads.total, dict(reads.counts), ops.total, out))
         return out
 
     monkeypatch.setattr(lm_solver, "solve_frames", counted)
@@ -96,12 +102,22 @@ def test_a_steady_frame_reads_nothing_back_inside_the_solve(model, streams, monk
     with HostReadCounter() as whole:
         res = fitter.process(streams[0][4][0])
     assert "cold_start" not in res.flags and "identity_frozen" in res.flags
-    assert len(inside) == 1
-    reads, counts, ops = inside[0]
+    assert len(inside) == 2
+    reads, counts, ops, fixed = inside[0]
     assert reads == 0, f"host reads inside the solve: {counts}"
     assert ops > 500  # the counter did see the solve's work
-    # Outside the solve: host arrays only (the results' read-back, crops), no value reads.
-    assert set(whole.counts) == {"numpy"}, dict(whole.counts)
+    # Early exit: only the convergence flag is read, at most twice per iteration, and the result
+    # is the fixed budget's to the bit (a converged stream's iterations are masked no-ops).
+    early_reads, early_counts, early_ops, early = inside[1]
+    assert set(early_counts) <= {"__bool__"} and early_reads <= 2 * fitter.config.warm_iterations
+    assert early_ops <= ops
+    for name, value in tensor_fields(fixed).items():
+        assert torch.equal(value, tensor_fields(early)[name]), name
+    # Outside the solve: host arrays only (the results' read-back, crops), no value reads (the
+    # whole call's flag reads are those of the early-exit solve above).
+    outside = dict(whole.counts)
+    assert outside.pop("__bool__", 0) == early_counts.get("__bool__", 0)
+    assert set(outside) == {"numpy"}, dict(whole.counts)
 
 
 def test_counters_see_reads():
