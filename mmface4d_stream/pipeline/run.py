@@ -40,6 +40,8 @@ class ReconstructOptions:
     progress: bool = True
     # The fitter is many small tensor ops: one thread is fastest on a CPU shared with the decoders.
     torch_threads: int = 1
+    # The fitter's rasterized depth term (`FitterConfig.raster`): "off" or "depth".
+    raster: str = "off"
 
 
 def load_face_model(options: ReconstructOptions):
@@ -94,7 +96,9 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     source = open_source(inputs, cameras=options.cameras, max_frames=options.max_frames)
     transforms, rig = rig_transforms_for(source, options, save_path)
     landmarks = LandmarkStage(len(source.camera_indices))
-    fitter = FitStage(transforms, model=model, device=options.device)
+    from mmface4d_stream.fit.fitter_config import FitterConfig
+
+    fitter = FitStage(transforms, model=model, config=FitterConfig(raster=options.raster), device=options.device)
     smoother = SmoothStage() if options.smooth else None
     sink = MeshNutSink(save_path)
     start = time.perf_counter()
