@@ -53,7 +53,10 @@ class Fitter:
             self._model_key = key
         model = self._model
         transforms = None if self.rig_transforms is None else [np.asarray(t) for t in self.rig_transforms]
-        return FitStage(transforms, model=model, device=self.options.get("device", "cpu"))
+        from mmface4d_stream.fit.fitter_config import FitterConfig
+
+        return FitStage(transforms, model=model, config=FitterConfig(raster=self.options.get("raster") or "off"),
+                        device=self.options.get("device", "cpu"))
 
     def set_rig(self, rig_transforms: list | None) -> bool:
         """Use these extrinsics (per camera 4x4 T_ref_from_cam, None: one camera): a fresh stream."""

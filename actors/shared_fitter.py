@@ -82,7 +82,9 @@ class SharedFitter:
         # A template is per subject: every stream builds its own (model None); a BFM is shared.
         self._model = None if face_model == "template" else load_face_model(ReconstructOptions(
             face_model=face_model, bfm_folder=options.get("bfm_folder"), landmark_mapping=options.get("landmark_mapping")))
-        self.fitter = MultiStreamFitter(self._model, None, self.device)
+        from mmface4d_stream.fit.fitter_config import FitterConfig
+
+        self.fitter = MultiStreamFitter(self._model, FitterConfig(raster=options.get("raster") or "off"), self.device)
         self._streams: dict[str, _Stream] = {}
         # Every use of the fitter runs in this one thread, in submission order: solves never overlap
         # with a stream being opened or checkpointed, and torch keeps its thread settings.

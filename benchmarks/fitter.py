@@ -133,13 +133,13 @@ class _LegacyStreams:
 
 
 def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int, offsets: bool,
-              mode: str = "graph", profile: bool = False) -> dict:
+              mode: str = "graph", profile: bool = False, raster: str = "off") -> dict:
     """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames.
 
     mode: "graph" (CUDA graphs where the device is CUDA), "eager", or "legacy" (the d72b0a6
     fitter, one stream).
     """
-    cfg = FitterConfig(offsets=offsets, identity_frames=warmup)
+    cfg = FitterConfig(offsets=offsets, identity_frames=warmup, raster=raster)
     if mode == "legacy":
         if batch != 1:
             raise ValueError("the legacy fitter fits one stream")
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy", action="store_true", help="also time the fitter of main d72b0a6 at B = 1")
     parser.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager (no graph) rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--raster", nargs="+", default=["off"], choices=("off", "depth"),
+                        help="fitter.raster settings (default off); the mode column names it when not off")
     parser.add_argument("--profile", action="store_true",
                         help="on CUDA, also list the operators with the most device time in one steady step")
     args = parser.parse_args(argv)
@@ -257,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
                     (["graph"] if device.startswith("cuda") else ["eager"])
                 jobs = [("legacy", 1)] if args.legacy else []
                 jobs += [(mode, b) for b in args.batch for mode in modes]
-                for mode, b in jobs:
+                jobs = [(mode, b, raster) for raster in args.raster for mode, b in jobs
+                        if mode != "legacy" or raster == "off"]
+                for mode, b, raster in jobs:
                     r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
-                                  mode=mode, profile=args.profile and mode != "legacy")
-                    r.update(model=key, cameras=n_cam, device=device, mode=mode)
+                                  mode=mode, profile=args.profile and mode != "legacy", raster=raster)
+                    r.update(model=key, cameras=n_cam, device=device, mode=mode, raster=raster)
+                    mode = mode if raster == "off" else f"{mode}, raster {raster}"
                     rows.append(r)
                     print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
                           f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "

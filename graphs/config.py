@@ -64,7 +64,8 @@ class FitterConfig:
     together: `auto` when the cluster has GPUs (one actor per `num_gpus` GPUs, fitting on cuda),
     `on` always (without GPUs one actor on `device`), `off` a fitter actor per lane. A shared actor
     waits at most batch_window_ms after the first ready frame for other lanes' frames and solves at
-    most max_batch frames at once.
+    most max_batch frames at once. raster: the fitter's rasterized depth term
+    (`fit.fitter_config.FitterConfig.raster`): off or depth.
     """
 
     face_model: str = "template"
@@ -79,6 +80,7 @@ class FitterConfig:
     num_gpus: float = 1.0
     batch_window_ms: float = 5.0
     max_batch: int = 64
+    raster: str = "off"
 
 
 @dataclass
@@ -199,12 +201,13 @@ class GraphConfig:
 _CHOICES = {
     "fitter.face_model": ("template", "bfm"),
     "fitter.shared": ("auto", "on", "off"),
+    "fitter.raster": ("off", "depth"),
     "policy.mode": ("offline", "live"),
     "faults.stage": (None, "source", "landmarks", "fitter", "smoother", "encoder", "publisher"),
     "faults.kind": (None, "raise", "exit"),
 }
 # Choice keys whose words YAML 1.1 reads as booleans (`shared: on`): taken back as the words.
-_ON_OFF = {"fitter.shared"}
+_ON_OFF = {"fitter.shared", "fitter.raster"}
 _POSITIVE = {"policy.max_inflight", "source.loop", "output.fps", "publish.send_hwm", "publish.offline_hwm",
              "fitter.torch_threads",
              "smoother.order", "smoother.cutoff_hz", "ray.checkpoint_every", "policy.max_latency_ms",
