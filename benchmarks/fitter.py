@@ -122,7 +122,9 @@ class _LegacyStreams:
         from benchmarks.legacy_fitter import legacy_fitter_class
 
         cls = legacy_fitter_class()
-        legacy_cfg = sys.modules[cls.__module__].FitterConfig(**dataclasses.asdict(cfg))
+        legacy_type = sys.modules[cls.__module__].FitterConfig
+        # Settings newer than the legacy fitter (e.g. raster) are left out.
+        legacy_cfg = legacy_type(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(legacy_type)})
         self._fitter = cls(model, legacy_cfg, device=device)
 
     def open_stream(self) -> int:
