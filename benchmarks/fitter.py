@@ -251,11 +251,15 @@ def main(argv: list[str] | None = None) -> int:
           "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm | "
           "step ms: host prep / device / finish |", file=out)
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
+    # Every capture is rendered (in forked worker processes) before any fit: the raster term opens
+    # an OpenGL context, which a forked process must not inherit.
+    models = {key: synthetic_face_model(seed=0, **MODELS[key][1]) for key in args.models}
+    captures = {(key, n_cam): make_frames(models[key], n_cam, args.frames) for key in args.models for n_cam in args.cameras}
     for key in args.models:
-        name, kwargs = MODELS[key]
-        model = synthetic_face_model(seed=0, **kwargs)
+        name, _ = MODELS[key]
+        model = models[key]
         for n_cam in args.cameras:
-            frames = make_frames(model, n_cam, args.frames)
+            frames = captures[key, n_cam]
             for device in devices:
                 modes = ["graph", "eager"] if device.startswith("cuda") and not args.no_eager else \
                     (["graph"] if device.startswith("cuda") else ["eager"])

@@ -108,7 +108,7 @@ class MultiStreamFitter:
         self._packs: dict[int, ModelPack] = {}
         self.graphs = GraphCache()
         self._grids: dict = {}  # FitCamera -> its undistortion grid on the device
-        self._rasterizers: dict = {}  # id(ModelPack) -> fit.raster.Rasterizer (raster term)
+        self._rasterizers: dict = {}  # id(ModelPack) -> (ModelPack, fit.raster.Rasterizer) (raster term)
         # Wall-clock split of the last `process` call, ms: host preparation of the frames
         # (prepare_ms, collate_ms), launching the solve (launch_ms), the solve on the device
         # (device_ms: CUDA events; on the CPU the solve itself), read-back and results (finish_ms).
@@ -295,6 +295,7 @@ class MultiStreamFitter:
             used.add(id(self._model))
         for key in [k for k in self._packs if k not in used]:
             del self._packs[key]
+            self._rasterizers.pop(key, None)
             self.graphs.drop(lambda graph_key, k=key: graph_key[0] == k)
 
     def _build_template(self, st: _Stream, obs: FrameObservation) -> None:
@@ -442,10 +443,11 @@ class MultiStreamFitter:
         from mmface4d_stream.fit.raster_term import RasterView, prepare_raster
 
         cfg = self.config
-        rasterizer = self._rasterizers.get(id(pack))
-        if rasterizer is None:
-            rasterizer = make_rasterizer(pack.model.triangles, pack.n_vertices, cfg.raster_backend, self.device)
-            self._rasterizers[id(pack)] = rasterizer
+        entry = self._rasterizers.get(id(pack))
+        if entry is None or entry[0] is not pack:
+            entry = (pack, make_rasterizer(pack.model.triangles, pack.n_vertices, cfg.raster_backend, self.device))
+            self._rasterizers[id(pack)] = entry
+        rasterizer = entry[1]
         stride = max(int(cfg.depth_stride), 1)
         views = [[None if crop is None else
                   RasterView(cam.camera, cam.r_cam_from_ref, cam.t_cam_from_ref, crop.depth_mm, crop.x0, crop.y0, stride)

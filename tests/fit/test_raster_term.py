@@ -237,6 +237,6 @@ def test_fitter_raster_depth_on_cuda_with_nvdiffrast(model):
         err[device] = [float(np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean())
                        for obs, gt in frames]
         if device == "cuda":
-            assert fitter._rasterizers and next(iter(fitter._rasterizers.values())).backend == "nvdiffrast"
+            assert fitter._rasterizers and next(iter(fitter._rasterizers.values()))[1].backend == "nvdiffrast"
     assert np.mean(err["cuda"][1:]) < 0.6e-3
     assert abs(np.mean(err["cuda"]) - np.mean(err["cpu"])) < 0.1e-3, err
