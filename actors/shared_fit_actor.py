@@ -76,7 +76,7 @@ class SharedFitActor:
         self.max_batch = int(max_batch)
         # A template is per subject: every stream builds its own (model None); a BFM is shared.
         self._model = config.load_model()
-        self.fitter = MultiStreamFitter(self._model, None, self.device)
+        self.fitter = MultiStreamFitter(self._model, config.fitter_config(), self.device)
         self._streams: dict[str, _Stream] = {}
         # Every use of the fitter runs in this one thread, in submission order: solves never overlap
         # with a stream being opened or checkpointed, and torch keeps its thread settings.

@@ -6,7 +6,12 @@ point-to-surface distances in mm (reconstructed vertices -> true surface, true f
 reconstructed surface) over the whole face and over the lip region (within 3.5 cm of the mouth
 corners, `fit.evaluate`), the jitter of reconstruction and ground truth, and per-stage times.
 
-    python benchmarks/accuracy.py [--frames 60] [--device cpu|cuda] [--json]
+    python benchmarks/accuracy.py [--frames 60] [--device cpu|cuda] [--raster off depth] [--face-model bfm
+        --bfm-folder DIR] [--json]
+
+`--raster` runs the capture once per setting of the fitter's rasterized depth term
+(`FitterConfig.raster`); rows are labelled with it. "fit ms" is the fitter's mean wall time per
+frame (detection excluded), single-threaded torch.
 """
 
 from __future__ import annotations
@@ -43,18 +48,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object (errors and stage times) only")
+    parser.add_argument("--raster", nargs="+", default=["off"], choices=("off", "depth"),
+                        help="fitter.raster settings to run (default: off)")
+    parser.add_argument("--face-model", choices=("template", "bfm"), default="template")
+    parser.add_argument("--bfm-folder", help="folder with BFM_model_front.mat (for --face-model bfm)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     folder = capture(args.frames, args.seed)
     rows = []
-    for label, cameras, reference in (("3 cameras", None, None), ("1 camera (centre)", [0], 0)):
-        save = ROOT / "out" / "bench" / f"recon_{label.split()[0]}cam_{args.device}"
-        meta = reconstruct([folder / "synth"], save,
-                           ReconstructOptions(source=SourceConfig(cameras=cameras),
-                                              fitter=FitStageConfig(device=args.device), progress=True))
-        reference = meta["reference_camera"] if reference is None else reference
-        error = evaluate_sequence(save, folder / "gt", reference_device=reference)
-        rows.append((label, error, meta))
+    for raster in args.raster:
+        for cams_label, cameras, reference in (("3 cameras", None, None), ("1 camera (centre)", [0], 0)):
+            label = f"{cams_label}, raster {raster}"
+            save = ROOT / "out" / "bench" / f"recon_{cams_label.split()[0]}cam_{args.device}_{args.face_model}_{raster}"
+            fitter = FitStageConfig(device=args.device, raster=raster, face_model=args.face_model,
+                                    bfm_folder=args.bfm_folder)
+            meta = reconstruct([folder / "synth"], save,
+                               ReconstructOptions(source=SourceConfig(cameras=cameras), fitter=fitter, progress=True))
+            reference = meta["reference_camera"] if reference is None else reference
+            error = evaluate_sequence(save, folder / "gt", reference_device=reference)
+            rows.append((label, error, meta))
     if args.json:
         print(json.dumps({label: dict(error.to_dict(), stage_latency_ms=stage_latency(meta), lost_frames=len(meta["frames_lost_face"]))
                           for label, error, meta in rows}))
@@ -70,10 +82,11 @@ def main() -> None:
                 continue
             print(f"| {label} | {region} | {fwd.mean_mm:.2f} | {fwd.p95_mm:.2f} | {bwd.mean_mm:.2f} | {bwd.p95_mm:.2f} | "
                   f"{len(meta['frames_lost_face'])} |")
-    print("\n| cameras | jitter recon mm/frame² | jitter ground truth mm/frame² |")
-    print("|---|---:|---:|")
-    for label, error, _ in rows:
-        print(f"| {label} | {error.jitter_recon_mm:.3f} | {error.jitter_gt_mm:.3f} |")
+    print("\n| cameras | jitter recon mm/frame² | jitter ground truth mm/frame² | fit ms/frame |")
+    print("|---|---:|---:|---:|")
+    for label, error, meta in rows:
+        fit = meta["stage_ms"].get("fit", {}).get("mean", float("nan"))
+        print(f"| {label} | {error.jitter_recon_mm:.3f} | {error.jitter_gt_mm:.3f} | {fit:.1f} |")
     print("\n| cameras | stage | mean ms | p50 ms | p95 ms | frames/s (from mean) |")
     print("|---|---|---:|---:|---:|---:|")
     for label, _, meta in rows:

@@ -122,7 +122,9 @@ class _LegacyStreams:
         from benchmarks.legacy_fitter import legacy_fitter_class
 
         cls = legacy_fitter_class()
-        legacy_cfg = sys.modules[cls.__module__].FitterConfig(**dataclasses.asdict(cfg))
+        legacy_type = sys.modules[cls.__module__].FitterConfig
+        # Settings newer than the legacy fitter (e.g. raster) are left out.
+        legacy_cfg = legacy_type(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(legacy_type)})
         self._fitter = cls(model, legacy_cfg, device=device)
 
     def open_stream(self) -> int:
@@ -133,13 +135,13 @@ class _LegacyStreams:
 
 
 def run_batch(model, frames, batch: int, device: str, warmup: int, n_frames: int, offsets: bool,
-              mode: str = "graph", profile: bool = False) -> dict:
+              mode: str = "graph", profile: bool = False, raster: str = "off") -> dict:
     """Fit `batch` streams over n_frames; steady-state figures after `warmup` frames.
 
     mode: "graph" (CUDA graphs where the device is CUDA), "eager", or "legacy" (the d72b0a6
     fitter, one stream).
     """
-    cfg = FitterConfig(offsets=offsets, identity_frames=warmup)
+    cfg = FitterConfig(offsets=offsets, identity_frames=warmup, raster=raster)
     if mode == "legacy":
         if batch != 1:
             raise ValueError("the legacy fitter fits one stream")
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy", action="store_true", help="also time the fitter of main d72b0a6 at B = 1")
     parser.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager (no graph) rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--raster", nargs="+", default=["off"], choices=("off", "depth"),
+                        help="fitter.raster settings (default off); the mode column names it when not off")
     parser.add_argument("--profile", action="store_true",
                         help="on CUDA, also list the operators with the most device time in one steady step")
     args = parser.parse_args(argv)
@@ -247,20 +251,27 @@ def main(argv: list[str] | None = None) -> int:
           "host reads/step | aten ops/frame | kernel launches/frame | iterations | mean vertex error mm | "
           "step ms: host prep / device / finish |", file=out)
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
+    # Every capture is rendered (in forked worker processes) before any fit: the raster term opens
+    # an OpenGL context, which a forked process must not inherit.
+    models = {key: synthetic_face_model(seed=0, **MODELS[key][1]) for key in args.models}
+    captures = {(key, n_cam): make_frames(models[key], n_cam, args.frames) for key in args.models for n_cam in args.cameras}
     for key in args.models:
-        name, kwargs = MODELS[key]
-        model = synthetic_face_model(seed=0, **kwargs)
+        name, _ = MODELS[key]
+        model = models[key]
         for n_cam in args.cameras:
-            frames = make_frames(model, n_cam, args.frames)
+            frames = captures[key, n_cam]
             for device in devices:
                 modes = ["graph", "eager"] if device.startswith("cuda") and not args.no_eager else \
                     (["graph"] if device.startswith("cuda") else ["eager"])
                 jobs = [("legacy", 1)] if args.legacy else []
                 jobs += [(mode, b) for b in args.batch for mode in modes]
-                for mode, b in jobs:
+                jobs = [(mode, b, raster) for raster in args.raster for mode, b in jobs
+                        if mode != "legacy" or raster == "off"]
+                for mode, b, raster in jobs:
                     r = run_batch(model, frames, b, device, args.warmup, args.frames, not args.no_offsets,
-                                  mode=mode, profile=args.profile and mode != "legacy")
-                    r.update(model=key, cameras=n_cam, device=device, mode=mode)
+                                  mode=mode, profile=args.profile and mode != "legacy", raster=raster)
+                    r.update(model=key, cameras=n_cam, device=device, mode=mode, raster=raster)
+                    mode = mode if raster == "off" else f"{mode}, raster {raster}"
                     rows.append(r)
                     print(f"| {name} | {n_cam} | {device} | {mode} | {b} | {r['fps_per_stream']:.1f} | "
                           f"{r['fps_total']:.1f} | {r['cpu_ms_per_frame']:.2f} | {_fmt(r['host_reads_per_step'], 'd')} | "

@@ -53,7 +53,8 @@ class FitterActorConfig(FitStageConfig):
     together: `auto` when the cluster has GPUs (one actor per `num_gpus` GPUs, fitting on cuda),
     `on` always (without GPUs one actor on `device`), `off` a fitter actor per lane. A shared actor
     waits at most batch_window_ms after the first ready frame for other lanes' frames and solves at
-    most max_batch frames at once.
+    most max_batch frames at once. raster: the fitter's rasterized depth term
+    (`fit.fitter_config.FitterConfig.raster`): off or depth.
     """
 
     num_cpus: float = setting(1.0, bound="non_negative")

@@ -41,6 +41,11 @@ class FitterConfig:
         the model has more; all of them for the template).
     Robustness: `restart_landmark_rms_px`: a warm fit worse than this is redone cold;
         `max_lost_frames_warm`: after that many lost frames the next fit starts cold.
+    Rasterized depth term (`fit/raster_term.py`): `raster` "off" or "depth" (per-pixel
+        point-to-plane samples from a rendering of the frame's starting mesh, in the LM iterations
+        and the offset step); `raster_samples` samples kept per camera; `raster_weight` scales them
+        against the sparse depth term (same σ and Huber threshold); `raster_backend` "auto", "gl"
+        (CPU, OpenGL) or "nvdiffrast" (CUDA).
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
     normals_refresh_frames: model normals (visibility gating only) are recomputed every this many
         chained warm-started frames.
@@ -84,3 +89,14 @@ class FitterConfig:
     max_lost_frames_warm: int = 10
     template_subdivisions: int = 2
     normals_refresh_frames: int = 3
+
+    raster: str = "off"
+    raster_samples: int = 1000
+    raster_weight: float = 1.0
+    raster_backend: str = "auto"
+
+    def __post_init__(self):
+        from mmface4d_stream.fit.raster_term import RASTER_MODES
+
+        if self.raster not in RASTER_MODES:
+            raise ValueError(f"raster must be one of {RASTER_MODES}, got {self.raster!r}")

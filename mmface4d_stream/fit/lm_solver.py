@@ -32,6 +32,7 @@ from mmface4d_stream.fit.geometry import orthonormalize_batch, skew_torch, so3_e
 from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark_rows, project_pinhole_batch
 from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, vertex_normals
 from mmface4d_stream.fit.offsets import offset_step
+from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm
 
 __all__ = ["SolveSettings", "FrameBatch", "SolveOutput", "solve_frames", "tensor_fields"]
 
@@ -79,6 +80,8 @@ class FrameBatch:
         normals_source: (B, N, 3) model-frame mesh whose normals gate visibility (the warm start's
             final vertices, or the cold start's initial shape).
         temporal: (B,) 1 where the temporal priors apply (warm start), 0 for cold starts.
+        raster: the rasterized depth term's per-pixel samples (`raster_term.RasterBatch`), or None
+            (`FitterConfig.raster` off).
     """
 
     cameras: CameraBatch
@@ -96,6 +99,7 @@ class FrameBatch:
     v_id: torch.Tensor
     normals_source: torch.Tensor
     temporal: torch.Tensor
+    raster: RasterBatch | None = None
 
 
 @dataclass
@@ -137,7 +141,7 @@ def tensor_fields(obj) -> dict[str, torch.Tensor]:
         value = getattr(obj, f.name)
         if isinstance(value, torch.Tensor):
             out[f.name] = value
-        elif isinstance(value, CameraBatch):
+        elif isinstance(value, (CameraBatch, RasterBatch)):
             out.update({f"{f.name}.{k}": v for k, v in tensor_fields(value).items()})
     return out
 
@@ -169,6 +173,9 @@ class _Terms:
         if pack.n_exp:
             diag.append((cfg.exp_prior_weight + self.exp_temporal + zeros)[:, None].expand(-1, pack.n_exp))
         self.prior_diag = torch.cat(diag, 1).to(torch.float64)
+        # The rasterized depth term (fit/raster_term.py), None when off.
+        self.raster = None if fb.raster is None else RasterTerm(pack, fb.raster, patches, fb.v_id, fb.offsets, self.fit_identity)
+        self.inv_r = cfg.raster_weight * self.inv_d
 
     # -- model points ------------------------------------------------------------------------
 
@@ -204,6 +211,8 @@ class _Terms:
         """Associate the samples of a state, xc = `samples_in_cameras(state)[1]`, with the patches."""
         cams = self.fb.cameras
         normals_cam = cams.rotate(self.s_normals @ state[0].transpose(-1, -2))
+        if self.raster is not None:
+            self.raster.gate(state, cams, gate_m)
         return self.patches.associate(cams, xc, normals_cam, gate_m, self.cfg.depth_min_normal_cos)
 
     # -- cost and normal equations -------------------------------------------------------------
@@ -258,6 +267,11 @@ class _Terms:
             jw_d = j_d * w.reshape(b, -1, 1).to(torch.float64)
             h = h + jw_d.transpose(1, 2) @ j_d
             g = g + (jw_d.transpose(1, 2) @ res_d.reshape(b, -1, 1).to(torch.float64))[..., 0]
+        if self.raster is not None:
+            c_r, h_r, g_r = self.raster.cost_and_rows(state, cams, self.inv_r, cfg.depth_huber_m, self.n_par, with_jac)
+            cost = cost + c_r
+            if with_jac:
+                h, g = h + h_r, g + g_r
         # Priors and temporal terms: diagonal.
         fb0 = self.fb
         w_rel = so3_log_batch(r @ fb0.rotation.transpose(-1, -2))
@@ -380,7 +394,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     offsets = fb.offsets
     if pack.regularizer is not None:
         offsets = _chunked(partial(offset_step, pack, cfg), b, chunk, fb.cameras, patches, r, t, full, fb.offsets,
-                           normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf)
+                           normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf, fb.raster)
         full = full - fb.offsets + offsets
     r = orthonormalize_batch(r)
     vertices = full @ r.transpose(-1, -2) + t[:, None]

@@ -84,6 +84,7 @@ class _Job:
     crops: list = field(default_factory=list)
     alpha0: np.ndarray | None = None
     pose0: tuple[np.ndarray, np.ndarray] | None = None
+    start_ref: np.ndarray | None = None  # (N, 3) the starting mesh, reference frame (raster term)
 
 
 class MultiStreamFitter:
@@ -107,6 +108,7 @@ class MultiStreamFitter:
         self._packs: dict[int, ModelPack] = {}
         self.graphs = GraphCache()
         self._grids: dict = {}  # FitCamera -> its undistortion grid on the device
+        self._rasterizers: dict = {}  # id(ModelPack) -> (ModelPack, fit.raster.Rasterizer) (raster term)
         # Wall-clock split of the last `process` call, ms: host preparation of the frames
         # (prepare_ms, collate_ms), launching the solve (launch_ms), the solve on the device
         # (device_ms: CUDA events; on the CPU the solve itself), read-back and results (finish_ms).
@@ -293,6 +295,7 @@ class MultiStreamFitter:
             used.add(id(self._model))
         for key in [k for k in self._packs if k not in used]:
             del self._packs[key]
+            self._rasterizers.pop(key, None)
             self.graphs.drop(lambda graph_key, k=key: graph_key[0] == k)
 
     def _build_template(self, st: _Stream, obs: FrameObservation) -> None:
@@ -325,12 +328,15 @@ class MultiStreamFitter:
         job = _Job(st, obs, cams, warm, fit_identity, flags)
         if warm is not None:
             samples_ref = np.asarray(warm.vertices, np.float64)[samples]
+            job.start_ref = warm.vertices
         else:
             flags.append("cold_start")
             alpha = st.identity if st.identity is not None else np.zeros(model.n_id, np.float32)
             rest = model.vertices(alpha).astype(np.float64)  # cold starts are rare: the whole mesh
             r0, t0 = initial_pose if initial_pose is not None else cold_pose(obs, cams, model, rest)
             samples_ref = rest[samples] @ np.asarray(r0).T + np.asarray(t0)
+            if cfg.raster != "off":
+                job.start_ref = rest @ np.asarray(r0).T + np.asarray(t0)
             job.alpha0, job.pose0 = np.asarray(alpha, np.float32), (np.asarray(r0), np.asarray(t0))
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
@@ -398,9 +404,10 @@ class MultiStreamFitter:
             states = [self._initial_state(pack, job) for job in jobs]
             init = {k: _stack([s[k] for s in states]) for k in _STATE_FIELDS}
             temporal = torch.tensor([0.0 if cold else 1.0] * len(jobs), dtype=torch.float32, device=self.device)
+            raster = self._raster_batch(pack, jobs, n_cam, depth.shape[3]) if cfg.raster != "off" else None
             fb = FrameBatch(cameras, lm_target, lm_conf, depth, ray_grid, origin, size, init["rotation"],
                             init["translation"], init["alpha"], init["beta"], init["offsets"], init["v_id"],
-                            init["full"], temporal)
+                            init["full"], temporal, raster)
             fn = partial(_solve_fn, pack, cfg, settings)
             t1 = time.perf_counter()
             cuda = self.device.type == "cuda"
@@ -429,6 +436,25 @@ class MultiStreamFitter:
         timing["device_ms"] = timing.get("device_ms", 0.0) + (events[0].elapsed_time(events[1]) if cuda else (t2 - t1) * 1e3)
         timing["finish_ms"] = timing.get("finish_ms", 0.0) + (t3 - t2) * 1e3
         return results
+
+    def _raster_batch(self, pack: ModelPack, jobs: list[_Job], n_cam: int, patch_width: int):
+        """The rasterized depth term's samples of a batch (`raster_term.prepare_raster`): each job's
+        starting mesh rasterized into its depth crops, on the host (GL) or with nvdiffrast."""
+        from mmface4d_stream.fit.raster import make_rasterizer
+        from mmface4d_stream.fit.raster_term import RasterView, prepare_raster
+
+        cfg = self.config
+        entry = self._rasterizers.get(id(pack))
+        if entry is None or entry[0] is not pack:
+            entry = (pack, make_rasterizer(pack.model.triangles, pack.n_vertices, cfg.raster_backend, self.device))
+            self._rasterizers[id(pack)] = entry
+        rasterizer = entry[1]
+        stride = max(int(cfg.depth_stride), 1)
+        views = [[None if crop is None else
+                  RasterView(cam.camera, cam.r_cam_from_ref, cam.t_cam_from_ref, crop.depth_mm, crop.x0, crop.y0, stride)
+                  for cam, crop in zip(job.cams, job.crops)] for job in jobs]
+        return prepare_raster(rasterizer, pack.model.triangles, views, [job.start_ref for job in jobs], n_cam,
+                              patch_width, cfg.raster_samples, 3 * cfg.depth_gate_m, self.device)
 
     def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:
         st = job.stream

@@ -14,13 +14,14 @@ import torch
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch
 from mmface4d_stream.fit.model_pack import ModelPack
+from mmface4d_stream.fit.raster_term import offset_rows
 
 __all__ = ["offset_step"]
 
 
 def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBatch, rotation: torch.Tensor,
                 translation: torch.Tensor, full: torch.Tensor, offsets: torch.Tensor, normals_sub: torch.Tensor,
-                lm_target: torch.Tensor, lm_conf: torch.Tensor) -> torch.Tensor:
+                lm_target: torch.Tensor, lm_conf: torch.Tensor, raster=None) -> torch.Tensor:
     """New offsets for a batch of streams.
 
     Args:
@@ -29,6 +30,7 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
         full: (B, N, 3) model-frame vertices with the current `offsets` (B, N, 3), metres.
         normals_sub: (B, M, 3) model-frame normals at `pack.offset_vertices` (visibility gating).
         lm_target (B, C, L, 2) pinhole pixels, lm_conf (B, C, L).
+        raster: the rasterized depth term's samples (`raster_term.RasterBatch`) or None.
     Returns:
         offsets (B, N, 3) metres; a stream without any data keeps its offsets.
     """
@@ -50,6 +52,10 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
     h.index_copy_(3, sub, torch.einsum("bcmi,bcmj->bijm", wn, n_model))
     g.index_copy_(2, sub, torch.einsum("bcmi,bcm->bim", wn, c))
     has_data = ok.sum((1, 2)) > 0
+    if raster is not None:
+        h_r, g_r, has_r = offset_rows(raster, patches, cameras, rotation, translation, full, offsets,
+                                      cfg.raster_weight * inv_d, cfg.depth_huber_m, cfg.depth_gate_m)
+        h, g, has_data = h + h_r, g + g_r, has_data | has_r
     if cfg.offset_landmark_weight > 0:
         inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
         vid = pack.lm_vertex

@@ -42,7 +42,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         source=SourceConfig(cameras=cameras, max_frames=args.max_frames),
         fitter=FitStageConfig(face_model=args.face_model, bfm_folder=args.bfm_folder,
                               landmark_mapping=args.landmark_mapping, device=args.device, rig=args.rig,
-                              reference=args.reference),
+                              reference=args.reference, raster=args.raster),
         smoother=SmoothStageConfig(enabled=args.smooth), progress=not args.no_progress)
     meta = reconstruct(inputs, args.save_path, options)
     print(json.dumps({k: meta[k] for k in ("frames", "frames_lost_face", "model", "frames_per_second")}),
@@ -72,4 +72,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", action="store_true", help="causal 5 Hz Butterworth on the vertices while fitting")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--raster", choices=("off", "depth"), default="off",
+                   help="the fitter's rasterized depth term (fitter.raster): off (default) or depth")
     p.set_defaults(func=cmd_reconstruct)

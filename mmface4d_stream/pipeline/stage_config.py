@@ -97,7 +97,8 @@ class FitStageConfig:
     rig: a rig JSON from `mmface4d calibrate` (None: calibrated from the first frames). reference:
     the rig's reference camera (None: the middle one). device: torch device (cpu, cuda).
     torch_threads: intra-op threads of the fitting process (the fitter is many small tensor ops:
-    one thread is fastest on a CPU shared with the decoders)."""
+    one thread is fastest on a CPU shared with the decoders). raster: the fitter's rasterized depth
+    term (`fit.fitter_config.FitterConfig.raster`, docs/fitter.md): off or depth."""
 
     face_model: str = setting("template", choices=("template", "bfm"))
     bfm_folder: str | None = None
@@ -106,6 +107,13 @@ class FitStageConfig:
     rig: str | None = None
     reference: int | None = None
     torch_threads: int = setting(1, bound="positive")
+    raster: str = setting("off", choices=("off", "depth"), on_off=True)
+
+    def fitter_config(self):
+        """The fitter's settings (`fit.fitter_config.FitterConfig`) these stage settings choose."""
+        from mmface4d_stream.fit.fitter_config import FitterConfig
+
+        return FitterConfig(raster=self.raster)
 
     def stage_config(self, **changes) -> FitStageConfig:
         """These settings as a plain `FitStageConfig` (a subclass's extra fields dropped), with `changes`."""
@@ -143,7 +151,7 @@ class FitStageConfig:
         from mmface4d_stream.pipeline.stages import FitStage
 
         transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
-        return FitStage(transforms, model=model, device=self.device, fitter=fitter)
+        return FitStage(transforms, model=model, config=self.fitter_config(), device=self.device, fitter=fitter)
 
 
 @dataclass
