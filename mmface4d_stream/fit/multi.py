@@ -31,7 +31,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from mmface4d_stream.face.models import FaceModel, TemplateModel
+from mmface4d_stream.face.models import FaceModel
+from mmface4d_stream.face.template_model import TemplateModel
 from mmface4d_stream.fit.cuda_graph import GraphCache
 from mmface4d_stream.fit.fitter_config import FitterConfig
 from mmface4d_stream.fit.frame_prep import (
