@@ -18,6 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_REV = "d72b0a6"
 _MODULES = ("fitter", "camera_terms", "regularizers", "geometry")
+# Imports of the current tree whose names moved since `rev` (applied to folders written earlier too).
+_MOVED_IMPORTS = (
+    ("from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel, TemplateModel\n",
+     "from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel\n"
+     "from mmface4d_stream.face.template_model import TemplateModel\n"),
+)
+
+
+def _current_imports(text: str) -> str:
+    for old, new in _MOVED_IMPORTS:
+        text = text.replace(old, new)
+    return text
 
 
 def legacy_folder(rev: str = LEGACY_REV) -> Path:
@@ -25,6 +37,11 @@ def legacy_folder(rev: str = LEGACY_REV) -> Path:
     folder = ROOT / "out" / f"legacy_fit_{rev}"
     package = folder / "legacy_fit"
     if all((package / f"{m}.py").is_file() for m in _MODULES):
+        for name in _MODULES:
+            path = package / f"{name}.py"
+            text = path.read_text()
+            if _current_imports(text) != text:
+                path.write_text(_current_imports(text))
         return folder
     package.mkdir(parents=True, exist_ok=True)
     for name in _MODULES:
@@ -36,7 +53,7 @@ def legacy_folder(rev: str = LEGACY_REV) -> Path:
                              f"prepare {folder} on a machine with the repository's history") from None
         for other in _MODULES:
             text = text.replace(f"mmface4d_stream.fit.{other}", f"legacy_fit.{other}")
-        (package / f"{name}.py").write_text(text)
+        (package / f"{name}.py").write_text(_current_imports(text))
     (package / "__init__.py").write_text("")
     return folder
 
