@@ -18,12 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_REV = "d72b0a6"
 _MODULES = ("fitter", "camera_terms", "regularizers", "geometry")
-# Modules of the current tree it imports that have moved since `rev`: old name -> new name.
-_MOVED = {"mmface4d_stream.fit." + "types": "mmface4d_stream.fit.fit_io"}  # old name split: search-and-replace leaves it
+# Imports of the current tree whose names moved since `rev` (applied to folders written earlier
+# too). The old module name is split so that search-and-replace renames leave it.
+_MOVED_IMPORTS = (
+    ("from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel, TemplateModel\n",
+     "from mmface4d_stream.face.models import R_CAMERA_FROM_MODEL_FRONTAL, FaceModel\n"
+     "from mmface4d_stream.face.template_model import TemplateModel\n"),
+    ("mmface4d_stream.fit." + "types", "mmface4d_stream.fit.fit_io"),
+)
 
 
 def _current_imports(text: str) -> str:
-    for old, new in _MOVED.items():
+    for old, new in _MOVED_IMPORTS:
         text = text.replace(old, new)
     return text
 
@@ -33,8 +39,8 @@ def legacy_folder(rev: str = LEGACY_REV) -> Path:
     folder = ROOT / "out" / f"legacy_fit_{rev}"
     package = folder / "legacy_fit"
     if all((package / f"{m}.py").is_file() for m in _MODULES):
-        for m in _MODULES:  # a folder written before a module moved: point its imports at the new names
-            path = package / f"{m}.py"
+        for name in _MODULES:
+            path = package / f"{name}.py"
             text = path.read_text()
             if _current_imports(text) != text:
                 path.write_text(_current_imports(text))

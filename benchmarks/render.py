@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
-from mmface4d_stream.render.renderer import MeshRenderer, shared_context
+from mmface4d_stream.render.gl import shared_context
+from mmface4d_stream.render.renderer import MeshRenderer
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "mmface4d_000337"
 

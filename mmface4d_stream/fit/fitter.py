@@ -13,7 +13,7 @@ Streaming (`process`): each frame is warm-started from the previous result, so a
 suffice (`warm_iterations`); a frame where no camera sees a face returns the previous result
 flagged `lost=True` (never a made-up mesh); frames without usable depth are fitted to the landmarks
 alone and flagged. The default model (`model=None`) is the built-in template
-(`face.models.TemplateModel`), built from the first frame with a face and depth.
+(`face.template_model.TemplateModel`), built from the first frame with a face and depth.
 
 Everything is deterministic for a given input on a given device and thread count (no random
 choices at run time; the vertex subsets come from a fixed seed). On CUDA, `index_add_` (landmark

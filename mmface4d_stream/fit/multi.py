@@ -1,5 +1,9 @@
 """Many independent face streams fitted together: one GPU (or CPU) serving several sequences.
 
+One module (over 500 lines): `MultiStreamFitter` is one state machine over its slots (warm, cold,
+restart, identity phases) and the batching of those slots into solves; the solver itself is
+`lm_solver`.
+
 Each stream lives in a slot (`open_stream()`): its own warm start, identity estimate, template
 model (when fitting the built-in template), lost-face counters and checkpoint state. A call to
 `process({slot: observation, ...})` fits the next frame of every given stream; the streams that
@@ -31,7 +35,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from mmface4d_stream.face.models import FaceModel, TemplateModel
+from mmface4d_stream.face.models import FaceModel
+from mmface4d_stream.face.template_model import TemplateModel
 from mmface4d_stream.fit.cuda_graph import GraphCache
 from mmface4d_stream.fit.fitter_config import FitterConfig
 from mmface4d_stream.fit.frame_prep import (

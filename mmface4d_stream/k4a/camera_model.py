@@ -25,7 +25,7 @@ Unprojection inverts it with Gauss–Newton from a closed-form first guess (as t
 marks pixels invalid where it does not converge to 1e-3 px. Every projection function takes numpy
 arrays or torch tensors (any device) and returns the same kind.
 
-This is the package's one lens model: registration, the renderer (its GLSL copy `LENS_GLSL` is
+This is the package's one lens model: registration, the renderer (its GLSL copy `render.gl.LENS_GLSL` is
 pinned to it by tests/render) and the fitter (`fit.camera_terms.FitCamera` is a view of a
 `CameraModel`; its batched GPU copy is pinned by tests/fit/test_lens_model_pin.py) use it.
 

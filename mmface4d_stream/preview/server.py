@@ -41,7 +41,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from mmface4d_stream.preview import framing
 from mmface4d_stream.preview.assets import STATIC_DIR, missing_assets, missing_assets_message
 from mmface4d_stream.preview.relay import StreamRelay
-from mmface4d_stream.stream.publisher import is_loopback_host
+from mmface4d_stream.stream.curve import is_loopback_host
 
 log = logging.getLogger(__name__)
 

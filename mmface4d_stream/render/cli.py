@@ -9,7 +9,8 @@ from mmface4d_stream.errors import InputError
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from mmface4d_stream.render.synth import DepthNoise, synthesize_capture
+    from mmface4d_stream.render.kinect_sensor import DepthNoise
+    from mmface4d_stream.render.synth import synthesize_capture
 
     if args.frames < 1:
         raise InputError(f"--frames must be at least 1, got {args.frames}")

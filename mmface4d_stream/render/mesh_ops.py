@@ -1,4 +1,5 @@
-"""Mesh utilities of the sample subject: boundary loops, Loop subdivision as a sparse matrix.
+"""Mesh utilities: area-weighted vertex normals (the renderer's), boundary loops and Loop
+subdivision as a sparse matrix (the sample subject's).
 
 Reference: C. Loop, "Smooth subdivision surfaces based on triangles", MSc thesis, University of
 Utah, 1987.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-__all__ = ["boundary_loops", "loop_subdivision_matrix"]
+__all__ = ["boundary_loops", "loop_subdivision_matrix", "face_incidence", "vertex_normals"]
 
 
 def boundary_loops(faces: np.ndarray) -> list[np.ndarray]:
@@ -124,3 +125,41 @@ def loop_subdivision_matrix(faces: np.ndarray, n_vertices: int) -> tuple[scipy.s
         [np.stack([a, e0, e2], 1), np.stack([b, e1, e0], 1), np.stack([c, e2, e1], 1), np.stack([e0, e1, e2], 1)]
     )
     return S, new_faces
+
+
+def face_incidence(faces: np.ndarray, n_vertices: int):
+    """Sparse (N, F) matrix with a 1 where vertex n is a corner of face f (for `vertex_normals`)."""
+    import scipy.sparse
+
+    f = np.asarray(faces)
+    cols = np.repeat(np.arange(len(f)), 3)
+    data = np.ones(f.size, dtype=np.float32)
+    return scipy.sparse.csr_matrix((data, (f.ravel(), cols)), shape=(int(n_vertices), len(f)))
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray, incidence=None) -> np.ndarray:
+    """Area-weighted unit vertex normals.
+
+    Args:
+        vertices: (N, 3) float, any unit.
+        faces: (F, 3) int vertex indices; a face's normal follows its winding (right hand).
+        incidence: `face_incidence(faces, N)`, to reuse across frames of one topology.
+    Returns:
+        (N, 3) float32 unit normals (zero vectors for unreferenced vertices).
+    """
+    v = np.asarray(vertices, dtype=np.float32)
+    f = np.asarray(faces)
+    if incidence is None:
+        incidence = face_incidence(f, len(v))
+    vt = np.ascontiguousarray(v.T)
+    a = vt[:, f[:, 0]]
+    e1 = vt[:, f[:, 1]] - a
+    e2 = vt[:, f[:, 2]] - a
+    fn = np.empty((len(f), 3), dtype=np.float32)
+    fn[:, 0] = e1[1] * e2[2] - e1[2] * e2[1]
+    fn[:, 1] = e1[2] * e2[0] - e1[0] * e2[2]
+    fn[:, 2] = e1[0] * e2[1] - e1[1] * e2[0]
+    n = np.asarray(incidence @ fn, dtype=np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", n, n))[:, None]
+    np.divide(n, norm, out=n, where=norm > 0)
+    return n

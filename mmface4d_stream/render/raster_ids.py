@@ -2,7 +2,7 @@
 
 The CPU backend of `mmface4d_stream.fit.raster`. Each view (a mesh in one camera's frame, one crop
 box of that camera's raw image) is drawn like `renderer.MeshRenderer` draws: every vertex goes
-through the full Kinect lens model in the vertex shader (`renderer.LENS_GLSL`), triangles are
+through the full Kinect lens model in the vertex shader (`gl.LENS_GLSL`), triangles are
 rasterized with straight edges between the distorted vertices, pixel centres sit at integers and
 the first row read back is the crop's top row. Instead of colour and depth the fragment shader
 writes the triangle's index + 1 (integer target, 0 = no surface) and the perspective-correct
@@ -11,7 +11,7 @@ same quantities nvdiffrast's rasterizer reports.
 
 Triangles are drawn unindexed (three corners per triangle, each carrying a unit barycentric), so
 `gl_PrimitiveID` is the triangle's index. The views of one call share one tall framebuffer, one
-viewport per view, and one read-back. One OpenGL context per process (`renderer.shared_context`);
+viewport per view, and one read-back. One OpenGL context per process (`gl.shared_context`);
 use from one thread.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmface4d_stream.render.renderer import CLEAR_VERTEX_SHADER, LENS_GLSL, set_lens_uniforms, shared_context
+from mmface4d_stream.render.gl import CLEAR_VERTEX_SHADER, LENS_GLSL, set_lens_uniforms, shared_context
 
 __all__ = ["GLTriangleRasterizer"]
 

@@ -25,10 +25,11 @@ Speed: `benchmarks/render.py`; the README's "Measured" section keeps the figures
 Pixel convention: integer pixel coordinates are pixel centres (OpenCV / Kinect SDK); the image's first
 row is the top (v = 0), so arrays come back without flipping.
 
-One OpenGL context per process is created lazily (EGL, headless: llvmpipe on the CPU, the GPU driver
-where there is one) and shared by all renderers; framebuffers and buffers are allocated once per
-renderer and reused across frames. OpenGL contexts are bound to the thread that created them: use
-renderers from one thread.
+One OpenGL context per process (`render.gl.shared_context`: EGL, headless; llvmpipe on the CPU,
+the GPU driver where there is one) is shared by all renderers; the lens model's GLSL is
+`render.gl.LENS_GLSL`, vertex normals `render.mesh_ops.vertex_normals`. Framebuffers and buffers
+are allocated once per renderer and reused across frames. OpenGL contexts are bound to the thread
+that created them: use renderers from one thread.
 """
 
 from __future__ import annotations
@@ -39,18 +40,12 @@ from typing import NamedTuple
 import numpy as np
 
 from mmface4d_stream.k4a.camera_model import BROWN_CONRADY, CameraModel
+from mmface4d_stream.render.gl import CLEAR_VERTEX_SHADER, LENS_GLSL, set_lens_uniforms, shared_context
+from mmface4d_stream.render.mesh_ops import face_incidence, vertex_normals
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "RenderResult",
-    "MeshRenderer",
-    "vertex_normals",
-    "face_incidence",
-    "shared_context",
-    "LENS_GLSL",
-    "set_lens_uniforms",
-]
+__all__ = ["RenderResult", "MeshRenderer"]
 
 
 def _check_camera(camera: CameraModel) -> CameraModel:
@@ -76,80 +71,6 @@ class RenderResult(NamedTuple):
     color: np.ndarray
     depth_mm: np.ndarray
     depth_m: np.ndarray | None
-
-
-_CONTEXT = None
-
-
-def shared_context():
-    """The process's headless moderngl context (EGL), created on first use."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        import moderngl
-
-        try:
-            _CONTEXT = moderngl.create_standalone_context(backend="egl", require=330)
-        except Exception as exc:  # moderngl/glcontext raise plain Exceptions for a missing EGL
-            raise RuntimeError(
-                "headless OpenGL (EGL) is not available; on Debian/Ubuntu install libegl1, libegl-mesa0 "
-                f"and libgl1-mesa-dri (Mesa llvmpipe renders on the CPU) ({exc})"
-            ) from exc
-        logger.debug("OpenGL context: %s, %s", _CONTEXT.info["GL_RENDERER"], _CONTEXT.info["GL_VERSION"])
-    return _CONTEXT
-
-
-# The Kinect lens model and the clip coordinates of a camera-frame point, shared by every shader
-# that projects vertices (this renderer, `render/raster_ids.py`). Uniforms: intrinsics (fx, fy, cx,
-# cy, pixels), k123/k456/p12 (Brown-Conrady rational coefficients), r2_limit (squared normalized
-# radius beyond which the radial factor is held), near_far (clip range along z, metres).
-LENS_GLSL = """
-uniform vec4 intrinsics;      // fx, fy, cx, cy (pixels)
-uniform vec3 k123;
-uniform vec3 k456;
-uniform vec2 p12;
-uniform float r2_limit;
-uniform vec2 near_far;        // metres
-
-// Camera-frame point (metres, z forward) -> raw (distorted) pixel, centres at integers.
-vec2 kinect_pixel(vec3 p) {
-    float z = p.z;
-    // A vertex at or behind the camera is left to the near-plane clipper (w = z <= near).
-    float zs = (abs(z) < 1e-9) ? 1e-9 : z;
-    vec2 xy = p.xy / zs;
-    float r2 = dot(xy, xy);
-    float r2c = min(r2, r2_limit);
-    float radial = (1.0 + r2c * (k123.x + r2c * (k123.y + r2c * k123.z)))
-                 / (1.0 + r2c * (k456.x + r2c * (k456.y + r2c * k456.z)));
-    vec2 d;
-    d.x = xy.x * radial + 2.0 * p12.x * xy.x * xy.y + p12.y * (r2 + 2.0 * xy.x * xy.x);
-    d.y = xy.y * radial + p12.x * (r2 + 2.0 * xy.y * xy.y) + 2.0 * p12.y * xy.x * xy.y;
-    return vec2(d.x * intrinsics.x + intrinsics.z, d.y * intrinsics.y + intrinsics.w);
-}
-
-// Normalized device (x, y) of a pixel and the point's z -> clip coordinates (w = z, so that
-// varyings are interpolated perspective-correctly and the near plane clips at z = near).
-vec4 kinect_clip(vec2 ndc, float z) {
-    float n = near_far.x;
-    float f = near_far.y;
-    float zc = (f + n) / (f - n) * z - 2.0 * f * n / (f - n);
-    return vec4(ndc * z, zc, z);
-}
-"""
-
-def set_lens_uniforms(prog, intrinsics, distortion, r2_limit: float, near: float, far: float) -> None:
-    """Set the uniforms of `LENS_GLSL` on a moderngl program.
-
-    intrinsics: (fx, fy, cx, cy) pixels; distortion: (k1..k6, p1, p2) or None (ideal pinhole);
-    r2_limit: squared normalized radius beyond which the radial factor is held (use a huge value
-    for none); near, far: clip range along z, metres.
-    """
-    k1, k2, k3, k4, k5, k6, p1, p2 = (float(x) for x in (distortion if distortion is not None else (0.0,) * 8))
-    prog["intrinsics"].value = tuple(float(x) for x in intrinsics)
-    prog["k123"].value = (k1, k2, k3)
-    prog["k456"].value = (k4, k5, k6)
-    prog["p12"].value = (p1, p2)
-    prog["r2_limit"].value = float(min(r2_limit, 1e30))
-    prog["near_far"].value = (float(near), float(far))
 
 
 _VERTEX_SHADER = """
@@ -240,15 +161,6 @@ void main() {
 """
 
 
-# A full-screen quad from gl_VertexID alone (clears integer targets, which glClear cannot).
-CLEAR_VERTEX_SHADER = """
-#version 330
-void main() {
-    vec2 corner = vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1)) * 2.0 - 1.0;
-    gl_Position = vec4(corner, 1.0, 1.0);
-}
-"""
-
 _CLEAR_FRAGMENT_SHADER = """
 #version 330
 uniform vec3 background;
@@ -261,44 +173,6 @@ void main() {
     out_depth_m = 0.0;
 }
 """
-
-
-def face_incidence(faces: np.ndarray, n_vertices: int):
-    """Sparse (N, F) matrix with a 1 where vertex n is a corner of face f (for `vertex_normals`)."""
-    import scipy.sparse
-
-    f = np.asarray(faces)
-    cols = np.repeat(np.arange(len(f)), 3)
-    data = np.ones(f.size, dtype=np.float32)
-    return scipy.sparse.csr_matrix((data, (f.ravel(), cols)), shape=(int(n_vertices), len(f)))
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray, incidence=None) -> np.ndarray:
-    """Area-weighted unit vertex normals.
-
-    Args:
-        vertices: (N, 3) float, any unit.
-        faces: (F, 3) int vertex indices; a face's normal follows its winding (right hand).
-        incidence: `face_incidence(faces, N)`, to reuse across frames of one topology.
-    Returns:
-        (N, 3) float32 unit normals (zero vectors for unreferenced vertices).
-    """
-    v = np.asarray(vertices, dtype=np.float32)
-    f = np.asarray(faces)
-    if incidence is None:
-        incidence = face_incidence(f, len(v))
-    vt = np.ascontiguousarray(v.T)
-    a = vt[:, f[:, 0]]
-    e1 = vt[:, f[:, 1]] - a
-    e2 = vt[:, f[:, 2]] - a
-    fn = np.empty((len(f), 3), dtype=np.float32)
-    fn[:, 0] = e1[1] * e2[2] - e1[2] * e2[1]
-    fn[:, 1] = e1[2] * e2[0] - e1[0] * e2[2]
-    fn[:, 2] = e1[0] * e2[1] - e1[1] * e2[0]
-    n = np.asarray(incidence @ fn, dtype=np.float32)
-    norm = np.sqrt(np.einsum("ij,ij->i", n, n))[:, None]
-    np.divide(n, norm, out=n, where=norm > 0)
-    return n
 
 
 class MeshRenderer:

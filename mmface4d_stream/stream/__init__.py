@@ -4,7 +4,8 @@ See `schema` for the message layout and docs/protocol.md for the whole protocol;
 `examples/subscriber_minimal.py` shows a client that needs only zmq, msgpack and numpy.
 """
 
-from mmface4d_stream.stream.publisher import DEFAULT_URL, MeshPublisher, PublisherStats, is_loopback_endpoint
+from mmface4d_stream.stream.curve import is_loopback_endpoint
+from mmface4d_stream.stream.publisher import DEFAULT_URL, MeshPublisher, PublisherStats
 from mmface4d_stream.stream.schema import (
     EndMessage,
     MeshMessage,

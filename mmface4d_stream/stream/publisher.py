@@ -29,24 +29,24 @@ Security: binding to a non-loopback address exposes face geometry to the network
 publisher requires CURVE keys (`curve_secret_key`/`curve_public_key`, e.g. from
 `zmq.curve_keypair()`) and refuses to start without them unless `allow_insecure=True`, which
 logs a warning. CURVE encrypts the stream; any client that knows the server's public key may
-subscribe, unless `curve_client_keys` lists the client keys that may.
+subscribe, unless `curve_client_keys` lists the client keys that may. The loopback rule and the
+client-key allow-list are `stream.curve`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
 
 from mmface4d_stream.stream import schema
+from mmface4d_stream.stream.curve import ClientKeyAllowList, is_loopback_endpoint, key_bytes
 from mmface4d_stream.stream.repair import MeshHistory, RepairService, default_repair_url
 
 log = logging.getLogger(__name__)
@@ -72,30 +72,6 @@ class PublisherStats:
     topology_sent: int = 0
     status_sent: int = 0
     subscriptions: int = 0
-
-
-def is_loopback_endpoint(url: str) -> bool:
-    """Whether a ZeroMQ endpoint is reachable only from this machine.
-
-    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local for 127.0.0.0/8, ::1 and
-    ``localhost``; wildcards (``*``, ``0.0.0.0``) and interface names are not.
-    """
-    scheme, _, rest = url.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        return False
-    return is_loopback_host(urlsplit(f"//{rest}").hostname or "")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (an address or ``localhost``) is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def topology_id_of(faces: np.ndarray) -> str:
@@ -182,15 +158,15 @@ class MeshPublisher:
             self._own_context = zmq.Context()
             self._authenticator = ThreadAuthenticator(self._own_context)
             self._authenticator.start()
-            self._authenticator.configure_curve_callback("*", _ClientKeyAllowList(curve_client_keys))
+            self._authenticator.configure_curve_callback("*", ClientKeyAllowList(curve_client_keys))
         self._context = self._own_context or context or zmq.Context.instance()
 
         def curve_server(sock: zmq.Socket) -> None:
             """CURVE server options, shared by the publish socket and the repair socket."""
             if secure:
                 sock.curve_server = True
-                sock.curve_secretkey = _key_bytes(curve_secret_key)
-                sock.curve_publickey = _key_bytes(curve_public_key)
+                sock.curve_secretkey = key_bytes(curve_secret_key)
+                sock.curve_publickey = key_bytes(curve_public_key)
 
         self._socket = self._context.socket(zmq.XPUB)
         try:
@@ -497,20 +473,3 @@ class MeshPublisher:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-class _ClientKeyAllowList:
-    """pyzmq ZAP credentials provider: admits the listed client public keys (Z85)."""
-
-    def __init__(self, keys: Sequence[bytes | str]):
-        self._keys = {_key_bytes(k) for k in keys}
-
-    def callback(self, domain: str, client_key: bytes) -> bool:
-        allowed = bytes(client_key) in self._keys
-        if not allowed:
-            log.warning("refused a subscriber with unknown CURVE key %s", bytes(client_key).decode("ascii", "replace"))
-        return allowed
-
-
-def _key_bytes(key: bytes | str) -> bytes:
-    return key.encode("ascii") if isinstance(key, str) else bytes(key)

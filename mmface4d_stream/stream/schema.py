@@ -1,5 +1,9 @@
 """The msgpack wire schema of the mesh stream (docs/protocol.md).
 
+One module (over 500 lines): the wire schema is versioned as a whole; each message type, its
+encoder and its decoder change together with the version, and splitting them would scatter the
+version rules.
+
 Every message is a ZeroMQ multipart message ``[topic, header, payload, *extra]``:
 
 - ``topic``: ASCII bytes, one of ``b"mesh"``, ``b"topology"``, ``b"status"``, ``b"end"`` (none is a

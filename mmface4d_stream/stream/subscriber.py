@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 import zmq
 
 from mmface4d_stream.stream import schema
-from mmface4d_stream.stream.publisher import DEFAULT_URL, _key_bytes
+from mmface4d_stream.stream.curve import key_bytes
+from mmface4d_stream.stream.publisher import DEFAULT_URL
 from mmface4d_stream.stream.repair import RepairClient, reachable_repair_url
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class MeshSubscriber:
             if curve_server_key is not None:
                 if curve_public_key is None:
                     curve_public_key, curve_secret_key = zmq.curve_keypair()
-                self._curve = tuple(_key_bytes(k) for k in (curve_server_key, curve_public_key, curve_secret_key))
+                self._curve = tuple(key_bytes(k) for k in (curve_server_key, curve_public_key, curve_secret_key))
                 self._set_curve(self._socket)
             for topic in topic_bytes:
                 self._socket.setsockopt(zmq.SUBSCRIBE, topic)

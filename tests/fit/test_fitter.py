@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmface4d_stream.face.models import BfmModel, TemplateModel
+from mmface4d_stream.face.models import BfmModel
+from mmface4d_stream.face.template_model import TemplateModel
 from mmface4d_stream.fit.camera_terms import FitCamera
 from mmface4d_stream.fit.fitter import FaceFitter, FitterConfig
 from mmface4d_stream.geometry import so3_log

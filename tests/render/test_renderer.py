@@ -7,7 +7,8 @@ import pytest
 
 from mmface4d_stream.k4a.camera_model import CameraModel
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
-from mmface4d_stream.render.renderer import MeshRenderer, vertex_normals
+from mmface4d_stream.render.mesh_ops import vertex_normals
+from mmface4d_stream.render.renderer import MeshRenderer
 
 # Typical Azure Kinect lenses (k4a-calib's synthetic device calibration) in two capture modes.
 _CALIBRATION = synthetic_raw_calibration().calibration("720P", "NFOV_UNBINNED")

@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from mmface4d_stream.stream import schema
-from mmface4d_stream.stream.publisher import MeshPublisher, is_loopback_endpoint, topology_id_of
+from mmface4d_stream.stream.curve import is_loopback_endpoint
+from mmface4d_stream.stream.publisher import MeshPublisher, topology_id_of
 from mmface4d_stream.stream.subscriber import MeshSubscriber
 
 ANY_PORT = "tcp://127.0.0.1:*"
