@@ -81,7 +81,8 @@ class RayConfig:
     """address: an existing cluster (None: start a local Ray with num_cpus). compiled: run the
     per-frame graph as a Ray compiled graph (else plain actor calls). fused_sinks: smoother, encoder
     and publisher in one actor (`actors.mesh_sink.MeshSink`: one actor call per frame after the
-    fitter instead of three; the same files and stream). max_restarts: a crashed actor
+    fitter instead of three; the same files and stream; plain actor calls only: ignored
+    with `compiled`). max_restarts: a crashed actor
     is restarted this many times and resumes from the last checkpoint, taken every
     checkpoint_every frames. max_pipelines: sequences processed at once (None: as many as the
     cluster's CPUs allow). frame_timeout_s: longest wait for one frame's result before the

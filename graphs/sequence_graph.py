@@ -166,7 +166,8 @@ class SequenceGraph:
         self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
         self.live = config.policy.mode == "live"
         # Smoother, encoder and publisher in one actor (`MeshSink`): one actor hop after the fitter.
-        self.fused = config.ray.fused_sinks
+        # Plain actor calls only: a compiled graph with the fused sink hung here (not investigated).
+        self.fused = config.ray.fused_sinks and not config.ray.compiled
         self.sink_parts: set[str] = set()
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self._dag = None
