@@ -9,14 +9,15 @@ its stage's typed config (`mmface4d_stream.pipeline.stage_config`); both fitter 
 sequence's fitting in a `fit_stream.FitStream`.
 """
 
-from actors.source_actor import SourceActor
 from actors.fit_actor import FitActor
 from actors.landmark_actor import LandmarkActor
 from actors.nut_actor import NutActor
+from actors.publish_actor import PublishActor
 from actors.records import Checkpoint, Dropped, FrameReport, MeshPacket
 from actors.shared_fit_actor import SharedFitActor, StreamLost
+from actors.sink_actor import SinkActor
 from actors.smooth_actor import SmoothActor
-from actors.publish_actor import PublishActor
+from actors.source_actor import SourceActor
 
 __all__ = ["SourceActor", "LandmarkActor", "FitActor", "SharedFitActor", "StreamLost", "SmoothActor", "NutActor",
-           "PublishActor", "Checkpoint", "Dropped", "FrameReport", "MeshPacket"]
+           "PublishActor", "SinkActor", "Checkpoint", "Dropped", "FrameReport", "MeshPacket"]

@@ -5,6 +5,7 @@ and Ray compiled graphs against plain actor calls. Prints markdown tables.
     python benchmarks/pipeline.py                      # everything, short settings
     python benchmarks/pipeline.py --memory-frames 300 1800   # the full memory check (slow on 2 cores)
     python benchmarks/pipeline.py --live --json out/bench/live.json   # the live path (20 s replays)
+    python benchmarks/pipeline.py --live --live-runs 1cam   # only its 1-camera run
 
 Captures are synthesized once into out/bench/ (reused on later runs). The machine may be shared:
 numbers are what this run measured.
@@ -39,6 +40,65 @@ def capture(frames: int, cameras: int):
 
     return synthesize_capture(OUT / f"capture_{frames}x{cameras}", frames=frames, cameras=cameras, seed=1,
                               name="bench", write_mkv=True, progress=False, reuse=True)
+
+
+class ProcessCpu:
+    """CPU seconds (user + system) per process of this run's Ray (the driver and its descendants:
+    raylet, GCS, actor workers) between `start()` (the capture clock) and `stop()`, sampled every
+    0.25 s (a process's last quarter second before it ends is missed). Processes are named by their
+    title: an actor's class (`ray::FitActor.fit` -> FitActor), else the program."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _name(proc, is_driver: bool) -> str:
+        if is_driver:
+            return "driver"
+        cmd = proc.cmdline() or [proc.name()]
+        if cmd[0].startswith("ray::"):
+            return cmd[0][5:].split(".")[0]
+        program = next((Path(c).name for c in cmd if "gcs_server" in c or "raylet" in c), None)
+        return program or "ray (other: log monitor, agents)"
+
+    def _sample(self, into: dict[int, float]) -> None:
+        for proc in [self.me] + self.me.children(recursive=True):
+            try:
+                times = proc.cpu_times()
+                into[proc.pid] = times.user + times.system
+                if proc.pid not in self.names:
+                    self.names[proc.pid] = self._name(proc, proc.pid == self.me.pid)
+            except Exception:  # gone meanwhile
+                pass
+
+    def start(self, _startup: dict | None = None) -> None:
+        self.started = time.perf_counter()
+        self._sample(self.first)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self._sample(self.last)
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per process name over the run (its length in `self.seconds`)."""
+        self.seconds = time.perf_counter() - self.started if self._thread is not None else 0.0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        totals: dict[str, float] = {}
+        for pid, seconds in self.last.items():
+            name = self.names[pid]
+            totals[name] = totals.get(name, 0.0) + seconds - self.first.get(pid, 0.0)
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 class PeakMemory:
@@ -164,10 +224,15 @@ def _p(figures: dict | None, key: str) -> str:
     return f"{s['p50']:.0f} / {s['p95']:.0f}" if s else "–"
 
 
-def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
+LIVE_RUNS = ("3cam-rig", "3cam-calibrated", "3cam-one-actor", "1cam")
+
+
+def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] = LIVE_RUNS) -> list[dict]:
     """The live path (`configs/live.yaml`: paced replay, newest frame only, smoother, thumbnails,
     publishing) on synthetic recordings looped to `seconds`: 3 cameras with a rig file, 3 cameras
-    calibrating the rig, 3 cameras with one landmark actor for all, 1 camera. Returns the figures."""
+    calibrating the rig, 3 cameras with one landmark actor for all, 1 camera (`runs`: which of
+    `LIVE_RUNS`). Also the CPU each process spent from the clock's start to the end, per frame
+    (the stages' cost: where a frame's CPU goes). Returns the figures."""
     cap = capture(frames, 3)
     mkvs = [str(p) for p in cap.mkv_paths]
     loops = max(1, -(-int(seconds * 30) // frames))
@@ -179,6 +244,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
         ("3 cameras, rig file, one landmark actor", mkvs, {"fitter.rig": rig, "landmarks.per_camera": False}),
         ("1 camera", [mkvs[1]], {}),
     ]
+    rows = [row for key, row in zip(LIVE_RUNS, rows) if key in runs]
     print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
           "configs/live.yaml\n")
     print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | "
@@ -186,11 +252,14 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
           "landmarks | fit | smooth | waiting | over budget |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
+    cpu_rows = []
     for label, inputs, overrides in rows:
         name = "live_" + label.replace(",", "").replace(" ", "_")
         config = load_config("live", {"ray.frame_timeout_s": 120.0, **live, **overrides})
         job = SequenceJob(list(inputs), str(OUT / "meshes" / name), name)
-        result = SequencePipeline(job, config, progress=False).run()
+        cpu = ProcessCpu()
+        result = SequencePipeline(job, config, progress=False, on_ready=cpu.start).run()
+        cpu_s = cpu.stop()
         meta = result.meta
         if not result.ok:
             print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 13, flush=True)
@@ -208,11 +277,23 @@ def bench_live(seconds: float = 20.0, frames: int = 150) -> list[dict]:
               f"{meta['steady_frames_per_second']} | {_p(budget, 'capture_to_publish_ms')} | "
               f"{_p(stages, 'landmarks')} | {_p(stages, 'fit')} | {_p(stages, 'smooth')} | {_p(stages, 'waiting')} | "
               f"{budget['over'] or 'within'} |", flush=True)
+        cpu_rows.append((label, meta["frames_in"], meta["frames_fitted"], cpu.seconds, cpu_s))
         results.append({"run": label, "inputs": list(inputs), "overrides": overrides, "load_at_end": os.getloadavg(),
+                        "cpu_seconds_by_process": {k: round(v, 3) for k, v in cpu_s.items()},
+                        "cpu_ms_per_fitted_frame": round(1e3 * sum(cpu_s.values()) / max(1, meta["frames_fitted"]), 1),
                         **{k: meta.get(k) for k in ("frames_in", "frames_fitted", "frames_dropped", "drops_by_cause",
                                                      "first_frame_seconds", "first_mesh_after_clock_s", "first_mesh",
                                                      "steady_frames_per_second", "startup", "latency_budget",
                                                      "stage_latency_ms")}})
+    for label, frames_in, fitted, run_s, cpu_s in cpu_rows:
+        print(f"\nCPU from the clock's start to the end, {label} ({frames_in} frame sets in {run_s:.1f} s, "
+              f"{fitted} fitted; load at end {os.getloadavg()[0]:.1f}):\n")
+        print("| process | CPU s | ms per frame set in | ms per fitted frame | cores |")
+        print("|---|---:|---:|---:|---:|")
+        for process, seconds in list(cpu_s.items()) + [("total", sum(cpu_s.values()))]:
+            if seconds >= 0.05 or process == "total":
+                print(f"| {process} | {seconds:.1f} | {1e3 * seconds / max(1, frames_in):.1f} | "
+                      f"{1e3 * seconds / max(1, fitted):.1f} | {seconds / max(run_s, 1e-9):.2f} |", flush=True)
     return results
 
 
@@ -374,6 +455,8 @@ def main() -> int:
     parser.add_argument("--live", action="store_true",
                         help="only the live path: warm start, drops by cause, latency budget (= --only live)")
     parser.add_argument("--live-seconds", type=float, default=20.0, help="length of the live-paced replays (default 20)")
+    parser.add_argument("--live-runs", nargs="+", choices=LIVE_RUNS, default=list(LIVE_RUNS),
+                        help="which live runs (default all): " + ", ".join(LIVE_RUNS))
     parser.add_argument("--json", metavar="PATH", help="also write the live path's figures as JSON")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
@@ -395,7 +478,7 @@ def main() -> int:
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     if "live" in only:
-        figures = bench_live(args.live_seconds)
+        figures = bench_live(args.live_seconds, runs=tuple(args.live_runs))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"load_at_start": load_at_start, "runs": figures}, indent=1) + "\n")

@@ -80,7 +80,10 @@ class PolicyConfig:
 @dataclass
 class RayConfig:
     """address: an existing cluster (None: start a local Ray with num_cpus). compiled: run the
-    per-frame graph as a Ray compiled graph (else plain actor calls). max_restarts: a crashed actor
+    per-frame graph as a Ray compiled graph (else plain actor calls). fused_sinks: smoother, encoder
+    and publisher in one actor (`actors.sink_actor.SinkActor`: one actor call per frame after the
+    fitter instead of three; the same files and stream; plain actor calls only: ignored
+    with `compiled`). max_restarts: a crashed actor
     is restarted this many times and resumes from the last checkpoint, taken every
     checkpoint_every frames. max_pipelines: sequences processed at once (None: as many as the
     cluster's CPUs allow). frame_timeout_s: longest wait for one frame's result before the
@@ -94,6 +97,7 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = setting(None, bound="positive")
     compiled: bool = False
+    fused_sinks: bool = False
     max_restarts: int = setting(2, bound="non_negative")
     checkpoint_every: int = setting(15, bound="positive")
     max_pipelines: int | None = setting(None, bound="positive")

@@ -203,13 +203,12 @@ class SequencePipeline:
             if not inflight:
                 break
             head = inflight.popleft()
-            outputs = ray.get(head, timeout=cfg.ray.frame_timeout_s)
-            report = outputs[0]
+            report, publish_ms = self.graph.results(ray.get(head, timeout=cfg.ray.frame_timeout_s))
             if report is None:
                 ended = True
                 continue
-            if len(outputs) > 1 and outputs[1] is not None:
-                self._publish_ms[report.frame] = outputs[1]
+            if publish_ms is not None:
+                self._publish_ms[report.frame] = publish_ms
             if report.checkpoint is not None:
                 self.checkpoint = report.checkpoint
                 report.checkpoint = None

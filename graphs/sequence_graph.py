@@ -22,7 +22,7 @@ from typing import Callable
 
 import ray
 
-from actors import SourceActor, FitActor, LandmarkActor, NutActor, SharedFitActor, SmoothActor, StreamLost, PublishActor
+from actors import FitActor, LandmarkActor, SharedFitActor, SinkActor, SourceActor, StreamLost
 from actors.records import Checkpoint
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError, PipelineError
@@ -164,6 +164,10 @@ class SequenceGraph:
         self.config = config
         self.publish_url = publish_url if publish_url else (config.publish.url if config.publish.enabled else None)
         self.live = config.policy.mode == "live"
+        # SmoothActor, encoder and publisher in one actor (`SinkActor`): one actor hop after the fitter.
+        # Plain actor calls only: a compiled graph with the fused sink hung here (not investigated).
+        self.fused = config.ray.fused_sinks and not config.ray.compiled
+        self.sink_parts: set[str] = set()
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self._dag = None
         self.lane = lane
@@ -228,7 +232,8 @@ class SequenceGraph:
         Path(self.job.save_path).parent.mkdir(parents=True, exist_ok=True)
         if self.lane is not None:
             self.lane.sequences += 1
-        unwanted = ("publisher",) + (() if cfg.smoother.enabled else ("smoother",)) + (("fitter",) if self.shared else ())
+        unwanted = (("publisher", "sink") + (() if cfg.smoother.enabled else ("smoother",))
+                    + (("fitter",) if self.shared else ()) + (("smoother", "encoder") if self.fused else ()))
         for key in unwanted:
             if key in self.actors:  # per sequence (publisher) or not wanted now
                 ray.kill(self.actors.pop(key), no_restart=True)
@@ -246,33 +251,55 @@ class SequenceGraph:
             opening.append(self._actor("fitter", FitActor, None, cfg.fitter.stage_config(), cfg.ray.checkpoint_every,
                                        fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
                                        max_latency_ms=self._max_latency_ms))
-        if cfg.smoother.enabled:
-            opening.append(self._actor("smoother", SmoothActor, cfg.smoother, float(cfg.output.fps),
-                                       fault=self._fault_for("smoother")))
-        # The encoder cannot append to a file a dead process left: it is never restarted.
-        opening.append(self._actor("encoder", NutActor, self.job.save_path, cfg.output.fps, cfg.output.write_meshes,
-                                   allow_gaps=self.live, fault=self._fault_for("encoder"), restarts=0))
-        if self.publish_url:
-            self._actor("publisher", PublishActor, self.publish_url, drop_when_full=self.live,
-                        fault=self._fault_for("publisher"), **cfg.publish.publisher_options(self.publish_url))
+        sinks = self._sink_parts()
+        self.sink_parts = set(sinks)
+        if self.fused:  # (per sequence, like the publisher: a new one each time, never restarted)
+            self._actor("sink", SinkActor, sinks, restarts=0)
+        else:
+            # The encoder cannot append to a file a dead process left: it is never restarted.
+            opening += [self._actor(part, SinkActor.PARTS[part], *args, restarts=0 if part == "encoder" else None,
+                                    **kwargs) for part, (args, kwargs) in sinks.items()]
         # MediaPipe's graphs are built while the rig calibrates (a compiled graph builds its own).
         opening += [self.actors[key].warm_up.remote(None, not cfg.ray.compiled) for key in self._landmark_keys]
         self.transforms, self.reference = self.get(calibration, "source")
         self.startup["rig"] = self.get(self.actors["source"].rig_info.remote(), "source")
         self.get([r for r in opening if r is not None] + [self._open_fitter_stream()], "setup")
         if self.publish_url:
-            self.endpoint = self.get(self.actors["publisher"].get_endpoint.remote(), "publisher")
+            self.endpoint = self.get(self._call("publisher", "get_endpoint"), "publisher")
             if self.live:
-                self.get(self.actors["publisher"].set_budget.remote(cfg.policy.max_latency_ms, cfg.output.fps),
-                          "publisher")
+                self.get(self._call("publisher", "set_budget", cfg.policy.max_latency_ms, cfg.output.fps), "publisher")
             if cfg.publish.wait_subscribers:
-                self.get(self.actors["publisher"].wait_for_subscribers.remote(
-                    cfg.publish.wait_subscribers, cfg.publish.wait_timeout_s), "publisher")
+                self.get(self._call("publisher", "wait_for_subscribers", cfg.publish.wait_subscribers,
+                                    cfg.publish.wait_timeout_s), "publisher")
         self.get([a.ping.remote() for a in self.actors.values()], "setup")
         self.startup["actors_s"] = round(time.perf_counter() - began, 3)
         self._warm_up()
         self.startup["ready_s"] = round(time.perf_counter() - began, 3)
         return self.info
+
+    def _sink_parts(self) -> dict[str, tuple[tuple, dict]]:
+        """The sequence's sinks after the fitter, each as the (args, kwargs) of its actor's `open`:
+        smoother (when enabled), encoder, publisher (when publishing)."""
+        cfg = self.config
+        parts = {}
+        if cfg.smoother.enabled:
+            parts["smoother"] = ((cfg.smoother, float(cfg.output.fps)), {"fault": self._fault_for("smoother")})
+        parts["encoder"] = ((self.job.save_path, cfg.output.fps, cfg.output.write_meshes),
+                            {"allow_gaps": self.live, "fault": self._fault_for("encoder")})
+        if self.publish_url:
+            parts["publisher"] = ((self.publish_url,), dict(drop_when_full=self.live, fault=self._fault_for("publisher"),
+                                                            **cfg.publish.publisher_options(self.publish_url)))
+        return parts
+
+    def _has(self, part: str) -> bool:
+        """Whether the graph has sink `part` (smoother, encoder, publisher): its own actor or in the `SinkActor`."""
+        return part in self.actors or ("sink" in self.actors and part in self.sink_parts)
+
+    def _call(self, part: str, method: str, *args, **kwargs):
+        """The pending call of sink `part`'s `method`, on its own actor or through the `SinkActor`."""
+        if part in self.actors:
+            return getattr(self.actors[part], method).remote(*args, **kwargs)
+        return self.actors["sink"].call.remote(part, method, *args, **kwargs)
 
     @property
     def _max_latency_ms(self) -> float | None:
@@ -317,8 +344,8 @@ class SequenceGraph:
         log.info("sequence %s: ready after %.1f s (actors %.1f s, warm-up %.1f s, rig %s%s)", name,
                  self.startup.get("ready_s", 0.0), self.startup.get("actors_s", 0.0), warm.get("seconds", 0.0),
                  rig.get("rig"), "" if rig.get("seconds") is None else f" in {rig['seconds']:.1f} s")
-        if self.live and "publisher" in self.actors:  # (offline there is no clock: the topology comes first)
-            self.get(self.actors["publisher"].announce.remote("ready"), "publisher")
+        if self.live and self._has("publisher"):  # (offline there is no clock: the topology comes first)
+            self.get(self._call("publisher", "announce", "ready"), "publisher")
         if on_ready is not None:
             on_ready(dict(self.startup, name=name))
 
@@ -344,7 +371,8 @@ class SequenceGraph:
 
     def _wire(self, tick, call) -> list:
         """The per-frame chain from `tick`; `call(method, arg)` binds (compiled graph) or submits
-        (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher]."""
+        (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher], or
+        the `SinkActor`'s (report, publisher) pair (`results` reads either)."""
         a = self.actors
         frame_set = call(a["source"].read, tick)
         # One landmark actor per camera (or one for all): the fitter joins their parts by frame.
@@ -353,6 +381,8 @@ class SequenceGraph:
             packet = self.shared.fit.remote(self.stream_key, tick, *parts)
         else:
             packet = call(a["fitter"].fit, *parts)
+        if "sink" in a:
+            return [call(a["sink"].consume, packet)]
         if "smoother" in a:
             packet = call(a["smoother"].smooth, packet)
         outputs = [call(a["encoder"].write, packet)]
@@ -376,6 +406,13 @@ class SequenceGraph:
                 self._dag = self._compile()
             return self._dag.execute(tick)
         return self._wire(tick, lambda method, *args: method.remote(*args))
+
+    @staticmethod
+    def results(outputs: list) -> tuple:
+        """A tick's (encoder `FrameReport` or None, capture → publish ms or None) from its outputs."""
+        if len(outputs) == 1 and isinstance(outputs[0], tuple):
+            return outputs[0]
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def teardown(self) -> None:
         """Stop the compiled graph. MediaPipe inside the landmark actors keeps Ray's teardown waiting
@@ -415,8 +452,8 @@ class SequenceGraph:
         else:  # a restarted shared fitter knows no stream; a surviving one drops the lane's old ticks
             calls = [self._open_fitter_stream(checkpoint.fitter)]
         calls += [a[key].reset.remote() for key in self._landmark_keys] + [a["source"].start.remote(frame)]
-        if "smoother" in a:
-            calls.append(a["smoother"].restore.remote(checkpoint.smoother))
+        if self._has("smoother"):
+            calls.append(self._call("smoother", "restore", checkpoint.smoother))
         ray.get(calls)
 
     def collect(self) -> tuple[dict, object, dict, list[str]]:
@@ -450,32 +487,31 @@ class SequenceGraph:
     def fill_to(self, frames: int) -> None:
         """Live end: frames captured after the last mesh are dropped ones too: the file covers them all."""
         try:
-            ray.get(self.actors["encoder"].fill_to.remote(int(frames)), timeout=self.config.ray.collect_timeout_s)
+            ray.get(self._call("encoder", "fill_to", int(frames)), timeout=self.config.ray.collect_timeout_s)
         except Exception as exc:
             log.warning("filling the last dropped frames: %s", exc)
 
     def finalize(self, faces, meta: dict, success: bool, end_reason: str) -> dict:
         """Close the mesh files (with `meta` when `success`) and the stream (`end` with `end_reason`);
         returns the encoder's counts ({} when it is gone)."""
-        a = self.actors
         counts = {}
         try:
-            counts = ray.get(a["encoder"].close.remote(faces, meta, success), timeout=self.config.ray.close_timeout_s)
+            counts = ray.get(self._call("encoder", "close", faces, meta, success), timeout=self.config.ray.close_timeout_s)
         except Exception as exc:
             log.error("finalizing %s: %s", self.job.save_path, exc)
-        if "publisher" in a:
+        if self._has("publisher"):
             try:
-                ray.get(a["publisher"].close.remote(end_reason), timeout=self.config.ray.publisher_close_timeout_s)
+                ray.get(self._call("publisher", "close", end_reason), timeout=self.config.ray.publisher_close_timeout_s)
             except Exception as exc:
                 log.warning("closing the publisher: %s", exc)
         return counts
 
     def release(self, keep: bool) -> None:
         """Kill the actors, or leave them in the lane for its next sequence when `keep` (the
-        publisher is per sequence: always killed)."""
+        publisher, and a `SinkActor` with it, is per sequence: always killed)."""
         a = self.actors
         for key in list(a):
-            if not keep or key == "publisher":
+            if not keep or key in ("publisher", "sink"):
                 ray.kill(a.pop(key), no_restart=True)
 
     def discard(self) -> None:

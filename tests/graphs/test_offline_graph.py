@@ -59,3 +59,17 @@ def test_three_cameras_offline_every_frame_accurate_and_published(graph_capture,
     # A re-run skips the finished sequence.
     assert is_finished(save)
     assert run_jobs([job], config, progress=False) == [None]
+
+
+def test_fused_sinks_write_the_same_files_as_separate_actors(graph_capture, tmp_path, local_ray):
+    """`ray.fused_sinks` (smoother, encoder, publisher in one `SinkActor` actor) changes the hops, not the output."""
+    files = {}
+    for fused in (False, True):
+        config = load_config("1-cam", {"ray.fused_sinks": fused, "smoother.enabled": True, "source.max_frames": 6})
+        save = tmp_path / f"fused_{fused}"
+        [result] = run_jobs([SequenceJob([str(graph_capture.sequence_prefix)], str(save), "cap")], config,
+                            progress=False)
+        assert result.ok, result.error
+        assert result.meta["frames_written"] == 6 and result.meta["smoothed"]
+        files[fused] = [(tmp_path / f"fused_{fused}_{k}.nut").read_bytes() for k in range(3)]
+    assert files[True] == files[False]
