@@ -25,10 +25,11 @@ import logging
 import numpy as np
 
 from mmface4d_stream.face.models import FaceModel
+from mmface4d_stream.face.topology import mesh_edges
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TemplateModel", "subdivide_midpoint", "mesh_edges"]
+__all__ = ["TemplateModel", "subdivide_midpoint"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,13 +62,6 @@ def subdivide_midpoint(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.
     ])
     mids = 0.5 * (vertices[edges[:, 0]] + vertices[edges[:, 1]])
     return np.concatenate([vertices, mids]), new_tris, edges
-
-
-def mesh_edges(triangles: np.ndarray) -> np.ndarray:
-    """Unique undirected edges (E, 2) int64 (i < j) of a triangle list."""
-    triangles = np.asarray(triangles, dtype=np.int64)
-    e = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
-    return np.unique(np.sort(e, axis=1), axis=0)
 
 
 def _harmonic_fill(points: np.ndarray, valid: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -15,6 +15,13 @@ from functools import lru_cache
 
 import numpy as np
 
+def mesh_edges(triangles: np.ndarray) -> np.ndarray:
+    """Unique undirected edges (E, 2) int64 (i < j) of any triangle list (T, 3)."""
+    triangles = np.asarray(triangles, dtype=np.int64)
+    e = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    return np.unique(np.sort(e, axis=1), axis=0)
+
+
 N_FACEMESH_POINTS = 468
 N_FACEMESH_TRIANGLES = 854
 

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmface4d_stream.face.topology import mesh_edges
+
 __all__ = ["OffsetRegularizer", "uniform_laplacian"]
 
 
@@ -30,9 +32,7 @@ def uniform_laplacian(n_vertices: int, triangles: np.ndarray) -> tuple[sp.csr_ma
 
     Isolated vertices get zero rows.
     """
-    t = np.asarray(triangles, dtype=np.int64)
-    e = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
-    e = np.unique(np.sort(e, axis=1), axis=0)
+    e = mesh_edges(triangles)
     rows = np.concatenate([e[:, 0], e[:, 1]])
     cols = np.concatenate([e[:, 1], e[:, 0]])
     adj = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_vertices, n_vertices))

@@ -100,10 +100,9 @@ def _plausible_face_points(points: np.ndarray, valid: np.ndarray, rounds: int = 
     keep &= np.linalg.norm(np.nan_to_num(points) - centre, axis=1) < _FACE_RADIUS_M
     if len(points) < 468:
         return keep
-    from mmface4d_stream.face.topology import mediapipe_triangles
+    from mmface4d_stream.face.topology import mediapipe_triangles, mesh_edges
 
-    tri = mediapipe_triangles()
-    edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
+    edges = mesh_edges(mediapipe_triangles())
     edges = np.concatenate([edges, edges[:, ::-1]])
     for _ in range(rounds):
         usable = keep[edges[:, 1]]
