@@ -85,7 +85,7 @@ def main() -> None:
     print("\n| cameras | jitter recon mm/frame² | jitter ground truth mm/frame² | fit ms/frame |")
     print("|---|---:|---:|---:|")
     for label, error, meta in rows:
-        fit = meta["stage_ms"].get("fit", {}).get("mean", float("nan"))
+        fit = stage_latency(meta).get("fit", {}).get("mean", float("nan"))
         print(f"| {label} | {error.jitter_recon_mm:.3f} | {error.jitter_gt_mm:.3f} | {fit:.1f} |")
     print("\n| cameras | stage | mean ms | p50 ms | p95 ms | frames/s (from mean) |")
     print("|---|---|---:|---:|---:|---:|")
