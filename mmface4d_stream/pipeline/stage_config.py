@@ -144,14 +144,12 @@ class FitStageConfig:
         torch.set_num_threads(int(self.torch_threads))
 
     def build(self, rig_transforms: Sequence[np.ndarray] | None, model=None, fitter=None) -> FitStage:
-        """A `FitStage` on `device` with the per-camera T_ref_from_cam `rig_transforms` (None: one
-        camera); `model` from `load_model()` (None: template), `fitter`: a shared fitter's slot."""
-        import numpy as np
-
+        """A `FitStage` on `device` with the per-camera T_ref_from_cam `rig_transforms` (arrays or
+        nested lists, as `FitStage` takes them; None: one camera); `model` from `load_model()` (None:
+        template), `fitter`: a shared fitter's slot."""
         from mmface4d_stream.pipeline.stages import FitStage
 
-        transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
-        return FitStage(transforms, model=model, config=self.fitter_config(), device=self.device, fitter=fitter)
+        return FitStage(rig_transforms, model=model, config=self.fitter_config(), device=self.device, fitter=fitter)
 
 
 @dataclass
