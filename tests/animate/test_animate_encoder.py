@@ -20,7 +20,7 @@ from mmface4d_stream.errors import InputError
 from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
-from animate_helpers import copy_sequences, start_listener
+from animate_helpers import copy_sequences, play_to_subscriber
 
 RATE = 16000
 FPS = 30
@@ -233,20 +233,9 @@ def test_missing_or_wrong_encoder_is_one_line_and_exit_2(encoder_model, encoder_
 
 def test_live_microphone_path_publishes_encoder_meshes(encoder_model, synthetic_corpus, tmp_path):
     """A wav played through the microphone's callback path, with the encoder: meshes reach a subscriber."""
-    from mmface4d_stream.animate.live import LiveAnimator, WavFileSource
-    from mmface4d_stream.stream.publisher import MeshPublisher
-    from mmface4d_stream.stream.subscriber import MeshSubscriber
-
     model = AnimationModel.load(encoder_model[0])
     speech = read_wav(sorted(synthetic_corpus[1].rglob("*.wav"))[0]).samples[:RATE]
-    wav = tmp_path / "speech.wav"
-    write_wav(wav, speech, RATE)
-    url = f"ipc://{tmp_path}/animate.sock"
-    with MeshPublisher(url) as publisher, MeshSubscriber(url, timeout_s=5.0) as subscriber:
-        assert publisher.wait_for_subscribers(1, timeout_s=5.0)
-        listener, received, _ = start_listener(subscriber)
-        result = LiveAnimator(model).run(WavFileSource(wav), publisher, progress=False)
-        listener.join(timeout=10.0)
+    result, received, _, _ = play_to_subscriber(model, speech, tmp_path)
     assert result.meshes == 30 and [m.frame for m in received] == list(range(30))
     assert result.latency_ms_p50 <= 150.0
     offline = model.stats.reference + model.displacements(model.coefficients(speech, RATE))

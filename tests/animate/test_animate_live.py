@@ -11,7 +11,7 @@ from mmface4d_stream.formats.audio import read_wav, write_wav
 from mmface4d_stream.stream.publisher import MeshPublisher
 from mmface4d_stream.stream.subscriber import MeshSubscriber
 
-from animate_helpers import start_listener
+from animate_helpers import play_to_subscriber, start_listener
 
 RATE = 16000
 
@@ -19,14 +19,7 @@ RATE = 16000
 def test_wav_through_the_microphone_path_reaches_a_subscriber(trained_model, synthetic_corpus, tmp_path):
     model = AnimationModel.load(trained_model)
     speech = read_wav(sorted(synthetic_corpus[1].rglob("*.wav"))[0]).samples[: 2 * RATE]
-    wav = tmp_path / "speech.wav"
-    write_wav(wav, speech, RATE)
-    url = f"ipc://{tmp_path}/animate.sock"
-    with MeshPublisher(url) as publisher, MeshSubscriber(url, timeout_s=5.0) as subscriber:
-        assert publisher.wait_for_subscribers(1, timeout_s=5.0)
-        listener, received, ends = start_listener(subscriber)
-        result = LiveAnimator(model).run(WavFileSource(wav), publisher, progress=False)
-        listener.join(timeout=10.0)
+    result, received, ends, subscriber = play_to_subscriber(model, speech, tmp_path)
     assert result.meshes == 60 and result.seconds == pytest.approx(2.0)
     assert [m.frame for m in received] == list(range(60))
     assert len(ends) == 1 and subscriber.stats.dropped == 0
