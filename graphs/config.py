@@ -25,7 +25,8 @@ import yaml
 
 from mmface4d_stream.errors import ConfigError
 from mmface4d_stream.pipeline.stage_config import (FitStageConfig, LandmarkStageConfig, OutputConfig, PublishConfig,
-                                                   SmoothStageConfig, SourceConfig, check_section, field_rules, setting)
+                                                   SmoothStageConfig, SourceConfig, check_section, field_rules, setting,
+                                                   settings_of)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -41,7 +42,7 @@ class LandmarkActorsConfig(LandmarkStageConfig):
 
     def stage_config(self) -> LandmarkStageConfig:
         """The stage's settings alone (what the actors receive)."""
-        return LandmarkStageConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LandmarkStageConfig)})
+        return settings_of(self, LandmarkStageConfig)
 
 
 @dataclass

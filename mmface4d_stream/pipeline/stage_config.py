@@ -55,6 +55,13 @@ def check_section(section, prefix: str, where: str = "config") -> None:
             raise ConfigError(f"{key} must not be negative, got {value!r}", where)
 
 
+def settings_of(section, cls, **changes):
+    """`section` (a config dataclass of `cls` or a subclass adding fields) as a plain `cls`, with
+    `changes`: a stage's own settings without what the graph adds to them."""
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
+    return cls(**dict(values, **changes))
+
+
 @dataclass
 class SourceConfig:
     """What the camera source reads.
@@ -117,8 +124,7 @@ class FitStageConfig:
 
     def stage_config(self, **changes) -> FitStageConfig:
         """These settings as a plain `FitStageConfig` (a subclass's extra fields dropped), with `changes`."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(FitStageConfig)}
-        return FitStageConfig(**dict(values, **changes))
+        return settings_of(self, FitStageConfig, **changes)
 
     @property
     def model_key(self) -> tuple:
@@ -216,5 +222,5 @@ class PublishConfig:
         return options
 
 
-__all__ = ["setting", "field_rules", "check_section", "SourceConfig", "LandmarkStageConfig", "FitStageConfig",
+__all__ = ["setting", "field_rules", "check_section", "settings_of", "SourceConfig", "LandmarkStageConfig", "FitStageConfig",
            "SmoothStageConfig", "OutputConfig", "PublishConfig"]
