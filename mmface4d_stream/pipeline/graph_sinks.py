@@ -21,11 +21,6 @@ class IndexedMeshNutSink(MeshNutSink):
         self.frames_filled = 0
         self._last_vertices: np.ndarray | None = None
 
-    @property
-    def frames_accounted(self) -> int:
-        """Frames written or waiting for the first fitted mesh: the next frame's index in the file."""
-        return self.frames_written + self.pending_before_first
-
     def process(self, mesh: MeshFrame) -> MeshFrame:
         written = self.frames_written
         result = super().process(mesh)

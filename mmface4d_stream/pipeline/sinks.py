@@ -87,6 +87,11 @@ class MeshNutSink:
         self.pending_before_first = 0
         self.frames_written = 0
 
+    @property
+    def frames_accounted(self) -> int:
+        """Frames written or waiting for the first fitted mesh: the next frame's index in the file."""
+        return self.frames_written + self.pending_before_first
+
     def process(self, mesh: MeshFrame) -> MeshFrame:
         if not has_mesh(mesh):
             self.pending_before_first += 1
@@ -109,7 +114,7 @@ class MeshNutSink:
             with replacing(self.paths["faces"]) as tmp:
                 np.save(tmp, np.asarray(faces, dtype=np.int32))
         if success and meta is not None:
-            processed = self.frames_written + self.pending_before_first
+            processed = self.frames_accounted
             meta = dict(meta, frames_written=self.frames_written, frames_never_fitted=self.pending_before_first,
                         frames_processed=processed, complete=covers_input(processed, meta.get("input_frames")))
             with replacing(self.paths["meta"]) as tmp:
@@ -159,6 +164,11 @@ class PublishSink:
         if self._topology_shape != (len(faces), n_vertices):
             self.publisher.set_topology(faces, n_vertices)
             self._topology_shape = (len(faces), n_vertices)
+
+    @property
+    def frames_accounted(self) -> int:
+        """Frames written or waiting for the first fitted mesh: the next frame's index in the file."""
+        return self.frames_written + self.pending_before_first
 
     def process(self, mesh: MeshFrame) -> MeshFrame:
         if not has_mesh(mesh):
