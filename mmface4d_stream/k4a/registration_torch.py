@@ -76,7 +76,7 @@ class _TorchKernel:
                 du, dv, dz = where(ok_f, du, du_b), where(ok_f, dv, dv_b), where(ok_f, dz, dz_b)
             return du, dv, dz, ok_f | ok_b
 
-        not_last = self._not_last_column
+        not_last = self._full.not_last_column
         if is_torch(u):
             not_last = self._tables(u.device)["not_last_column"]
         dux, dvx, dzx, okx = pick(1, not_last)
@@ -107,7 +107,7 @@ class _TorchKernel:
         row = row + self._pad
         ok = ok & (col >= 0) & (col <= tables["col_max"]) & (row >= 0) & (row <= tables["row_max"])
         ok = ok & (z_mm >= 0.5) & (z_mm < _NO_DEPTH - 0.5)
-        base = torch.where(ok, (row * self._canvas_w + col).to(torch.int64), 0)
+        base = torch.where(ok, (row * self._full.canvas_w + col).to(torch.int64), 0)
         src = tables["scatter_src"]
         index = base[src] + tables["scatter_off"]
         if self.interpolate:
@@ -117,8 +117,8 @@ class _TorchKernel:
             values = torch.round(z_mm[src])
         # Same encoding as the numpy kernel: 2**16 - z, nearest = largest, empty = 0.
         enc = torch.where(ok[src], 65536 - values.to(torch.int32), 0)
-        canvas = torch.zeros(self._canvas_h * self._canvas_w, dtype=torch.int32, device=depth.device)
+        canvas = torch.zeros(self._full.canvas_h * self._full.canvas_w, dtype=torch.int32, device=depth.device)
         canvas.scatter_reduce_(0, index, enc, reduce="amax", include_self=True)
         hc, wc = self.color_shape
-        view = canvas.reshape(self._canvas_h, self._canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
+        view = canvas.reshape(self._full.canvas_h, self._full.canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
         return ((65536 - view) & 0xFFFF).to(torch.uint16)
