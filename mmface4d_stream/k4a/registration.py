@@ -119,14 +119,7 @@ class DepthToColorRegistration(_TableBuilder, _NumpyKernel, _TorchKernel):
         self.max_footprint = int(max(kx.max(), ky.max()))
         self._pad = self.max_footprint
         full = self._rect_tables((0, 0, depth.width, depth.height), (0, 0, color.width, color.height))
-        self._full = full
-        self._canvas_w, self._canvas_h = full.canvas_w, full.canvas_h
-        # Flat full-image tables (torch path, color_pixels).
-        self._ray_x, self._ray_y, self._ray_z, self._ray_valid = full.ray_x, full.ray_y, full.ray_z, full.ray_valid
-        self._half_kx, self._half_ky = full.half_kx, full.half_ky
-        self._col_max, self._row_max = full.col_max, full.row_max
-        self._groups, self._group_deltas = full.groups, full.group_deltas
-        self._not_last_column = full.not_last_column
+        self._full = full  # flat full-image tables (numpy kernel; the torch tables copy them)
         # ROI registration caches (shared by threads, guarded by the lock).
         self._cache_lock = threading.Lock()
         # Inverse-depth step (1/mm) between levels: the color focal length times the baseline

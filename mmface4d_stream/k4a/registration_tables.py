@@ -161,25 +161,26 @@ class _TableBuilder:
 
         key = str(device)
         if key not in self._torch_tables:
+            full = self._full
             # One scatter for all groups: for each group, every offset of every member.
-            scatter_src = np.concatenate([np.repeat(m[None, :], len(o), axis=0).ravel() for m, o in self._groups])
-            scatter_off = np.concatenate([np.repeat(o, len(m)) for m, o in self._groups])
+            scatter_src = np.concatenate([np.repeat(m[None, :], len(o), axis=0).ravel() for m, o in full.groups])
+            scatter_off = np.concatenate([np.repeat(o, len(m)) for m, o in full.groups])
             scatter_dx = np.concatenate(
-                [np.repeat(np.array([d[0] for d in ds], np.float32), len(m)) for (m, _), ds in zip(self._groups, self._group_deltas)]
+                [np.repeat(np.array([d[0] for d in ds], np.float32), len(m)) for (m, _), ds in zip(full.groups, full.group_deltas)]
             )
             scatter_dy = np.concatenate(
-                [np.repeat(np.array([d[1] for d in ds], np.float32), len(m)) for (m, _), ds in zip(self._groups, self._group_deltas)]
+                [np.repeat(np.array([d[1] for d in ds], np.float32), len(m)) for (m, _), ds in zip(full.groups, full.group_deltas)]
             )
             self._torch_tables[key] = {
-                "ray_x": torch.from_numpy(self._ray_x).to(device),
-                "ray_y": torch.from_numpy(self._ray_y).to(device),
-                "ray_z": torch.from_numpy(self._ray_z).to(device),
-                "ray_valid": torch.from_numpy(self._ray_valid).to(device),
-                "not_last_column": torch.from_numpy(self._not_last_column).to(device),
-                "half_kx": torch.from_numpy(self._half_kx).to(device),
-                "half_ky": torch.from_numpy(self._half_ky).to(device),
-                "col_max": torch.from_numpy(self._col_max).to(device),
-                "row_max": torch.from_numpy(self._row_max).to(device),
+                "ray_x": torch.from_numpy(full.ray_x).to(device),
+                "ray_y": torch.from_numpy(full.ray_y).to(device),
+                "ray_z": torch.from_numpy(full.ray_z).to(device),
+                "ray_valid": torch.from_numpy(full.ray_valid).to(device),
+                "not_last_column": torch.from_numpy(full.not_last_column).to(device),
+                "half_kx": torch.from_numpy(full.half_kx).to(device),
+                "half_ky": torch.from_numpy(full.half_ky).to(device),
+                "col_max": torch.from_numpy(full.col_max).to(device),
+                "row_max": torch.from_numpy(full.row_max).to(device),
                 "scatter_src": torch.from_numpy(scatter_src).to(device),
                 "scatter_off": torch.from_numpy(scatter_off).to(device),
                 "scatter_dx": torch.from_numpy(scatter_dx).to(device),

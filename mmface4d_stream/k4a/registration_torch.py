@@ -5,9 +5,6 @@ the same projection, surface gradient and z-buffered splat as the numpy kernel, 
 
 from __future__ import annotations
 
-import numpy as np
-
-from mmface4d_stream.arrays import is_torch, where
 from mmface4d_stream.k4a.registration_tables import (
     _MAX_INTERPOLATED_MM,
     _MIN_JACOBIAN_DET,
@@ -36,15 +33,12 @@ class _TorchKernel:
     # -- depth -> color ---------------------------------------------------------------------
 
     def _surface_gradient(self, u, v, z, ok):
-        """dz/du, dz/dv (mm per color pixel) of the surface at every depth pixel (flat arrays,
-        numpy or torch), from where its right/left and lower/upper neighbours land in the color
-        image; 0 where no neighbour on the same surface exists on either side."""
-        if is_torch(u):
-            import torch
+        """dz/du, dz/dv (mm per color pixel) of the surface at every depth pixel (flat tensors),
+        from where its right/left and lower/upper neighbours land in the color image; 0 where no
+        neighbour on the same surface exists on either side (`_surface_gradient_numpy`: numpy)."""
+        import torch
 
-            zeros = torch.zeros_like
-        else:
-            zeros = np.zeros_like
+        zeros = torch.zeros_like
 
         def forward(a, step):
             out = zeros(a)
@@ -65,27 +59,25 @@ class _TorchKernel:
             ok_f &= abs(dz) < _SAME_SURFACE_RATIO * z
             if step == 1:
                 ok_b = backward(ok_f)
-                du = where(ok_f, du, backward(du))
-                dv = where(ok_f, dv, backward(dv))
-                dz = where(ok_f, dz, backward(dz))
+                du = torch.where(ok_f, du, backward(du))
+                dv = torch.where(ok_f, dv, backward(dv))
+                dz = torch.where(ok_f, dz, backward(dz))
             else:
                 ok_b = zeros(ok)
                 ok_b[step:] = ok_f[:-step]
                 du_b, dv_b, dz_b = zeros(du), zeros(dv), zeros(dz)
                 du_b[step:], dv_b[step:], dz_b[step:] = du[:-step], dv[:-step], dz[:-step]
-                du, dv, dz = where(ok_f, du, du_b), where(ok_f, dv, dv_b), where(ok_f, dz, dz_b)
+                du, dv, dz = torch.where(ok_f, du, du_b), torch.where(ok_f, dv, dv_b), torch.where(ok_f, dz, dz_b)
             return du, dv, dz, ok_f | ok_b
 
-        not_last = self._not_last_column
-        if is_torch(u):
-            not_last = self._tables(u.device)["not_last_column"]
+        not_last = self._tables(u.device)["not_last_column"]
         dux, dvx, dzx, okx = pick(1, not_last)
         duy, dvy, dzy, oky = pick(self.depth_shape[1], None)
         det = dux * dvy - dvx * duy
         valid = okx & oky & (abs(det) > _MIN_JACOBIAN_DET) & (z < _MAX_INTERPOLATED_MM)
-        det = where(valid, det, 1.0)
-        gu = where(valid, (dzx * dvy - dzy * dvx) / det, 0.0)
-        gv = where(valid, (dux * dzy - duy * dzx) / det, 0.0)
+        det = torch.where(valid, det, 1.0)
+        gu = torch.where(valid, (dzx * dvy - dzy * dvx) / det, 0.0)
+        gv = torch.where(valid, (dux * dzy - duy * dzx) / det, 0.0)
         return gu, gv
 
     def _depth_to_color_torch(self, depth):
@@ -107,7 +99,7 @@ class _TorchKernel:
         row = row + self._pad
         ok = ok & (col >= 0) & (col <= tables["col_max"]) & (row >= 0) & (row <= tables["row_max"])
         ok = ok & (z_mm >= 0.5) & (z_mm < _NO_DEPTH - 0.5)
-        base = torch.where(ok, (row * self._canvas_w + col).to(torch.int64), 0)
+        base = torch.where(ok, (row * self._full.canvas_w + col).to(torch.int64), 0)
         src = tables["scatter_src"]
         index = base[src] + tables["scatter_off"]
         if self.interpolate:
@@ -117,8 +109,8 @@ class _TorchKernel:
             values = torch.round(z_mm[src])
         # Same encoding as the numpy kernel: 2**16 - z, nearest = largest, empty = 0.
         enc = torch.where(ok[src], 65536 - values.to(torch.int32), 0)
-        canvas = torch.zeros(self._canvas_h * self._canvas_w, dtype=torch.int32, device=depth.device)
+        canvas = torch.zeros(self._full.canvas_h * self._full.canvas_w, dtype=torch.int32, device=depth.device)
         canvas.scatter_reduce_(0, index, enc, reduce="amax", include_self=True)
         hc, wc = self.color_shape
-        view = canvas.reshape(self._canvas_h, self._canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
+        view = canvas.reshape(self._full.canvas_h, self._full.canvas_w)[self._pad : self._pad + hc, self._pad : self._pad + wc]
         return ((65536 - view) & 0xFFFF).to(torch.uint16)

@@ -88,7 +88,8 @@ def surface_cosine(depth_m: np.ndarray, rays: np.ndarray, step: int = 1) -> np.n
     return cos
 
 
-def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator, noise: DepthNoise) -> np.ndarray:
+def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator, noise: DepthNoise,
+                 cos: np.ndarray | None = None) -> np.ndarray:
     """Turn exact depth into a Kinect-like measurement.
 
     Args:
@@ -96,6 +97,7 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
         rays: (H, W, 2) float32 normalized undistorted (x, y) of each pixel (`CameraModel.ray_map`).
         rng: generator for this camera and frame.
         noise: `DepthNoise`.
+        cos: this image's `surface_cosine`, when the caller already has it (shared with `infrared`).
     Returns:
         (H, W) uint16 depth, millimetres, 0 = no measurement.
     """
@@ -104,7 +106,8 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
     z = np.asarray(depth_m, dtype=np.float32)
     valid = z > 0
     if noise.enabled:
-        cos = surface_cosine(z, rays, step=2 if z.shape[1] > 1000 else 1)
+        if cos is None:
+            cos = surface_cosine(z, rays, step=2 if z.shape[1] > 1000 else 1)
         scale = np.float32(noise.sigma_m / noise.sigma_ref_z_m**2)
         sigma = scale * z * z / np.sqrt(np.maximum(cos, np.float32(0.25)))
         z = np.where(valid, z + sigma * rng.standard_normal(z.shape, dtype=np.float32), np.float32(0))
@@ -132,10 +135,12 @@ def kinect_depth(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator
     return mm.astype(np.uint16)
 
 
-def infrared(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def infrared(depth_m: np.ndarray, rays: np.ndarray, rng: np.random.Generator,
+             cos: np.ndarray | None = None) -> np.ndarray:
     """Active IR amplitude: Lambertian under the camera's own illuminator, 1/z² falloff, shot noise;
-    (H, W) uint16."""
-    cos = surface_cosine(np.asarray(depth_m, dtype=np.float32), rays)
+    (H, W) uint16. `cos`: this image's `surface_cosine` (step 1), when the caller already has it."""
+    if cos is None:
+        cos = surface_cosine(np.asarray(depth_m, dtype=np.float32), rays)
     z = np.maximum(depth_m, np.float32(0.1))
     ir = np.float32(900.0 * IR_REFERENCE_Z_M**2) * cos / (z * z)
     ir = ir + np.sqrt(np.maximum(ir, np.float32(1))) * rng.standard_normal(ir.shape, dtype=np.float32) + np.float32(12)

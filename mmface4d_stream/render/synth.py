@@ -55,7 +55,7 @@ from mmface4d_stream.geometry import RigidTransform, so3_exp
 from mmface4d_stream.k4a.calibration import K4aCalibration
 from mmface4d_stream.k4a.raw_calibration import RawCalibration
 from mmface4d_stream.k4a.synthetic_calibration import synthetic_raw_calibration
-from mmface4d_stream.render.kinect_sensor import DepthNoise, infrared, kinect_depth
+from mmface4d_stream.render.kinect_sensor import DepthNoise, infrared, kinect_depth, surface_cosine
 from mmface4d_stream.render.performance import generate_performance
 from mmface4d_stream.render.renderer import MeshRenderer
 from mmface4d_stream.render.subject import HEAD_CENTRE_BEHIND_NOSE_M, SubjectModel, sample_subject
@@ -351,8 +351,10 @@ def synthesize_capture(
                 mp4_writers[i].write(rgb)
                 nut_writers[i].write(kinect_depth(color_depth_m, color_rays[i], rng, noise))
             if write_mkv:
-                depth_mm = kinect_depth(depth_depth_m, depth_rays[i], rng, noise)
-                ir = infrared(depth_depth_m, depth_rays[i], rng)
+                # One incidence map for both (step 1, as `kinect_depth` uses below 1000 px wide).
+                cos = surface_cosine(np.asarray(depth_depth_m, dtype=np.float32), depth_rays[i])
+                depth_mm = kinect_depth(depth_depth_m, depth_rays[i], rng, noise, cos=cos)
+                ir = infrared(depth_depth_m, depth_rays[i], rng, cos=cos)
                 stamp = FIRST_TIMESTAMP_USEC + f * FRAME_PERIOD_USEC + SUBORDINATE_DELAY_USEC * i
                 mkv_writers[i].write(stamp, color=rgb, depth=depth_mm, ir=ir)
 
