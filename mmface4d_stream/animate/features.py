@@ -14,12 +14,11 @@ psychological magnitude pitch", JASA 1937 (the HTK formula `2595 log10(1 + f / 7
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from mmface4d_stream.formats.audio import DATASET_RATE_HZ
+from mmface4d_stream.formats.audio import DATASET_RATE_HZ, resample
 import torch
 
 __all__ = ["LogMelConfig", "LogMelExtractor", "StreamingLogMel", "last_feature_index", "mel_filterbank",
@@ -163,10 +162,5 @@ def _as_fraction(fps: float) -> tuple[int, int]:
 
 
 def resample_to(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Polyphase resampling of float32 (S,) from `rate` to `target` Hz (a copy when equal)."""
-    if rate == target:
-        return np.asarray(samples, dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    g = math.gcd(int(rate), int(target))
-    return resample_poly(np.asarray(samples, dtype=np.float64), target // g, rate // g).astype(np.float32)
+    """Polyphase resampling of float32 (S,) from `rate` to `target` Hz (`formats.audio.resample`)."""
+    return resample(samples, rate, target)

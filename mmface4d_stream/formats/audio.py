@@ -61,12 +61,18 @@ def load_audio_16k(path: str | os.PathLike) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
-    if rate != DATASET_RATE_HZ:
-        from scipy.signal import resample_poly
+    return resample(samples, rate, DATASET_RATE_HZ)
 
-        g = math.gcd(int(rate), DATASET_RATE_HZ)
-        samples = resample_poly(samples, DATASET_RATE_HZ // g, int(rate) // g).astype(np.float32)
-    return samples
+
+def resample(samples: np.ndarray, rate: int, target: int = DATASET_RATE_HZ) -> np.ndarray:
+    """Polyphase resampling of mono (S,) samples from `rate` to `target` Hz, float32 out (computed in
+    float64; a float32 copy when the rates are equal)."""
+    if int(rate) == int(target):
+        return np.asarray(samples, dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(np.asarray(samples, dtype=np.float64), int(target) // g, int(rate) // g).astype(np.float32)
 
 
 _WAVE_FORMAT_IEEE_FLOAT = 3
