@@ -33,9 +33,7 @@ from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
 from mmface4d_stream.fit.raster import Rasterizer
 
-__all__ = ["RASTER_MODES", "RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
-
-RASTER_MODES = ("off", "depth")
+__all__ = ["RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
 
 
 @dataclass
