@@ -31,7 +31,7 @@ import torch
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
-from mmface4d_stream.fit.raster import Rasterizer
+from mmface4d_stream.fit.raster import Rasterizer, gather_corners
 
 __all__ = ["RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
 
@@ -159,15 +159,9 @@ def _interp_shared(table: torch.Tensor, corners: torch.Tensor, weights: torch.Te
     return (got * w).sum(3)
 
 
-def _gather_batched(table: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
-    """Per-stream rows: table (B, N, 3), corners (B, C, M, 3) -> (B, C, M, 3, 3) (corner, xyz)."""
-    b = corners.shape[0]
-    return torch.gather(table, 1, corners.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(*corners.shape, 3)
-
-
 def _interp_batched(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k table[b, corner_k] of per-stream rows (B, N, 3) -> (B, C, M, 3)."""
-    return (_gather_batched(table, corners) * weights[..., None]).sum(-2)
+    return (gather_corners(table, corners) * weights[..., None]).sum(-2)
 
 
 class RasterTerm:
@@ -267,7 +261,7 @@ def offset_rows(rb: RasterBatch, patches: PatchBatch, cameras: CameraBatch, rota
     ok = ok * (res.abs() < gate_m).to(res.dtype)
     wt = huber_weight(res.abs(), huber_m) * (inv_sigma2 * ok)  # (B, C, M)
     n_model = torch.einsum("bcmi,bcij,bjk->bcmk", nd, cameras.r, rotation)  # (B, C, M, 3)
-    off_c = _gather_batched(offsets, c)  # (B, C, M, 3 corners, 3)
+    off_c = gather_corners(offsets, c)  # (B, C, M, 3 corners, 3)
     # Row of corner k: r(d_k) = res + nᵀ (d_k − d_k now) = nᵀ d_k + const_k.
     const = res[..., None] - (n_model[..., None, :] * off_c).sum(-1)  # (B, C, M, 3)
     wk = wt[..., None] * w  # (B, C, M, 3)
