@@ -79,7 +79,7 @@ def _spread(n_valid: int, m: int) -> np.ndarray:
     return (np.arange(m) * n_valid) // m
 
 
-def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequence[Sequence[RasterView | None]],
+def prepare_raster(rasterizer: Rasterizer, frames: Sequence[Sequence[RasterView | None]],
                    vertices_ref: Sequence[np.ndarray], n_cameras: int, patch_width: int, n_samples: int,
                    gate_m: float, device) -> RasterBatch:
     """Rasterize each frame's starting mesh into its cameras' depth crops and pick the samples.
@@ -89,7 +89,7 @@ def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequen
     within `gate_m` (hair, neck, background and occlusions left out).
 
     Args:
-        rasterizer: a `fit.raster.Rasterizer` for the model's topology.  triangles: (F, 3).
+        rasterizer: a `fit.raster.Rasterizer` for the model's topology (its `triangles`).
         frames: B lists of views (None: the camera has no depth crop), at most n_cameras each.
         vertices_ref: B starting meshes (N, 3), reference frame, metres.
         patch_width: W of the solve's padded depth patches (`collate_crops`).
@@ -104,7 +104,7 @@ def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequen
     weights[..., 2] = 1.0
     pixel = np.zeros((b, n_cameras, m), np.int64)
     valid = np.zeros((b, n_cameras, m), np.float32)
-    tri = np.asarray(triangles, np.int64)
+    tri = rasterizer.triangles
     for i, views in enumerate(frames):
         ks = [k for k, v in enumerate(views) if v is not None]
         if not ks:
