@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
-from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight
+from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, normal_equations
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
 from mmface4d_stream.fit.raster import Rasterizer, gather_corners
 
@@ -221,18 +221,13 @@ class RasterTerm:
         if not with_jac:
             return cost, None, None
         r = state[0]
-        b = res.shape[0]
         nm = torch.einsum("bcmi,bij->bcmj", g_ref, r)  # normals in the model frame
         parts = [cross3(rp, g_ref), g_ref]
         if self.fit_identity and self.id is not None:
             parts.append(torch.einsum("bcmi,bcmik->bcmk", nm, self.id))
         if self.exp is not None:
             parts.append(torch.einsum("bcmi,bcmik->bcmk", nm, self.exp))
-        j = torch.cat(parts, -1).reshape(b, -1, n_par).to(torch.float64)
-        wt = (huber_weight(ar, huber_m) * (inv_sigma2 * self.ok)).reshape(b, -1, 1).to(torch.float64)
-        jw = j * wt
-        h = jw.transpose(1, 2) @ j
-        g = (jw.transpose(1, 2) @ res.reshape(b, -1, 1).to(torch.float64))[..., 0]
+        h, g = normal_equations(parts, huber_weight(ar, huber_m) * (inv_sigma2 * self.ok), res, n_par)
         return cost, h, g
 
 
