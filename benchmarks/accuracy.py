@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mmface4d_stream.fit.evaluate import evaluate_sequence
+from mmface4d_stream.fit.fitter_config import RASTER_MODES
 from mmface4d_stream.pipeline.run import ReconstructOptions, reconstruct
 from mmface4d_stream.pipeline.sinks import stage_latency
 from mmface4d_stream.pipeline.stage_config import FitStageConfig, SourceConfig
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object (errors and stage times) only")
-    parser.add_argument("--raster", nargs="+", default=["off"], choices=("off", "depth"),
+    parser.add_argument("--raster", nargs="+", default=["off"], choices=RASTER_MODES,
                         help="fitter.raster settings to run (default: off)")
     parser.add_argument("--face-model", choices=("template", "bfm"), default="template")
     parser.add_argument("--bfm-folder", help="folder with BFM_model_front.mat (for --face-model bfm)")

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmface4d_stream.fit.fitter import FitterConfig  # noqa: E402
+from mmface4d_stream.fit.fitter_config import RASTER_MODES, FitterConfig  # noqa: E402
 from mmface4d_stream.fit.host_reads import AtenOpCounter, HostReadCounter  # noqa: E402
 from mmface4d_stream.fit.multi import MultiStreamFitter  # noqa: E402
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame  # noqa: E402
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy", action="store_true", help="also time the fitter of main d72b0a6 at B = 1")
     parser.add_argument("--no-eager", action="store_true", help="on CUDA, skip the eager (no graph) rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--raster", nargs="+", default=["off"], choices=("off", "depth"),
+    parser.add_argument("--raster", nargs="+", default=["off"], choices=RASTER_MODES,
                         help="fitter.raster settings (default off); the mode column names it when not off")
     parser.add_argument("--profile", action="store_true",
                         help="on CUDA, also list the operators with the most device time in one steady step")

@@ -21,7 +21,6 @@ moving crop box.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,10 +113,6 @@ class FitCamera:
         raise ValueError(
             f"camera intrinsics must be a FitCamera, a k4a CameraModel or have camera_model(); got {type(camera).__name__}"
         )
-
-    def crop(self, x0: int, y0: int, width: int, height: int) -> "FitCamera":
-        """The camera of the window whose top-left pixel is (x0, y0): principal point shifted."""
-        return dataclasses.replace(self, cx=self.cx - x0, cy=self.cy - y0, width=int(width), height=int(height))
 
     # -- lens model (CameraModel's) ------------------------------------------------------------
 

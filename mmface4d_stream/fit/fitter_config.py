@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FitterConfig"]
+__all__ = ["FitterConfig", "RASTER_MODES"]
+
+# The allowed values of `FitterConfig.raster` (the rasterized depth term, `fit/raster_term.py`).
+RASTER_MODES = ("off", "depth")
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,5 @@ class FitterConfig:
     raster_backend: str = "auto"
 
     def __post_init__(self):
-        from mmface4d_stream.fit.raster_term import RASTER_MODES
-
         if self.raster not in RASTER_MODES:
             raise ValueError(f"raster must be one of {RASTER_MODES}, got {self.raster!r}")

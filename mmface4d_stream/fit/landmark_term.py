@@ -13,7 +13,7 @@ import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch
 
-__all__ = ["huber_weight", "huber_cost", "project_pinhole_batch", "landmark_rows"]
+__all__ = ["huber_weight", "huber_cost", "normal_equations", "project_pinhole_batch", "landmark_rows"]
 
 
 def huber_weight(abs_r: torch.Tensor, k: float) -> torch.Tensor:
@@ -24,6 +24,22 @@ def huber_weight(abs_r: torch.Tensor, k: float) -> torch.Tensor:
 def huber_cost(abs_r: torch.Tensor, k: float) -> torch.Tensor:
     """Huber cost ρ(r): r² inside k, 2k|r| - k² outside (continuous, with continuous slope)."""
     return torch.where(abs_r <= k, abs_r * abs_r, 2 * k * abs_r - k * k)
+
+
+def normal_equations(parts: list[torch.Tensor], weight: torch.Tensor, res: torch.Tensor,
+                     n_par: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted Gauss-Newton blocks of one term's rows, accumulated in float64.
+
+    Args:
+        parts: Jacobian column blocks (B, ..., P_i) of the rows of `res` (B, ...), concatenated to P = n_par.
+        weight: per-row weights, `res`'s shape (IRLS Huber weight x 1/σ² x validity).
+    Returns:
+        (H = Jᵀ W J (B, P, P), g = Jᵀ W r (B, P)) float64.
+    """
+    b = res.shape[0]
+    j = torch.cat(parts, -1).reshape(b, -1, n_par).to(torch.float64)
+    jw = j * weight.reshape(b, -1, 1).to(torch.float64)
+    return jw.transpose(1, 2) @ j, (jw.transpose(1, 2) @ res.reshape(b, -1, 1).to(torch.float64))[..., 0]
 
 
 def project_pinhole_batch(cameras: CameraBatch, points_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch, depth_rows
 from mmface4d_stream.fit.geometry import orthonormalize_batch, skew_torch, so3_exp_batch, so3_log_batch
-from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark_rows, project_pinhole_batch
+from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark_rows, normal_equations, project_pinhole_batch
 from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, vertex_normals
 from mmface4d_stream.fit.offsets import offset_step
 from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm
@@ -226,7 +226,6 @@ class _Terms:
         r, t, alpha, beta = state
         rt = r.transpose(-1, -2)
         cams = fb.cameras
-        b = r.shape[0]
         # Landmarks.
         rp = self.points(state, "landmarks") @ rt
         res, norm, jt = landmark_rows(cams, fb.lm_target, rp + t[:, None])
@@ -244,11 +243,7 @@ class _Terms:
                 parts.append(a @ pack.lm_exp)
             # Normal equations accumulated in float64: batches padded differently (camera counts)
             # then round alike, so a stream's result does not depend on its batch.
-            j_l = torch.cat(parts, -1).reshape(b, -1, self.n_par).to(torch.float64)
-            w_l = w[..., None].expand_as(res).reshape(b, -1, 1).to(torch.float64)
-            jw_l = j_l * w_l
-            h = jw_l.transpose(1, 2) @ j_l
-            g = (jw_l.transpose(1, 2) @ res.reshape(b, -1, 1).to(torch.float64))[..., 0]
+            h, g = normal_equations(parts, w[..., None].expand_as(res), res, self.n_par)
         # Depth.
         rp, xc = self.samples_in_cameras(state) if samples is None else samples
         ok = assoc[0]
@@ -263,10 +258,8 @@ class _Terms:
                 parts.append(torch.einsum("bcsi,sik->bcsk", nm, pack.s_id))
             if pack.n_exp:
                 parts.append(torch.einsum("bcsi,sik->bcsk", nm, pack.s_exp))
-            j_d = torch.cat(parts, -1).reshape(b, -1, self.n_par).to(torch.float64)
-            jw_d = j_d * w.reshape(b, -1, 1).to(torch.float64)
-            h = h + jw_d.transpose(1, 2) @ j_d
-            g = g + (jw_d.transpose(1, 2) @ res_d.reshape(b, -1, 1).to(torch.float64))[..., 0]
+            h_d, g_d = normal_equations(parts, w, res_d, self.n_par)
+            h, g = h + h_d, g + g_d
         if self.raster is not None:
             c_r, h_r, g_r = self.raster.cost_and_rows(state, cams, self.inv_r, cfg.depth_huber_m, self.n_par, with_jac)
             cost = cost + c_r

@@ -458,7 +458,7 @@ class MultiStreamFitter:
         views = [[None if crop is None else
                   RasterView(cam.camera, cam.r_cam_from_ref, cam.t_cam_from_ref, crop.depth_mm, crop.x0, crop.y0, stride)
                   for cam, crop in zip(job.cams, job.crops)] for job in jobs]
-        return prepare_raster(rasterizer, pack.model.triangles, views, [job.start_ref for job in jobs], n_cam,
+        return prepare_raster(rasterizer, views, [job.start_ref for job in jobs], n_cam,
                               patch_width, cfg.raster_samples, 3 * cfg.depth_gate_m, self.device)
 
     def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:

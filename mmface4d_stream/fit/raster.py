@@ -44,6 +44,7 @@ __all__ = [
     "clip_coordinates",
     "crop_rays",
     "interpolate",
+    "gather_corners",
     "model_depth",
     "ray_plane_depth",
     "load_nvdiffrast",
@@ -390,7 +391,7 @@ def _corner_indices(tri_ids: torch.Tensor, triangles: torch.Tensor) -> tuple[tor
     return tri[tri_ids.clamp_min(0).long()], mask  # (B, ..., 3)
 
 
-def _gather(attributes: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+def gather_corners(attributes: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
     """attributes (B, N, D), corners (B, ..., 3) -> (B, ..., 3, D)."""
     B, N, D = attributes.shape
     flat = corners.reshape(B, -1)
@@ -422,7 +423,7 @@ def interpolate(attributes: torch.Tensor, tri_ids: torch.Tensor, barycentrics: t
     if barycentrics.shape != (*tri_ids.shape, 2):
         raise ValueError(f"barycentrics must be {(*tri_ids.shape, 2)}, got {tuple(barycentrics.shape)}")
     corners, mask = _corner_indices(tri_ids, triangles)
-    vals = _gather(a, corners)  # (B, ..., 3, D)
+    vals = gather_corners(a, corners)  # (B, ..., 3, D)
     b = barycentrics.to(a.dtype)
     w = torch.cat([b, 1 - b.sum(-1, keepdim=True)], dim=-1)  # (B, ..., 3)
     out = (vals * w[..., None]).sum(-2)
@@ -460,7 +461,7 @@ def ray_plane_depth(vertices: torch.Tensor, raster: RasterOutput, triangles, ray
         `Interpolated` with values (B, H, W) metres (0 where masked) and mask (B, H, W).
     """
     corners, mask = _corner_indices(raster.tri_ids, triangles)
-    p = _gather(vertices, corners)  # (B, H, W, 3, 3)
+    p = gather_corners(vertices, corners)  # (B, H, W, 3, 3)
     p0, p1, p2 = p[..., 0, :], p[..., 1, :], p[..., 2, :]
     n = torch.linalg.cross(p1 - p0, p2 - p0)
     r = torch.cat([rays.to(vertices.dtype), torch.ones_like(rays[..., :1], dtype=vertices.dtype)], dim=-1)

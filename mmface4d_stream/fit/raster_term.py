@@ -29,13 +29,11 @@ import numpy as np
 import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
-from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight
+from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, normal_equations
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
-from mmface4d_stream.fit.raster import Rasterizer
+from mmface4d_stream.fit.raster import Rasterizer, gather_corners
 
-__all__ = ["RASTER_MODES", "RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
-
-RASTER_MODES = ("off", "depth")
+__all__ = ["RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
 
 
 @dataclass
@@ -81,7 +79,7 @@ def _spread(n_valid: int, m: int) -> np.ndarray:
     return (np.arange(m) * n_valid) // m
 
 
-def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequence[Sequence[RasterView | None]],
+def prepare_raster(rasterizer: Rasterizer, frames: Sequence[Sequence[RasterView | None]],
                    vertices_ref: Sequence[np.ndarray], n_cameras: int, patch_width: int, n_samples: int,
                    gate_m: float, device) -> RasterBatch:
     """Rasterize each frame's starting mesh into its cameras' depth crops and pick the samples.
@@ -91,7 +89,7 @@ def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequen
     within `gate_m` (hair, neck, background and occlusions left out).
 
     Args:
-        rasterizer: a `fit.raster.Rasterizer` for the model's topology.  triangles: (F, 3).
+        rasterizer: a `fit.raster.Rasterizer` for the model's topology (its `triangles`).
         frames: B lists of views (None: the camera has no depth crop), at most n_cameras each.
         vertices_ref: B starting meshes (N, 3), reference frame, metres.
         patch_width: W of the solve's padded depth patches (`collate_crops`).
@@ -106,7 +104,7 @@ def prepare_raster(rasterizer: Rasterizer, triangles: np.ndarray, frames: Sequen
     weights[..., 2] = 1.0
     pixel = np.zeros((b, n_cameras, m), np.int64)
     valid = np.zeros((b, n_cameras, m), np.float32)
-    tri = np.asarray(triangles, np.int64)
+    tri = rasterizer.triangles
     for i, views in enumerate(frames):
         ks = [k for k, v in enumerate(views) if v is not None]
         if not ks:
@@ -161,15 +159,9 @@ def _interp_shared(table: torch.Tensor, corners: torch.Tensor, weights: torch.Te
     return (got * w).sum(3)
 
 
-def _gather_batched(table: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
-    """Per-stream rows: table (B, N, 3), corners (B, C, M, 3) -> (B, C, M, 3, 3) (corner, xyz)."""
-    b = corners.shape[0]
-    return torch.gather(table, 1, corners.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(*corners.shape, 3)
-
-
 def _interp_batched(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k table[b, corner_k] of per-stream rows (B, N, 3) -> (B, C, M, 3)."""
-    return (_gather_batched(table, corners) * weights[..., None]).sum(-2)
+    return (gather_corners(table, corners) * weights[..., None]).sum(-2)
 
 
 class RasterTerm:
@@ -229,18 +221,13 @@ class RasterTerm:
         if not with_jac:
             return cost, None, None
         r = state[0]
-        b = res.shape[0]
         nm = torch.einsum("bcmi,bij->bcmj", g_ref, r)  # normals in the model frame
         parts = [cross3(rp, g_ref), g_ref]
         if self.fit_identity and self.id is not None:
             parts.append(torch.einsum("bcmi,bcmik->bcmk", nm, self.id))
         if self.exp is not None:
             parts.append(torch.einsum("bcmi,bcmik->bcmk", nm, self.exp))
-        j = torch.cat(parts, -1).reshape(b, -1, n_par).to(torch.float64)
-        wt = (huber_weight(ar, huber_m) * (inv_sigma2 * self.ok)).reshape(b, -1, 1).to(torch.float64)
-        jw = j * wt
-        h = jw.transpose(1, 2) @ j
-        g = (jw.transpose(1, 2) @ res.reshape(b, -1, 1).to(torch.float64))[..., 0]
+        h, g = normal_equations(parts, huber_weight(ar, huber_m) * (inv_sigma2 * self.ok), res, n_par)
         return cost, h, g
 
 
@@ -269,7 +256,7 @@ def offset_rows(rb: RasterBatch, patches: PatchBatch, cameras: CameraBatch, rota
     ok = ok * (res.abs() < gate_m).to(res.dtype)
     wt = huber_weight(res.abs(), huber_m) * (inv_sigma2 * ok)  # (B, C, M)
     n_model = torch.einsum("bcmi,bcij,bjk->bcmk", nd, cameras.r, rotation)  # (B, C, M, 3)
-    off_c = _gather_batched(offsets, c)  # (B, C, M, 3 corners, 3)
+    off_c = gather_corners(offsets, c)  # (B, C, M, 3 corners, 3)
     # Row of corner k: r(d_k) = res + nᵀ (d_k − d_k now) = nᵀ d_k + const_k.
     const = res[..., None] - (n_model[..., None, :] * off_c).sum(-1)  # (B, C, M, 3)
     wk = wt[..., None] * w  # (B, C, M, 3)

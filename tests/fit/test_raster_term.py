@@ -55,7 +55,7 @@ def scene(model):
     views = [[RasterView(c.camera, c.r_cam_from_ref, c.t_cam_from_ref, crop.depth_mm, crop.x0, crop.y0, cfg.depth_stride)
               for c, crop in zip(cams, crops)]]
     rasterizer = make_rasterizer(model.triangles, model.n_vertices, "gl")
-    rb = prepare_raster(rasterizer, model.triangles, views, [start], len(cams), depth.shape[3], 800, 0.05, "cpu")
+    rb = prepare_raster(rasterizer, views, [start], len(cams), depth.shape[3], 800, 0.05, "cpu")
     return dict(obs=obs, gt=gt, pack=pack, cameras=cameras, patches=patches, rb=rb, cfg=cfg,
                 start=(r0, t0), truth=(r, t, beta))
 
