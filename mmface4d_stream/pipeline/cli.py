@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.fit.fitter_config import RASTER_MODES
 from mmface4d_stream.formats.output_files import check_output_dir
 
 
@@ -72,6 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", action="store_true", help="causal 5 Hz Butterworth on the vertices while fitting")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--raster", choices=("off", "depth"), default="off",
+    p.add_argument("--raster", choices=RASTER_MODES, default="off",
                    help="the fitter's rasterized depth term (fitter.raster): off (default) or depth")
     p.set_defaults(func=cmd_reconstruct)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mmface4d_stream.errors import ConfigError, InputError
+from mmface4d_stream.fit.fitter_config import RASTER_MODES
 from mmface4d_stream.formats.sequence import DATASET_FPS
 from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_ORDER
 
@@ -114,7 +115,7 @@ class FitStageConfig:
     rig: str | None = None
     reference: int | None = None
     torch_threads: int = setting(1, bound="positive")
-    raster: str = setting("off", choices=("off", "depth"), on_off=True)
+    raster: str = setting("off", choices=RASTER_MODES, on_off=True)
 
     def fitter_config(self):
         """The fitter's settings (`fit.fitter_config.FitterConfig`) these stage settings choose."""
