@@ -60,14 +60,16 @@ class RasterOutput(NamedTuple):
     barycentrics: float32 (B, H, W, 2), perspective-correct weights of the triangle's vertices 0 and
         1 (vertex 2: 1 - b0 - b1); zero on background.
     crops: int64 (B, 4) x0, y0, w, h of each view's crop in its camera's raw image, pixels; output
-        pixel (i, j) of view b is raw pixel (x0 + j, y0 + i).
+        pixel (i, j) of view b is raw pixel (x0 + j·stride, y0 + i·stride).
     backend: "gl" or "nvdiffrast".
+    stride: raw pixels between output pixels (1: full resolution).
     """
 
     tri_ids: torch.Tensor
     barycentrics: torch.Tensor
     crops: torch.Tensor
     backend: str
+    stride: int = 1
 
     @property
     def mask(self) -> torch.Tensor:
@@ -121,11 +123,11 @@ def _check_vertices(vertices) -> torch.Tensor:
 
 
 def clip_coordinates(vertices: torch.Tensor, cameras: Sequence[FitCamera], crops, height: int, width: int,
-                     near: float = 0.05, far: float = 20.0) -> torch.Tensor:
+                     near: float = 0.05, far: float = 20.0, stride: int = 1) -> torch.Tensor:
     """Clip-space positions of camera-frame vertices for crops of size (height, width).
 
     Each vertex goes through its view's full lens model (raw pixel u, v, centres at integers);
-    the crop maps raw pixel (x0 + j, y0 + i) to normalized device coordinates
+    the crop maps raw pixel (x0 + j·s, y0 + i·s), s = stride, to normalized device coordinates
     ((j + 0.5) / W·2 - 1, (i + 0.5) / H·2 - 1) (nvdiffrast's and OpenGL's pixel centres; row 0 at
     y = -1, read first), and w = z so that barycentrics are perspective-correct. The same mapping as
     `render/raster_ids.py`'s vertex shader.
@@ -133,7 +135,7 @@ def clip_coordinates(vertices: torch.Tensor, cameras: Sequence[FitCamera], crops
     Args:
         vertices: (B, N, 3) camera-frame positions, metres.
         cameras: B `FitCamera`s.  crops: (B, 4) x0, y0, w, h pixels.  height, width: output size.
-        near, far: clip range along z, metres.
+        near, far: clip range along z, metres.  stride: raw pixels per output pixel.
     Returns:
         (B, N, 4) float32 clip coordinates (x, y, z, w), on the vertices' device.
     """
@@ -157,18 +159,18 @@ def clip_coordinates(vertices: torch.Tensor, cameras: Sequence[FitCamera], crops
                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
         u = x * cam.fx + cam.cx
         vv = y * cam.fy + cam.cy
-        ndc_x = (u - float(c[b, 0]) + 0.5) / float(width) * 2 - 1
-        ndc_y = (vv - float(c[b, 1]) + 0.5) / float(height) * 2 - 1
+        ndc_x = (u - float(c[b, 0]) + 0.5 * stride) / float(width * stride) * 2 - 1
+        ndc_y = (vv - float(c[b, 1]) + 0.5 * stride) / float(height * stride) * 2 - 1
         zc = (far + near) / (far - near) * z - 2 * far * near / (far - near)
         out.append(torch.stack([ndc_x * z, ndc_y * z, zc, z], dim=-1))
     return torch.stack(out)
 
 
-def _background_outside(ids: torch.Tensor, cams: Sequence[FitCamera], crops: np.ndarray) -> torch.Tensor:
+def _background_outside(ids: torch.Tensor, cams: Sequence[FitCamera], crops: np.ndarray, stride: int = 1) -> torch.Tensor:
     """Set ids to -1 beyond each view's own crop size and outside its camera's image."""
     B, H, W = ids.shape
-    jj = torch.arange(W, device=ids.device)
-    ii = torch.arange(H, device=ids.device)
+    jj = torch.arange(W, device=ids.device) * stride
+    ii = torch.arange(H, device=ids.device) * stride
     keep = []
     for b in range(B):
         x0, y0, w, h = (int(x) for x in crops[b])
@@ -223,15 +225,18 @@ class Rasterizer:
         self.n_vertices = int(n_vertices)
         self.near, self.far = float(near), float(far)
 
-    def rasterize(self, vertices, cameras, crops, size: tuple[int, int] | None = None) -> RasterOutput:
+    def rasterize(self, vertices, cameras, crops, size: tuple[int, int] | None = None, stride: int = 1) -> RasterOutput:
         """Rasterize B views.
 
         Args:
             vertices: (B, N, 3) camera-frame positions, metres (torch or numpy; never differentiated).
             cameras: a `FitCamera` (or anything `FitCamera.of` takes) per view, or one for all.
             crops: (B, 4) or (4,) int x0, y0, w, h crop boxes in the raw image, pixels.
-            size: (H, W) of the output; default: the largest crop (smaller crops are padded with
-                background).
+            size: (H, W) of the output; default: the largest crop in output pixels (smaller crops
+                are padded with background).
+            stride: raw pixels between output pixels: output pixel (i, j) is raw pixel
+                (x0 + j·stride, y0 + i·stride), the same camera through a smaller viewport (the
+                samples a full-resolution raster would give at [::stride, ::stride]).
         Returns:
             `RasterOutput` on the vertices' device (the GL backend computes on the host).
         """
@@ -241,11 +246,13 @@ class Rasterizer:
         B = v.shape[0]
         cams = _as_cameras(cameras, B)
         c = _as_crops(crops, B)
-        H, W = (int(c[:, 3].max()), int(c[:, 2].max())) if size is None else (int(size[0]), int(size[1]))
-        ids, bary = self._rasterize(v.detach(), cams, c, H, W)
-        return RasterOutput(ids, bary, torch.as_tensor(c, device=ids.device), self.backend)
+        s = max(int(stride), 1)
+        H, W = ((-(-int(c[:, 3].max()) // s), -(-int(c[:, 2].max()) // s)) if size is None
+                else (int(size[0]), int(size[1])))
+        ids, bary = self._rasterize(v.detach(), cams, c, H, W, s)
+        return RasterOutput(ids, bary, torch.as_tensor(c, device=ids.device), self.backend, s)
 
-    def _rasterize(self, v, cams, crops, H, W):  # pragma: no cover - abstract
+    def _rasterize(self, v, cams, crops, H, W, stride):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -260,8 +267,8 @@ class GLRasterizer(Rasterizer):
 
         self._gl = GLTriangleRasterizer(self.triangles, self.n_vertices, self.near, self.far)
 
-    def _rasterize(self, v, cams, crops, H, W):
-        ids, bary = self._gl.rasterize(v.cpu().numpy(), cams, crops, H, W)
+    def _rasterize(self, v, cams, crops, H, W, stride):
+        ids, bary = self._gl.rasterize(v.cpu().numpy(), cams, crops, H, W, stride)
         return torch.from_numpy(ids).to(v.device), torch.from_numpy(bary).to(v.device)
 
     def release(self) -> None:
@@ -344,11 +351,11 @@ class NvdiffrastRasterizer(Rasterizer):
         self._ctx = self._dr.RasterizeCudaContext(device=self.device)
         self._tri = torch.as_tensor(self.triangles, dtype=torch.int32, device=self.device).contiguous()
 
-    def _rasterize(self, v, cams, crops, H, W):
-        pos = clip_coordinates(v.to(self.device), cams, crops, H, W, self.near, self.far).contiguous()
+    def _rasterize(self, v, cams, crops, H, W, stride):
+        pos = clip_coordinates(v.to(self.device), cams, crops, H, W, self.near, self.far, stride).contiguous()
         rast, _ = self._dr.rasterize(self._ctx, pos, self._tri, resolution=(H, W), grad_db=False)
         ids = rast[..., 3].round().to(torch.int32) - 1
-        ids = _background_outside(ids, cams, crops)
+        ids = _background_outside(ids, cams, crops, stride)
         bary = torch.where((ids >= 0)[..., None], rast[..., :2], torch.zeros_like(rast[..., :2])).contiguous()
         return ids.to(v.device), bary.to(v.device)
 
@@ -371,12 +378,12 @@ def make_rasterizer(triangles, n_vertices: int, backend: str = "auto", device="c
 
 
 def rasterize(vertices, triangles, cameras, crops, backend: str = "auto",
-              size: tuple[int, int] | None = None) -> RasterOutput:
+              size: tuple[int, int] | None = None, stride: int = 1) -> RasterOutput:
     """One-off `make_rasterizer(...).rasterize(...)` (build a `Rasterizer` to reuse across frames)."""
     v = _check_vertices(vertices)
     r = make_rasterizer(triangles, v.shape[1], backend, v.device)
     try:
-        return r.rasterize(v, cameras, crops, size)
+        return r.rasterize(v, cameras, crops, size, stride)
     finally:
         if isinstance(r, GLRasterizer):
             r.release()

@@ -1,8 +1,9 @@
 """The rasterized (dense) depth term: per-pixel correspondences from a rendering of the model.
 
 Once per frame, outside the solve, the frame's starting mesh (the warm start, or a cold start's
-initial shape) is rasterized into each camera's depth crop (`fit.raster`: triangle id and
-barycentrics per pixel, the GL backend on a CPU, nvdiffrast on CUDA). The registered depth crop is
+initial shape) is rasterized into each camera's depth crop at the depth samples' stride
+(`fit.raster`: triangle id and barycentrics per depth sample, the GL backend on a CPU, nvdiffrast
+on CUDA). The registered depth crop is
 lifted to points and normals (`depth_term.lift_patches`, at full resolution); pixels where both the
 model and the measurement exist, and agree within a gate, are spread evenly down to a fixed number
 of samples per camera. Each sample is a fixed surface point of the model (a triangle and its
@@ -84,9 +85,10 @@ def prepare_raster(rasterizer: Rasterizer, frames: Sequence[Sequence[RasterView 
                    gate_m: float, device) -> RasterBatch:
     """Rasterize each frame's starting mesh into its cameras' depth crops and pick the samples.
 
-    The crop is rasterized at full resolution and read at the depth samples' pixels; a sample is a
-    depth sample that sees the model, has a measurement, and whose model and measured depths agree
-    within `gate_m` (hair, neck, background and occlusions left out).
+    The crop is rasterized at the depth samples' stride (one output pixel per depth sample: the
+    same camera through a viewport `stride` times smaller); a sample is a depth sample that sees
+    the model, has a measurement, and whose model and measured depths agree within `gate_m` (hair,
+    neck, background and occlusions left out).
 
     Args:
         rasterizer: a `fit.raster.Rasterizer` for the model's topology (its `triangles`).
@@ -111,28 +113,33 @@ def prepare_raster(rasterizer: Rasterizer, frames: Sequence[Sequence[RasterView 
             continue
         v_ref = np.asarray(vertices_ref[i], np.float64)
         vcam = np.stack([v_ref @ views[k].r_cam_from_ref.T + views[k].t_cam_from_ref for k in ks]).astype(np.float32)
-        crops = np.array([(views[k].x0, views[k].y0, views[k].depth_mm.shape[1] * views[k].stride,
-                           views[k].depth_mm.shape[0] * views[k].stride) for k in ks], np.int64)
-        raster = rasterizer.rasterize(torch.from_numpy(vcam), [views[k].camera for k in ks], crops)
+        s = views[ks[0]].stride
+        if any(views[k].stride != s for k in ks):
+            raise ValueError("the views of one frame need one stride")
+        crops = np.array([(views[k].x0, views[k].y0, views[k].depth_mm.shape[1] * s,
+                           views[k].depth_mm.shape[0] * s) for k in ks], np.int64)
+        # At the depth samples' stride: one output pixel per depth sample (same camera, smaller viewport).
+        raster = rasterizer.rasterize(torch.from_numpy(vcam), [views[k].camera for k in ks], crops, stride=s)
         ids_all = raster.tri_ids.cpu().numpy()
         bary_all = raster.barycentrics.cpu().numpy()
         for j, k in enumerate(ks):
             view = views[k]
-            s = view.stride
             h, w = view.depth_mm.shape
-            ids = ids_all[j, ::s, ::s][:h, :w]
-            z_obs = view.depth_mm[:ids.shape[0], :ids.shape[1]].astype(np.float32) * 1e-3
-            rows, cols = np.nonzero((ids >= 0) & (z_obs > 0))
-            t_ids = ids[rows, cols]
-            bary = bary_all[j, ::s, ::s][rows, cols]
-            wts = np.concatenate([bary, 1 - bary.sum(-1, keepdims=True)], -1)
-            cor = tri[t_ids]
-            z_model = (vcam[j][cor][..., 2] * wts).sum(-1)
-            keep = np.flatnonzero(np.abs(z_model - z_obs[rows, cols]) < gate_m)
+            ids = ids_all[j, :h, :w]
+            depth = view.depth_mm[:ids.shape[0], :ids.shape[1]]
+            flat = np.flatnonzero((ids >= 0) & (depth > 0))
+            rows, cols = np.divmod(flat, ids.shape[1])
+            cor = tri[ids.reshape(-1)[flat]]
+            bary = bary_all[j, :h, :w].reshape(-1, 2)[flat]
+            z = vcam[j, :, 2][cor]
+            # z of the sample: b0 z0 + b1 z1 + (1 - b0 - b1) z2.
+            z_model = z[:, 2] + bary[:, 0] * (z[:, 0] - z[:, 2]) + bary[:, 1] * (z[:, 1] - z[:, 2])
+            keep = np.flatnonzero(np.abs(z_model - depth.reshape(-1)[flat] * np.float32(1e-3)) < gate_m)
             pick = keep[_spread(len(keep), m)]
             n = len(pick)
             corners[i, k, :n] = cor[pick]
-            weights[i, k, :n] = wts[pick]
+            weights[i, k, :n, :2] = bary[pick]
+            weights[i, k, :n, 2] = 1 - bary[pick].sum(-1)
             pixel[i, k, :n] = rows[pick] * int(patch_width) + cols[pick]
             valid[i, k, :n] = 1.0
 

@@ -25,7 +25,7 @@ __all__ = ["GLTriangleRasterizer"]
 
 _VERTEX_SHADER = """
 #version 330
-uniform vec4 crop;            // x0, y0, w, h: the viewport's pixels in the raw image
+uniform vec4 crop;            // the viewport's raw-image box: x0, y0 of its first pixel's left/top edge + 0.5, w, h
 """ + LENS_GLSL + """
 in vec3 in_position;          // camera frame, metres
 in vec2 in_bary;
@@ -34,7 +34,7 @@ out vec2 v_bary;
 void main() {
     v_bary = in_bary;
     vec2 uv = kinect_pixel(in_position);
-    // Pixel centre (x0 + i) maps to viewport x = i + 0.5; rows are not flipped: row 0 = top.
+    // Raw pixel centre x0 + i·stride maps to viewport x = i + 0.5; rows are not flipped: row 0 = top.
     vec2 ndc = (uv - crop.xy + 0.5) / crop.zw * 2.0 - 1.0;
     gl_Position = kinect_clip(ndc, in_position.z);
 }
@@ -117,15 +117,19 @@ class GLTriangleRasterizer:
             self._size = (w, h)
         return self._fbo
 
-    def rasterize(self, vertices: np.ndarray, cameras, crops: np.ndarray, height: int, width: int):
+    def rasterize(self, vertices: np.ndarray, cameras, crops: np.ndarray, height: int, width: int,
+                  stride: int = 1):
         """Rasterize B views.
 
         Args:
             vertices: (B, N, 3) float, each view's mesh in its camera's frame, metres.
             cameras: B `FitCamera`s (pixel intrinsics, Kinect lens model).
             crops: (B, 4) int x0, y0, w, h: each view's crop box in its camera's raw image, pixels.
-            height, width: the output size (at least every crop's h and w); pixels beyond a view's
-                own crop, or outside its camera's image, are background.
+            height, width: the output size in output pixels (at least every crop's h and w over
+                the stride); pixels beyond a view's own crop, or outside its camera's image, are
+                background.
+            stride: raw pixels between output pixels: output pixel (i, j) is raw pixel
+                (x0 + j·stride, y0 + i·stride) (a viewport `stride` times smaller, same camera).
         Returns:
             (tri_ids int32 (B, height, width), -1 = background; barycentrics float32
             (B, height, width, 2), weights of the triangle's vertices 0 and 1, zero on background).
@@ -136,6 +140,7 @@ class GLTriangleRasterizer:
             raise ValueError(f"vertices must be (B, {self.n_vertices}, 3), got {v.shape}")
         crops = np.asarray(crops, dtype=np.int64).reshape(B, 4)
         H, W = int(height), int(width)
+        s = max(int(stride), 1)
         ids = np.empty((B, H, W), dtype=np.int32)
         bary = np.empty((B, H, W, 2), dtype=np.float32)
         per_draw = max(1, min(B, _MAX_ROWS // H))
@@ -156,7 +161,8 @@ class GLTriangleRasterizer:
                 set_lens_uniforms(self._prog, (cam.fx, cam.fy, cam.cx, cam.cy), cam.distortion, r2,
                                   self.near, self.far)
                 x0, y0 = crops[b, :2]
-                self._prog["crop"].value = (float(x0), float(y0), float(W), float(H))
+                # Output pixel centre j + 0.5 of W sits at raw pixel x0 + j·s.
+                self._prog["crop"].value = (float(x0) + 0.5 - 0.5 * s, float(y0) + 0.5 - 0.5 * s, float(W * s), float(H * s))
                 self._pos_buf.write(np.ascontiguousarray(v[b][self.triangles]).tobytes())
                 fbo.viewport = (0, k * H, W, H)
                 self._vao.render()
@@ -170,9 +176,9 @@ class GLTriangleRasterizer:
         for b in range(B):
             x0, y0, w, h = (int(c) for c in crops[b])
             cam = cameras[b]
-            keep_w = max(0, min(w, W, int(cam.width) - x0))
-            keep_h = max(0, min(h, H, int(cam.height) - y0))
-            lo_x, lo_y = max(0, -x0), max(0, -y0)
+            keep_w = max(0, min(-(-min(w, int(cam.width) - x0) // s), W))
+            keep_h = max(0, min(-(-min(h, int(cam.height) - y0) // s), H))
+            lo_x, lo_y = -(-max(0, -x0) // s), -(-max(0, -y0) // s)
             outside = np.ones((H, W), dtype=bool)
             outside[lo_y:keep_h, lo_x:keep_w] = False
             ids[b][outside] = -1
