@@ -32,8 +32,12 @@ class CameraObservation:
         T_ref_from_cam: float (4, 4) rigid transform, this camera's frame -> reference frame
             (identity for the reference camera).
         offset_px: (x0, y0) the top-left pixel in the camera's image of the window that
-            `landmarks_px` and `depth_mm` cover (a face crop); (0, 0): the whole image. The camera
-            stays the whole image's, so its tables (ray maps) are built once, not per crop box.
+            `landmarks_px`, `depth_mm` and `color_rgb` cover (a face crop); (0, 0): the whole image.
+            The camera stays the whole image's, so its tables (ray maps) are built once, not per
+            crop box.
+        color_rgb: uint8 (H, W, 3) RGB of the same window as `depth_mm`, or None. Only the
+            photometric term (`FitterConfig.raster` "depth+color") reads it; producers fill it
+            only then.
     """
 
     intrinsics: Any
@@ -42,6 +46,7 @@ class CameraObservation:
     landmark_conf: np.ndarray | None = None
     T_ref_from_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
     offset_px: tuple[int, int] = (0, 0)
+    color_rgb: np.ndarray | None = None
 
     def has_face(self) -> bool:
         """True when landmarks were given and at least 3 are finite with positive confidence."""

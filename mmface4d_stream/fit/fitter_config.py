@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 __all__ = ["FitterConfig", "RASTER_MODES"]
 
-# The allowed values of `FitterConfig.raster` (the rasterized depth term, `fit/raster_term.py`).
-RASTER_MODES = ("off", "depth")
+# The allowed values of `FitterConfig.raster` (the rasterized depth term, `fit/raster_term.py`, and
+# with "depth+color" the photometric term on its samples, `fit/color_term.py`).
+RASTER_MODES = ("off", "depth", "depth+color")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ class FitterConfig:
         point-to-plane samples from a rendering of the frame's starting mesh, in the LM iterations
         and the offset step); `raster_samples` samples kept per camera; `raster_weight` scales them
         against the sparse depth term (same σ and Huber threshold); `raster_backend` "auto", "gl"
-        (CPU, OpenGL) or "nvdiffrast" (CUDA).
+        (CPU, OpenGL) or "nvdiffrast" (CUDA). "depth+color" adds the photometric term
+        (`fit/color_term.py`) on the same samples: `color_sigma`, `color_huber`, `color_gate`
+        (colour units, 1 = full scale) its noise, robust threshold and rejection; `color_weight`
+        its weight in units of 1/color_sigma²; per-vertex albedo from the median of the first
+        `albedo_frames` observations, then an exponential update at `albedo_rate` with steps
+        clamped to `albedo_step_max`.
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
     normals_refresh_frames: model normals (visibility gating only) are recomputed every this many
         chained warm-started frames.
@@ -97,6 +103,13 @@ class FitterConfig:
     raster_samples: int = 1000
     raster_weight: float = 1.0
     raster_backend: str = "auto"
+    color_sigma: float = 0.03
+    color_huber: float = 0.06
+    color_gate: float = 0.3
+    color_weight: float = 1.0
+    albedo_frames: int = 8
+    albedo_rate: float = 0.1
+    albedo_step_max: float = 0.05
 
     def __post_init__(self):
         if self.raster not in RASTER_MODES:

@@ -124,6 +124,9 @@ def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCam
                     f"camera {c}: the {depth.shape[1]}x{depth.shape[0]} depth window at {(ox, oy)} leaves the "
                     f"{cam.width}x{cam.height} image"
                 )
+        if co.color_rgb is not None and (depth is None or np.shape(co.color_rgb) != (*depth.shape, 3)):
+            raise ValueError(f"camera {c}: color_rgb must be (H, W, 3) of the depth window {None if depth is None else depth.shape}, "
+                             f"got {np.shape(co.color_rgb)}")
         cams.append(PreparedCamera(c, cam, r_cr, t_cr, target, conf, n_obs, depth, (ox, oy)))
     return cams
 

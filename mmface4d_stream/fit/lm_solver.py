@@ -33,6 +33,7 @@ from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark
 from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, vertex_normals
 from mmface4d_stream.fit.offsets import offset_step
 from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm
+from mmface4d_stream.fit.color_term import ColorBatch, ColorTerm
 
 __all__ = ["SolveSettings", "FrameBatch", "SolveOutput", "solve_frames", "tensor_fields"]
 
@@ -82,6 +83,8 @@ class FrameBatch:
         temporal: (B,) 1 where the temporal priors apply (warm start), 0 for cold starts.
         raster: the rasterized depth term's per-pixel samples (`raster_term.RasterBatch`), or None
             (`FitterConfig.raster` off).
+        color: the photometric term's inputs on those samples (`color_term.ColorBatch`), or None
+            (`FitterConfig.raster` not "depth+color").
     """
 
     cameras: CameraBatch
@@ -100,6 +103,7 @@ class FrameBatch:
     normals_source: torch.Tensor
     temporal: torch.Tensor
     raster: RasterBatch | None = None
+    color: ColorBatch | None = None
 
 
 @dataclass
@@ -141,7 +145,7 @@ def tensor_fields(obj) -> dict[str, torch.Tensor]:
         value = getattr(obj, f.name)
         if isinstance(value, torch.Tensor):
             out[f.name] = value
-        elif isinstance(value, (CameraBatch, RasterBatch)):
+        elif isinstance(value, (CameraBatch, RasterBatch, ColorBatch)):
             out.update({f"{f.name}.{k}": v for k, v in tensor_fields(value).items()})
     return out
 
@@ -176,6 +180,9 @@ class _Terms:
         # The rasterized depth term (fit/raster_term.py), None when off.
         self.raster = None if fb.raster is None else RasterTerm(pack, fb.raster, patches, fb.v_id, fb.offsets, self.fit_identity)
         self.inv_r = cfg.raster_weight * self.inv_d
+        # The photometric term on the raster samples (fit/color_term.py), None unless depth+color.
+        self.color = None if fb.color is None or self.raster is None else ColorTerm(self.raster, fb.color)
+        self.inv_c = cfg.color_weight / cfg.color_sigma**2
 
     # -- model points ------------------------------------------------------------------------
 
@@ -213,6 +220,8 @@ class _Terms:
         normals_cam = cams.rotate(self.s_normals @ state[0].transpose(-1, -2))
         if self.raster is not None:
             self.raster.gate(state, cams, gate_m)
+        if self.color is not None:
+            self.color.gate(state, cams, self.cfg.color_gate)
         return self.patches.associate(cams, xc, normals_cam, gate_m, self.cfg.depth_min_normal_cos)
 
     # -- cost and normal equations -------------------------------------------------------------
@@ -265,6 +274,11 @@ class _Terms:
             cost = cost + c_r
             if with_jac:
                 h, g = h + h_r, g + g_r
+        if self.color is not None:
+            c_c, h_c, g_c = self.color.cost_and_rows(state, cams, self.inv_c, cfg.color_huber, self.n_par, with_jac)
+            cost = cost + c_c
+            if with_jac:
+                h, g = h + h_c, g + g_c
         # Priors and temporal terms: diagonal.
         fb0 = self.fb
         w_rel = so3_log_batch(r @ fb0.rotation.transpose(-1, -2))
@@ -387,7 +401,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     offsets = fb.offsets
     if pack.regularizer is not None:
         offsets = _chunked(partial(offset_step, pack, cfg), b, chunk, fb.cameras, patches, r, t, full, fb.offsets,
-                           normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf, fb.raster)
+                           normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf, fb.raster, fb.color)
         full = full - fb.offsets + offsets
     r = orthonormalize_batch(r)
     vertices = full @ r.transpose(-1, -2) + t[:, None]

@@ -74,6 +74,7 @@ class _Stream:
     no_depth_run: bool = False
     device: dict | None = None  # {field: tensor} of `device_for` below
     device_for: FitResult | None = None
+    albedo: object = None  # fit.color_term.AlbedoState (raster "depth+color")
 
 
 @dataclass
@@ -410,9 +411,11 @@ class MultiStreamFitter:
             init = {k: _stack([s[k] for s in states]) for k in _STATE_FIELDS}
             temporal = torch.tensor([0.0 if cold else 1.0] * len(jobs), dtype=torch.float32, device=self.device)
             raster = self._raster_batch(pack, jobs, n_cam, depth.shape[3]) if cfg.raster != "off" else None
+            color = (self._color_batch(pack, jobs, raster, cameras, depth, origin, size, init)
+                     if cfg.raster == "depth+color" else None)
             fb = FrameBatch(cameras, lm_target, lm_conf, depth, ray_grid, origin, size, init["rotation"],
                             init["translation"], init["alpha"], init["beta"], init["offsets"], init["v_id"],
-                            init["full"], temporal, raster)
+                            init["full"], temporal, raster, color)
             fn = partial(_solve_fn, pack, cfg, settings)
             t1 = time.perf_counter()
             cuda = self.device.type == "cuda"
@@ -460,6 +463,19 @@ class MultiStreamFitter:
                   for cam, crop in zip(job.cams, job.crops)] for job in jobs]
         return prepare_raster(rasterizer, views, [job.start_ref for job in jobs], n_cam,
                               patch_width, cfg.raster_samples, 3 * cfg.depth_gate_m, self.device)
+
+    def _color_batch(self, pack: ModelPack, jobs: list[_Job], raster, cameras, depth, origin, size, init: dict):
+        """The photometric term's inputs of a batch (`color_term.prepare_color`), each stream's albedo
+        updated from its previous frame."""
+        from mmface4d_stream.fit.color_term import AlbedoState, color_windows, prepare_color
+
+        for job in jobs:
+            if job.stream.albedo is None:
+                job.stream.albedo = AlbedoState()
+        windows = [color_windows(job.obs, job.cams, job.crops, max(int(self.config.depth_stride), 1)) for job in jobs]
+        return prepare_color(pack, self.config, raster, windows, cameras, depth, origin, size, init["rotation"],
+                             init["translation"], init["full"], [job.warm is not None for job in jobs],
+                             [job.stream.albedo for job in jobs], max(int(self.config.depth_stride), 1))
 
     def _result(self, pack: ModelPack, job: _Job, host: dict[str, np.ndarray], i: int) -> FitResult:
         st = job.stream

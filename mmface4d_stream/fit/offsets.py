@@ -15,13 +15,14 @@ from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch
 from mmface4d_stream.fit.model_pack import ModelPack
 from mmface4d_stream.fit.raster_term import offset_rows
+from mmface4d_stream.fit.color_term import color_offset_rows
 
 __all__ = ["offset_step"]
 
 
 def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBatch, rotation: torch.Tensor,
                 translation: torch.Tensor, full: torch.Tensor, offsets: torch.Tensor, normals_sub: torch.Tensor,
-                lm_target: torch.Tensor, lm_conf: torch.Tensor, raster=None) -> torch.Tensor:
+                lm_target: torch.Tensor, lm_conf: torch.Tensor, raster=None, color=None) -> torch.Tensor:
     """New offsets for a batch of streams.
 
     Args:
@@ -31,6 +32,7 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
         normals_sub: (B, M, 3) model-frame normals at `pack.offset_vertices` (visibility gating).
         lm_target (B, C, L, 2) pinhole pixels, lm_conf (B, C, L).
         raster: the rasterized depth term's samples (`raster_term.RasterBatch`) or None.
+        color: the photometric term's inputs on them (`color_term.ColorBatch`) or None.
     Returns:
         offsets (B, N, 3) metres; a stream without any data keeps its offsets.
     """
@@ -56,6 +58,10 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
         h_r, g_r, has_r = offset_rows(raster, patches, cameras, rotation, translation, full, offsets,
                                       cfg.raster_weight * inv_d, cfg.depth_huber_m, cfg.depth_gate_m)
         h, g, has_data = h + h_r, g + g_r, has_data | has_r
+    if raster is not None and color is not None:
+        h_c, g_c, has_c = color_offset_rows(raster, color, cameras, rotation, translation, full, offsets,
+                                            cfg.color_weight / cfg.color_sigma**2, cfg.color_huber, cfg.color_gate)
+        h, g, has_data = h + h_c, g + g_c, has_data | has_c
     if cfg.offset_landmark_weight > 0:
         inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
         vid = pack.lm_vertex

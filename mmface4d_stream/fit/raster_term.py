@@ -34,7 +34,8 @@ from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, normal_e
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
 from mmface4d_stream.fit.raster import Rasterizer, gather_corners
 
-__all__ = ["RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows"]
+__all__ = ["RasterBatch", "RasterView", "prepare_raster", "targets", "RasterTerm", "offset_rows", "interp_batched",
+           "scatter_corner_blocks"]
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _interp_shared(table: torch.Tensor, corners: torch.Tensor, weights: torch.Te
     return (got * w).sum(3)
 
 
-def _interp_batched(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def interp_batched(table: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k table[b, corner_k] of per-stream rows (B, N, 3) -> (B, C, M, 3)."""
     return (gather_corners(table, corners) * weights[..., None]).sum(-2)
 
@@ -194,8 +195,8 @@ class RasterTerm:
 
     def fix_shape(self, v_id: torch.Tensor, offsets: torch.Tensor) -> None:
         c, w = self.rb.corners, self.rb.weights
-        self.vid = _interp_batched(v_id, c, w)
-        self.off = _interp_batched(offsets, c, w)
+        self.vid = interp_batched(v_id, c, w)
+        self.off = interp_batched(offsets, c, w)
 
     def points(self, state) -> torch.Tensor:
         """Model-frame sample points (B, C, M, 3) of a state."""
@@ -253,9 +254,8 @@ def offset_rows(rb: RasterBatch, patches: PatchBatch, cameras: CameraBatch, rota
         (h (B, 3, 3, N), g (B, 3, N), has_data (B,) bool) to add to the step's data blocks, in
         the units of `offsets.offset_step` (H d = -g form).
     """
-    b, n = full.shape[:2]
     c, w = rb.corners, rb.weights
-    x = _interp_batched(full, c, w)
+    x = interp_batched(full, c, w)
     rp = torch.einsum("bij,bcmj->bcmi", rotation, x)
     xc = torch.einsum("bcij,bcmj->bcmi", cameras.r, rp + translation[:, None, None]) + cameras.t[:, :, None]
     p, nd, ok = targets(rb, patches)
@@ -269,9 +269,16 @@ def offset_rows(rb: RasterBatch, patches: PatchBatch, cameras: CameraBatch, rota
     wk = wt[..., None] * w  # (B, C, M, 3)
     blocks = wk[..., None, None] * (n_model[..., None, :, None] * n_model[..., None, None, :])  # (B, C, M, 3, 3, 3)
     grads = (wk * const)[..., None] * n_model[..., None, :]  # (B, C, M, 3, 3)
-    idx = (c + torch.arange(b, device=c.device)[:, None, None, None] * n).reshape(-1)
+    h, g = scatter_corner_blocks(c, blocks, grads, full)
+    return h, g, ok.sum((1, 2)) > 0
+
+
+def scatter_corner_blocks(corners: torch.Tensor, blocks: torch.Tensor, grads: torch.Tensor, full: torch.Tensor):
+    """Sum per-corner 3x3 blocks (B, C, M, 3, 3, 3) and gradients (B, C, M, 3, 3) of samples with
+    corners (B, C, M, 3) onto their vertices: (h (B, 3, 3, N), g (B, 3, N)) (`offsets.offset_step`'s
+    layout; N and the dtype from `full` (B, N, 3))."""
+    b, n = full.shape[:2]
+    idx = (corners + torch.arange(b, device=corners.device)[:, None, None, None] * n).reshape(-1)
     h_flat = full.new_zeros((b * n, 9)).index_add_(0, idx, blocks.reshape(-1, 9))
     g_flat = full.new_zeros((b * n, 3)).index_add_(0, idx, grads.reshape(-1, 3))
-    h = h_flat.reshape(b, n, 3, 3).permute(0, 2, 3, 1)
-    g = g_flat.reshape(b, n, 3).permute(0, 2, 1)
-    return h, g, ok.sum((1, 2)) > 0
+    return h_flat.reshape(b, n, 3, 3).permute(0, 2, 3, 1), g_flat.reshape(b, n, 3).permute(0, 2, 1)

@@ -6,8 +6,9 @@ decimetres, 1-based triangles, plus a `landmark_mapping2.json`): a smooth face-s
 (ellipsoidal head, nose, brow ridge, eye sockets, lips, chin) sampled on a regular grid, with random
 smooth (radial-basis) identity and expression modes.
 
-Observations: landmarks are the exact (distorted) projections of the mapped vertices; depth maps
-are rendered by the project's OpenGL renderer (`mmface4d_stream.render.renderer.MeshRenderer`,
+Observations: landmarks are the exact (distorted) projections of the mapped vertices; colour
+(optional, for the photometric term) is the mesh with per-vertex albedo (`synthetic_albedo`: skin,
+red lips, brows and a fine mottling) under the renderer's smooth shading; depth maps are rendered by the project's OpenGL renderer (`mmface4d_stream.render.renderer.MeshRenderer`,
 exact metric depth with the Kinect lens model) when an OpenGL context can be created, else by a
 small z-buffered splatting rasterizer (a dense barycentric sampling of every triangle, nearest
 sample per pixel; ~50x slower, depth within ~0.5 mm of exact).
@@ -34,6 +35,7 @@ __all__ = [
     "write_bfm_mat",
     "make_rig",
     "render_depth_mm",
+    "synthetic_albedo",
     "synthetic_frame",
     "frontal_pose",
 ]
@@ -189,6 +191,34 @@ def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int):
     return MeshRenderer(model, faces, n_vertices, shading="none")
 
 
+@lru_cache(maxsize=8)
+def _gl_color_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int, colors_bytes: bytes):
+    from mmface4d_stream.k4a.camera_model import CameraModel
+    from mmface4d_stream.render.renderer import MeshRenderer
+
+    dist = dict(zip(("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2"), camera.distortion or (0.0,) * 8))
+    model = CameraModel(width=camera.width, height=camera.height, fx=camera.fx, fy=camera.fy,
+                        cx=camera.cx, cy=camera.cy, **dist)
+    faces = np.frombuffer(triangles_bytes, dtype=np.int64).reshape(-1, 3)
+    colors = np.frombuffer(colors_bytes, dtype=np.float32).reshape(-1, 3)
+    return MeshRenderer(model, faces, n_vertices, colors=colors, shading="smooth")
+
+
+def synthetic_albedo(model: FaceModel) -> np.ndarray:
+    """(N, 3) float32 RGB in [0, 1] per vertex of `model`, from its mean shape's model-frame (x, y):
+    skin with a fine mottling (texture for a photometric term everywhere), darker brows, red lips
+    (where `synthetic_face_model` puts them)."""
+    v = np.asarray(model.mean_shape, np.float64)
+    x, y = v[:, 0], v[:, 1]
+    skin = np.array([0.78, 0.58, 0.47])
+    mottle = 1 + 0.12 * np.sin(140 * x + 3 * np.sin(90 * y)) * np.cos(120 * y)
+    lips = np.exp(-(x / 0.024) ** 2 - ((y + 0.045) / 0.007) ** 2)
+    brows = np.exp(-((np.abs(x) - 0.032) / 0.018) ** 2 - ((y - 0.047) / 0.005) ** 2)
+    rgb = skin[None] * mottle[:, None]
+    rgb = rgb * (1 - 0.55 * brows[:, None]) + lips[:, None] * (np.array([0.72, 0.22, 0.25]) - rgb)
+    return np.clip(rgb, 0, 1).astype(np.float32)
+
+
 _gl_failed = False
 
 
@@ -255,13 +285,17 @@ def synthetic_frame(
     with_depth: bool = True,
     rng: np.random.Generator | None = None,
     frame_index: int | None = None,
+    with_color: bool = False,
 ) -> tuple[FrameObservation, np.ndarray]:
     """Observations of the model at a pose (model -> reference frame) with known coefficients.
 
     Returns (FrameObservation, ground-truth vertices (N, 3) metres in the reference frame).
     Landmarks: exact distorted projections (+ optional Gaussian noise), NaN and confidence 0 for
-    detector points the model does not map.
+    detector points the model does not map. with_color: each camera's `color_rgb` (the whole
+    image) rendered with `synthetic_albedo` and smooth shading (OpenGL only), its depth from the
+    same rendering.
     """
+    colors = synthetic_albedo(model).tobytes() if with_color else None
     verts = model.vertices(id_coeffs, exp_coeffs).astype(np.float64)
     x_ref = verts @ np.asarray(rotation, np.float64).T + np.asarray(translation, np.float64)
     n_det = max(n_detector_points, int(model.landmark_detector_index.max()) + 1)
@@ -278,8 +312,15 @@ def synthetic_frame(
             uv = uv + rng.normal(scale=landmark_noise_px, size=uv.shape)
         lm[model.landmark_detector_index] = uv
         conf[model.landmark_detector_index] = 1.0
-        depth = render_depth_mm(xc, model.triangles, cam) if with_depth else None
-        cameras.append(CameraObservation(cam, lm, depth, conf, t_ref_from_cam))
+        rgb = None
+        if with_color:
+            tri = np.ascontiguousarray(model.triangles, dtype=np.int64)
+            rendered = _gl_color_renderer(cam, tri.tobytes(), len(xc), colors).render(np.asarray(xc, np.float32))
+            rgb = rendered.color
+            depth = rendered.depth_mm if with_depth else None
+        else:
+            depth = render_depth_mm(xc, model.triangles, cam) if with_depth else None
+        cameras.append(CameraObservation(cam, lm, depth, conf, t_ref_from_cam, color_rgb=rgb))
     return FrameObservation(cameras, frame_index), x_ref.astype(np.float32)
 
 

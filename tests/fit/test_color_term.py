@@ -1,0 +1,186 @@
+"""The photometric term of `fitter.raster: depth+color` (`fit/color_term.py`): its Jacobian against
+finite differences, the term alone bringing a displaced pose back onto a textured rendering, the
+albedo estimate, and the fitter in that mode (tracking, no host reads inside the solve)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mmface4d_stream.fit import lm_solver
+from mmface4d_stream.fit.color_term import AlbedoState, ColorTerm, color_windows, prepare_color
+from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
+from mmface4d_stream.fit.fitter import FitterConfig
+from mmface4d_stream.fit.frame_prep import choose_crops, collate_cameras, collate_crops, patch_radius, prepare_cameras
+from mmface4d_stream.fit.host_reads import HostReadCounter
+from mmface4d_stream.fit.model_pack import ModelPack, cross3
+from mmface4d_stream.fit.multi import MultiStreamFitter
+from mmface4d_stream.fit.raster import make_rasterizer
+from mmface4d_stream.fit.raster_term import RasterTerm, RasterView, prepare_raster
+from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_albedo, synthetic_face_model, synthetic_frame
+from mmface4d_stream.geometry import so3_exp
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return synthetic_face_model(n_vertices=2500, n_id=6, n_exp=6, seed=2)
+
+
+def _prepared(model, pack, cfg, obs, start_ref, rasterizer, rig_n):
+    cams = prepare_cameras(obs, model)
+    crops = choose_crops(cams, start_ref[pack.samples_host], cfg.depth_stride, 0.2)
+    cameras, _, _ = collate_cameras([cams], rig_n, "cpu")
+    depth, grid, origin, size = collate_crops([cams], [crops], rig_n, "cpu", size_step=1)
+    patches = PatchBatch.lift(depth, grid, origin, size, cfg.depth_stride, patch_radius(cfg.depth_stride))
+    views = [[RasterView(c.camera, c.r_cam_from_ref, c.t_cam_from_ref, crop.depth_mm, crop.x0, crop.y0, cfg.depth_stride)
+              for c, crop in zip(cams, crops)]]
+    rb = prepare_raster(rasterizer, views, [start_ref], rig_n, depth.shape[3], 800, 0.05, "cpu")
+    windows = [color_windows(obs, cams, crops, cfg.depth_stride)]
+    return cameras, depth, origin, size, patches, rb, windows
+
+
+@pytest.fixture(scope="module")
+def scene(model):
+    """A textured frame seen by 2 distorted cameras; the albedo learned from a previous frame at the
+    truth; the solve's inputs for a start displaced from the truth."""
+    cfg = FitterConfig(raster="depth+color")
+    pack = ModelPack.build(model, cfg, "cpu")
+    rig = make_rig(2, distortion=DISTORTION)
+    beta = np.linspace(-0.6, 0.6, model.n_exp).astype(np.float32)
+    r, t = frontal_pose(6, -3, 1, (0.01, -0.01, 0.68))
+    obs, gt = synthetic_frame(model, rig, r, t, None, beta, with_color=True)
+    rasterizer = make_rasterizer(model.triangles, model.n_vertices, "gl")
+    f32 = dict(dtype=torch.float32)
+    full_true = torch.as_tensor(model.vertices(None, beta), **f32)[None]
+    state = AlbedoState()
+    # Frame "0" at the truth: its colour becomes the previous frame of the albedo update.
+    inputs = _prepared(model, pack, cfg, obs, gt.astype(np.float64), rasterizer, 2)
+    cameras, depth, origin, size, _, rb, windows = inputs
+    rt = (torch.as_tensor(r, **f32)[None], torch.as_tensor(t, **f32)[None])
+    prepare_color(pack, cfg, rb, windows, cameras, depth, origin, size, *rt, full_true, [True], [state], cfg.depth_stride)
+    # The same frame again from the truth: the albedo is observed once, then the displaced start.
+    prepare_color(pack, cfg, rb, windows, cameras, depth, origin, size, *rt, full_true, [True], [state], cfg.depth_stride)
+    r0 = so3_exp(np.array([0.012, -0.015, 0.008])) @ r
+    t0 = t + np.array([0.002, -0.0025, -0.001])
+    start = model.vertices(None, beta).astype(np.float64) @ r0.T + t0
+    cameras, depth, origin, size, patches, rb, windows = _prepared(model, pack, cfg, obs, start, rasterizer, 2)
+    # The colour batch as the fitter prepares it from a start (albedo known; the start has the
+    # true expression, only the pose is displaced: the shading basis comes from its normals).
+    state.previous = None
+    cb = prepare_color(pack, cfg, rb, windows, cameras, depth, origin, size, torch.as_tensor(r0, **f32)[None],
+                       torch.as_tensor(t0, **f32)[None], full_true,
+                       [True], [state], cfg.depth_stride)
+    return dict(model=model, pack=pack, cfg=cfg, cameras=cameras, patches=patches, rb=rb, cb=cb, gt=gt,
+                truth=(r, t, beta), start=(r0, t0), albedo=state)
+
+
+def _color_term(scene, fit_identity=False):
+    pack = scene["pack"]
+    zeros = torch.zeros((1, pack.n_vertices, 3))
+    raster = RasterTerm(pack, scene["rb"], scene["patches"], pack.mean[None] + zeros, zeros, fit_identity)
+    return ColorTerm(raster, scene["cb"])
+
+
+def test_albedo_is_learned_up_to_shading(scene, model):
+    """Each camera's learned albedo of the vertices it sees follows the true one up to shading (the
+    rendering's light is grey: the ratio to the truth is nearly the same in every channel)."""
+    a = scene["albedo"].albedo.numpy()
+    assert a.shape == (2, model.n_vertices, 3)
+    true = synthetic_albedo(model)
+    for k in range(2):
+        seen = np.isfinite(a[k]).all(1)
+        assert seen.mean() > 0.6
+        ratio = a[k][seen] / true[seen]
+        assert np.corrcoef(ratio[:, 0], ratio[:, 2])[0, 1] > 0.95
+    assert scene["cb"].valid.sum() > 0.8 * scene["rb"].valid.sum()
+
+
+def test_photometric_jacobian_matches_finite_differences(scene):
+    torch.set_default_dtype(torch.float64)
+    try:
+        term = _color_term(scene, fit_identity=True)
+        rt = term.raster
+        for k in ("mean", "id", "exp", "vid", "off"):
+            setattr(rt, k, getattr(rt, k).double())
+        cb = scene["cb"]
+        term.cb = replace(cb, images=cb.images.double(), origin=cb.origin.double(), size=cb.size.double(),
+                          albedo=cb.albedo.double(), basis=cb.basis.double(), valid=cb.valid.double())
+        cams = scene["cameras"]
+        cams = CameraBatch(**{k: getattr(cams, k).double() for k in ("r", "t", "focal", "centre", "dist", "r2_limit")})
+        pack = scene["pack"]
+        r0, t0 = scene["start"]
+        rng = np.random.default_rng(0)
+        state = (torch.as_tensor(r0)[None], torch.as_tensor(t0)[None],
+                 torch.as_tensor(rng.normal(size=(1, pack.n_id)) * 0.3), torch.as_tensor(rng.normal(size=(1, pack.n_exp)) * 0.3))
+        n_par = 6 + pack.n_id + pack.n_exp
+        term.gate(state, cams, 1e9)  # the shading and target ρ, then held fixed
+        res0, inside, rp, g_ref = term.residuals(state, cams)
+        nm = torch.einsum("bcmki,bij->bcmkj", g_ref, state[0])
+        jac = torch.cat([cross3(rp[..., None, :].expand_as(g_ref), g_ref), g_ref,
+                         torch.einsum("bcmxi,bcmik->bcmxk", nm, rt.id),
+                         torch.einsum("bcmxi,bcmik->bcmxk", nm, rt.exp)], -1).reshape(-1, n_par)
+        _, h, _ = term.cost_and_rows(state, cams, 1.0, 1e9, n_par, True)
+        ok = (term.cb.valid * inside)[..., None].expand_as(res0).reshape(-1)
+        assert torch.allclose(h[0], (jac * ok[:, None]).T @ jac, rtol=1e-9, atol=1e-12)
+        eps = 1e-7  # far below a sample (bilinear cells): the interpolant is smooth inside one
+        checked = 0
+        for p in range(n_par):
+            d = torch.zeros((1, n_par))
+            d[0, p] = eps
+            moved = (torch.linalg.matrix_exp(_skew(d[0, :3]))[None] @ state[0], state[1] + d[:, 3:6],
+                     state[2] + d[:, 6:6 + pack.n_id], state[3] + d[:, 6 + pack.n_id:])
+            num = (term.residuals(moved, cams)[0] - res0).reshape(-1) / eps
+            err = (num - jac[:, p]).abs()[ok > 0]
+            scale = float(jac[:, p].abs().max())
+            # A few rows cross a bilinear cell's edge within eps (the interpolant's kink): the median
+            # and the 99th percentile hold the derivative.
+            assert float(err.median()) < 1e-4 * scale, (p, float(err.median()), scale)
+            assert float(err.quantile(0.99)) < 1e-2 * scale, (p, float(err.quantile(0.99)), scale)
+            checked += int((ok > 0).sum())
+        assert checked > 1000
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def _skew(w):
+    z = torch.zeros((), dtype=w.dtype)
+    return torch.stack([torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]), torch.stack([-w[1], w[0], z])])
+
+
+def test_photometric_term_alone_brings_a_displaced_pose_back(scene):
+    """Gauss-Newton on the pose with the colour rows as the only data term (expression at the truth):
+    the displaced start returns to the true pose."""
+    pack, cams, cfg = scene["pack"], scene["cameras"], scene["cfg"]
+    r, t, beta = scene["truth"]
+    r0, t0 = scene["start"]
+    term = _color_term(scene)
+    f32 = dict(dtype=torch.float32)
+    state = (torch.as_tensor(r0, **f32)[None], torch.as_tensor(t0, **f32)[None], torch.zeros((1, 0)),
+             torch.as_tensor(beta, **f32)[None])
+    true_pts = (pack.mean + torch.einsum("nik,k->ni", pack.exp_basis, torch.as_tensor(beta))) @ torch.as_tensor(r, **f32).T \
+        + torch.as_tensor(t, **f32)
+
+    def error_mm(s):
+        pts = (pack.mean + torch.einsum("nik,k->ni", pack.exp_basis, s[3][0])) @ s[0][0].T + s[1][0]
+        return 1e3 * float(torch.linalg.norm(pts - true_pts, dim=1).mean())
+
+    before = error_mm(state)
+    inv = 1.0 / cfg.color_sigma**2
+    for it in range(10):
+        term.gate(state, cams, cfg.color_gate)
+        _, h, g = term.cost_and_rows(state, cams, inv, cfg.color_huber, 6 + pack.n_exp, True)
+        h, g = h[:, :6, :6], g[:, :6]
+        h = h + 1e-3 * torch.diag_embed(h.diagonal(dim1=1, dim2=2))
+        delta = torch.linalg.solve(h, -g)[0].float()
+        state = (torch.as_tensor(so3_exp(delta[:3].numpy()), **f32)[None] @ state[0], state[1] + delta[3:6],
+                 state[2], state[3])
+    after = error_mm(state)
+    assert before > 3.0, before
+    assert after < 0.5, (before, after)
