@@ -40,9 +40,9 @@ class LandmarkActorsConfig(LandmarkStageConfig):
     num_cpus: float = setting(1.0, bound="non_negative")
     per_camera: bool = True
 
-    def stage_config(self) -> LandmarkStageConfig:
-        """The stage's settings alone (what the actors receive)."""
-        return settings_of(self, LandmarkStageConfig)
+    def stage_config(self, **changes) -> LandmarkStageConfig:
+        """The stage's settings alone (what the actors receive), with `changes`."""
+        return settings_of(self, LandmarkStageConfig, **changes)
 
 
 @dataclass
@@ -55,7 +55,7 @@ class FitterActorConfig(FitStageConfig):
     `on` always (without GPUs one actor on `device`), `off` a fitter actor per lane. A shared actor
     waits at most batch_window_ms after the first ready frame for other lanes' frames and solves at
     most max_batch frames at once. raster: the fitter's rasterized depth term
-    (`fit.fitter_config.FitterConfig.raster`): off or depth.
+    (`fit.fitter_config.FitterConfig.raster`): off, depth or depth+color.
     """
 
     num_cpus: float = setting(1.0, bound="non_negative")

@@ -57,6 +57,8 @@ class FaceCrop:
     landmarks_px: (478, 2) float32 in crop pixels (NaN: not found). depth_mm: (h, w) uint16 crop of
     the registered depth, or None. intrinsics: the camera of the whole image (as the source gave
     it); `offset_px` (x0, y0): the crop's top-left pixel in that image. thumbnail_jpeg: a small JPEG of the crop for previews, or None.
+    color_rgb: uint8 (h, w, 3) RGB of the same crop as depth_mm, only when the fitter's photometric
+    term needs it (`fitter.raster: depth+color`), else None.
     """
 
     camera: int
@@ -68,6 +70,7 @@ class FaceCrop:
     intrinsics: Any
     offset_px: tuple[int, int]
     thumbnail_jpeg: tuple[bytes, int, int] | None = None  # (JPEG bytes, width, height)
+    color_rgb: np.ndarray | None = None
 
 
 @dataclass

@@ -103,8 +103,8 @@ class FitterConfig:
     raster_samples: int = 1000
     raster_weight: float = 1.0
     raster_backend: str = "auto"
-    color_sigma: float = 0.03
-    color_huber: float = 0.06
+    color_sigma: float = 0.1
+    color_huber: float = 0.1
     color_gate: float = 0.3
     color_weight: float = 1.0
     albedo_frames: int = 8

@@ -74,5 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--raster", choices=RASTER_MODES, default="off",
-                   help="the fitter's rasterized depth term (fitter.raster): off (default) or depth")
+                   help="the fitter's rasterized terms (fitter.raster): off (default), depth, or depth+color "
+                        "(with the photometric term)")
     p.set_defaults(func=cmd_reconstruct)

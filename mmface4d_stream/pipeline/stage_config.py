@@ -88,15 +88,18 @@ class SourceConfig:
 
 @dataclass
 class LandmarkStageConfig:
-    """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews)."""
+    """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews).
+    color_crops: the face crops carry their RGB (set from the fitter's `raster: depth+color`, whose
+    photometric term reads it; off otherwise: nothing more to copy or send)."""
 
     thumbnails: bool = False
+    color_crops: bool = False
 
     def build(self, n_cameras: int, cameras: Sequence[int] | None = None) -> LandmarkStage:
         """A `LandmarkStage` for the cameras at positions `cameras` (None: all `n_cameras`)."""
         from mmface4d_stream.pipeline.stages import LandmarkStage
 
-        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras)
+        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras, color_crops=self.color_crops)
 
 
 @dataclass
@@ -106,7 +109,8 @@ class FitStageConfig:
     the rig's reference camera (None: the middle one). device: torch device (cpu, cuda).
     torch_threads: intra-op threads of the fitting process (the fitter is many small tensor ops:
     one thread is fastest on a CPU shared with the decoders). raster: the fitter's rasterized depth
-    term (`fit.fitter_config.FitterConfig.raster`, docs/fitter.md): off or depth."""
+    term (`fit.fitter_config.FitterConfig.raster`, docs/fitter.md): off, depth or depth+color (the
+    landmark stage then sends colour crops: `needs_color`)."""
 
     face_model: str = setting("template", choices=("template", "bfm"))
     bfm_folder: str | None = None
@@ -122,6 +126,11 @@ class FitStageConfig:
         from mmface4d_stream.fit.fitter_config import FitterConfig
 
         return FitterConfig(raster=self.raster)
+
+    @property
+    def needs_color(self) -> bool:
+        """The fitter reads the face crops' colour (`LandmarkStageConfig.color_crops`)."""
+        return self.raster == "depth+color"
 
     def stage_config(self, **changes) -> FitStageConfig:
         """These settings as a plain `FitStageConfig` (a subclass's extra fields dropped), with `changes`."""

@@ -79,12 +79,13 @@ class LandmarkStage:
     """
 
     def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False,
-                 cameras: Sequence[int] | None = None):
+                 cameras: Sequence[int] | None = None, color_crops: bool = False):
         self.cameras = list(range(n_cameras)) if cameras is None else [int(k) for k in cameras]
         if any(k < 0 or k >= n_cameras for k in self.cameras):
             raise ValueError(f"cameras must be positions in [0, {n_cameras}), got {self.cameras}")
         self._landmarkers = {k: FaceLandmarker(config) for k in self.cameras}
         self.thumbnails = thumbnails
+        self.color_crops = bool(color_crops)  # crops carry their RGB (the fitter's depth+color term)
         self.registrations = DepthRegistrations()
 
     def _one(self, index: int, camera: CameraFrame) -> FaceCrop:
@@ -107,9 +108,10 @@ class LandmarkStage:
         else:
             depth = self.registrations.crop(camera, box)
         thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self.thumbnails else None
+        color = np.ascontiguousarray(camera.rgb[y0:y1, x0:x1]) if self.color_crops and depth is not None else None
         points = (result.points_px - np.float32([x0, y0])).astype(np.float32)
         return FaceCrop(camera.camera, camera.serial, True, float(result.confidence), points, depth,
-                        camera.intrinsics, (x0, y0), thumbnail)
+                        camera.intrinsics, (x0, y0), thumbnail, color)
 
     def process(self, frame_set: FrameSet) -> ObservedFrame:
         start = time.perf_counter()
@@ -198,6 +200,7 @@ class FitStage:
                 landmark_conf=None,
                 T_ref_from_cam=transform,
                 offset_px=crop.offset_px,
+                color_rgb=crop.color_rgb if crop.found else None,
             ))
         return FrameObservation(cameras, frame_index=observed.frame)
 

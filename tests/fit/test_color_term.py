@@ -184,3 +184,57 @@ def test_photometric_term_alone_brings_a_displaced_pose_back(scene):
     after = error_mm(state)
     assert before > 3.0, before
     assert after < 0.5, (before, after)
+
+
+def _frames(model, n_cameras, n_frames):
+    rig = make_rig(n_cameras, distortion=DISTORTION)
+    out = []
+    for k in range(n_frames):
+        beta = (np.sin(0.4 * k + np.arange(model.n_exp)) * 0.7).astype(np.float32)
+        r, t = frontal_pose(6 * np.sin(0.2 * k), -3, 1, (0.01, -0.01, 0.67 + 0.002 * k))
+        out.append(synthetic_frame(model, rig, r, t, None, beta, frame_index=k, landmark_noise_px=2.0,
+                                   rng=np.random.default_rng(k), with_color=True))
+    return out
+
+
+def test_fitter_with_depth_color_tracks_and_reads_nothing_inside_the_solve(model, monkeypatch):
+    """The fitter in `depth+color` mode tracks a textured sequence (its albedo learned on the way) about
+    as well as with the depth term alone, and its solve reads nothing back to the host."""
+    frames = _frames(model, 2, 7)
+    errors = {}
+    for mode in ("depth", "depth+color"):
+        fitter = MultiStreamFitter(model, FitterConfig(raster=mode, identity_frames=2))
+        slot = fitter.open_stream()
+        err = [np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean() for obs, gt in frames[:6]]
+        errors[mode] = float(np.mean(err[1:]))
+    assert errors["depth+color"] < 0.5e-3, errors
+    assert errors["depth+color"] < 2.5 * errors["depth"], errors
+    assert fitter._streams[slot].albedo.updates == 5  # one observation per warm frame
+    inside = []
+    solve = lm_solver.solve_frames
+
+    def counted(pack, config, fb, settings):
+        assert fb.color is not None and float(fb.color.valid.sum()) > 500
+        # As a captured CUDA graph runs it: without the CPU's early exit (see test_batch_solver).
+        with HostReadCounter() as reads:
+            out = solve(pack, config, fb, replace(settings, early_exit=False))
+        inside.append(dict(reads.counts))
+        return out
+
+    monkeypatch.setattr("mmface4d_stream.fit.multi.solve_frames", counted)
+    res = fitter.process({slot: frames[6][0]})[slot]
+    assert "cold_start" not in res.flags
+    assert inside == [{}], inside
+
+
+def test_depth_color_mode_without_colour_is_the_depth_mode(model):
+    """Frames without `color_rgb` leave the photometric term empty: the same fit as `depth`."""
+    rig = make_rig(2, distortion=DISTORTION)
+    frames = [synthetic_frame(model, rig, *frontal_pose(2 * k, -3, 1, (0.01, -0.01, 0.67)), None, None,
+                              frame_index=k) for k in range(3)]
+    out = {}
+    for mode in ("depth", "depth+color"):
+        fitter = MultiStreamFitter(model, FitterConfig(raster=mode, identity_frames=2))
+        slot = fitter.open_stream()
+        out[mode] = [fitter.process({slot: obs})[slot].vertices for obs, _ in frames]
+    assert max(np.abs(a - b).max() for a, b in zip(out["depth"], out["depth+color"])) < 1e-6
