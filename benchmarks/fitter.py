@@ -48,25 +48,25 @@ DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
 PHASES = 8  # distinct starting phases of the synthetic motion across streams
 
 
-def _frame(model, n_cameras: int, k: int):
+def _frame(model, n_cameras: int, k: int, with_color: bool = False):
     rig = make_rig(n_cameras, distortion=DISTORTION)
     alpha = (np.random.default_rng(0).normal(size=model.n_id) * 0.8).astype(np.float32)
     beta = (np.sin(0.3 * k + np.arange(model.n_exp)) * 0.8).astype(np.float32)
     r, t = frontal_pose(10 + 5 * np.sin(0.2 * k), -5 + 3 * np.cos(0.15 * k), 2, (0.01, -0.01 + 0.001 * k, 0.66))
-    return synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k)
+    return synthetic_frame(model, rig, r, t, alpha, beta, frame_index=k, with_color=with_color)
 
 
-def make_frames(model, n_cameras: int, n_frames: int, workers: int | None = None):
+def make_frames(model, n_cameras: int, n_frames: int, workers: int | None = None, with_color: bool = False):
     """n_frames + PHASES - 1 consecutive synthetic frames [(FrameObservation, gt vertices)], rendered
-    by `workers` processes (default: every core)."""
+    by `workers` processes (default: every core); with_color: with colour images (`raster depth+color`)."""
     from concurrent.futures import ProcessPoolExecutor
 
     ks = range(n_frames + PHASES - 1)
     workers = workers or os.cpu_count() or 1
     if workers <= 1:
-        return [_frame(model, n_cameras, k) for k in ks]
+        return [_frame(model, n_cameras, k, with_color) for k in ks]
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_frame, [model] * len(ks), [n_cameras] * len(ks), ks))
+        return list(pool.map(_frame, [model] * len(ks), [n_cameras] * len(ks), ks, [with_color] * len(ks)))
 
 
 def _sync(device: str) -> None:
@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     # Every capture is rendered (in forked worker processes) before any fit: the raster term opens
     # an OpenGL context, which a forked process must not inherit.
     models = {key: synthetic_face_model(seed=0, **MODELS[key][1]) for key in args.models}
-    captures = {(key, n_cam): make_frames(models[key], n_cam, args.frames) for key in args.models for n_cam in args.cameras}
+    with_color = "depth+color" in args.raster
+    captures = {(key, n_cam): make_frames(models[key], n_cam, args.frames, with_color=with_color)
+                for key in args.models for n_cam in args.cameras}
     for key in args.models:
         name, _ = MODELS[key]
         model = models[key]

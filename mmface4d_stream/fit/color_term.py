@@ -49,7 +49,7 @@ from mmface4d_stream.fit.raster import gather_corners
 from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm, interp_batched, scatter_corner_blocks
 
 __all__ = ["ColorBatch", "AlbedoState", "ColorTerm", "color_images", "color_windows", "collate_colors", "sample_bilinear",
-           "projection_jacobian", "shading_basis", "fit_shading", "observe_vertices", "prepare_color", "color_offset_rows"]
+           "lens_jacobian", "projection_jacobian", "shading_basis", "fit_shading", "observe_vertices", "prepare_color", "color_offset_rows"]
 
 # A vertex is seen by a camera when the depth crop at its projection is within this of its depth.
 VISIBLE_DEPTH_M = 0.005
@@ -133,12 +133,29 @@ class AlbedoState:
 # -- images ---------------------------------------------------------------------------------------
 
 
-def _tent(stride: int, device) -> torch.Tensor:
-    """(3, 1, k, k) per-channel tent kernel of half-width `stride` (k = 2·stride - 1), sum 1."""
-    s = int(stride)
-    w = s - torch.arange(-(s - 1), s, dtype=torch.float32, device=device).abs()
-    k2 = torch.outer(w, w)
-    return (k2 / k2.sum()).expand(3, 1, *k2.shape).contiguous()
+def _separable(x: torch.Tensor, taps: Sequence[float], stride: int = 1) -> torch.Tensor:
+    """Filter (..., H, W) with the same symmetric 1-D kernel along both axes (zero beyond the
+    border), keeping every `stride`-th output sample from 0: output (i, j) is centred on input
+    (i·stride, j·stride). Shifted slices and adds (cheaper on a CPU than a grouped conv2d)."""
+    r = len(taps) // 2
+    for dim in (-2, -1):
+        n = x.shape[dim]
+        pad = [0, 0] * 2
+        pad[(0 if dim == -1 else 2):(2 if dim == -1 else 4)] = [r, r]
+        xp = F.pad(x, pad)
+        m = -(-n // stride)
+        out = 0
+        for d, k in enumerate(taps):
+            out = out + k * xp.narrow(dim, d, (m - 1) * stride + 1)[(..., slice(None, None, stride)) if dim == -1
+                                                                      else (..., slice(None, None, stride), slice(None))]
+        x = out
+    return x
+
+
+def _tent_taps(stride: int) -> list[float]:
+    """Tent of half-width `stride` (2·stride - 1 taps), sum 1: anti-aliasing for a stride."""
+    w = [float(stride - abs(d)) for d in range(-(stride - 1), stride)]
+    return [v / sum(w) for v in w]
 
 
 def color_images(window_rgb: torch.Tensor, stride: int) -> torch.Tensor:
@@ -153,17 +170,13 @@ def color_images(window_rgb: torch.Tensor, stride: int) -> torch.Tensor:
         (anti-aliasing at the stride).
     """
     s = max(int(stride), 1)
-    x = window_rgb[None].to(torch.float32)
-    if s > 1:
-        x = F.conv2d(x, _tent(s, x.device), stride=s, padding=s - 1, groups=3)
-    return x[0]
+    x = window_rgb.to(torch.float32)
+    return _separable(x, _tent_taps(s), s) if s > 1 else x
 
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
-    """[1 2 1]/4 separable blur of (P, 3, H, W) images (zero beyond their border)."""
-    k = torch.tensor([0.25, 0.5, 0.25], dtype=images.dtype, device=images.device)
-    w = torch.outer(k, k).expand(3, 1, 3, 3).contiguous()
-    return F.conv2d(images, w, padding=1, groups=3)
+    """[1 2 1]/4 separable blur of (..., H, W) images (zero beyond their border)."""
+    return _separable(images, (0.25, 0.5, 0.25))
 
 
 def collate_colors(windows: Sequence[Sequence[np.ndarray | None]], n_cameras: int, height: int, width: int,
@@ -188,8 +201,7 @@ def collate_colors(windows: Sequence[Sequence[np.ndarray | None]], n_cameras: in
             h, w = min(img.shape[1], height), min(img.shape[2], width)
             images[i, k, :, :h, :w] = img[:, :h, :w]
             has[i, k] = True
-    blurred = _blur(images.reshape(-1, 3, height, width)).reshape(images.shape)
-    return blurred, has.to(device)
+    return _blur(images), has.to(device)
 
 
 def color_windows(obs, cams, crops, stride: int) -> list[np.ndarray | None]:
@@ -246,13 +258,9 @@ def sample_bilinear(images: torch.Tensor, q: torch.Tensor, size: torch.Tensor):
     return values, dx, dy, inside
 
 
-def projection_jacobian(cameras: CameraBatch, xc: torch.Tensor, h: float = 1e-4):
-    """Raw pixels of camera-frame points xc (B, C, M, 3) and d pixel / d xc (B, C, M, 2, 3).
-
-    The lens part d pixel / d (x/z, y/z) is taken by central differences (step h) in the normalized
-    image plane; the perspective part analytically.
-    """
-    u, v = cameras.project(xc)
+def lens_jacobian(cameras: CameraBatch, xc: torch.Tensor, h: float = 1e-4) -> torch.Tensor:
+    """d raw pixel / d (x/z, y/z) of the lens model at camera-frame points xc (B, C, M, 3):
+    (B, C, M, 2, 2), by central differences (step h) in the normalized image plane."""
     iz = 1.0 / xc[..., 2].clamp_min(1e-6)
     x, y = xc[..., 0] * iz, xc[..., 1] * iz
     one = torch.ones_like(x)
@@ -260,11 +268,23 @@ def projection_jacobian(cameras: CameraBatch, xc: torch.Tensor, h: float = 1e-4)
     def pix(a, b_):
         return torch.stack(cameras.project(torch.stack([a, b_, one], -1)), -1)
 
-    d_x = (pix(x + h, y) - pix(x - h, y)) / (2 * h)  # (B, C, M, 2)
-    d_y = (pix(x, y + h) - pix(x, y - h)) / (2 * h)
+    return torch.stack([(pix(x + h, y) - pix(x - h, y)) / (2 * h), (pix(x, y + h) - pix(x, y - h)) / (2 * h)], -1)
+
+
+def projection_jacobian(cameras: CameraBatch, xc: torch.Tensor, lens: torch.Tensor | None = None):
+    """Raw pixels of camera-frame points xc (B, C, M, 3) and d pixel / d xc (B, C, M, 2, 3).
+
+    lens: the lens part (`lens_jacobian`, (B, C, M, 2, 2)) when the caller holds it fixed (it
+    changes by far less than a percent over a frame's sub-millimetre steps); None: taken here.
+    """
+    u, v = cameras.project(xc)
+    if lens is None:
+        lens = lens_jacobian(cameras, xc)
+    iz = 1.0 / xc[..., 2].clamp_min(1e-6)
+    x, y = xc[..., 0] * iz, xc[..., 1] * iz
     zero = torch.zeros_like(iz)
     persp = torch.stack([torch.stack([iz, zero, -x * iz], -1), torch.stack([zero, iz, -y * iz], -1)], -2)
-    return torch.stack([u, v], -1), torch.stack([d_x, d_y], -1) @ persp
+    return torch.stack([u, v], -1), lens @ persp
 
 
 # -- shading and albedo ----------------------------------------------------------------------------
@@ -414,11 +434,13 @@ def prepare_color(pack: ModelPack, config, rb: RasterBatch, windows, cameras: Ca
 # -- the term in the solve -----------------------------------------------------------------------
 
 
-def _photometric(cb: ColorBatch, cameras: CameraBatch, rp: torch.Tensor, translation: torch.Tensor):
+def _photometric(cb: ColorBatch, cameras: CameraBatch, rp: torch.Tensor, translation: torch.Tensor,
+                 lens: torch.Tensor | None = None):
     """Observed colour (B, C, M, 3), inside (B, C, M) and d colour / d reference-frame point
-    (B, C, M, 3, 3) (channel, xyz) at model points rotated into the reference frame rp (B, C, M, 3)."""
+    (B, C, M, 3, 3) (channel, xyz) at model points rotated into the reference frame rp (B, C, M, 3);
+    lens: `projection_jacobian`'s."""
     xc = torch.einsum("bcij,bcmj->bcmi", cameras.r, rp + translation[:, None, None]) + cameras.t[:, :, None]
-    uv, ju = projection_jacobian(cameras, xc)
+    uv, ju = projection_jacobian(cameras, xc, lens)
     q = (uv - cb.origin[:, :, None]) / cb.stride
     val, dx, dy, inside = sample_bilinear(cb.images, q, cb.size)
     grad = torch.stack([dx, dy], -1) / cb.stride  # (B, C, M, 3, 2) per raw pixel
@@ -426,11 +448,18 @@ def _photometric(cb: ColorBatch, cameras: CameraBatch, rp: torch.Tensor, transla
     return val, inside, g_ref
 
 
-def _shaded_target(cb: ColorBatch, observed: torch.Tensor, inside: torch.Tensor, gate: float):
+def _shaded_target(cb: ColorBatch, observed: torch.Tensor, inside: torch.Tensor, gate: float,
+                   previous: torch.Tensor | None = None):
     """The shading fitted to colour observed at the samples' current projections (B, C, M, 3):
-    (target ρ (B, C, M, 3), ok (B, C, M) float: valid, inside and every channel within `gate`)."""
+    (target ρ (B, C, M, 3), ok (B, C, M) float: valid, inside and every channel within `gate`).
+    previous: the last target (its Huber weights make one robust pass enough; None: two passes)."""
     ok = cb.valid * inside.to(observed.dtype)
-    target = cb.albedo * _shade(fit_shading(observed, cb.albedo, cb.basis, ok), cb.basis)
+    if previous is None:
+        sh = fit_shading(observed, cb.albedo, cb.basis, ok)
+    else:
+        w = ok[..., None] * huber_weight((observed - previous).abs(), SHADING_HUBER)
+        sh = fit_shading(observed, cb.albedo, cb.basis, w.amin(-1), iterations=1)
+    target = cb.albedo * _shade(sh, cb.basis)
     return target, ok * ((observed - target).abs().amax(-1) < gate).to(observed.dtype)
 
 
@@ -445,20 +474,26 @@ class ColorTerm:
         self.raster, self.cb = raster, cb
         self.ok = cb.valid
         self.target = cb.albedo
+        self.lens = None  # the lens Jacobian, fixed at the first gate's state
+        self._fitted = False
 
     def residuals(self, state, cameras: CameraBatch):
         """(residual (B, C, M, 3), inside (B, C, M), R X (B, C, M, 3), g_ref (B, C, M, 3, 3))."""
         r, t, _a, _b = state
         rp = torch.einsum("bij,bcmj->bcmi", r, self.raster.points(state))
-        val, inside, g_ref = _photometric(self.cb, cameras, rp, t)
+        val, inside, g_ref = _photometric(self.cb, cameras, rp, t, self.lens)
         return val - self.target, inside, rp, g_ref
 
     def gate(self, state, cameras: CameraBatch, gate: float) -> None:
         """Refit the shading; fix ρ and the samples: valid, inside the crop, every channel within `gate`."""
         r, t, _a, _b = state
         rp = torch.einsum("bij,bcmj->bcmi", r, self.raster.points(state))
-        val, inside, _ = _photometric(self.cb, cameras, rp, t)
-        self.target, self.ok = _shaded_target(self.cb, val, inside, gate)
+        if self.lens is None:
+            xc = torch.einsum("bcij,bcmj->bcmi", cameras.r, rp + t[:, None, None]) + cameras.t[:, :, None]
+            self.lens = lens_jacobian(cameras, xc)
+        val, inside, _ = _photometric(self.cb, cameras, rp, t, self.lens)
+        self.target, self.ok = _shaded_target(self.cb, val, inside, gate, self.target if self._fitted else None)
+        self._fitted = True
 
     def cost_and_rows(self, state, cameras: CameraBatch, inv_sigma2: float, huber: float, n_par: int, with_jac: bool):
         """cost (B,) float64 and, with the Jacobian, (H (B, P, P), g (B, P)) float64 contributions."""
