@@ -55,6 +55,8 @@ __all__ = ["ColorBatch", "AlbedoState", "ColorTerm", "color_images", "color_wind
 VISIBLE_DEPTH_M = 0.005
 # ... and its normal faces the camera at least this much (cosine).
 VISIBLE_COS = 0.3
+# Samples whose normal is closer than this (cosine) to perpendicular to the view are left out.
+MIN_VIEW_COS = 0.5
 # Robust threshold of the closed-form shading fit (colour units).
 SHADING_HUBER = 0.05
 
@@ -425,8 +427,10 @@ def prepare_color(pack: ModelPack, config, rb: RasterBatch, windows, cameras: Ca
             nrm = nrm / torch.linalg.norm(nrm, dim=-1, keepdim=True).clamp_min(1e-9)
             pts = cams_i.to_cameras((start[i][c] * wts[..., None]).sum(-2).reshape(1, -1, 3))[0]
             pts = pts.reshape(n_cam, n_cam, m, 3)[torch.arange(n_cam), torch.arange(n_cam)]  # camera k's own samples
-            valid[i] = rb.valid[i] * torch.isfinite(alb).all(-1) * has[i][:, None]
-            alb_s[i], nrm_s[i] = torch.nan_to_num(alb), shading_basis(nrm, pts)
+            basis = shading_basis(nrm, pts)
+            # Grazing samples (silhouettes: the colour there mixes what lies behind) are left out.
+            valid[i] = rb.valid[i] * torch.isfinite(alb).all(-1) * has[i][:, None] * (basis[..., 4] > MIN_VIEW_COS)
+            alb_s[i], nrm_s[i] = torch.nan_to_num(alb), basis
         st.previous = _Previous(cams_i, images[i], depth_m[i], origin[i], size_f[i], has[i], int(stride))
     return ColorBatch(images, origin.to(torch.float32), size_f, alb_s, nrm_s, valid, int(stride))
 

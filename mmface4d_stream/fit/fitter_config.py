@@ -104,7 +104,7 @@ class FitterConfig:
     raster_weight: float = 1.0
     raster_backend: str = "auto"
     color_sigma: float = 0.1
-    color_huber: float = 0.1
+    color_huber: float = 0.03
     color_gate: float = 0.3
     color_weight: float = 1.0
     albedo_frames: int = 8
