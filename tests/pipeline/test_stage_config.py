@@ -55,6 +55,25 @@ def test_each_config_builds_its_stage():
         FitStageConfig(face_model="bfm").load_model()
 
 
+def test_colour_crops_reach_the_fitter_only_for_depth_color():
+    """The landmark stage copies each face crop's RGB only when the fitter's photometric term reads
+    it (`fitter.raster: depth+color`); the fit stage hands it to the fitter's observation."""
+    from mmface4d_stream.fit.synthetic import make_rig
+    from mmface4d_stream.frame_records import FaceCrop, ObservedFrame
+
+    assert not FitStageConfig().needs_color and not FitStageConfig(raster="depth").needs_color
+    assert FitStageConfig(raster="depth+color").needs_color
+    assert not LandmarkStageConfig().color_crops
+    camera = make_rig(1)[0][0]
+    depth = np.full((40, 30), 700, np.uint16)
+    rgb = np.full((40, 30, 3), 128, np.uint8)
+    crop = FaceCrop(0, "s", True, 1.0, np.zeros((478, 2), np.float32), depth, camera, (500, 300), None, rgb)
+    obs = FitStageConfig(raster="depth+color").build(None).observation(ObservedFrame("seq", 3, 0, [crop]))
+    assert obs.cameras[0].color_rgb is rgb and obs.cameras[0].offset_px == (500, 300)
+    plain = FitStageConfig().build(None).observation(ObservedFrame("seq", 3, 0, [dataclasses.replace(crop, color_rgb=None)]))
+    assert plain.cameras[0].color_rgb is None
+
+
 def test_filter_state_round_trip_continues_exactly():
     rng = np.random.default_rng(0)
     frames = rng.normal(size=(12, 5, 3))
