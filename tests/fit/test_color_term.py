@@ -18,7 +18,7 @@ from mmface4d_stream.fit.frame_prep import choose_crops, collate_cameras, collat
 from mmface4d_stream.fit.host_reads import HostReadCounter
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
 from mmface4d_stream.fit.multi import MultiStreamFitter
-from mmface4d_stream.fit.raster import make_rasterizer
+from mmface4d_stream.fit.raster import make_rasterizer, nvdiffrast_available
 from mmface4d_stream.fit.raster_term import RasterTerm, RasterView, prepare_raster
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_albedo, synthetic_face_model, synthetic_frame
 from mmface4d_stream.geometry import so3_exp
@@ -238,3 +238,18 @@ def test_depth_color_mode_without_colour_is_the_depth_mode(model):
         slot = fitter.open_stream()
         out[mode] = [fitter.process({slot: obs})[slot].vertices for obs, _ in frames]
     assert max(np.abs(a - b).max() for a, b in zip(out["depth"], out["depth+color"])) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not nvdiffrast_available(), reason="needs CUDA and nvdiffrast (pip install .[gpu])")
+def test_fitter_depth_color_on_cuda_tracks_like_the_cpu(model):
+    """The CUDA path of depth+color: nvdiffrast rasterizes, the colour term joins the captured solve."""
+    frames = _frames(model, 2, 6)
+    err = {}
+    for device in ("cpu", "cuda"):
+        fitter = MultiStreamFitter(model, FitterConfig(raster="depth+color", identity_frames=2), device=device)
+        slot = fitter.open_stream()
+        err[device] = [float(np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean())
+                       for obs, gt in frames]
+    assert np.mean(err["cuda"][1:]) < 0.5e-3
+    assert abs(np.mean(err["cuda"]) - np.mean(err["cpu"])) < 0.1e-3, err
