@@ -212,7 +212,7 @@ class SequenceGraph:
         cfg = self.config
         keys = self._landmark_keys
         cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
-        return [self._actor(key, LandmarkActor, self._n_cameras, cfg.landmarks.stage_config(color_crops=cfg.fitter.needs_color),
+        return [self._actor(key, LandmarkActor, self._n_cameras, cfg.landmarks.stage_config(color_crops=cfg.landmarks.color_crops or cfg.fitter.needs_color),
                             max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
                             cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
                 for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]

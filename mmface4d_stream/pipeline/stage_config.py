@@ -89,8 +89,8 @@ class SourceConfig:
 @dataclass
 class LandmarkStageConfig:
     """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews).
-    color_crops: the face crops carry their RGB (set from the fitter's `raster: depth+color`, whose
-    photometric term reads it; off otherwise: nothing more to copy or send)."""
+    color_crops: the face crops carry their RGB (turned on by the fitter's `raster: depth+color`,
+    whose photometric term reads it; off otherwise: nothing more to copy or send)."""
 
     thumbnails: bool = False
     color_crops: bool = False
