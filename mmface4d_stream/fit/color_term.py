@@ -13,10 +13,11 @@ model π_c; a(X) = Σ_k w_k a_k interpolates per-vertex albedo a (RGB), n is the
 interpolated normal and v the unit direction to the camera (camera frame), and l_c (5 per channel:
 ambient, first-order spherical harmonics, a light at the camera; `shading_basis`) is fitted in
 closed form per camera (`fit_shading`) at each association of the solve, to the colour at the
-samples' current projections (fixed in between). With the pixel
-correspondence moving with θ, the Jacobian runs through the projection: ∂r/∂θ = ∇I · ∂π/∂x_c ·
-∂x_c/∂θ, with ∇I the exact derivative of the bilinear interpolant and ∂π/∂x_c the lens model's
-(central differences in the normalized image plane). Rasterization, albedo and the shading basis are
+samples' current projections (fixed in between). Grazing samples (n·v < MIN_VIEW_COS:
+silhouettes, where the colour mixes what lies behind) are left out. With the pixel correspondence
+moving with θ, the Jacobian runs through the projection: ∂r/∂θ = ∇I · ∂π/∂x_c · ∂x_c/∂θ, with ∇I
+the exact derivative of the bilinear interpolant and ∂π/∂x_c the lens model's (its lens part by
+central differences in the normalized image plane, held at the first association's state). Rasterization, albedo and the shading basis are
 held fixed in the solve, as nvdiffrast's interpolation is; the rows are Huber-weighted and join the LM
 normal equations (`lm_solver._Terms`) and the offset step (`color_offset_rows`). Fixed shapes, no
 host reads inside the solve.
@@ -107,6 +108,7 @@ class AlbedoState:
         same surface is blurred and foreshortened differently in each view), NaN where that camera
         never saw the vertex (None before the first update).
     history: the first observations (C, N, 3) (median phase).  updates: observations taken.
+    previous: the stream's last prepared frame (colour, depth, cameras) for the next update.
     """
 
     albedo: torch.Tensor | None = None
