@@ -10,6 +10,7 @@ sequence's fitting in a `fit_stream.FitStream`.
 """
 
 from actors.fit_actor import FitActor
+from actors.front_actor import FrontActor
 from actors.landmark_actor import LandmarkActor
 from actors.nut_actor import NutActor
 from actors.publish_actor import PublishActor
@@ -19,5 +20,5 @@ from actors.sink_actor import SinkActor
 from actors.smooth_actor import SmoothActor
 from actors.source_actor import SourceActor
 
-__all__ = ["SourceActor", "LandmarkActor", "FitActor", "SharedFitActor", "StreamLost", "SmoothActor", "NutActor",
+__all__ = ["SourceActor", "FrontActor", "LandmarkActor", "FitActor", "SharedFitActor", "StreamLost", "SmoothActor", "NutActor",
            "PublishActor", "SinkActor", "Checkpoint", "Dropped", "FrameReport", "MeshPacket"]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -227,17 +228,18 @@ def _p(figures: dict | None, key: str) -> str:
 LIVE_RUNS = ("3cam-rig", "3cam-calibrated", "3cam-one-actor", "1cam")
 
 
-def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] = LIVE_RUNS) -> list[dict]:
+def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] = LIVE_RUNS,
+               settings: dict | None = None) -> list[dict]:
     """The live path (`configs/live.yaml`: paced replay, newest frame only, smoother, thumbnails,
     publishing) on synthetic recordings looped to `seconds`: 3 cameras with a rig file, 3 cameras
     calibrating the rig, 3 cameras with one landmark actor for all, 1 camera (`runs`: which of
-    `LIVE_RUNS`). Also the CPU each process spent from the clock's start to the end, per frame
+    `LIVE_RUNS`; `settings`: config overrides for every run). Also the CPU each process spent from the clock's start to the end, per frame
     (the stages' cost: where a frame's CPU goes). Returns the figures."""
     cap = capture(frames, 3)
     mkvs = [str(p) for p in cap.mkv_paths]
     loops = max(1, -(-int(seconds * 30) // frames))
     rig = live_rig_file(cap)
-    live = {"source.loop": loops, "publish.url": "tcp://127.0.0.1:*"}
+    live = {"source.loop": loops, "publish.url": "tcp://127.0.0.1:*", **(settings or {})}
     rows = [
         ("3 cameras, rig file", mkvs, {"fitter.rig": rig}),
         ("3 cameras, rig calibrated at start", mkvs, {}),
@@ -246,7 +248,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
     ]
     rows = [row for key, row in zip(LIVE_RUNS, rows) if key in runs]
     print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
-          "configs/live.yaml\n")
+          f"configs/live.yaml{''.join(f', {k}={v}' for k, v in (settings or {}).items())}\n")
     print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | "
           "dropped: source busy / too old / fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | "
           "landmarks | fit | smooth | waiting | over budget |")
@@ -457,6 +459,8 @@ def main() -> int:
     parser.add_argument("--live-seconds", type=float, default=20.0, help="length of the live-paced replays (default 20)")
     parser.add_argument("--live-runs", nargs="+", choices=LIVE_RUNS, default=list(LIVE_RUNS),
                         help="which live runs (default all): " + ", ".join(LIVE_RUNS))
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="settings",
+                        help="live runs: a config override (YAML value), e.g. --set policy.max_inflight=3")
     parser.add_argument("--json", metavar="PATH", help="also write the live path's figures as JSON")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
@@ -478,10 +482,17 @@ def main() -> int:
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     if "live" in only:
-        figures = bench_live(args.live_seconds, runs=tuple(args.live_runs))
+        settings = {}
+        for item in args.settings:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--set wants KEY=VALUE, got {item!r}")
+            settings[key] = yaml.safe_load(value)
+        figures = bench_live(args.live_seconds, runs=tuple(args.live_runs), settings=settings)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({"load_at_start": load_at_start, "runs": figures}, indent=1) + "\n")
+            Path(args.json).write_text(json.dumps({"load_at_start": load_at_start, "settings": settings,
+                                                   "runs": figures}, indent=1) + "\n")
     return 0
 
 

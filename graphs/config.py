@@ -84,7 +84,11 @@ class RayConfig:
     per-frame graph as a Ray compiled graph (else plain actor calls). fused_sinks: smoother, encoder
     and publisher in one actor (`actors.sink_actor.SinkActor`: one actor call per frame after the
     fitter instead of three; the same files and stream; plain actor calls only: ignored
-    with `compiled`). max_restarts: a crashed actor
+    with `compiled`). fused_landmarks: the landmark stage in the source actor
+    (`actors.front_actor.FrontActor`) for lanes with one landmark stage (one camera, or
+    `landmarks.per_camera` false): one actor call fewer per frame and the full-resolution frame set
+    never crosses processes; the landmark CPUs are then not reserved apart; ignored with
+    `compiled`. max_restarts: a crashed actor
     is restarted this many times and resumes from the last checkpoint, taken every
     checkpoint_every frames. max_pipelines: sequences processed at once (None: as many as the
     cluster's CPUs allow). frame_timeout_s: longest wait for one frame's result before the
@@ -99,6 +103,7 @@ class RayConfig:
     num_cpus: int | None = setting(None, bound="positive")
     compiled: bool = False
     fused_sinks: bool = False
+    fused_landmarks: bool = False
     max_restarts: int = setting(2, bound="non_negative")
     checkpoint_every: int = setting(15, bound="positive")
     max_pipelines: int | None = setting(None, bound="positive")

@@ -22,7 +22,7 @@ from typing import Callable
 
 import ray
 
-from actors import FitActor, LandmarkActor, SharedFitActor, SinkActor, SourceActor, StreamLost
+from actors import FitActor, FrontActor, LandmarkActor, SharedFitActor, SinkActor, SourceActor, StreamLost
 from actors.records import Checkpoint
 from graphs.config import GraphConfig
 from mmface4d_stream.errors import InputError, PipelineError
@@ -167,6 +167,9 @@ class SequenceGraph:
         # SmoothActor, encoder and publisher in one actor (`SinkActor`): one actor hop after the fitter.
         # Plain actor calls only: a compiled graph with the fused sink hung here (not investigated).
         self.fused = config.ray.fused_sinks and not config.ray.compiled
+        # The source actor may run the lane's one landmark stage (`FrontActor`): one hop fewer, and
+        # the full-resolution frame set stays in its process. Plain actor calls only, as above.
+        self.fused_front = config.ray.fused_landmarks and not config.ray.compiled
         self.sink_parts: set[str] = set()
         self.fault = dataclasses.asdict(config.faults) if config.faults.stage else None
         self._dag = None
@@ -201,20 +204,38 @@ class SequenceGraph:
         return None
 
     @property
+    def _per_camera(self) -> bool:
+        return self.config.landmarks.per_camera and self._n_cameras > 1
+
+    @property
+    def _landmarks_in_source(self) -> bool:
+        """The landmark stage runs inside the source actor (`ray.fused_landmarks`, one landmark stage)."""
+        return self.fused_front and not self._per_camera
+
+    @property
     def _landmark_keys(self) -> list[str]:
-        """The landmark actors' keys: one per camera (`landmarks.<position>`) or one for all."""
-        if self.config.landmarks.per_camera and self._n_cameras > 1:
+        """The keys of the actors that detect landmarks: one per camera (`landmarks.<position>`), one
+        for all (`landmarks`), or the source actor itself (`FrontActor`)."""
+        if self._landmarks_in_source:
+            return ["source"]
+        if self._per_camera:
             return [f"landmarks.{k}" for k in range(self._n_cameras)]
         return ["landmarks"]
 
     def _new_landmarks(self, missing_only: bool = False) -> list:
-        """Create (or re-open, unless `missing_only`) this sequence's landmark actors; the pending opens."""
+        """Create (or re-open, unless `missing_only`) this sequence's landmark actors, or the source
+        actor's landmark part (not when `missing_only`: it goes with its process); the pending opens."""
         cfg = self.config
         keys = self._landmark_keys
+        options = dict(max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"))
+        # Face crops carry their RGB when the fitter's photometric term reads it.
+        stage = cfg.landmarks.stage_config(color_crops=cfg.landmarks.color_crops or cfg.fitter.needs_color)
+        if self._landmarks_in_source:
+            return [] if missing_only else [
+                self.actors["source"].open_landmarks.remote(self._n_cameras, stage, **options)]
         cameras = [[k] for k in range(len(keys))] if len(keys) > 1 else [None]
-        return [self._actor(key, LandmarkActor, self._n_cameras, cfg.landmarks.stage_config(color_crops=cfg.landmarks.color_crops or cfg.fitter.needs_color),
-                            max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
-                            cameras=positions, num_cpus=cfg.landmarks.num_cpus / len(keys))
+        return [self._actor(key, LandmarkActor, self._n_cameras, stage, cameras=positions,
+                            num_cpus=cfg.landmarks.num_cpus / len(keys), **options)
                 for key, positions in zip(keys, cameras) if not (missing_only and key in self.actors)]
 
     def _fault_for(self, stage: str) -> dict | None:
@@ -238,7 +259,7 @@ class SequenceGraph:
             if key in self.actors:  # per sequence (publisher) or not wanted now
                 ray.kill(self.actors.pop(key), no_restart=True)
         opening = [self._actor(
-            "source", SourceActor, self.job.inputs, cfg.source, live=self.live, kinect=self.job.kinect,
+            "source", FrontActor if self.fused_front else SourceActor, self.job.inputs, cfg.source, live=self.live, kinect=self.job.kinect,
             record_dir=self.job.record_dir, name=self.job.name, fault=self._fault_for("source"))]
         self.get([r for r in opening if r is not None], "source")
         self.info = self.get(self.actors["source"].info.remote(), "source")
@@ -374,9 +395,12 @@ class SequenceGraph:
         (plain actor calls) one actor method. Returns the outputs: encoder report [, publisher], or
         the `SinkActor`'s (report, publisher) pair (`results` reads either)."""
         a = self.actors
-        frame_set = call(a["source"].read, tick)
         # One landmark actor per camera (or one for all): the fitter joins their parts by frame.
-        parts = [call(a[key].detect, frame_set) for key in self._landmark_keys]
+        if self._landmarks_in_source:
+            parts = [call(a["source"].read_detect, tick)]
+        else:
+            frame_set = call(a["source"].read, tick)
+            parts = [call(a[key].detect, frame_set) for key in self._landmark_keys]
         if self.shared is not None:  # (plain calls only) the tick orders this lane's calls in the shared actor
             packet = self.shared.fit.remote(self.stream_key, tick, *parts)
         else:
@@ -446,6 +470,8 @@ class SequenceGraph:
         # actor taken over from the lane those were another sequence's, so it opens this one again.
         ray.get([a[key].open.remote(*args, **kwargs) for key, (args, kwargs) in self._open_args.items()
                  if key in self._reused and (key in ("source", "fitter") or key.startswith("landmarks")) and key in a])
+        if self._landmarks_in_source:  # a restarted source process has lost its landmark part
+            ray.get(self._new_landmarks())
         if self.shared is None:
             ray.get(a["fitter"].set_rig.remote(self.transforms))
             calls = [a["fitter"].restore.remote(checkpoint.fitter)]

@@ -402,7 +402,9 @@ class MultiStreamFitter:
             # a shared fitter sees every size from 1 to its maximum, but captures few graphs.
             jobs = jobs + [jobs[-1]] * ((1 << (n_jobs - 1).bit_length()) - n_jobs)
         t0 = time.perf_counter()
-        with torch.no_grad():
+        # (inference mode, not just no_grad: no version counters or view tracking, ~10 % less CPU
+        # per op on the small tensors of a 1-camera template fit)
+        with torch.inference_mode():
             cameras, lm_target, lm_conf = collate_cameras([job.cams for job in jobs], n_cam, self.device)
             depth, ray_grid, origin, size = collate_crops([job.cams for job in jobs], [job.crops for job in jobs],
                                                           n_cam, self.device, self._grids,

@@ -156,7 +156,10 @@ class PublishSink:
         return self._meters.setdefault(stage, self._meter_cls())
 
     def publish_status(self, force: bool = False) -> None:
-        """Publish the status now (`force`) or when its 1 Hz period is due."""
+        """Publish the status now (`force`) or when its 1 Hz period is due (the figures are
+        computed only then)."""
+        if not force and not self.publisher.status_due():
+            return
         self.publisher.publish_status({k: m.snapshot() for k, m in self._meters.items()}, force=force,
                                       **self.status_extra())
 

@@ -323,6 +323,11 @@ class MeshPublisher:
             self.stats.meshes += 1
         return sent
 
+    def status_due(self, period_s: float = 1.0) -> bool:
+        """Whether `publish_status` would send now (the last status is `period_s` old): callers
+        that compute the report per call ask first."""
+        return time.monotonic() - self._last_status_s >= period_s
+
     def publish_status(
         self, stages: Mapping[str, schema.StageStatus | Mapping[str, float]], *, period_s: float = 1.0, force: bool = False,
         state: str | None = None, budget: Mapping[str, Any] | None = None,
@@ -335,7 +340,7 @@ class MeshPublisher:
         """
         self._check_open()
         now_s = time.monotonic()
-        if not force and now_s - self._last_status_s < period_s:
+        if not force and not self.status_due(period_s):
             return False
         self.poll_subscriptions()
         stages = {

@@ -44,6 +44,21 @@ def test_a_crashed_actor_restarts_and_continues_from_its_checkpoint(graph_captur
     assert error.recon_to_gt.mean_mm < 1.5, error
 
 
+def test_a_crashed_front_actor_gets_its_landmark_part_back(graph_capture, tmp_path, local_ray):
+    """`ray.fused_landmarks`: the landmark stage dies with the source's process; the restarted
+    `FrontActor` gets its landmark part again and the sequence completes from the checkpoint."""
+    config = load_config("1-cam", {"ray.fused_landmarks": True, "faults.stage": "landmarks", "faults.frame": 7,
+                                   "faults.kind": "exit", "ray.checkpoint_every": 3, "ray.max_restarts": 2})
+    save = tmp_path / "front"
+    [result] = run_jobs([SequenceJob([str(graph_capture.sequence_prefix)], str(save), "cap")], config, progress=False)
+    assert result.ok, result.error
+    meta = json.loads((tmp_path / "front_meta.json").read_text())
+    assert meta["restarts"] == 1 and meta["frames_written"] == 12 and meta["frames_dropped"] == []
+    # The 1-cam config's one camera is the dataset's centre one (device 1): the meshes are in its frame.
+    error = evaluate_sequence(save, graph_capture.gt_mesh_prefix.parent, reference_device=1)
+    assert error.recon_to_gt.mean_mm < 1.5, error
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_decodable_outputs(graph_capture, tmp_path):
     # A slowed fitter keeps the run going long enough to interrupt it mid-sequence.

@@ -61,11 +61,13 @@ def test_three_cameras_offline_every_frame_accurate_and_published(graph_capture,
     assert run_jobs([job], config, progress=False) == [None]
 
 
-def test_fused_sinks_write_the_same_files_as_separate_actors(graph_capture, tmp_path, local_ray):
-    """`ray.fused_sinks` (smoother, encoder, publisher in one `SinkActor` actor) changes the hops, not the output."""
+def test_fused_actors_write_the_same_files_as_separate_actors(graph_capture, tmp_path, local_ray):
+    """`ray.fused_sinks` (smoother, encoder, publisher in one `SinkActor` actor) and
+    `ray.fused_landmarks` (source and landmarks in one `FrontActor`) change the hops, not the output."""
     files = {}
     for fused in (False, True):
-        config = load_config("1-cam", {"ray.fused_sinks": fused, "smoother.enabled": True, "source.max_frames": 6})
+        config = load_config("1-cam", {"ray.fused_sinks": fused, "ray.fused_landmarks": fused,
+                                       "smoother.enabled": True, "source.max_frames": 6})
         save = tmp_path / f"fused_{fused}"
         [result] = run_jobs([SequenceJob([str(graph_capture.sequence_prefix)], str(save), "cap")], config,
                             progress=False)
