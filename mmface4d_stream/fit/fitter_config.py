@@ -9,6 +9,8 @@ __all__ = ["FitterConfig", "RASTER_MODES"]
 # The allowed values of `FitterConfig.raster` (the rasterized depth term, `fit/raster_term.py`, and
 # with "depth+color" the photometric term on its samples, `fit/color_term.py`).
 RASTER_MODES = ("off", "depth", "depth+color")
+# The allowed values of `FitterConfig.raster_backend` (`fit.raster.make_rasterizer`).
+RASTER_BACKENDS = ("auto", "gl", "nvdiffrast")
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,5 @@ class FitterConfig:
     def __post_init__(self):
         if self.raster not in RASTER_MODES:
             raise ValueError(f"raster must be one of {RASTER_MODES}, got {self.raster!r}")
+        if self.raster_backend not in RASTER_BACKENDS:
+            raise ValueError(f"raster_backend must be one of {RASTER_BACKENDS}, got {self.raster_backend!r}")

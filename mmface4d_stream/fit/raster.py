@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.fit.camera_terms import FitCamera
+from mmface4d_stream.fit.fitter_config import RASTER_BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -367,14 +368,14 @@ def make_rasterizer(triangles, n_vertices: int, backend: str = "auto", device="c
     backend: "gl", "nvdiffrast", or "auto" (nvdiffrast on a CUDA device where it is installed,
     otherwise GL).
     """
+    if backend not in RASTER_BACKENDS:
+        raise ValueError(f"backend must be one of {RASTER_BACKENDS}, got {backend!r}")
     device = torch.device(device)
     if backend == "auto":
         backend = "nvdiffrast" if device.type == "cuda" and nvdiffrast_available() else "gl"
     if backend == "gl":
         return GLRasterizer(triangles, n_vertices, near, far)
-    if backend == "nvdiffrast":
-        return NvdiffrastRasterizer(triangles, n_vertices, near, far, device=device)
-    raise ValueError(f"backend must be 'auto', 'gl' or 'nvdiffrast', got {backend!r}")
+    return NvdiffrastRasterizer(triangles, n_vertices, near, far, device=device)
 
 
 def rasterize(vertices, triangles, cameras, crops, backend: str = "auto",

@@ -177,3 +177,17 @@ def test_lift_landmarks_with_depth_from_three_cameras():
     err = np.linalg.norm(points[mapped] - gt[model.landmark_vertex], axis=1)[valid[mapped]]
     assert np.median(err) < 1e-3 and err.max() < 5e-3  # 1 mm depth steps, pixel-rounded lookups
     assert views[mapped].max() == 3 and np.isnan(points[~valid]).all()
+
+
+def test_raster_settings_are_checked_when_the_config_is_made():
+    """A wrong raster mode or backend fails at configuration, naming the allowed values, not at the
+    first frame that rasterizes."""
+    from mmface4d_stream.fit.fitter_config import FitterConfig
+    from mmface4d_stream.fit.raster import make_rasterizer
+
+    with pytest.raises(ValueError, match=r"raster_backend must be one of \('auto', 'gl', 'nvdiffrast'\)"):
+        FitterConfig(raster="depth", raster_backend="vulkan")
+    with pytest.raises(ValueError, match="raster must be one of"):
+        FitterConfig(raster="colour")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_rasterizer(np.zeros((1, 3), np.int64), 3, backend="vulkan")
