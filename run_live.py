@@ -67,14 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def say_ready(startup: dict) -> None:
     """The console's "ready" line: every actor is warm and the capture clock starts now."""
-    rig = startup.get("rig") or {}
-    how = {"file": "rig from file", "one camera": "one camera"}.get(rig.get("rig"), "")
-    if rig.get("rig") == "calibrated":
-        how = f"rig calibrated in {rig['seconds']:.1f} s"
-    warm = startup.get("warm_up") or {}
-    print(f"ready after {startup.get('ready_s', 0.0):.1f} s (actors {startup.get('actors_s', 0.0):.1f} s, "
-          f"warm-up {warm.get('seconds', 0.0):.1f} s{', ' + how if how else ''}): the capture clock starts now",
-          file=sys.stderr, flush=True)
+    from graphs.sequence_graph import ready_line
+
+    print(f"{ready_line(startup)}: the capture clock starts now", file=sys.stderr, flush=True)
 
 
 def live(args) -> int:

@@ -39,6 +39,18 @@ _ACTOR_LOST = tuple(e for e in (ray.exceptions.RayActorError, ray.exceptions.Act
 _TIMEOUTS = tuple(e for e in (ray.exceptions.GetTimeoutError, RayChannelTimeoutError) if isinstance(e, type))
 
 
+def ready_line(startup: dict) -> str:
+    """"ready after … s (actors … s, warm-up … s, rig …)": a graph's start-up figures
+    (`SequenceGraph.startup`) as the log and the live console say them."""
+    rig = startup.get("rig") or {}
+    how = {"file": "rig from file", "one camera": "one camera"}.get(rig.get("rig"), "")
+    if rig.get("rig") == "calibrated":
+        how = f"rig calibrated in {rig['seconds']:.1f} s"
+    warm = startup.get("warm_up") or {}
+    return (f"ready after {startup.get('ready_s', 0.0):.1f} s (actors {startup.get('actors_s', 0.0):.1f} s, "
+            f"warm-up {warm.get('seconds', 0.0):.1f} s{', ' + how if how else ''})")
+
+
 def actor_lost(exc: BaseException) -> bool:
     """Whether `exc` means that an actor's process (or the lane's stream in a shared fitter) is gone:
     the sequence can resume from its checkpoint."""
@@ -360,11 +372,7 @@ class SequenceGraph:
     def ready(self, on_ready: Callable[[dict], None] | None = None) -> None:
         """Every actor is warm: say so (log, the status topic, `on_ready`) just before the clock starts."""
         name = self.info["name"]
-        rig = self.startup.get("rig", {})
-        warm = self.startup.get("warm_up", {})
-        log.info("sequence %s: ready after %.1f s (actors %.1f s, warm-up %.1f s, rig %s%s)", name,
-                 self.startup.get("ready_s", 0.0), self.startup.get("actors_s", 0.0), warm.get("seconds", 0.0),
-                 rig.get("rig"), "" if rig.get("seconds") is None else f" in {rig['seconds']:.1f} s")
+        log.info("sequence %s: %s", name, ready_line(self.startup))
         if self.live and self._has("publisher"):  # (offline there is no clock: the topology comes first)
             self.get(self._call("publisher", "announce", "ready"), "publisher")
         if on_ready is not None:

@@ -102,3 +102,13 @@ def test_shared_fitter_keys_and_the_plan_they_give():
     # A shared fitter reserves its CPU once: 64 CPUs give 60 lanes with 4 shared actors, 32 without.
     assert pipelines_at_once(cluster, {"CPU": 64.0, "GPU": 4.0}, False, shared_fitters=4) == 60
     assert pipelines_at_once(cluster, {"CPU": 64.0}, False) == 32
+
+
+def test_ready_line_says_how_the_rig_was_obtained():
+    from graphs.sequence_graph import ready_line
+
+    startup = {"ready_s": 6.04, "actors_s": 5.0, "warm_up": {"seconds": 0.98},
+               "rig": {"rig": "calibrated", "seconds": 8.04}}
+    assert ready_line(startup) == "ready after 6.0 s (actors 5.0 s, warm-up 1.0 s, rig calibrated in 8.0 s)"
+    assert ready_line(dict(startup, rig={"rig": "file", "seconds": None})).endswith("warm-up 1.0 s, rig from file)")
+    assert ready_line({}) == "ready after 0.0 s (actors 0.0 s, warm-up 0.0 s)"
