@@ -10,22 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from mmface4d_stream.fit import lm_solver
 from mmface4d_stream.fit.color_term import AlbedoState, ColorTerm, color_windows, prepare_color
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.fitter import FitterConfig
 from mmface4d_stream.fit.frame_prep import choose_crops, collate_cameras, collate_crops, patch_radius, prepare_cameras
-from mmface4d_stream.fit.host_reads import HostReadCounter
 from mmface4d_stream.fit.model_pack import ModelPack, cross3
 from mmface4d_stream.fit.multi import MultiStreamFitter
-from mmface4d_stream.fit.raster import make_rasterizer, nvdiffrast_available
+from mmface4d_stream.fit.raster import make_rasterizer
 from mmface4d_stream.fit.raster_term import RasterTerm, RasterView, prepare_raster
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_albedo, synthetic_face_model, synthetic_frame
 from mmface4d_stream.geometry import so3_exp
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from raster_helpers import DISTORTION, nudged_state, reads_inside_the_next_solve, tracking_errors, tracking_frames
 
-DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +130,7 @@ def test_photometric_jacobian_matches_finite_differences(scene):
         eps = 1e-7  # far below a sample (bilinear cells): the interpolant is smooth inside one
         checked = 0
         for p in range(n_par):
-            d = torch.zeros((1, n_par))
-            d[0, p] = eps
-            moved = (torch.linalg.matrix_exp(_skew(d[0, :3]))[None] @ state[0], state[1] + d[:, 3:6],
-                     state[2] + d[:, 6:6 + pack.n_id], state[3] + d[:, 6 + pack.n_id:])
-            num = (term.residuals(moved, cams)[0] - res0).reshape(-1) / eps
+            num = (term.residuals(nudged_state(state, p, eps), cams)[0] - res0).reshape(-1) / eps
             err = (num - jac[:, p]).abs()[ok > 0]
             scale = float(jac[:, p].abs().max())
             # A few rows cross a bilinear cell's edge within eps (the interpolant's kink): the median
@@ -147,11 +141,6 @@ def test_photometric_jacobian_matches_finite_differences(scene):
         assert checked > 1000
     finally:
         torch.set_default_dtype(torch.float32)
-
-
-def _skew(w):
-    z = torch.zeros((), dtype=w.dtype)
-    return torch.stack([torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]), torch.stack([-w[1], w[0], z])])
 
 
 def test_photometric_term_alone_brings_a_displaced_pose_back(scene):
@@ -186,43 +175,19 @@ def test_photometric_term_alone_brings_a_displaced_pose_back(scene):
     assert after < 0.5, (before, after)
 
 
-def _frames(model, n_cameras, n_frames):
-    rig = make_rig(n_cameras, distortion=DISTORTION)
-    out = []
-    for k in range(n_frames):
-        beta = (np.sin(0.4 * k + np.arange(model.n_exp)) * 0.7).astype(np.float32)
-        r, t = frontal_pose(6 * np.sin(0.2 * k), -3, 1, (0.01, -0.01, 0.67 + 0.002 * k))
-        out.append(synthetic_frame(model, rig, r, t, None, beta, frame_index=k, landmark_noise_px=2.0,
-                                   rng=np.random.default_rng(k), with_color=True))
-    return out
-
-
 def test_fitter_with_depth_color_tracks_and_reads_nothing_inside_the_solve(model, monkeypatch):
     """The fitter in `depth+color` mode tracks a textured sequence (its albedo learned on the way) about
     as well as with the depth term alone, and its solve reads nothing back to the host."""
-    frames = _frames(model, 2, 7)
-    errors = {}
-    for mode in ("depth", "depth+color"):
-        fitter = MultiStreamFitter(model, FitterConfig(raster=mode, identity_frames=2))
-        slot = fitter.open_stream()
-        err = [np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean() for obs, gt in frames[:6]]
-        errors[mode] = float(np.mean(err[1:]))
+    frames = tracking_frames(model, 2, 7, with_color=True)
+    errors, fitter, slot = tracking_errors(model, frames[:6], ("depth", "depth+color"))
     assert errors["depth+color"] < 0.5e-3, errors
     assert errors["depth+color"] < 2.5 * errors["depth"], errors
     assert fitter._streams[slot].albedo.updates == 5  # one observation per warm frame
-    inside = []
-    solve = lm_solver.solve_frames
 
-    def counted(pack, config, fb, settings):
+    def has_colour(fb):
         assert fb.color is not None and float(fb.color.valid.sum()) > 500
-        # As a captured CUDA graph runs it: without the CPU's early exit (see test_batch_solver).
-        with HostReadCounter() as reads:
-            out = solve(pack, config, fb, replace(settings, early_exit=False))
-        inside.append(dict(reads.counts))
-        return out
 
-    monkeypatch.setattr("mmface4d_stream.fit.multi.solve_frames", counted)
-    res = fitter.process({slot: frames[6][0]})[slot]
+    res, inside = reads_inside_the_next_solve(fitter, slot, frames[6][0], monkeypatch, check=has_colour)
     assert "cold_start" not in res.flags
     assert inside == [{}], inside
 
@@ -238,18 +203,3 @@ def test_depth_color_mode_without_colour_is_the_depth_mode(model):
         slot = fitter.open_stream()
         out[mode] = [fitter.process({slot: obs})[slot].vertices for obs, _ in frames]
     assert max(np.abs(a - b).max() for a, b in zip(out["depth"], out["depth+color"])) < 1e-6
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not nvdiffrast_available(), reason="needs CUDA and nvdiffrast (pip install .[gpu])")
-def test_fitter_depth_color_on_cuda_tracks_like_the_cpu(model):
-    """The CUDA path of depth+color: nvdiffrast rasterizes, the colour term joins the captured solve."""
-    frames = _frames(model, 2, 6)
-    err = {}
-    for device in ("cpu", "cuda"):
-        fitter = MultiStreamFitter(model, FitterConfig(raster="depth+color", identity_frames=2), device=device)
-        slot = fitter.open_stream()
-        err[device] = [float(np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean())
-                       for obs, gt in frames]
-    assert np.mean(err["cuda"][1:]) < 0.5e-3
-    assert abs(np.mean(err["cuda"]) - np.mean(err["cpu"])) < 0.1e-3, err

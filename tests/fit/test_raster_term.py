@@ -4,28 +4,24 @@ term alone pulling a displaced mesh back onto a rendered surface, the fitter wit
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from mmface4d_stream.fit import lm_solver
 from mmface4d_stream.fit.depth_term import PatchBatch
 from mmface4d_stream.fit.evaluate import point_to_surface_m
 from mmface4d_stream.fit.fitter import FitterConfig
 from mmface4d_stream.fit.frame_prep import choose_crops, collate_cameras, collate_crops, patch_radius, prepare_cameras
-from mmface4d_stream.fit.host_reads import HostReadCounter
 from mmface4d_stream.fit.model_pack import ModelPack
-from mmface4d_stream.fit.multi import MultiStreamFitter
 from mmface4d_stream.fit.raster import make_rasterizer, nvdiffrast_available
 from mmface4d_stream.fit.raster_term import RasterTerm, RasterView, offset_rows, prepare_raster
 from mmface4d_stream.fit.synthetic import frontal_pose, make_rig, synthetic_face_model, synthetic_frame
 from mmface4d_stream.geometry import so3_exp
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from raster_helpers import DISTORTION, nudged_state, reads_inside_the_next_solve, tracking_errors, tracking_frames
 
-DISTORTION = (0.5, -2.5, 1.5, 0.4, -2.3, 1.4, 1e-4, -2e-4)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +105,11 @@ def test_jacobian_matches_finite_differences(scene):
         assert torch.allclose(h[0], (jac * ok[:, None]).T @ jac, rtol=1e-9, atol=1e-12)
         eps = 1e-6
         for p in range(n_par):
-            d = torch.zeros((1, n_par))
-            d[0, p] = eps
-            moved = (torch.linalg.matrix_exp(_skew(d[0, :3]))[None] @ state[0], state[1] + d[:, 3:6],
-                     state[2] + d[:, 6:6 + pack.n_id], state[3] + d[:, 6 + pack.n_id:])
-            num = (term.residuals(moved, cams)[0] - res0).reshape(-1) / eps
+            num = (term.residuals(nudged_state(state, p, eps), cams)[0] - res0).reshape(-1) / eps
             err = (num - jac[:, p])[ok > 0].abs().max()
             assert err < 1e-5 * max(1.0, float(jac[:, p].abs().max())), (p, float(err))
     finally:
         torch.set_default_dtype(torch.float32)
-
-
-def _skew(w):
-    z = torch.zeros((), dtype=w.dtype)
-    return torch.stack([torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]), torch.stack([-w[1], w[0], z])])
 
 
 def _surface_distance_mm(scene, model, vertices: torch.Tensor) -> float:
@@ -183,63 +170,24 @@ def test_offset_rows_pull_vertices_onto_the_surface(scene):
     assert after < 0.5 * before, (before, after)
 
 
-def _frames(model, n_cameras, n_frames, seed=0):
-    rig = make_rig(n_cameras, distortion=DISTORTION)
-    out = []
-    for k in range(n_frames):
-        beta = (np.sin(0.4 * k + np.arange(model.n_exp)) * 0.7).astype(np.float32)
-        r, t = frontal_pose(6 * np.sin(0.2 * k), -3, 1, (0.01, -0.01, 0.67 + 0.002 * k))
-        out.append(synthetic_frame(model, rig, r, t, None, beta, frame_index=k, landmark_noise_px=2.0,
-                                   rng=np.random.default_rng(seed * 100 + k)))
-    return out
-
-
 def test_fitter_with_raster_depth_tracks_and_reads_nothing_inside_the_solve(model, monkeypatch):
-    frames = _frames(model, 2, 6)
-    errors = {}
-    for mode in ("off", "depth"):
-        fitter = MultiStreamFitter(model, FitterConfig(raster=mode, identity_frames=2))
-        slot = fitter.open_stream()
-        err = []
-        for obs, gt in frames[:5]:
-            res = fitter.process({slot: obs})[slot]
-            err.append(np.linalg.norm(res.vertices - gt, axis=1).mean())
-        errors[mode] = float(np.mean(err[1:]))
+    frames = tracking_frames(model, 2, 6)
+    errors, fitter, slot = tracking_errors(model, frames[:5], ("off", "depth"))
     assert errors["depth"] < 0.6e-3, errors
     assert errors["depth"] < 1.5 * errors["off"], errors
-    inside = []
-    solve = lm_solver.solve_frames
-
-    def counted(pack, config, fb, settings):
-        # As a captured CUDA graph runs it: without the CPU's early exit (see test_batch_solver).
-        with HostReadCounter() as reads:
-            out = solve(pack, config, fb, replace(settings, early_exit=False))
-        inside.append(dict(reads.counts))
-        return out
-
-    monkeypatch.setattr("mmface4d_stream.fit.multi.solve_frames", counted)
-    res = fitter.process({slot: frames[5][0]})[slot]
+    res, inside = reads_inside_the_next_solve(fitter, slot, frames[5][0], monkeypatch)
     assert "cold_start" not in res.flags
     assert inside == [{}], inside
 
 
-def test_raster_config_is_checked():
-    with pytest.raises(ValueError, match="raster"):
-        FitterConfig(raster="colour")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not nvdiffrast_available(), reason="needs CUDA and nvdiffrast (pip install .[gpu])")
-def test_fitter_raster_depth_on_cuda_with_nvdiffrast(model):
-    """The CUDA path: nvdiffrast rasterizes, the solve runs as a CUDA graph; it tracks like the CPU."""
-    frames = _frames(model, 2, 5)
-    err = {}
-    for device in ("cpu", "cuda"):
-        fitter = MultiStreamFitter(model, FitterConfig(raster="depth", identity_frames=2), device=device)
-        slot = fitter.open_stream()
-        err[device] = [float(np.linalg.norm(fitter.process({slot: obs})[slot].vertices - gt, axis=1).mean())
-                       for obs, gt in frames]
-        if device == "cuda":
-            assert fitter._rasterizers and next(iter(fitter._rasterizers.values()))[1].backend == "nvdiffrast"
-    assert np.mean(err["cuda"][1:]) < 0.6e-3
-    assert abs(np.mean(err["cuda"]) - np.mean(err["cpu"])) < 0.1e-3, err
+@pytest.mark.parametrize("mode, bound_m", [("depth", 0.6e-3), ("depth+color", 0.5e-3)])
+def test_fitter_raster_terms_on_cuda_track_like_the_cpu(model, mode, bound_m):
+    """The CUDA path: nvdiffrast rasterizes, the raster terms join the captured solve; it tracks like the CPU."""
+    frames = tracking_frames(model, 2, 6, with_color=True)
+    cpu = tracking_errors(model, frames, [mode])[0][mode]
+    cuda, fitter, _ = tracking_errors(model, frames, [mode], device="cuda")
+    assert next(iter(fitter._rasterizers.values()))[1].backend == "nvdiffrast"
+    assert cuda[mode] < bound_m, (cuda, cpu)
+    assert abs(cuda[mode] - cpu) < 0.1e-3, (cuda, cpu)
