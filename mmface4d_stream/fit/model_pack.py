@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import FaceModel
-from mmface4d_stream.fit.landmark_term import landmark_weights
+from mmface4d_stream.fit.landmark_weights import landmark_weights
 from mmface4d_stream.fit.regularizers import OffsetRegularizer
 
 __all__ = ["ModelPack", "apply_basis", "cross3", "vertex_normals"]
@@ -59,7 +59,7 @@ class ModelPack:
             samples_host; s_mean, s_id, s_exp, s_id64, s_exp64 likewise.
         offset_vertices (M,): the offset step's depth-data vertices.
         regularizer: the offset step's smoothness operator (None when offsets are disabled).
-        lm_weight (L,) float64 numpy: each landmark's weight (`landmark_term.landmark_weights`),
+        lm_weight (L,) float64 numpy: each landmark's weight (`landmark_weights.landmark_weights`),
             multiplied into the observed confidences.
     """
 
