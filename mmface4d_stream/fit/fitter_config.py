@@ -92,7 +92,7 @@ class FitterConfig:
     offset_laplacian_weight: float = 50.0
     offset_edge_weight: float = 1.0
     offset_magnitude_weight: float = 0.02
-    offset_temporal_weight: float = 1.0
+    offset_temporal_weight: float = 2.0
     offset_landmark_weight: float = 1.0
     offset_cg_iterations: int = 6
     offset_data_vertices: int = 12000
