@@ -26,8 +26,9 @@ class FitterConfig:
     Landmarks:
         landmark_sigma_px: expected detector noise, pixels (MediaPipe on a ~250 px wide face:
             ~3 px rms).  landmark_huber_px: robust threshold.  landmark_lower_face_weight: the
-            weight of the lips', chin's and jaw line's landmarks (`fit/landmark_weights.py`:
-            MediaPipe's bias there grows with the mouth's opening; the depth terms shape the mouth).
+            weight of the landmarks on the lips and the skin below them, the face's outline
+            excepted (`fit/landmark_weights.py`: MediaPipe's bias there grows with the mouth's
+            opening; the depth terms shape the mouth).
     Depth:
         depth_samples: vertices used by the depth term in the LM iterations.
         depth_sigma_m, depth_huber_m: noise and robust threshold, metres.

@@ -50,4 +50,6 @@ def face_oval_points() -> np.ndarray:
     from mmface4d_stream.face.topology import mediapipe_triangles
     from mmface4d_stream.render.mesh_ops import boundary_loops
 
-    return np.asarray(max(boundary_loops(mediapipe_triangles()), key=len), dtype=np.int64)
+    oval = np.asarray(max(boundary_loops(mediapipe_triangles()), key=len), dtype=np.int64)
+    oval.setflags(write=False)  # shared by the cache
+    return oval
