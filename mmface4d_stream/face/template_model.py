@@ -173,12 +173,15 @@ class TemplateModel(FaceModel):
         pts = _harmonic_fill(pts, valid, mesh_edges(tris_cam))
         r_model_from_cam, centre = _template_frame(pts)
         base = (pts - centre) @ r_model_from_cam.T
-        verts, tris = base, tris_cam
+        # The jaw's weight is defined on the 468 points and subdivided with them (a midpoint gets
+        # the mean of its edge's ends), so it follows the mesh's topology across the lip opening.
+        dense, tris = np.concatenate([base, _jaw_weight(base)[:, None]], axis=1), tris_cam
         for _ in range(subdivisions):
-            verts, tris, _edges = subdivide_midpoint(verts, tris)
+            dense, tris, _edges = subdivide_midpoint(dense, tris)
+        verts, jaw_weight = dense[:, :3], dense[:, 3]
         n = len(verts)
         id_basis = np.stack([verts * np.eye(3)[k] * 0.05 for k in range(3)], axis=2)
-        exp_basis = _procedural_expressions(verts, base)
+        exp_basis = _procedural_expressions(verts, base, jaw_weight)
         lm = np.arange(N_FACEMESH_POINTS, dtype=np.int64)
         model = cls(
             name="template",
@@ -196,19 +199,40 @@ class TemplateModel(FaceModel):
         return model, r_model_from_cam.T.copy(), centre.copy()
 
 
-def _procedural_expressions(verts: np.ndarray, base: np.ndarray) -> np.ndarray:
+def _face_scale(base: np.ndarray) -> float:
+    """Size of the face (468, 3) relative to a 9 cm distance between the outer eye corners."""
+    return float(np.linalg.norm(base[_MP_LEFT_EYE_OUTER] - base[_MP_RIGHT_EYE_OUTER])) / 0.09
+
+
+def _jaw_weight(base: np.ndarray) -> np.ndarray:
+    """How much of the jaw's rotation each of the 468 model-frame points (468, 3) follows: (468,) in [0, 1].
+
+    A smooth step (logistic, 6 mm scale) below the mouth's centre line, except on the lips
+    themselves: the upper lip's points get 0 and the lower lip's 1. The lip opening is a hole in
+    MediaPipe's mesh, so the two lips are neighbours only at the corners; the logistic alone gave
+    the upper lip ~30 % of the jaw's motion (its inner edge lies ~5 mm above the centre line when
+    the template's mouth is parted), which dragged it down and back with every opening.
+    """
+    mouth_c = 0.5 * (base[_MP_UPPER_LIP_INNER] + base[_MP_LOWER_LIP_INNER])
+    w = 1.0 / (1.0 + np.exp(-(mouth_c[1] - base[:, 1]) / (0.006 * _face_scale(base))))
+    w[list(_MP_UPPER_LIP)] = 0.0
+    w[list(_MP_LOWER_LIP)] = 1.0
+    return w
+
+
+def _procedural_expressions(verts: np.ndarray, base: np.ndarray, jaw_weight: np.ndarray) -> np.ndarray:
     """(N, 3, 12) displacement fields (metres per unit) for `_EXPRESSION_NAMES` on model-frame verts.
 
-    `base` are the 468 model-frame MediaPipe points, used to place the regions.
+    `base` are the 468 model-frame MediaPipe points, used to place the regions; `jaw_weight` (N,)
+    in [0, 1] is the share of the jaw's rotation each vertex follows (`_jaw_weight`, subdivided).
     """
     p = base
-    width = np.linalg.norm(p[_MP_LEFT_EYE_OUTER] - p[_MP_RIGHT_EYE_OUTER])  # ~9 cm
-    s = width / 0.09  # scale region sizes with the face
+    s = _face_scale(base)  # scale region sizes with the face
     mouth_c = 0.5 * (p[_MP_UPPER_LIP_INNER] + p[_MP_LOWER_LIP_INNER])
     modes = []
     y = verts[:, 1]
     # jaw_open: rotate what lies below the mouth about an axis behind the face at ear height.
-    below = 1.0 / (1.0 + np.exp(-(mouth_c[1] - y) / (0.006 * s)))
+    below = jaw_weight
     pivot = np.array([0.0, mouth_c[1] + 0.03 * s, mouth_c[2] - 0.09 * s])
     rel = verts - pivot
     rot_x = np.stack([np.zeros_like(y), -rel[:, 2], rel[:, 1]], 1)  # d/dθ of a rotation about +x

@@ -27,7 +27,10 @@ class FitterConfig:
             iteration's (pixel-discrete associations make ICP-style costs cycle near the optimum).
     Landmarks:
         landmark_sigma_px: expected detector noise, pixels (MediaPipe on a ~250 px wide face:
-            ~3 px rms).  landmark_huber_px: robust threshold.
+            ~3 px rms).  landmark_huber_px: robust threshold.  landmark_lower_face_weight: the
+            weight of the landmarks on the lips and the skin below them, the face's outline
+            excepted (`fit/landmark_weights.py`: MediaPipe's bias there grows with the mouth's
+            opening; the depth terms shape the mouth).
     Depth:
         depth_samples: vertices used by the depth term in the LM iterations.
         depth_sigma_m, depth_huber_m: noise and robust threshold, metres.
@@ -70,6 +73,7 @@ class FitterConfig:
 
     landmark_sigma_px: float = 3.0
     landmark_huber_px: float = 6.0
+    landmark_lower_face_weight: float = 0.3
 
     depth_samples: int = 800
     depth_sigma_m: float = 0.002
@@ -91,7 +95,7 @@ class FitterConfig:
     offset_laplacian_weight: float = 50.0
     offset_edge_weight: float = 1.0
     offset_magnitude_weight: float = 0.02
-    offset_temporal_weight: float = 0.2
+    offset_temporal_weight: float = 2.0
     offset_landmark_weight: float = 1.0
     offset_cg_iterations: int = 6
     offset_data_vertices: int = 12000

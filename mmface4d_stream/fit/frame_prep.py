@@ -77,8 +77,12 @@ def bucket(n: int, step: int = 16) -> int:
     return max(step, -(-int(n) // step) * step)
 
 
-def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCamera]:
-    """Check and convert a frame's camera observations (ValueError names the camera on bad input)."""
+def prepare_cameras(obs: FrameObservation, model: FaceModel,
+                    landmark_weight: np.ndarray | None = None) -> list[PreparedCamera]:
+    """Check and convert a frame's camera observations (ValueError names the camera on bad input).
+
+    landmark_weight: (L,) per model landmark, multiplied into the observed confidences (None: 1).
+    """
     if not obs.cameras:
         raise ValueError("a frame observation needs at least one camera")
     det_idx = model.landmark_detector_index
@@ -111,6 +115,8 @@ def prepare_cameras(obs: FrameObservation, model: FaceModel) -> list[PreparedCam
             rows = rows[ok]
             target[rows] = lm[det_idx[rows]] + (ox, oy)
             conf[rows] = np.clip(cf[det_idx[rows]], 0, 1)
+            if landmark_weight is not None:
+                conf[rows] *= landmark_weight[rows]
             n_obs = len(rows)
         depth = None
         if co.depth_mm is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mmface4d_stream.face.models import FaceModel
+from mmface4d_stream.fit.landmark_weights import landmark_weights
 from mmface4d_stream.fit.regularizers import OffsetRegularizer
 
 __all__ = ["ModelPack", "apply_basis", "cross3", "vertex_normals"]
@@ -58,6 +59,8 @@ class ModelPack:
             samples_host; s_mean, s_id, s_exp, s_id64, s_exp64 likewise.
         offset_vertices (M,): the offset step's depth-data vertices.
         regularizer: the offset step's smoothness operator (None when offsets are disabled).
+        lm_weight (L,) float64 numpy: each landmark's weight (`landmark_weights.landmark_weights`),
+            multiplied into the observed confidences.
     """
 
     model: FaceModel
@@ -81,6 +84,7 @@ class ModelPack:
     s_exp64: torch.Tensor
     offset_vertices: torch.Tensor
     regularizer: OffsetRegularizer | None
+    lm_weight: np.ndarray
 
     @classmethod
     def build(cls, model: FaceModel, config, device) -> "ModelPack":
@@ -113,6 +117,7 @@ class ModelPack:
             s_exp=t.exp_basis[s_idx].contiguous(), s_id64=id64[s_idx].contiguous(), s_exp64=exp64[s_idx].contiguous(),
             offset_vertices=torch.as_tensor(offset_data, **long),
             regularizer=regularizer,
+            lm_weight=landmark_weights(model, config.landmark_lower_face_weight),
         )
 
     def identity_shape(self, alpha: torch.Tensor) -> torch.Tensor:

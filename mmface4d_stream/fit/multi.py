@@ -316,7 +316,7 @@ class MultiStreamFitter:
         cfg = self.config
         model = st.model
         pack = self.pack(model)
-        cams = prepare_cameras(obs, model)
+        cams = prepare_cameras(obs, model, pack.lm_weight)
         if fit_identity is None:
             fit_identity = st.fitted_frames < cfg.identity_frames
         fit_identity = bool(fit_identity) and model.n_id > 0

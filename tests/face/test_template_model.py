@@ -40,6 +40,11 @@ def test_template_from_mediapipe_points(astronaut_face_points):
     # Expression modes are smooth, localized and of centimetre scale.
     jaw = model.exp_basis[:, :, model.exp_names.index("jaw_open")]
     assert np.linalg.norm(jaw[152]) > 0.005 and np.linalg.norm(jaw[10]) < 1e-4
+    # The jaw carries the lower lip and leaves the upper lip still (the lip opening is a hole in
+    # the mesh, so the lips' weights do not blend across it).
+    upper_lip, lower_lip = [0, 13, 37, 82, 267, 312], [17, 14, 84, 87, 314, 317]
+    assert np.linalg.norm(jaw[upper_lip], axis=1).max() < 1e-4
+    assert np.linalg.norm(jaw[lower_lip], axis=1).min() > 0.5 * np.linalg.norm(jaw[152])
     brow = model.exp_basis[:, :, model.exp_names.index("brow_raise_left")]
     assert brow[282, 1] > 0.002 and abs(brow[52, 1]) < 1e-4
 
