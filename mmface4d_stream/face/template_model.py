@@ -25,7 +25,7 @@ import logging
 import numpy as np
 
 from mmface4d_stream.face.models import FaceModel
-from mmface4d_stream.face.topology import mesh_edges
+from mmface4d_stream.face.topology import MOUTH_CORNERS, mesh_edges
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _harmonic_fill(points: np.ndarray, valid: np.ndarray, edges: np.ndarray) -> 
 _MP_RIGHT_EYE_OUTER, _MP_LEFT_EYE_OUTER = 33, 263
 _MP_FOREHEAD, _MP_CHIN = 10, 152
 _MP_UPPER_LIP_INNER, _MP_LOWER_LIP_INNER = 13, 14
-_MP_MOUTH_RIGHT, _MP_MOUTH_LEFT = 61, 291
+_MP_MOUTH_RIGHT, _MP_MOUTH_LEFT = MOUTH_CORNERS
 _MP_UPPER_LIP_OUTER = 0
 _MP_LOWER_LIP_OUTER = 17
 _MP_RIGHT_CHEEK, _MP_LEFT_CHEEK = 205, 425

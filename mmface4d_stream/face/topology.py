@@ -24,6 +24,8 @@ def mesh_edges(triangles: np.ndarray) -> np.ndarray:
 
 N_FACEMESH_POINTS = 468
 N_FACEMESH_TRIANGLES = 854
+# FaceMesh points of the mouth corners: the subject's right, then left.
+MOUTH_CORNERS = (61, 291)
 
 # One triangle (around the nose tip) in the outward winding, read off FaceMesh output on a frontal
 # face: in image coordinates (x right, y down, z away from the camera) its normal has negative z.

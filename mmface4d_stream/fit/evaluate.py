@@ -25,13 +25,13 @@ from typing import NamedTuple
 import numpy as np
 
 from mmface4d_stream.errors import InputError
+from mmface4d_stream.face.topology import MOUTH_CORNERS
 from mmface4d_stream.formats.mesh_nut import MeshNutReader
 
 _BIN_MM = 0.01
 _MAX_MM = 200.0
 
-# FaceMesh points of the mouth corners (the subject's right and left), and the lip region's radius.
-MOUTH_CORNERS = (61, 291)
+# The lip region's radius around the mouth corners (`face.topology.MOUTH_CORNERS`).
 MOUTH_RADIUS_M = 0.035
 
 

@@ -11,10 +11,11 @@ import functools
 
 import numpy as np
 
-__all__ = ["landmark_weights", "face_oval_points", "MOUTH_CORNER_POINTS", "LOWER_FACE_MARGIN_M"]
+from mmface4d_stream.face.topology import MOUTH_CORNERS
 
-# FaceMesh points of the mouth corners, and how far above them the lower face begins (metres).
-MOUTH_CORNER_POINTS = (61, 291)
+__all__ = ["landmark_weights", "face_oval_points", "LOWER_FACE_MARGIN_M"]
+
+# How far above the mouth corners (`face.topology.MOUTH_CORNERS`) the lower face begins (metres).
 LOWER_FACE_MARGIN_M = 0.012
 
 
@@ -35,7 +36,7 @@ def landmark_weights(model, lower_face_weight: float) -> np.ndarray:
     """
     det = np.asarray(model.landmark_detector_index)
     weights = np.ones(len(det))
-    corners = [np.flatnonzero(det == k) for k in MOUTH_CORNER_POINTS]
+    corners = [np.flatnonzero(det == k) for k in MOUTH_CORNERS]
     if lower_face_weight == 1.0 or any(len(c) == 0 for c in corners):
         return weights
     y = np.asarray(model.mean_shape, dtype=np.float64)[np.asarray(model.landmark_vertex), 1]

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from mmface4d_stream.face.topology import MOUTH_CORNERS
 from mmface4d_stream.geometry import so3_exp
 from mmface4d_stream.render.mesh_ops import boundary_loops, loop_subdivision_matrix
 
@@ -58,7 +59,6 @@ HEAD_CENTRE_BEHIND_NOSE_M = 0.10
 # MediaPipe FaceMesh point indices used by the performance rig.
 _LIP_UPPER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
 _LIP_LOWER = [146, 91, 181, 84, 17, 314, 405, 321, 375, 95, 88, 178, 87, 14, 317, 402, 318, 324]
-_MOUTH_CORNERS = (61, 291)
 _EYES = (
     # (upper lid from outer to inner corner, lower lid from outer to inner corner)
     ([33, 246, 161, 160, 159, 158, 157, 173, 133], [33, 7, 163, 144, 145, 153, 154, 155, 133]),
@@ -191,7 +191,7 @@ def _gauss(d2: np.ndarray, sigma: float) -> np.ndarray:
 def _build_rig(p: np.ndarray) -> dict:
     """Displacement fields of the performance on the control points p (Nc, 3), head frame."""
     n = len(p)
-    corners = p[list(_MOUTH_CORNERS)]
+    corners = p[list(MOUTH_CORNERS)]
     mouth_centre = p[[13, 14]].mean(0)
     y_mouth = corners[:, 1].mean()
 
@@ -199,7 +199,7 @@ def _build_rig(p: np.ndarray) -> dict:
     w = _smoothstep(p[:, 1], y_mouth - 0.004, y_mouth + 0.010)
     w[_LIP_UPPER] = 0.0
     w[_LIP_LOWER] = 1.0
-    w[list(_MOUTH_CORNERS) + [78, 308]] = 0.5
+    w[list(MOUTH_CORNERS) + [78, 308]] = 0.5
     # Far to the sides (behind the jaw angle) the skin barely follows the jaw.
     w *= 1.0 - 0.6 * _smoothstep(np.abs(p[:, 0]), 0.045, 0.07)
     eye_y = np.mean([p[_EYES[0][0], 1].mean(), p[_EYES[1][0], 1].mean()])
