@@ -46,6 +46,7 @@ class SourceActor(StageActor):
         self.name = name or self.source.name
         # Devices deliver at their own rate; only recordings need pacing.
         self.live, self.pace = live, config.pace and inputs != ["kinect"]
+        self.keep = config.live_keep
         self.record_dir = record_dir
         self.recorder = None
         self.fault = fault
@@ -102,7 +103,7 @@ class SourceActor(StageActor):
             if self.record_dir and self.recorder is None:
                 self.recorder = DatasetRecorder(self.record_dir, self.name, self.source.serials,
                                                 self.source.intrinsics)
-            self._latest = LatestFrameSource(frames, pace=self.pace,
+            self._latest = LatestFrameSource(frames, pace=self.pace, keep=self.keep,
                                              on_frame=None if self.recorder is None else self.recorder.write)
         else:
             self._frames = frames

@@ -70,13 +70,17 @@ class SourceConfig:
     cameras: dataset camera indices to read (None: all). max_frames: stop after this many frame
     sets (None: all). loop: replay the input this many times back to back (benchmarks reach long
     runs from a short capture; frame numbers keep counting). pace: emit frames at device rate
-    (live replay of recordings) instead of as fast as the graph consumes them.
+    (live replay of recordings) instead of as fast as the graph consumes them. live_keep (live
+    graphs): frame sets the source holds for the graph (`LatestFrameSource`'s keep): 1, only the
+    newest; 2, also the one before, so a graph late by up to one frame period loses no frame
+    (those frames then wait up to one period longer).
     """
 
     cameras: list[int] | None = None
     max_frames: int | None = setting(None, bound="positive")
     loop: int = setting(1, bound="positive")
     pace: bool = False
+    live_keep: int = setting(1, bound="positive")
 
     def open(self, inputs: Sequence[str]):
         """The frame source of `inputs` (dataset prefix or MKVs of one session), looped `loop` times."""
