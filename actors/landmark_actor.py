@@ -12,7 +12,8 @@ from mmface4d_stream.frame_records import FrameSet
 
 class LandmarkActor(StageActor):
     """Landmarks + crop for the cameras of a frame set at positions `cameras` (None: all n_cameras).
-    config: the landmark stage's settings. max_latency_ms (live policy): a frame set older than
+    config: the landmark stage's settings. color_crops: the crops carry their RGB (the fitter's
+    photometric term reads it: `FitStageConfig.needs_color`). max_latency_ms (live policy): a frame set older than
     this when it arrives is dropped here (`Dropped`, cause too_old), before any work is spent on it."""
 
     fault_stage = "landmarks"
@@ -21,14 +22,15 @@ class LandmarkActor(StageActor):
         self._stage = None
 
     def open(self, n_cameras: int, config: LandmarkStageConfig | None = None, max_latency_ms: float | None = None,
-             fault: dict | None = None, cameras: list[int] | None = None) -> bool:
+             fault: dict | None = None, cameras: list[int] | None = None, color_crops: bool = False) -> bool:
         """Start another sequence (the constructor's arguments): tracked faces are forgotten; the
         MediaPipe graphs are kept when the cameras and settings are the same."""
         cameras = None if cameras is None else list(cameras)
         config = config or LandmarkStageConfig()
-        if self._stage is not None and (n_cameras, config, cameras) != (self.n_cameras, self.config, self.cameras):
+        settings = (n_cameras, config, cameras, bool(color_crops))
+        if self._stage is not None and settings != (self.n_cameras, self.config, self.cameras, self.color_crops):
             self.close()
-        self.n_cameras, self.config, self.cameras = n_cameras, config, cameras
+        self.n_cameras, self.config, self.cameras, self.color_crops = settings
         self.gate = StaleFrameGate("landmarks", "too_old", max_latency_ms)
         self.fault = fault
         return self.reset()
@@ -37,7 +39,7 @@ class LandmarkActor(StageActor):
     def stage(self) -> LandmarkStage:
         # Built on first use, in the thread that runs the calls (a compiled graph's loop thread).
         if self._stage is None:
-            self._stage = self.config.build(self.n_cameras, self.cameras)
+            self._stage = self.config.build(self.n_cameras, self.cameras, self.color_crops)
         return self._stage
 
     def detect(self, frame_set):

@@ -40,9 +40,9 @@ class LandmarkActorsConfig(LandmarkStageConfig):
     num_cpus: float = setting(1.0, bound="non_negative")
     per_camera: bool = True
 
-    def stage_config(self, **changes) -> LandmarkStageConfig:
-        """The stage's settings alone (what the actors receive), with `changes`."""
-        return settings_of(self, LandmarkStageConfig, **changes)
+    def stage_config(self) -> LandmarkStageConfig:
+        """The stage's settings alone (what the actors receive)."""
+        return settings_of(self, LandmarkStageConfig)
 
 
 @dataclass

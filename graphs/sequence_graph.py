@@ -239,9 +239,10 @@ class SequenceGraph:
         actor's landmark part (not when `missing_only`: it goes with its process); the pending opens."""
         cfg = self.config
         keys = self._landmark_keys
-        options = dict(max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"))
         # Face crops carry their RGB when the fitter's photometric term reads it.
-        stage = cfg.landmarks.stage_config(color_crops=cfg.landmarks.color_crops or cfg.fitter.needs_color)
+        options = dict(max_latency_ms=self._max_latency_ms, fault=self._fault_for("landmarks"),
+                       color_crops=cfg.fitter.needs_color)
+        stage = cfg.landmarks.stage_config()
         if self._landmarks_in_source:
             return [] if missing_only else [
                 self.actors["source"].open_landmarks.remote(self._n_cameras, stage, **options)]

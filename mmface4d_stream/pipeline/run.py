@@ -70,7 +70,7 @@ def reconstruct(inputs: Sequence[str | os.PathLike], save_path: str | os.PathLik
     model = options.fitter.load_model()
     source = options.source.open(inputs)
     rig = resolve_rig(source, options.fitter.rig, options.fitter.reference, save_path)
-    landmarks = LandmarkStageConfig(color_crops=options.fitter.needs_color).build(len(source.camera_indices))
+    landmarks = LandmarkStageConfig().build(len(source.camera_indices), color_crops=options.fitter.needs_color)
     fitter = options.fitter.build(rig.transforms, model=model)
     smoother = options.smoother.build(options.output.fps) if options.smoother.enabled else None
     sink = options.output.build(save_path)

@@ -92,18 +92,17 @@ class SourceConfig:
 
 @dataclass
 class LandmarkStageConfig:
-    """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews).
-    color_crops: the face crops carry their RGB (turned on by the fitter's `raster: depth+color`,
-    whose photometric term reads it; off otherwise: nothing more to copy or send)."""
+    """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews)."""
 
     thumbnails: bool = False
-    color_crops: bool = False
 
-    def build(self, n_cameras: int, cameras: Sequence[int] | None = None) -> LandmarkStage:
-        """A `LandmarkStage` for the cameras at positions `cameras` (None: all `n_cameras`)."""
+    def build(self, n_cameras: int, cameras: Sequence[int] | None = None, color_crops: bool = False) -> LandmarkStage:
+        """A `LandmarkStage` for the cameras at positions `cameras` (None: all `n_cameras`).
+        color_crops: the face crops carry their RGB, what the fitter's photometric term reads
+        (pass `FitStageConfig.needs_color`; off otherwise: nothing more to copy or send)."""
         from mmface4d_stream.pipeline.stages import LandmarkStage
 
-        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras, color_crops=self.color_crops)
+        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras, color_crops=color_crops)
 
 
 @dataclass
@@ -133,7 +132,7 @@ class FitStageConfig:
 
     @property
     def needs_color(self) -> bool:
-        """The fitter reads the face crops' colour (`LandmarkStageConfig.color_crops`)."""
+        """The fitter reads the face crops' colour (`LandmarkStageConfig.build(..., color_crops=)`)."""
         return self.raster == "depth+color"
 
     def stage_config(self, **changes) -> FitStageConfig:
