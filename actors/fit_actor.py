@@ -16,7 +16,8 @@ class FitActor(StageActor):
     rig_transforms: per camera 4x4 T_ref_from_cam as nested lists (None: one camera, or not known
     yet: the graph starts the actor while the rig is being calibrated and then calls `set_rig`).
     config: the fit stage's settings. max_latency_ms (live policy): a frame that would leave the
-    fitter later than this after its capture is dropped (`Dropped`, cause fitter_busy). `fit`
+    fitter later than this after its capture is dropped (`Dropped`, cause fitter_busy);
+    hurry_after_ms (live policy): one older than this when it arrives is fitted the fast way. `fit`
     takes the per-camera landmark actors' parts of a frame and joins them.
     """
 
@@ -24,7 +25,8 @@ class FitActor(StageActor):
         self._model_key = self._model = None
 
     def open(self, rig_transforms: list | None, config: FitStageConfig, checkpoint_every: int = 15,
-             fault: dict | None = None, max_latency_ms: float | None = None) -> bool:
+             fault: dict | None = None, max_latency_ms: float | None = None,
+             hurry_after_ms: float | None = None) -> bool:
         """Start another sequence (the constructor's arguments) with a fresh stream; a loaded face
         model is kept when the model settings are the same (a template model is per subject: rebuilt)."""
         config.set_torch_threads()
@@ -33,6 +35,7 @@ class FitActor(StageActor):
         self.checkpoint_every = int(checkpoint_every)
         self.fault = fault
         self.gate = fitter_gate(max_latency_ms)
+        self.hurry_after_ms = hurry_after_ms
         self._new_stream()
         return True
 
@@ -41,7 +44,7 @@ class FitActor(StageActor):
             self._model = self.config.load_model()
             self._model_key = self.config.model_key
         stage = self.config.build(self.rig_transforms, model=self._model)
-        self.stream = FitStream(stage, self.checkpoint_every, self.fault, self.gate)
+        self.stream = FitStream(stage, self.checkpoint_every, self.fault, self.gate, self.hurry_after_ms)
 
     @property
     def stage(self):

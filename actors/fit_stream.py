@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.latency_gate import StaleFrameGate
+from actors.latency_gate import StaleFrameGate, age_ms
 from actors.records import Dropped, MeshPacket, fitted_packet, inject_fault
 from mmface4d_stream.frame_records import MeshFrame, ObservedFrame
 
@@ -15,20 +15,27 @@ def fitter_gate(max_latency_ms: float | None) -> StaleFrameGate:
 class FitStream:
     """A `FitStage` with what the graph adds around it, the same in both fitter actors: the live
     policy's stale-frame gate (`fitter_gate`: a frame that would leave the fitter later than
-    max_latency_ms after capture is dropped, cause fitter_busy; None: offline, nothing dropped), the faults config,
-    a checkpoint every `checkpoint_every` frames and the triangles sent once per (re)start."""
+    max_latency_ms after capture is dropped, cause fitter_busy; None: offline, nothing dropped), the
+    live policy's hurry (a frame older than `hurry_after_ms` when it reaches the fitter is fitted
+    the fast way, `ObservedFrame.hurry`; None: never), the faults config, a checkpoint every
+    `checkpoint_every` frames and the triangles sent once per (re)start."""
 
     def __init__(self, stage, checkpoint_every: int = 15, fault: dict | None = None,
-                 gate: StaleFrameGate | None = None):
+                 gate: StaleFrameGate | None = None, hurry_after_ms: float | None = None):
         self.stage = stage
         self.checkpoint_every = int(checkpoint_every)
         self.fault = fault
         self.gate = gate or fitter_gate(None)
+        self.hurry_after_ms = hurry_after_ms
         self.sent_faces = False
 
     def admit(self, observed: ObservedFrame) -> Dropped | None:
-        """A `Dropped` marker when `observed` cannot make the latency budget, else None."""
-        return self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
+        """A `Dropped` marker when `observed` cannot make the latency budget, else None (the frame
+        is marked `hurry` when it is older than `hurry_after_ms`)."""
+        dropped = self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
+        if dropped is None and self.hurry_after_ms is not None and observed.t_source_ns:
+            observed.hurry = age_ms(observed.t_source_ns) > self.hurry_after_ms
+        return dropped
 
     def inject_fault(self, observed: ObservedFrame) -> None:
         inject_fault(self.fault, "fitter", observed.seq, observed.frame)

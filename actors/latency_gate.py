@@ -7,6 +7,11 @@ import time
 from actors.records import Dropped
 
 
+def age_ms(t_source_ns: int) -> float:
+    """Milliseconds since a frame's source emit (`t_source_ns`, host monotonic ns)."""
+    return (time.monotonic_ns() - t_source_ns) / 1e6
+
+
 class StaleFrameGate:
     """Drops, at a stage's entry, a live frame whose latency would exceed `max_latency_ms`.
 
@@ -28,11 +33,11 @@ class StaleFrameGate:
         """A `Dropped` marker for this frame when it is too late, else None."""
         if self.max_latency_ms is None or not t_source_ns:
             return None
-        age_ms = (time.monotonic_ns() - t_source_ns) / 1e6
+        age = age_ms(t_source_ns)
         expected = min(self.own_ms, self.max_latency_ms / 2) if self.expect_own_time else 0.0
-        if age_ms + expected <= self.max_latency_ms:
+        if age + expected <= self.max_latency_ms:
             return None
-        detail = f"{age_ms:.0f} ms old" + (f" + {expected:.0f} ms expected in {self.stage}" if expected else "")
+        detail = f"{age:.0f} ms old" + (f" + {expected:.0f} ms expected in {self.stage}" if expected else "")
         return Dropped(seq, frame, self.stage, detail, self.cause)
 
     def observe(self, ms: float) -> None:

@@ -97,12 +97,12 @@ class SharedFitActor:
 
     async def open_stream(self, key: str, rig_transforms: list | None, checkpoint_every: int = 15,
                           fault: dict | None = None, state: dict | None = None, next_tick: int = 0,
-                          max_latency_ms: float | None = None) -> dict:
+                          max_latency_ms: float | None = None, hurry_after_ms: float | None = None) -> dict:
         """Open (or re-open, dropping what it had) the stream of lane `key`: rig as per camera 4x4
         T_ref_from_cam nested lists (None: one camera), continuing from a `FitStage.state()` when
         given; its next call is tick `next_tick`. max_latency_ms (live policy): frames that would
-        leave the fitter later than this after capture are dropped (fitter_busy). Returns
-        {"device", "slot"}."""
+        leave the fitter later than this after capture are dropped (fitter_busy); hurry_after_ms:
+        older ones than this are fitted the fast way (`FitStream`). Returns {"device", "slot"}."""
         self._ensure_server()
         old = self._streams.pop(key, None)
         if old is not None:
@@ -117,7 +117,7 @@ class SharedFitActor:
             stage = self.config.build(rig_transforms, model=self._model, fitter=StreamSlot(self.fitter, slot))
             if state is not None:
                 stage.restore(state)
-            fit = FitStream(stage, checkpoint_every, fault, fitter_gate(max_latency_ms))
+            fit = FitStream(stage, checkpoint_every, fault, fitter_gate(max_latency_ms), hurry_after_ms)
             return _Stream(slot, fit, int(next_tick))
 
         stream = await self._in_fitter_thread(build)

@@ -249,10 +249,10 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
     rows = [row for key, row in zip(LIVE_RUNS, rows) if key in runs]
     print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
           f"configs/live.yaml{''.join(f', {k}={v}' for k, v in (settings or {}).items())}\n")
-    print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | "
+    print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | hurried | "
           "dropped: source busy / too old / fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | "
           "landmarks | fit | smooth | waiting | over budget |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     cpu_rows = []
     for label, inputs, overrides in rows:
@@ -264,7 +264,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
         cpu_s = cpu.stop()
         meta = result.meta
         if not result.ok:
-            print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 13, flush=True)
+            print(f"| {label} | failed: {str(result.error).splitlines()[0][:120]} |" + " |" * 14, flush=True)
             continue
         budget = meta["latency_budget"]
         drops = meta["drops_by_cause"]
@@ -274,7 +274,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
         stages = budget["stages"]
         print(f"| {label} | {meta['frames_in']} | {startup['ready_s']:.1f}{f' ({rig_s:.1f})' if rig_s else ''} | "
               f"{meta['first_mesh_after_clock_s']} | {meta['first_mesh']['frame']}, {meta['first_mesh']['latency_ms']:.0f} | "
-              f"{meta['frames_fitted']} | {drops['source_busy']} / "
+              f"{meta['frames_fitted']} | {meta.get('frames_hurried', 0)} | {drops['source_busy']} / "
               f"{drops['too_old']} / {drops['fitter_busy']} | {100 * dropped / meta['frames_in']:.1f} | "
               f"{meta['steady_frames_per_second']} | {_p(budget, 'capture_to_publish_ms')} | "
               f"{_p(stages, 'landmarks')} | {_p(stages, 'fit')} | {_p(stages, 'smooth')} | {_p(stages, 'waiting')} | "
@@ -284,7 +284,7 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
                         "cpu_seconds_by_process": {k: round(v, 3) for k, v in cpu_s.items()},
                         "cpu_ms_per_fitted_frame": round(1e3 * sum(cpu_s.values()) / max(1, meta["frames_fitted"]), 1),
                         **{k: meta.get(k) for k in ("frames_in", "frames_fitted", "frames_dropped", "drops_by_cause",
-                                                     "first_frame_seconds", "first_mesh_after_clock_s", "first_mesh",
+                                                     "frames_hurried", "first_frame_seconds", "first_mesh_after_clock_s", "first_mesh",
                                                      "steady_frames_per_second", "startup", "latency_budget",
                                                      "stage_latency_ms")}})
     for label, frames_in, fitted, run_s, cpu_s in cpu_rows:

@@ -70,12 +70,16 @@ class PolicyConfig:
     """Flow control. mode: offline (drop nothing; at most max_inflight frames in the graph, so
     memory is constant) or live (the source keeps only the newest frame and counts the ones the
     graph was too busy to take; a frame older than max_latency_ms when it reaches the landmark
-    stage is dropped there). Both: dropped frames are gaps in the frame numbers; the mesh file
-    repeats the previous mesh for them and lists them in its meta json."""
+    stage is dropped there; one older than hurry_after_ms when it reaches the fitter is fitted the
+    fast way: at most `FitterConfig.fast_iterations` LM iterations and no offset step, flagged
+    `hurried`, counted in the meta json's `frames_hurried`; None: never). Both: dropped frames
+    are gaps in the frame numbers; the mesh file repeats the previous mesh for them and lists them
+    in its meta json."""
 
     mode: str = setting("offline", choices=("offline", "live"))
     max_inflight: int = setting(3, bound="positive")
     max_latency_ms: float = setting(500.0, bound="positive")
+    hurry_after_ms: float | None = setting(None, bound="positive")
 
 
 @dataclass

@@ -284,7 +284,7 @@ class SequenceGraph:
         if self.shared is None:
             opening.append(self._actor("fitter", FitActor, None, cfg.fitter.stage_config(), cfg.ray.checkpoint_every,
                                        fault=self._fault_for("fitter"), num_cpus=cfg.fitter.num_cpus,
-                                       max_latency_ms=self._max_latency_ms))
+                                       max_latency_ms=self._max_latency_ms, hurry_after_ms=self._hurry_after_ms))
         sinks = self._sink_parts()
         self.sink_parts = set(sinks)
         if self.fused:  # (per sequence, like the publisher: a new one each time, never restarted)
@@ -339,6 +339,10 @@ class SequenceGraph:
     def _max_latency_ms(self) -> float | None:
         return self.config.policy.max_latency_ms if self.live else None
 
+    @property
+    def _hurry_after_ms(self) -> float | None:
+        return self.config.policy.hurry_after_ms if self.live else None
+
     def _warm_up(self) -> None:
         """Live: warm every stage on a pre-roll frame set before the capture clock starts: the
         landmark actors' first inference and depth registration tables (their MediaPipe graphs are
@@ -386,7 +390,7 @@ class SequenceGraph:
             return self.actors["fitter"].set_rig.remote(self.transforms)
         return self.shared.open_stream.remote(self.stream_key, self.transforms, self.config.ray.checkpoint_every,
                                               self._fault_for("fitter"), state, self.next_tick,
-                                              self._max_latency_ms)
+                                              self._max_latency_ms, self._hurry_after_ms)
 
     def get(self, refs, stage: str):
         try:

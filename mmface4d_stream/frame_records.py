@@ -75,7 +75,11 @@ class FaceCrop:
 
 @dataclass
 class ObservedFrame:
-    """A frame set after landmark detection: crops of every camera (None: camera dropped)."""
+    """A frame set after landmark detection: crops of every camera (None: camera dropped).
+
+    hurry: fit it the fast way (set by the live policy on a frame that reaches the fitter late:
+    `fit.fit_io.FrameObservation.hurry`).
+    """
 
     seq: str
     frame: int
@@ -83,6 +87,7 @@ class ObservedFrame:
     crops: list[FaceCrop | None]
     t_source_ns: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    hurry: bool = False
 
 
 @dataclass

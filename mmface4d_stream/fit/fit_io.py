@@ -61,10 +61,16 @@ class CameraObservation:
 
 @dataclass
 class FrameObservation:
-    """All cameras of one synchronized frame (1 to K cameras)."""
+    """All cameras of one synchronized frame (1 to K cameras).
+
+    hurry: fit it the fast way (a warm-started frame only: at most `FitterConfig.fast_iterations` LM
+    iterations and no offset step, the previous frame's offsets kept): the live policy's frames
+    that reach the fitter late.
+    """
 
     cameras: list[CameraObservation]
     frame_index: int | None = None
+    hurry: bool = False
 
     def has_face(self) -> bool:
         return any(c.has_face() for c in self.cameras)

@@ -20,6 +20,8 @@ class FitterConfig:
     Iterations:
         cold_iterations: LM iterations for a frame without a warm start.
         warm_iterations: LM iterations for a warm-started frame.
+        fast_iterations: LM iterations for a hurried warm-started frame (`FrameObservation.hurry`:
+            the live policy's late frames), which also skips the offset step.
         step_tolerance: converged when no rotation (rad) / translation (m) / coefficient changes more
             than this (translation uses it ×0.1, coefficients ×10).
         cost_tolerance: ... or when an accepted step lowers the cost by less than this fraction, or
@@ -67,6 +69,7 @@ class FitterConfig:
 
     cold_iterations: int = 20
     warm_iterations: int = 4
+    fast_iterations: int = 2
     step_tolerance: float = 1e-4
     cost_tolerance: float = 1e-3
     initial_damping: float = 1e-4

@@ -49,6 +49,7 @@ class SolveSettings:
     per-pixel work (patches, normals, offsets); None: the whole batch at once (GPU). On a CPU one
     stream at a time keeps each pass's arrays in cache (8 streams' (3, 3, N) offset blocks are
     ~10 MB), while the small per-parameter work stays batched.
+    offsets: run the offset step (False: the frame's starting offsets are kept; hurried frames).
        early_exit: stop the LM loop once every stream has converged, at the price of up to two host
     reads per iteration (`active.any()`). Worth it on a CPU, where reading a flag costs nothing and
     the remaining iterations are real work; never in a captured CUDA graph (the results are the
@@ -62,6 +63,7 @@ class SolveSettings:
     radius: int
     chunk: int | None = None
     early_exit: bool = False
+    offsets: bool = True
 
 
 @dataclass
@@ -399,7 +401,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     v_id = pack.identity_shape(alpha) if terms.fit_identity else fb.v_id
     full = pack.shape(v_id, beta, fb.offsets)
     offsets = fb.offsets
-    if pack.regularizer is not None:
+    if pack.regularizer is not None and settings.offsets:
         offsets = _chunked(partial(offset_step, pack, cfg), b, chunk, fb.cameras, patches, r, t, full, fb.offsets,
                            normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf, fb.raster, fb.color)
         full = full - fb.offsets + offsets

@@ -92,6 +92,11 @@ class _Job:
     pose0: tuple[np.ndarray, np.ndarray] | None = None
     start_ref: np.ndarray | None = None  # (N, 3) the starting mesh, reference frame (raster term)
 
+    @property
+    def hurried(self) -> bool:
+        """Fitted the fast way (`FrameObservation.hurry`; a cold start never is)."""
+        return self.obs.hurry and self.warm is not None
+
 
 class MultiStreamFitter:
     """Fit several streams (slots) with one config on one device.
@@ -346,6 +351,8 @@ class MultiStreamFitter:
             job.alpha0, job.pose0 = np.asarray(alpha, np.float32), (np.asarray(r0), np.asarray(t0))
         if not fit_identity and model.n_id:
             flags.append("identity_frozen")
+        if job.hurried:
+            flags.append("hurried")
         job.crops = choose_crops(cams, samples_ref, cfg.depth_stride, cfg.crop_margin)
         return job
 
@@ -374,7 +381,7 @@ class MultiStreamFitter:
         """Solve jobs grouped by (model, phase); results in the jobs' order."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
-            key = (id(job.stream.model), job.fit_identity, job.warm is None)
+            key = (id(job.stream.model), job.fit_identity, job.warm is None, job.hurried)
             groups.setdefault(key, []).append(i)
         out: list = [None] * len(jobs)
         for indices in groups.values():
@@ -386,14 +393,17 @@ class MultiStreamFitter:
         cfg = self.config
         pack = self.pack(jobs[0].stream.model)
         cold = jobs[0].warm is None
+        hurried = jobs[0].hurried
         settings = SolveSettings(
-            iterations=cfg.cold_iterations if cold else cfg.warm_iterations,
+            iterations=(cfg.cold_iterations if cold else
+                        min(cfg.warm_iterations, cfg.fast_iterations) if hurried else cfg.warm_iterations),
             widened_iterations=3 if cold else 0,
             fit_identity=jobs[0].fit_identity,
             stride=max(int(cfg.depth_stride), 1),
             radius=patch_radius(cfg.depth_stride),
             chunk=_cpu_chunk(pack.model.n_vertices) if self.device.type == "cpu" else None,
             early_exit=self.device.type == "cpu",
+            offsets=not hurried,
         )
         n_cam = max(len(job.cams) for job in jobs)
         n_jobs = len(jobs)

@@ -182,6 +182,7 @@ class FitStage:
         self._given_model = model
         self.rig_transforms = None if rig_transforms is None else [np.asarray(t, np.float64) for t in rig_transforms]
         self.lost_frames: list[int] = []
+        self.hurried_frames = 0  # fitted the fast way (`ObservedFrame.hurry`)
         self.frames = 0
         self._residual_sums: dict[str, float] = {}
 
@@ -202,7 +203,7 @@ class FitStage:
                 offset_px=crop.offset_px,
                 color_rgb=crop.color_rgb if crop.found else None,
             ))
-        return FrameObservation(cameras, frame_index=observed.frame)
+        return FrameObservation(cameras, frame_index=observed.frame, hurry=observed.hurry)
 
     def process(self, observed: ObservedFrame) -> MeshFrame:
         start = time.perf_counter()
@@ -259,6 +260,7 @@ class FitStage:
     def _record(self, observed: ObservedFrame, result, seconds: float) -> MeshFrame:
         """Count one fitted frame (lost face, residuals) and make its `MeshFrame`."""
         self.frames += 1
+        self.hurried_frames += "hurried" in result.flags
         if result.lost:
             self.lost_frames.append(observed.frame)
         else:
@@ -289,6 +291,7 @@ class FitStage:
             "model": self.model_name,
             "frames": self.frames,
             "frames_lost_face": list(self.lost_frames),
+            "frames_hurried": self.hurried_frames,
             "mean_residuals": {k: v / fitted for k, v in sorted(self._residual_sums.items())} if fitted else {},
         }
 
@@ -303,13 +306,14 @@ class FitStage:
             "fitter": self.fitter.stream_state(include_model=self._given_model is None),
             "lost_frames": list(self.lost_frames),
             "frames": self.frames,
+            "hurried_frames": self.hurried_frames,
             "residual_sums": dict(self._residual_sums),
         }
 
     def forget_counts(self) -> None:
         """Zero the frame, lost-face and residual counts, keeping the fitter's stream (warm start,
         identity, template): the frames fitted so far were a warm-up, not the sequence's."""
-        self.lost_frames, self.frames, self._residual_sums = [], 0, {}
+        self.lost_frames, self.frames, self.hurried_frames, self._residual_sums = [], 0, 0, {}
 
     def warm_up(self, observed: ObservedFrame) -> dict:
         """Fit a pre-roll frame before the capture clock starts (torch's first calls, the model pack
@@ -326,6 +330,7 @@ class FitStage:
         self.fitter.restore_stream_state(state["fitter"])
         self.lost_frames = list(state["lost_frames"])
         self.frames = state["frames"]
+        self.hurried_frames = state["hurried_frames"]
         self._residual_sums = dict(state["residual_sums"])
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ join of per-camera parts, the publisher's drops by cause and its budget on the s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_fitter_warms_on_a_preroll_and_joins_per_camera_parts(one_camera_observe
     assert isinstance(joined, MeshPacket) and joined.mesh.frame == 2
     marker = Dropped(first.seq, 3, "landmarks", "old")
     assert fitter.fit(one_camera_observed[3], marker) is marker  # one camera dropped it: the frame is dropped
+
+
+def test_the_fitter_hurries_frames_that_arrive_late(one_camera_observed):
+    options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
+    fitter = FitActor(None, options, max_latency_ms=10_000.0, hurry_after_ms=50.0)
+    fitter.warm_up(one_camera_observed[0])
+    fresh = fitter.fit(dataclasses.replace(one_camera_observed[1], t_source_ns=_ago_ns(5)))
+    late = fitter.fit(dataclasses.replace(one_camera_observed[2], t_source_ns=_ago_ns(80)))
+    assert "hurried" not in fresh.mesh.flags and "hurried" in late.mesh.flags
+    assert fitter.summary()["frames_hurried"] == 1
+    offline = FitActor(None, options)  # no hurry_after_ms: never, however old
+    offline.warm_up(one_camera_observed[0])
+    assert "hurried" not in offline.fit(dataclasses.replace(one_camera_observed[2], t_source_ns=_ago_ns(10_000))).mesh.flags
 
 
 def _packet(frame: int, faces=None) -> MeshPacket:

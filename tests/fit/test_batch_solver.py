@@ -130,3 +130,27 @@ def test_counters_see_reads():
     with AtenOpCounter() as ops:
         (t * 2 + 1).sum()
     assert ops.total == 3
+
+
+def test_a_hurried_frame_takes_fewer_iterations_and_keeps_its_offsets(model, streams):
+    """`FrameObservation.hurry`: a warm-started frame gets at most `fast_iterations` LM iterations
+    and no offset step (the warm start's offsets carried over); a cold start is never hurried."""
+    cfg = FitterConfig(identity_frames=3, warm_iterations=6, fast_iterations=1, step_tolerance=0.0, cost_tolerance=0.0)
+    frames = [obs for obs, _ in streams[0]]
+    fitter = FaceFitter(model, cfg)
+    cold = fitter.process(replace(frames[0], hurry=True))
+    assert "cold_start" in cold.flags and "hurried" not in cold.flags
+    warm = fitter.process(frames[1])
+    hurried = fitter.process(replace(frames[2], hurry=True))
+    assert "hurried" in hurried.flags and "hurried" not in warm.flags
+    assert hurried.iterations <= 1 < warm.iterations
+    np.testing.assert_array_equal(hurried.offsets, warm.offsets)
+    # the same frame fitted normally moves the offsets, and the pose is still fitted when hurried
+    normal = FaceFitter(model, cfg)
+    for obs in frames[:2]:
+        normal.process(obs)
+    full = normal.process(frames[2])
+    assert np.abs(full.offsets - warm.offsets).max() > 0
+    err_hurried = np.linalg.norm(hurried.vertices - streams[0][2][1], axis=1).mean()
+    err_start = np.linalg.norm(warm.vertices - streams[0][2][1], axis=1).mean()
+    assert err_hurried < err_start
