@@ -18,7 +18,8 @@ class FitStream:
     max_latency_ms after capture is dropped, cause fitter_busy; None: offline, nothing dropped), the
     live policy's hurry (a frame older than `hurry_after_ms` when it reaches the fitter is fitted
     the fast way, `ObservedFrame.hurry`; None: never), the faults config, a checkpoint every
-    `checkpoint_every` frames and the triangles sent once per (re)start."""
+    `checkpoint_every` frames (the template model in the first one that has it: the driver carries
+    it over, `Checkpoint.carry_model`) and the triangles sent once per (re)start."""
 
     def __init__(self, stage, checkpoint_every: int = 15, fault: dict | None = None,
                  gate: StaleFrameGate | None = None, hurry_after_ms: float | None = None):
@@ -28,6 +29,7 @@ class FitStream:
         self.gate = gate or fitter_gate(None)
         self.hurry_after_ms = hurry_after_ms
         self.sent_faces = False
+        self.sent_model = False  # a checkpoint carried the template: later ones leave it out
 
     def admit(self, observed: ObservedFrame) -> Dropped | None:
         """A `Dropped` marker when `observed` cannot make the latency budget, else None (the frame
@@ -43,6 +45,7 @@ class FitStream:
     def packet(self, mesh: MeshFrame) -> MeshPacket:
         """The packet of a fitted `mesh` (its time feeds the gate's estimate)."""
         self.gate.observe(mesh.timings_ms.get("fit", 0.0))
-        packet = fitted_packet(self.stage, mesh, not self.sent_faces, self.checkpoint_every)
+        packet = fitted_packet(self.stage, mesh, not self.sent_faces, self.checkpoint_every, not self.sent_model)
         self.sent_faces |= packet.faces is not None
+        self.sent_model |= packet.checkpoint is not None and packet.checkpoint.model is not None
         return packet

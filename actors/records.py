@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,19 @@ class Checkpoint:
     fitter: dict | None = None
     smoother: dict | None = None
 
+    @property
+    def model(self):
+        """The stream's template model in this checkpoint (None: not built yet, a user's model, or
+        left out because an earlier checkpoint of the stream carried it)."""
+        return None if self.fitter is None else self.fitter["fitter"].get("model")
+
+    def carry_model(self, earlier: Checkpoint) -> Checkpoint:
+        """This checkpoint, with the template model of `earlier` (the same stream's previous
+        checkpoint) when this one left it out: what a restarted fitter needs to restore."""
+        if self.fitter is None or self.model is not None or earlier.model is None or not self.fitter["fitter"]["built_model"]:
+            return self
+        return replace(self, fitter=dict(self.fitter, fitter=dict(self.fitter["fitter"], model=earlier.model)))
+
 
 @dataclass
 class MeshPacket:
@@ -47,11 +60,12 @@ class MeshPacket:
     checkpoint: Checkpoint | None = None
 
 
-def fitted_packet(stage, mesh: MeshFrame, send_faces: bool, checkpoint_every: int) -> MeshPacket:
+def fitted_packet(stage, mesh: MeshFrame, send_faces: bool, checkpoint_every: int, send_model: bool = True) -> MeshPacket:
     """A fitter's packet for `mesh`, fitted by `stage` (a `FitStage`): the stage's triangles when
-    `send_faces` and it has them, its state as checkpoint every `checkpoint_every` frames."""
+    `send_faces` and it has them, its state as checkpoint every `checkpoint_every` frames (with the
+    template model when `send_model`)."""
     faces = stage.faces if send_faces else None
-    checkpoint = None if mesh.frame % checkpoint_every else Checkpoint(mesh.frame, stage.state())
+    checkpoint = None if mesh.frame % checkpoint_every else Checkpoint(mesh.frame, stage.state(send_model))
     return MeshPacket(mesh, faces, checkpoint)
 
 

@@ -210,7 +210,7 @@ class SequencePipeline:
             if publish_ms is not None:
                 self._publish_ms[report.frame] = publish_ms
             if report.checkpoint is not None:
-                self.checkpoint = report.checkpoint
+                self.checkpoint = report.checkpoint.carry_model(self.checkpoint)
                 report.checkpoint = None
             if report.kind != "replayed":
                 self.reports.append(report)

@@ -295,15 +295,17 @@ class FitStage:
             "mean_residuals": {k: v / fitted for k, v in sorted(self._residual_sums.items())} if fitted else {},
         }
 
-    def state(self) -> dict:
+    def state(self, with_model: bool = True) -> dict:
         """The stream state after the last frame (picklable): warm start, identity, counters, and the
-        template model when the fitter built it (a user-given model is not copied).
+        template model when the fitter built it and `with_model` (a user-given model is not copied;
+        a template, ~1.7 MB, never changes once built: a stream's later checkpoints may leave it out
+        and the keeper of checkpoints carry it over, `actors.records.Checkpoint.carry_model`).
 
         `restore(state)` on a fresh `FitStage` built with the same arguments continues the stream as
         if uninterrupted (up to the fitter's derived caches, rebuilt on the next frames).
         """
         return {
-            "fitter": self.fitter.stream_state(include_model=self._given_model is None),
+            "fitter": self.fitter.stream_state(include_model=self._given_model is None and with_model),
             "lost_frames": list(self.lost_frames),
             "frames": self.frames,
             "hurried_frames": self.hurried_frames,

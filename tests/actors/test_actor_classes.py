@@ -62,6 +62,9 @@ def test_fitter_and_smoother_resume_from_a_checkpoint_exactly(one_camera_observe
     checkpoint = straight[3].checkpoint
     assert checkpoint is not None and checkpoint.fitter is not None and checkpoint.smoother is not None
     assert checkpoint.frame == 3 and straight[4].checkpoint is None
+    # The template rode in the first checkpoint only; the driver carries it over to the later ones.
+    assert checkpoint.model is None and straight[0].checkpoint.model is not None
+    checkpoint = checkpoint.carry_model(straight[0].checkpoint)
 
     # A fresh pair (as after a process restart) restored to frame 3 continues like the uninterrupted run.
     fitter2, smoother2 = FitActor(None, options, checkpoint_every=3), SmoothActor()

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from actors import Dropped, FitActor, MeshPacket
+from actors.records import Checkpoint
 from actors.latency_gate import StaleFrameGate
 from actors.publish_actor import PublishActor
 from mmface4d_stream.pipeline.stage_config import FitStageConfig
@@ -99,3 +100,19 @@ def test_publisher_counts_drops_by_cause_and_publishes_the_budget():
             assert running.budget["capture_to_publish_ms"]["p50"] >= 40.0 and running.budget["frames"] == 1
     finally:
         publisher.close()
+
+
+def test_checkpoints_carry_the_template_once_and_the_driver_carries_it_over(one_camera_observed):
+    """The template (~1.7 MB, fixed once built) rides in a stream's first checkpoint only; the
+    driver's `carry_model` puts it back into the later ones, from which a new fitter resumes exactly."""
+    options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
+    fitter = FitActor(None, options, checkpoint_every=1)
+    first, second = (fitter.fit(obs).checkpoint for obs in one_camera_observed[:2])
+    assert first.model is not None and second.model is None and second.fitter["fitter"]["built_model"]
+    kept = second.carry_model(first)
+    assert kept.model is first.model and kept.frame == second.frame
+    assert second.carry_model(Checkpoint()) is second  # nothing earlier to carry
+    expected = fitter.fit(one_camera_observed[2]).mesh.vertices
+    resumed = FitActor(None, options, checkpoint_every=1)
+    resumed.restore(kept.fitter)
+    np.testing.assert_allclose(resumed.fit(one_camera_observed[2]).mesh.vertices, expected, atol=1e-6)
