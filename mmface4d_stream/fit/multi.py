@@ -183,6 +183,10 @@ class MultiStreamFitter:
         if state.get("model") is not None:
             st.model = state["model"]
             st.built_model = bool(state.get("built_model", True))
+        elif state.get("built_model") and not st.built_model:
+            # (a stream's later checkpoints leave its template out: the keeper carries it over)
+            raise ValueError("this stream state lacks the template model it was fitted with; "
+                             "restore from one that carries it (`Checkpoint.carry_model`)")
         st.template_pose = state["template_pose"]
         st.last = state["last"]
         st.identity = state["identity"]

@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 import numpy as np
+import pytest
 
 from actors import Dropped, FitActor, MeshPacket
 from actors.records import Checkpoint
@@ -116,3 +117,13 @@ def test_checkpoints_carry_the_template_once_and_the_driver_carries_it_over(one_
     resumed = FitActor(None, options, checkpoint_every=1)
     resumed.restore(kept.fitter)
     np.testing.assert_allclose(resumed.fit(one_camera_observed[2]).mesh.vertices, expected, atol=1e-6)
+
+
+def test_a_state_without_its_template_is_refused_by_a_fresh_fitter(one_camera_observed):
+    """Restoring a later checkpoint as is (template left out) would rebuild another template from
+    the next frame under the old warm start: it is an error, not a silent mismatch."""
+    options = FitStageConfig(face_model="template", device="cpu", torch_threads=1)
+    fitter = FitActor(None, options, checkpoint_every=1)
+    _, second = (fitter.fit(obs).checkpoint for obs in one_camera_observed[:2])
+    with pytest.raises(ValueError, match="carry_model"):
+        FitActor(None, options).restore(second.fitter)

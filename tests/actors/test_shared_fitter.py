@@ -35,7 +35,7 @@ def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_c
         # Re-opened at its frame-2 checkpoint (as after a restart), stream a continues from tick 10.
         waiting = asyncio.ensure_future(shared.fit("a", 11, observed[3]))
         await asyncio.sleep(0)
-        await shared.open_stream("a", None, 2, state=a[2].checkpoint.fitter, next_tick=10)
+        await shared.open_stream("a", None, 2, state=a[2].checkpoint.carry_model(a[0].checkpoint).fitter, next_tick=10)
         with pytest.raises(StreamLost):  # the call that waited in the old stream
             await waiting
         with pytest.raises(StreamLost):  # a tick from before the re-open
@@ -61,7 +61,7 @@ def test_each_stream_takes_its_ticks_in_order_and_fits_like_its_own_fitter(one_c
     assert summaries[0]["frames"] == 4 and summaries[0]["frames_lost_face"] == []
     # Restored like a lane's own fitter restored from the same checkpoint.
     own_restored = FitActor(None, OPTIONS, checkpoint_every=2)
-    own_restored.restore(expected[2].checkpoint.fitter)
+    own_restored.restore(expected[2].checkpoint.carry_model(expected[0].checkpoint).fitter)
     want = own_restored.fit(observed[3])
     assert resumed.faces is not None  # a re-opened stream sends its topology again
     np.testing.assert_allclose(resumed.mesh.vertices, want.mesh.vertices, atol=1e-5)
