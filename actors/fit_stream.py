@@ -17,7 +17,8 @@ class FitStream:
     policy's stale-frame gate (`fitter_gate`: a frame that would leave the fitter later than
     max_latency_ms after capture is dropped, cause fitter_busy; None: offline, nothing dropped), the
     live policy's hurry (a frame older than `hurry_after_ms` when it reaches the fitter is fitted
-    the fast way, `ObservedFrame.hurry`; None: never), the faults config, a checkpoint every
+    the fast way, `ObservedFrame.hurry`, but never two in a row: the per-vertex offsets still
+    follow the face at least every other frame; None: never), the faults config, a checkpoint every
     `checkpoint_every` frames (the template model in the first one that has it: the driver carries
     it over, `Checkpoint.carry_model`) and the triangles sent once per (re)start."""
 
@@ -28,15 +29,17 @@ class FitStream:
         self.fault = fault
         self.gate = gate or fitter_gate(None)
         self.hurry_after_ms = hurry_after_ms
+        self.hurried_last = False
         self.sent_faces = False
         self.sent_model = False  # a checkpoint carried the template: later ones leave it out
 
     def admit(self, observed: ObservedFrame) -> Dropped | None:
         """A `Dropped` marker when `observed` cannot make the latency budget, else None (the frame
-        is marked `hurry` when it is older than `hurry_after_ms`)."""
+        is marked `hurry` when it is older than `hurry_after_ms` and the last frame was not)."""
         dropped = self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
         if dropped is None and self.hurry_after_ms is not None and observed.t_source_ns:
-            observed.hurry = age_ms(observed.t_source_ns) > self.hurry_after_ms
+            observed.hurry = not self.hurried_last and age_ms(observed.t_source_ns) > self.hurry_after_ms
+            self.hurried_last = observed.hurry
         return dropped
 
     def inject_fault(self, observed: ObservedFrame) -> None:

@@ -61,9 +61,11 @@ def test_the_fitter_hurries_frames_that_arrive_late(one_camera_observed):
     fitter = FitActor(None, options, max_latency_ms=10_000.0, hurry_after_ms=50.0)
     fitter.warm_up(one_camera_observed[0])
     fresh = fitter.fit(dataclasses.replace(one_camera_observed[1], t_source_ns=_ago_ns(5)))
-    late = fitter.fit(dataclasses.replace(one_camera_observed[2], t_source_ns=_ago_ns(80)))
-    assert "hurried" not in fresh.mesh.flags and "hurried" in late.mesh.flags
-    assert fitter.summary()["frames_hurried"] == 1
+    late = [fitter.fit(dataclasses.replace(obs, t_source_ns=_ago_ns(80))) for obs in one_camera_observed[2:5]]
+    assert "hurried" not in fresh.mesh.flags
+    # never two in a row: the offsets still follow the face every other frame
+    assert ["hurried" in p.mesh.flags for p in late] == [True, False, True]
+    assert fitter.summary()["frames_hurried"] == 2
     offline = FitActor(None, options)  # no hurry_after_ms: never, however old
     offline.warm_up(one_camera_observed[0])
     assert "hurried" not in offline.fit(dataclasses.replace(one_camera_observed[2], t_source_ns=_ago_ns(10_000))).mesh.flags

@@ -24,7 +24,7 @@ def test_warm_graph_with_a_rig_file_loses_no_frame_to_the_start_up(graph_capture
     ready = []
     rig = _ground_truth_rig(graph_capture, tmp_path / "rig.json")
     # A budget this shared 2-core machine keeps under any load: the test is about the start, not the
-    # rate. Every frame counts as late for the fitter's hurry: each one is fitted the fast way.
+    # rate. Every frame counts as late for the fitter's hurry: every other one is fitted the fast way.
     config = load_config("live", {"publish.enabled": False, "landmarks.thumbnails": False, "fitter.rig": rig,
                                   "policy.max_latency_ms": 3000.0, "policy.hurry_after_ms": 0.001})
     job = SequenceJob([str(p) for p in graph_capture.mkv_paths], str(tmp_path / "live"), "live")
@@ -39,8 +39,9 @@ def test_warm_graph_with_a_rig_file_loses_no_frame_to_the_start_up(graph_capture
     # The first frame set after the clock started is fitted: nothing was dropped for the start-up.
     assert meta["frames_in"] == 12 and 0 not in meta["frames_dropped"] and meta["frames_fitted"] >= 2
     assert meta["frames_fitted"] + len(meta["frames_dropped"]) == 12
-    # Warm-started from the pre-roll's fit, even the first frame can be hurried.
-    assert meta["frames_hurried"] == meta["frames_fitted"], meta["frames_hurried"]
+    # Warm-started from the pre-roll's fit, even the first frame can be hurried; never two in a row.
+    fitted = meta["frames_fitted"]
+    assert meta["frames_hurried"] == (fitted + 1) // 2, (meta["frames_hurried"], fitted)
     # Every later drop has a stated cause (the replay outruns three cameras on two cores).
     by_cause = meta["frames_dropped_by_cause"]
     assert sorted(f for frames in by_cause.values() for f in frames) == meta["frames_dropped"]
