@@ -63,7 +63,7 @@ class NutActor(StageActor):
         timings = dict(mesh.timings_ms, encode=(time.perf_counter() - start) * 1e3)
         return FrameReport(mesh.seq, mesh.frame, "lost" if mesh.lost else "mesh", filled,
                            latency_ms_since(mesh.t_source_ns), timings, packet.checkpoint,
-                           t_source_ns=mesh.t_source_ns)
+                           t_source_ns=mesh.t_source_ns, hurried="hurried" in mesh.flags)
 
     def fill_to(self, frames_total: int) -> int:
         """Live end of stream: account for captured frames after the last mesh (dropped ones)."""

@@ -96,7 +96,7 @@ class PublishActor(StageActor):
         latency_ms = latency_ms_since(mesh.t_source_ns)
         if self.sink.budget is not None:  # (before `process`: its status carries this frame)
             self.sink.state = "running"
-            self.sink.budget.record(mesh.timings_ms, latency_ms)
+            self.sink.budget.record(mesh.timings_ms, latency_ms, "hurried" in mesh.flags)
         self.sink.process(mesh)
         return latency_ms
 

@@ -77,7 +77,8 @@ class FrameReport:
     frame re-run after a restart, already written); the source's end reaches the driver as None. filled: frames
     repeated before this one to close a gap of dropped frames. latency_ms: source emit → encoded
     (same host only). timings_ms: per-stage milliseconds of this frame. cause: why a dropped frame
-    was dropped. t_source_ns: the source's emit time (host monotonic ns; 0: unknown).
+    was dropped. t_source_ns: the source's emit time (host monotonic ns; 0: unknown). hurried: the
+    fitter fitted it the fast way (`policy.hurry_after_ms`).
     """
 
     seq: str
@@ -89,6 +90,7 @@ class FrameReport:
     checkpoint: Checkpoint | None = None
     cause: str | None = None
     t_source_ns: int = 0
+    hurried: bool = False
 
 
 def latency_ms_since(t_source_ns: int) -> float | None:

@@ -242,7 +242,7 @@ class SequencePipeline:
             if r.latency_ms is not None:
                 stage_ms["end_to_end"].append(r.latency_ms)
             if r.kind in ("mesh", "lost"):
-                budget.record(r.timings_ms, self._publish_ms.get(r.frame, r.latency_ms))
+                budget.record(r.timings_ms, self._publish_ms.get(r.frame, r.latency_ms), r.hurried)
             elif r.kind == "dropped":
                 dropped_by_cause.setdefault(r.cause or "too_old", []).append(r.frame)
         # Frames with no report at all were never taken by the graph: the source had a newer one.

@@ -7,7 +7,8 @@ capture → publish latency, and per dropped frame its cause; `report()` says wh
   part of `landmarks`: camera 1 of cameras that run in parallel), `waiting` the rest of capture →
   publish (queues, transport: end-to-end minus the stages' sum);
 - `capture_to_publish_ms`: p50/p95 from the source's emit to the end of the graph;
-- `drops`: frames dropped by cause (`DROP_CAUSES`);
+- `drops`: frames dropped by cause (`DROP_CAUSES`); `hurried`: frames the fitter fitted the fast way
+  because they reached it late (`policy.hurry_after_ms`);
 - `over`: when capture → publish p95 exceeds `max_latency_ms`, the stage with the largest p95 (the
   one spending most of the budget), else None; `behind`: the stages whose p50 exceeds the frame
   period (they cannot keep the capture rate, so frames are dropped before them).
@@ -66,14 +67,15 @@ class LatencyBudget:
         self.frame_period_ms = float(frame_period_ms)
         self.window_s = window_s
         self._clock = clock
-        self._frames: collections.deque[tuple[float, dict[str, float], float | None]] = collections.deque()
+        self._frames: collections.deque[tuple[float, dict[str, float], float | None, bool]] = collections.deque()
         self.drops: dict[str, int] = dict.fromkeys(DROP_CAUSES, 0)
         self.frames = 0
 
-    def record(self, timings_ms: Mapping[str, float], capture_to_publish_ms: float | None) -> None:
-        """One frame reached the end of the graph: its per-stage milliseconds and its latency (None: unknown)."""
+    def record(self, timings_ms: Mapping[str, float], capture_to_publish_ms: float | None, hurried: bool = False) -> None:
+        """One frame reached the end of the graph: its per-stage milliseconds, its latency (None:
+        unknown) and whether the fitter hurried it."""
         now = self._clock()
-        self._frames.append((now, dict(timings_ms), capture_to_publish_ms))
+        self._frames.append((now, dict(timings_ms), capture_to_publish_ms, bool(hurried)))
         self.frames += 1
         self._expire(now)
 
@@ -93,7 +95,7 @@ class LatencyBudget:
         self._expire(self._clock())
         per_stage: dict[str, list[float]] = collections.defaultdict(list)
         latencies = []
-        for _, timings, latency in self._frames:
+        for _, timings, latency, _ in self._frames:
             for stage, ms in timings.items():
                 per_stage[stage].append(ms)
             if latency is not None:
@@ -112,6 +114,7 @@ class LatencyBudget:
             "capture_to_publish_ms": end_to_end,
             "stages": stages,
             "drops": dict(self.drops),
+            "hurried": sum(hurried for *_, hurried in self._frames),
             "over": over,
             "behind": sorted(k for k, v in working.items() if v["p50"] > self.frame_period_ms),
             "frames": len(self._frames),

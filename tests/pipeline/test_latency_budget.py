@@ -13,7 +13,7 @@ def test_budget_reports_stages_waiting_drops_and_the_stage_over_it():
     for i in range(20):
         # landmarks 20 ms, fit 50 ms (p95 from the slow frames), capture → publish 90 or 150 ms
         budget.record({"landmarks": 20.0, "landmarks.0": 20.0, "fit": 50.0 + (40.0 if i >= 18 else 0.0)},
-                      150.0 if i >= 18 else 90.0)
+                      150.0 if i >= 18 else 90.0, hurried=i % 5 == 0)
     budget.drop("source_busy", 3)
     budget.drop("too_old")
     budget.drop("fitter_busy", 0)
@@ -24,6 +24,7 @@ def test_budget_reports_stages_waiting_drops_and_the_stage_over_it():
     assert report["stages"]["waiting"]["p50"] == 20.0
     assert report["capture_to_publish_ms"] == {"p50": 90.0, "p95": 150.0}
     assert report["drops"] == {"source_busy": 3, "too_old": 1, "fitter_busy": 0}
+    assert report["hurried"] == 4  # frames the fitter fitted the fast way
     assert report["over"] == "fit"  # p95 150 > 100: the stage spending most of it
     assert report["behind"] == ["fit"]  # 50 ms p50 > one 33 ms frame period
     assert report["frames"] == 20
@@ -32,12 +33,13 @@ def test_budget_reports_stages_waiting_drops_and_the_stage_over_it():
 def test_budget_within_limits_names_no_stage_and_a_window_forgets_old_frames():
     now = [0.0]
     budget = LatencyBudget(max_latency_ms=300.0, window_s=2.0, clock=lambda: now[0])
-    budget.record({"fit": 500.0}, 600.0)
-    assert budget.report()["over"] == "fit"
+    budget.record({"fit": 500.0}, 600.0, hurried=True)
+    assert budget.report()["over"] == "fit" and budget.report()["hurried"] == 1
     now[0] = 5.0
     budget.record({"fit": 20.0}, 40.0)
     report = budget.report()
     assert report["frames"] == 1 and report["over"] is None and report["stages"]["fit"]["p95"] == 20.0
+    assert report["hurried"] == 0  # the hurried frame left the window
     with pytest.raises(ValueError):
         LatencyBudget(max_latency_ms=0.0)
 

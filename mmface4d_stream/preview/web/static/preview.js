@@ -382,7 +382,7 @@ function showStatus(text) {
 }
 
 // The live latency budget (the publisher's status): capture → publish p95 against the budget,
-// the stage over it, drops by cause.
+// the stage over it, drops by cause, frames the fitter hurried.
 function budgetText(budget, graphState) {
   if (!budget) return graphState ? String(graphState) : '–';
   const e2e = budget.capture_to_publish_ms || {};
@@ -390,7 +390,8 @@ function budgetText(budget, graphState) {
   const dropText = Object.entries(drops).filter(([, n]) => Number(n) > 0).map(([cause, n]) => `${cause.replace('_', ' ')} ${Number(n)}`);
   return `${fmt(e2e.p95, 0, ' ms')} p95 of ${fmt(budget.max_latency_ms, 0, ' ms')}`
     + (budget.over ? ` · over: ${String(budget.over)}` : ' · within')
-    + (dropText.length ? ` · dropped: ${dropText.join(', ')}` : '');
+    + (dropText.length ? ` · dropped: ${dropText.join(', ')}` : '')
+    + (Number(budget.hurried) > 0 ? ` · hurried ${Number(budget.hurried)}` : '');
 }
 
 function renderStages(stages, budget) {
