@@ -150,6 +150,7 @@ def live(args) -> int:
         "frames_out": meta.get("frames_out"),
         "frames_fitted": meta.get("frames"),
         "frames_dropped": len(meta.get("frames_dropped", [])),
+        "frames_hurried": meta.get("frames_hurried"),
         "source_frames_dropped": meta.get("source_frames_dropped"),
         "end_to_end_latency_ms": meta.get("stage_latency_ms", {}).get("end_to_end"),
         "recorded": meta.get("recorded"),
