@@ -107,7 +107,7 @@ def _cross_view_error(lifts: np.ndarray, rays: np.ndarray, cams_from_ref: list) 
         lifts: (C, P, 3) reference-frame lifts, NaN where a camera has none.
         rays: (C, P, 2) each camera's observed landmarks as normalized pinhole coordinates, NaN
             where unobserved.  cams_from_ref: per camera (R (3, 3), t (3,)) reference -> camera,
-            or None for a camera without landmarks.
+            or None for a camera without landmarks or depth.
     Returns:
         The median over the other cameras that observed the point of the lateral distance (at the
         lift's depth) between the lift and that camera's ray; 0 where no other camera observed it,
