@@ -2,9 +2,18 @@
 
 A landmark pixel is undistorted to its ray and scaled by the depth found around it (median of the
 non-zero depths in a small window: robust to a hole or an edge pixel). With several cameras, each
-point's lifts are moved to the reference frame and combined by their median; a lift farther than
-`consensus_m` from that median is dropped (a camera that sees the point at a grazing angle or not
-at all; MediaPipe still places occluded points, on whatever surface is in front).
+point's lifts are moved to the reference frame and combined around the lift the other cameras'
+landmarks agree with best (`_cross_view_error`): a lift farther than `consensus_m` from it is
+dropped.
+
+Why not the median of the lifts: a camera that does not see a point (the far side of the face, past
+the silhouette) still gets a landmark there, and MediaPipe places it well in 2D, but the depth at
+that pixel is the surface in front of the point (the cheek, the nose), tens of mm too near. On the
+3-camera synthetic capture the face's border on one side is seen by one camera only: two
+occluded lifts 30-120 mm too near out-voted the one right lift, and the template's border sat on
+the front of the cheek (35 mm inward, 36 mm towards the camera). The occluded lift disagrees with
+the other cameras' rays through the point (it lies on the wrong ray for them); the visible one
+does not.
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ def lift_landmarks(
         points are NaN where not valid.
     """
     lifts = np.full((len(obs.cameras), n_points, 3), np.nan)
+    # Each camera's observed landmark rays: normalized pinhole coordinates (C, P, 2), NaN where unobserved.
+    rays = np.full((len(obs.cameras), n_points, 2), np.nan)
+    cams_from_ref = [None] * len(obs.cameras)
     for c, cam_obs in enumerate(obs.cameras):
         if cam_obs.depth_mm is None or not cam_obs.has_face():
             continue
@@ -69,11 +81,15 @@ def lift_landmarks(
         p_cam = np.concatenate([xy * z[:, None], z[:, None]], 1)
         t = np.asarray(cam_obs.T_ref_from_cam, dtype=np.float64)
         lifts[c, :k] = p_cam @ t[:3, :3].T + t[:3, 3]
+        rays[c, :k] = np.where((np.isfinite(lm).all(1) & (conf > 0))[:, None], xy, np.nan)
+        cams_from_ref[c] = (t[:3, :3].T, -t[:3, :3].T @ t[:3, 3])
     # Points no camera measured are all-NaN columns: their (NaN) statistics are expected.
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(lifts, axis=0)
-        dist = np.linalg.norm(lifts - median[None], axis=2)
+        score = _cross_view_error(lifts, rays, cams_from_ref)
+        best = np.argmin(np.where(np.isnan(score), np.inf, score), axis=0)
+        anchor = lifts[best, np.arange(n_points)]
+        dist = np.linalg.norm(lifts - anchor[None], axis=2)
         lifts[~(dist < consensus_m)] = np.nan
         points = np.nanmean(lifts, axis=0)
     n_views = (~np.isnan(lifts[..., 0])).sum(0)
@@ -82,6 +98,32 @@ def lift_landmarks(
     n_views[~valid] = 0
     points[~valid] = np.nan
     return points, valid, n_views
+
+
+def _cross_view_error(lifts: np.ndarray, rays: np.ndarray, cams_from_ref: list) -> np.ndarray:
+    """How far each camera's lift lies from the other cameras' landmark rays: (C, P) metres.
+
+    Args:
+        lifts: (C, P, 3) reference-frame lifts, NaN where a camera has none.
+        rays: (C, P, 2) each camera's observed landmarks as normalized pinhole coordinates, NaN
+            where unobserved.  cams_from_ref: per camera (R (3, 3), t (3,)) reference -> camera,
+            or None for a camera without landmarks or depth.
+    Returns:
+        The median over the other cameras that observed the point of the lateral distance (at the
+        lift's depth) between the lift and that camera's ray; 0 where no other camera observed it,
+        NaN where the camera has no lift.
+    """
+    n_cams, n_points = lifts.shape[:2]
+    lateral = np.full((n_cams, n_cams, n_points), np.nan)  # [lift camera, judging camera, point]
+    for b, pose in enumerate(cams_from_ref):
+        if pose is None:
+            continue
+        x = lifts @ pose[0].T + pose[1]  # every camera's lifts in camera b's frame
+        z = x[..., 2]
+        lateral[:, b] = np.where(z > 0, np.linalg.norm(x[..., :2] / z[..., None] - rays[b][None], axis=-1) * z, np.nan)
+        lateral[b, b] = np.nan  # a camera does not judge its own lift
+    score = np.nanmedian(lateral, axis=1)
+    return np.where(np.isnan(score) & ~np.isnan(lifts[..., 0]), 0.0, score)
 
 
 # A face fits in a ball of this radius around its median point; lifts beyond it hit the background.

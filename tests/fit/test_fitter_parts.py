@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -177,6 +179,32 @@ def test_lift_landmarks_with_depth_from_three_cameras():
     err = np.linalg.norm(points[mapped] - gt[model.landmark_vertex], axis=1)[valid[mapped]]
     assert np.median(err) < 1e-3 and err.max() < 5e-3  # 1 mm depth steps, pixel-rounded lookups
     assert views[mapped].max() == 3 and np.isnan(points[~valid]).all()
+
+
+def test_lift_keeps_the_one_camera_that_sees_a_point_when_two_see_an_occluder():
+    """A point hidden from two of three cameras: their landmark (exact in 2D, as MediaPipe places
+    the far side of a face) lands on the surface in front, whose depth lifts it 40 mm too near, on
+    the wrong ray for the other cameras. The lift is the visible camera's, not the occluded
+    majority's (the median of the three lifts was an occluded one: the template's border
+    collapsed onto the cheek)."""
+    model = synthetic_face_model(n_vertices=1500, n_id=2, n_exp=2, seed=2)
+    r, t = frontal_pose(5, 10, 0, (0.0, 0.01, 0.65))
+    obs, gt = synthetic_frame(model, make_rig(3, distortion=DIST), r, t)
+    det, vert = model.landmark_detector_index, model.landmark_vertex
+    hidden = det[:12]  # hidden from cameras 1 and 2, seen by camera 0
+    for c in (1, 2):
+        co = obs.cameras[c]
+        depth = co.depth_mm.copy()
+        for u, v in np.round(co.landmarks_px[hidden]).astype(int):
+            patch = depth[v - 3:v + 4, u - 3:u + 4]
+            patch[patch > 0] -= 40  # the occluder: 40 mm nearer than the point
+        obs.cameras[c] = replace(co, depth_mm=depth)
+    points, valid, views = lift_landmarks(obs, n_points=60)
+    err = np.linalg.norm(points[hidden] - gt[vert[:12]], axis=1)
+    assert valid[hidden].all() and err.max() < 3e-3
+    np.testing.assert_array_equal(views[hidden], 1)  # the occluded lifts are dropped
+    seen = det[12:]
+    assert np.median(views[seen]) == 3  # points every camera sees keep all three lifts
 
 
 def test_raster_settings_are_checked_when_the_config_is_made():
