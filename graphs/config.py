@@ -84,7 +84,12 @@ class PolicyConfig:
 
 @dataclass
 class RayConfig:
-    """address: an existing cluster (None: start a local Ray with num_cpus). compiled: run the
+    """address: an existing cluster (None: start a local Ray with num_cpus). worker_niceness: the
+    Unix niceness of a local Ray's worker processes, where all of the graph's work runs (Ray's own
+    default, 15, puts the actors below the raylet, the driver and every other ordinary process, so
+    each of their wake-ups preempts a fit: latency jitter and drops in live capture); a cluster's
+    workers keep the niceness the cluster was started with (`RAY_worker_niceness=0 ray start ...`).
+    compiled: run the
     per-frame graph as a Ray compiled graph (else plain actor calls). fused_sinks: smoother, encoder
     and publisher in one actor (`actors.sink_actor.SinkActor`: one actor call per frame after the
     fitter instead of three; the same files and stream; plain actor calls only: ignored
@@ -105,6 +110,7 @@ class RayConfig:
 
     address: str | None = None
     num_cpus: int | None = setting(None, bound="positive")
+    worker_niceness: int = setting(0, bound="non_negative")
     compiled: bool = False
     fused_sinks: bool = False
     fused_landmarks: bool = False

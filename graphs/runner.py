@@ -34,7 +34,8 @@ def worker_runtime_env() -> dict:
 
 
 def ensure_ray(config: GraphConfig) -> dict:
-    """Connect to `config.ray.address` or start a local Ray (no dashboard); returns cluster resources."""
+    """Connect to `config.ray.address` or start a local Ray (no dashboard, workers at
+    `ray.worker_niceness`); returns cluster resources."""
     if not ray.is_initialized():
         runtime_env = worker_runtime_env()
         if config.ray.address:
@@ -45,7 +46,8 @@ def ensure_ray(config: GraphConfig) -> dict:
                 raise InputError(f"cannot join the Ray cluster at {config.ray.address}: {exc}") from None
         else:
             ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                     logging_level=logging.WARNING, log_to_driver=False)
+                     logging_level=logging.WARNING, log_to_driver=False,
+                     _system_config={"worker_niceness": config.ray.worker_niceness})
     return ray.cluster_resources()
 
 
