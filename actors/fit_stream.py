@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.latency_gate import StaleFrameGate, age_ms
-from actors.records import Dropped, MeshPacket, fitted_packet, inject_fault
+from actors.latency_gate import StaleFrameGate
+from actors.records import Dropped, MeshPacket, fitted_packet, inject_fault, latency_ms_since
 from mmface4d_stream.frame_records import MeshFrame, ObservedFrame
 
 
@@ -38,7 +38,7 @@ class FitStream:
         is marked `hurry` when it is older than `hurry_after_ms` and the last frame was not)."""
         dropped = self.gate.check(observed.seq, observed.frame, observed.t_source_ns)
         if dropped is None and self.hurry_after_ms is not None and observed.t_source_ns:
-            observed.hurry = not self.hurried_last and age_ms(observed.t_source_ns) > self.hurry_after_ms
+            observed.hurry = not self.hurried_last and latency_ms_since(observed.t_source_ns) > self.hurry_after_ms
             self.hurried_last = observed.hurry
         return dropped
 

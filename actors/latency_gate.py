@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
-from actors.records import Dropped
-
-
-def age_ms(t_source_ns: int) -> float:
-    """Milliseconds since a frame's source emit (`t_source_ns`, host monotonic ns)."""
-    return (time.monotonic_ns() - t_source_ns) / 1e6
+from actors.records import Dropped, latency_ms_since
 
 
 class StaleFrameGate:
@@ -33,7 +26,7 @@ class StaleFrameGate:
         """A `Dropped` marker for this frame when it is too late, else None."""
         if self.max_latency_ms is None or not t_source_ns:
             return None
-        age = age_ms(t_source_ns)
+        age = latency_ms_since(t_source_ns)
         expected = min(self.own_ms, self.max_latency_ms / 2) if self.expect_own_time else 0.0
         if age + expected <= self.max_latency_ms:
             return None

@@ -23,14 +23,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graphs.config import load_config  # noqa: E402
 from graphs.frame_graph import SequenceJob, SequencePipeline  # noqa: E402
 from graphs.runner import ensure_ray  # noqa: E402
+from mmface4d_stream.errors import InputError  # noqa: E402
 from mmface4d_stream.pipeline.latency_budget import latency_stats  # noqa: E402
+from run_offline import parse_overrides  # noqa: E402
 
 OUT = Path("out/bench")
 
@@ -482,12 +483,10 @@ def main() -> int:
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     if "live" in only:
-        settings = {}
-        for item in args.settings:
-            key, sep, value = item.partition("=")
-            if not sep:
-                parser.error(f"--set wants KEY=VALUE, got {item!r}")
-            settings[key] = yaml.safe_load(value)
+        try:
+            settings = parse_overrides(args.settings)
+        except InputError as exc:
+            parser.error(str(exc))
         figures = bench_live(args.live_seconds, runs=tuple(args.live_runs), settings=settings)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -168,11 +168,6 @@ class PublishSink:
             self.publisher.set_topology(faces, n_vertices)
             self._topology_shape = (len(faces), n_vertices)
 
-    @property
-    def frames_accounted(self) -> int:
-        """Frames written or waiting for the first fitted mesh: the next frame's index in the file."""
-        return self.frames_written + self.pending_before_first
-
     def process(self, mesh: MeshFrame) -> MeshFrame:
         if not has_mesh(mesh):
             return mesh
