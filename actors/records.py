@@ -65,7 +65,7 @@ def fitted_packet(stage, mesh: MeshFrame, send_faces: bool, checkpoint_every: in
     `send_faces` and it has them, its state as checkpoint every `checkpoint_every` frames (with the
     template model when `send_model`)."""
     faces = stage.faces if send_faces else None
-    checkpoint = None if mesh.frame % checkpoint_every else Checkpoint(mesh.frame, stage.state(send_model))
+    checkpoint = None if mesh.frame % checkpoint_every else Checkpoint(mesh.frame, stage.state(with_model=send_model))
     return MeshPacket(mesh, faces, checkpoint)
 
 
