@@ -60,6 +60,8 @@ VISIBLE_COS = 0.3
 MIN_VIEW_COS = 0.5
 # Robust threshold of the closed-form shading fit (colour units).
 SHADING_HUBER = 0.05
+# Most vertices the per-frame albedo update fits the shading on (the template's 6,996 all count).
+SHADING_FIT_VERTICES = 8192
 
 
 @dataclass
@@ -346,9 +348,11 @@ def observe_vertices(prev: _Previous, vertices: torch.Tensor, normals: torch.Ten
     previous frame's colour crops: (C, N, 3), colour / shading; NaN where the camera does not see
     the vertex (depth disagrees by more than VISIBLE_DEPTH_M, or the normal faces away).
 
-    Each camera's shading is fitted on the same vertices (`fit_shading`) against the current
-    per-camera `albedo` (C, N, 3) (a change of lighting since the albedo was learned); the first
-    observation (albedo None) defines the albedo with a shading of 1.
+    Each camera's shading is fitted on the same vertices (`fit_shading`; at most
+    `SHADING_FIT_VERTICES` of them, every k-th: five weights per channel need no more, and a
+    BFM-size mesh made it ~50 ms per frame) against the current per-camera `albedo` (C, N, 3) (a
+    change of lighting since the albedo was learned); the first observation (albedo None) defines
+    the albedo with a shading of 1.
     """
     cams = prev.cameras
     xc = cams.to_cameras(vertices[None])  # (1, C, N, 3)
@@ -369,7 +373,9 @@ def observe_vertices(prev: _Previous, vertices: torch.Tensor, normals: torch.Ten
         albedo = _cameras_like(albedo, color.shape[0])
         known = torch.isfinite(albedo).all(-1) & seen
         basis = shading_basis(nc[0], xc[0])
-        sh = fit_shading(color, torch.nan_to_num(albedo), basis, known.to(color.dtype))
+        every = -(-basis.shape[1] // SHADING_FIT_VERTICES)
+        sh = fit_shading(color[:, ::every], torch.nan_to_num(albedo[:, ::every]), basis[:, ::every],
+                         known[:, ::every].to(color.dtype))
         color = color / _shade(sh, basis).clamp_min(0.05)
     return torch.where(seen[..., None], color, torch.full_like(color, float("nan")))
 
@@ -481,7 +487,6 @@ class ColorTerm:
         self.ok = cb.valid
         self.target = cb.albedo
         self.lens = None  # the lens Jacobian, fixed at the first gate's state
-        self._fitted = False
 
     def residuals(self, state, cameras: CameraBatch):
         """(residual (B, C, M, 3), inside (B, C, M), R X (B, C, M, 3), g_ref (B, C, M, 3, 3))."""
@@ -494,12 +499,12 @@ class ColorTerm:
         """Refit the shading; fix ρ and the samples: valid, inside the crop, every channel within `gate`."""
         r, t, _a, _b = state
         rp = torch.einsum("bij,bcmj->bcmi", r, self.raster.points(state))
-        if self.lens is None:
+        first = self.lens is None  # (until then ρ is the albedo: no earlier target to start from)
+        if first:
             xc = torch.einsum("bcij,bcmj->bcmi", cameras.r, rp + t[:, None, None]) + cameras.t[:, :, None]
             self.lens = lens_jacobian(cameras, xc)
         val, inside, _ = _photometric(self.cb, cameras, rp, t, self.lens)
-        self.target, self.ok = _shaded_target(self.cb, val, inside, gate, self.target if self._fitted else None)
-        self._fitted = True
+        self.target, self.ok = _shaded_target(self.cb, val, inside, gate, None if first else self.target)
 
     def cost_and_rows(self, state, cameras: CameraBatch, inv_sigma2: float, huber: float, n_par: int, with_jac: bool):
         """cost (B,) float64 and, with the Jacobian, (H (B, P, P), g (B, P)) float64 contributions."""

@@ -216,13 +216,14 @@ class _Terms:
         rp = self.points(state, "samples") @ r.transpose(-1, -2)
         return rp, self.fb.cameras.to_cameras(rp + t[:, None])
 
-    def associate(self, state, gate_m: float, xc: torch.Tensor):
-        """Associate the samples of a state, xc = `samples_in_cameras(state)[1]`, with the patches."""
+    def associate(self, state, gate_m: float, xc: torch.Tensor, dense: bool = True):
+        """Associate the samples of a state, xc = `samples_in_cameras(state)[1]`, with the patches
+        (and, when `dense`, re-gate the raster and colour terms for the iterations that follow)."""
         cams = self.fb.cameras
         normals_cam = cams.rotate(self.s_normals @ state[0].transpose(-1, -2))
-        if self.raster is not None:
+        if dense and self.raster is not None:
             self.raster.gate(state, cams, gate_m)
-        if self.color is not None:
+        if dense and self.color is not None:
             self.color.gate(state, cams, self.cfg.color_gate)
         return self.patches.associate(cams, xc, normals_cam, gate_m, self.cfg.depth_min_normal_cos)
 
@@ -415,7 +416,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     seen = (fb.lm_conf > 0).to(uv.dtype)
     lm_sq = (((uv - fb.lm_target) ** 2).sum(-1) * seen).sum(-1)
     _, xc = terms.samples_in_cameras(final)
-    ok, tp, tn = terms.associate(final, cfg.depth_gate_m, xc)
+    ok, tp, tn = terms.associate(final, cfg.depth_gate_m, xc, dense=False)  # (no iteration follows)
     res = (tn * (xc - tp)).sum(-1) * ok
     return SolveOutput(
         rotation=r, translation=t, alpha=alpha, beta=beta, offsets=offsets, v_id=v_id, full=full,

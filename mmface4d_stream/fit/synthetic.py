@@ -180,7 +180,9 @@ def make_rig(
 
 
 @lru_cache(maxsize=8)
-def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int):
+def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int, colors_bytes: bytes | None = None):
+    """The project's OpenGL renderer for `camera` (Kinect lens model): unshaded (depth), or with
+    per-vertex colours (float32 (N, 3) bytes) and smooth shading."""
     from mmface4d_stream.k4a.camera_model import CameraModel
     from mmface4d_stream.render.renderer import MeshRenderer
 
@@ -188,18 +190,8 @@ def _gl_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int):
     model = CameraModel(width=camera.width, height=camera.height, fx=camera.fx, fy=camera.fy,
                         cx=camera.cx, cy=camera.cy, **dist)
     faces = np.frombuffer(triangles_bytes, dtype=np.int64).reshape(-1, 3)
-    return MeshRenderer(model, faces, n_vertices, shading="none")
-
-
-@lru_cache(maxsize=8)
-def _gl_color_renderer(camera: FitCamera, triangles_bytes: bytes, n_vertices: int, colors_bytes: bytes):
-    from mmface4d_stream.k4a.camera_model import CameraModel
-    from mmface4d_stream.render.renderer import MeshRenderer
-
-    dist = dict(zip(("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2"), camera.distortion or (0.0,) * 8))
-    model = CameraModel(width=camera.width, height=camera.height, fx=camera.fx, fy=camera.fy,
-                        cx=camera.cx, cy=camera.cy, **dist)
-    faces = np.frombuffer(triangles_bytes, dtype=np.int64).reshape(-1, 3)
+    if colors_bytes is None:
+        return MeshRenderer(model, faces, n_vertices, shading="none")
     colors = np.frombuffer(colors_bytes, dtype=np.float32).reshape(-1, 3)
     return MeshRenderer(model, faces, n_vertices, colors=colors, shading="smooth")
 
@@ -315,7 +307,7 @@ def synthetic_frame(
         rgb = None
         if with_color:
             tri = np.ascontiguousarray(model.triangles, dtype=np.int64)
-            rendered = _gl_color_renderer(cam, tri.tobytes(), len(xc), colors).render(np.asarray(xc, np.float32))
+            rendered = _gl_renderer(cam, tri.tobytes(), len(xc), colors).render(np.asarray(xc, np.float32))
             rgb = rendered.color
             depth = rendered.depth_mm if with_depth else None
         else:

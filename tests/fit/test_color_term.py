@@ -203,3 +203,33 @@ def test_depth_color_mode_without_colour_is_the_depth_mode(model):
         slot = fitter.open_stream()
         out[mode] = [fitter.process({slot: obs})[slot].vertices for obs, _ in frames]
     assert max(np.abs(a - b).max() for a, b in zip(out["depth"], out["depth+color"])) < 1e-6
+
+
+def test_the_albedo_update_fits_its_shading_on_a_subset_of_a_large_mesh(model, monkeypatch):
+    """`observe_vertices` fits each camera's shading on every k-th vertex of a mesh larger than
+    `SHADING_FIT_VERTICES` (five weights per channel): the learned albedo is that of the fit on all."""
+    import mmface4d_stream.fit.color_term as color_term
+
+    cfg = FitterConfig(raster="depth+color")
+    pack = ModelPack.build(model, cfg, "cpu")
+    rig = make_rig(2, distortion=DISTORTION)
+    beta = np.linspace(-0.6, 0.6, model.n_exp).astype(np.float32)
+    r, t = frontal_pose(6, -3, 1, (0.01, -0.01, 0.68))
+    obs, gt = synthetic_frame(model, rig, r, t, None, beta, with_color=True)
+    rasterizer = make_rasterizer(model.triangles, model.n_vertices, "gl")
+    cameras, depth, origin, size, _, rb, windows = _prepared(model, pack, cfg, obs, gt.astype(np.float64), rasterizer, 2)
+    f32 = dict(dtype=torch.float32)
+    rt = (torch.as_tensor(r, **f32)[None], torch.as_tensor(t, **f32)[None])
+    full = torch.as_tensor(model.vertices(None, beta), **f32)[None]
+
+    def learned(limit: int) -> np.ndarray:
+        monkeypatch.setattr(color_term, "SHADING_FIT_VERTICES", limit)
+        state = AlbedoState()
+        for _ in range(3):  # the first observation defines the albedo; the later ones fit a shading
+            prepare_color(pack, cfg, rb, windows, cameras, depth, origin, size, *rt, full, [True], [state], cfg.depth_stride)
+        return state.albedo.numpy()
+
+    every_vertex, subset = learned(10 ** 6), learned(model.n_vertices // 5)
+    seen = np.isfinite(every_vertex).all(-1)
+    assert seen.mean() > 0.6 and np.array_equal(seen, np.isfinite(subset).all(-1))
+    assert np.abs(subset[seen] - every_vertex[seen]).max() < 0.02
