@@ -118,6 +118,14 @@ class AlbedoState:
     updates: int = 0
     previous: _Previous | None = None
 
+    def copy(self, device=None, with_previous: bool = True) -> AlbedoState:
+        """A copy that later updates of this state leave alone, its tensors on `device` (None: where
+        they are); without the previous frame unless `with_previous` (a checkpoint's copy: the first
+        frame after a restore observes nothing, the next ones go on)."""
+        move = (lambda x: x) if device is None else (lambda x: x.to(device))
+        return AlbedoState(None if self.albedo is None else move(self.albedo), [move(h) for h in self.history],
+                           self.updates, self.previous if with_previous else None)
+
     def add(self, observed: torch.Tensor, frames: int, rate: float, step_max: float) -> None:
         """Take one observation (C, N, 3) (NaN: vertex not seen by that camera)."""
         if self.albedo is not None and self.albedo.shape != observed.shape:

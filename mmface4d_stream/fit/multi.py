@@ -160,7 +160,8 @@ class MultiStreamFitter:
     def stream_state(self, slot: int, include_model: bool | None = None) -> dict:
         """The slot's stream state after its last frame, picklable, for checkpoints.
 
-        Holds the warm start (last result), identity estimate, counters, and the model when
+        Holds the warm start (last result), identity estimate, counters, the learned albedo of
+        `raster: depth+color` (on the CPU, without its previous frame), and the model when
         `include_model` (default: only when the slot built it, i.e. the template; a user's BFM is not
         copied). `restore_stream_state` continues the stream as if uninterrupted.
         """
@@ -175,6 +176,7 @@ class MultiStreamFitter:
             "identity": st.identity,
             "lost_run": st.lost_run,
             "fitted_frames": st.fitted_frames,
+            "albedo": None if st.albedo is None else st.albedo.copy("cpu", with_previous=False),
         }
 
     def restore_stream_state(self, slot: int, state: dict) -> None:
@@ -192,6 +194,7 @@ class MultiStreamFitter:
         st.identity = state["identity"]
         st.lost_run = state["lost_run"]
         st.fitted_frames = state["fitted_frames"]
+        st.albedo = None if state["albedo"] is None else state["albedo"].copy(self.device)
         st.device = st.device_for = None
 
     # -- fitting ---------------------------------------------------------------------------
@@ -282,7 +285,9 @@ class MultiStreamFitter:
             return self._lost(st, obs, "lost", count=False)
         self.timings = {}
         job = self._job(st, obs, warm_start, fit_identity)
+        albedo = None if st.albedo is None else st.albedo.copy()
         result, dev = self._solve([job])[0]
+        st.albedo = albedo  # (the colour term's update from this frame is not the stream's)
         if job.fit_identity:
             st.identity = result.id_coeffs.copy()
         st.device, st.device_for = dev, result

@@ -233,3 +233,30 @@ def test_the_albedo_update_fits_its_shading_on_a_subset_of_a_large_mesh(model, m
     seen = np.isfinite(every_vertex).all(-1)
     assert seen.mean() > 0.6 and np.array_equal(seen, np.isfinite(subset).all(-1))
     assert np.abs(subset[seen] - every_vertex[seen]).max() < 0.02
+
+
+def test_the_albedo_goes_with_a_checkpoint_and_fit_frame_leaves_it_alone(model):
+    """`stream_state` carries the learned albedo (on the CPU): a fitter restored from it continues
+    like the uninterrupted one; `fit_frame` (a fit outside the stream) does not move it."""
+    frames = tracking_frames(model, 2, 6, with_color=True)
+    cfg = FitterConfig(raster="depth+color", identity_frames=2)
+    fitter = MultiStreamFitter(model, cfg)
+    slot = fitter.open_stream()
+    for obs, _ in frames[:4]:
+        fitter.process({slot: obs})
+    albedo = fitter._streams[slot].albedo
+    before = (albedo.albedo.clone(), albedo.updates)
+    fitter.fit_frame(slot, frames[4][0], fitter._streams[slot].last)
+    after = fitter._streams[slot].albedo
+    assert after.updates == before[1] and torch.allclose(after.albedo, before[0], rtol=0, atol=0, equal_nan=True)
+    state = fitter.stream_state(slot)
+    assert state["albedo"].updates == 3 and state["albedo"].previous is None
+    resumed = MultiStreamFitter(model, cfg)
+    resumed_slot = resumed.open_stream()
+    resumed.restore_stream_state(resumed_slot, state)
+    # The restored stream lacks the previous frame: the first frame after it only observes.
+    for obs, _ in frames[4:]:
+        straight = fitter.process({slot: obs})[slot]
+        again = resumed.process({resumed_slot: obs})[resumed_slot]
+    assert resumed._streams[resumed_slot].albedo.updates == 4
+    assert np.abs(straight.vertices - again.vertices).max() < 2e-4
