@@ -424,6 +424,11 @@ def prepare_color(pack: ModelPack, config, rb: RasterBatch, windows, cameras: Ca
     alb_s = torch.zeros((b, n_cam, m, 3), dtype=torch.float32, device=depth_mm.device)
     nrm_s = torch.zeros((b, n_cam, m, 5), dtype=torch.float32, device=depth_mm.device)
     valid = torch.zeros((b, n_cam, m), dtype=torch.float32, device=depth_mm.device)
+    # Every sample's shading basis, each camera's samples in that camera's frame (all streams at once).
+    nrm = torch.einsum("bcij,bcmj->bcmi", cameras.r, interp_batched(normals, rb.corners, rb.weights))
+    nrm = nrm / torch.linalg.norm(nrm, dim=-1, keepdim=True).clamp_min(1e-9)
+    pts = torch.einsum("bcij,bcmj->bcmi", cameras.r, interp_batched(start, rb.corners, rb.weights)) + cameras.t[:, :, None]
+    bases = shading_basis(nrm, pts)  # (B, C, M, 5)
     done: dict[int, int] = {}
     for i, st in enumerate(states):
         if id(st) in done:  # a repeated stream (padding): the same inputs
@@ -439,11 +444,7 @@ def prepare_color(pack: ModelPack, config, rb: RasterBatch, windows, cameras: Ca
             c, wts = rb.corners[i], rb.weights[i]  # (C, M, 3)
             per_cam = _cameras_like(st.albedo, n_cam)
             alb = (per_cam[torch.arange(n_cam, device=c.device)[:, None, None], c] * wts[..., None]).sum(-2)  # (C, M, 3)
-            nrm = torch.einsum("cij,cmj->cmi", cameras.r[i], (normals[i][c] * wts[..., None]).sum(-2))
-            nrm = nrm / torch.linalg.norm(nrm, dim=-1, keepdim=True).clamp_min(1e-9)
-            pts = cams_i.to_cameras((start[i][c] * wts[..., None]).sum(-2).reshape(1, -1, 3))[0]
-            pts = pts.reshape(n_cam, n_cam, m, 3)[torch.arange(n_cam), torch.arange(n_cam)]  # camera k's own samples
-            basis = shading_basis(nrm, pts)
+            basis = bases[i]
             # Grazing samples (silhouettes: the colour there mixes what lies behind) are left out.
             valid[i] = rb.valid[i] * torch.isfinite(alb).all(-1) * has[i][:, None] * (basis[..., 4] > MIN_VIEW_COS)
             alb_s[i], nrm_s[i] = torch.nan_to_num(alb), basis
