@@ -44,17 +44,23 @@ def _prepared(model, pack, cfg, obs, start_ref, rasterizer, rig_n):
     return cameras, depth, origin, size, patches, rb, windows
 
 
-@pytest.fixture(scope="module")
-def scene(model):
-    """A textured frame seen by 2 distorted cameras; the albedo learned from a previous frame at the
-    truth; the solve's inputs for a start displaced from the truth."""
+def _textured_truth(model):
+    """A textured frame of `model` seen by 2 distorted cameras, with what a solve needs around it:
+    (cfg, pack, obs, gt vertices, rotation, translation, expression, GL rasterizer)."""
     cfg = FitterConfig(raster="depth+color")
     pack = ModelPack.build(model, cfg, "cpu")
     rig = make_rig(2, distortion=DISTORTION)
     beta = np.linspace(-0.6, 0.6, model.n_exp).astype(np.float32)
     r, t = frontal_pose(6, -3, 1, (0.01, -0.01, 0.68))
     obs, gt = synthetic_frame(model, rig, r, t, None, beta, with_color=True)
-    rasterizer = make_rasterizer(model.triangles, model.n_vertices, "gl")
+    return cfg, pack, obs, gt, r, t, beta, make_rasterizer(model.triangles, model.n_vertices, "gl")
+
+
+@pytest.fixture(scope="module")
+def scene(model):
+    """A textured frame seen by 2 distorted cameras; the albedo learned from a previous frame at the
+    truth; the solve's inputs for a start displaced from the truth."""
+    cfg, pack, obs, gt, r, t, beta, rasterizer = _textured_truth(model)
     f32 = dict(dtype=torch.float32)
     full_true = torch.as_tensor(model.vertices(None, beta), **f32)[None]
     state = AlbedoState()
@@ -210,13 +216,7 @@ def test_the_albedo_update_fits_its_shading_on_a_subset_of_a_large_mesh(model, m
     `SHADING_FIT_VERTICES` (five weights per channel): the learned albedo is that of the fit on all."""
     import mmface4d_stream.fit.color_term as color_term
 
-    cfg = FitterConfig(raster="depth+color")
-    pack = ModelPack.build(model, cfg, "cpu")
-    rig = make_rig(2, distortion=DISTORTION)
-    beta = np.linspace(-0.6, 0.6, model.n_exp).astype(np.float32)
-    r, t = frontal_pose(6, -3, 1, (0.01, -0.01, 0.68))
-    obs, gt = synthetic_frame(model, rig, r, t, None, beta, with_color=True)
-    rasterizer = make_rasterizer(model.triangles, model.n_vertices, "gl")
+    cfg, pack, obs, gt, r, t, beta, rasterizer = _textured_truth(model)
     cameras, depth, origin, size, _, rb, windows = _prepared(model, pack, cfg, obs, gt.astype(np.float64), rasterizer, 2)
     f32 = dict(dtype=torch.float32)
     rt = (torch.as_tensor(r, **f32)[None], torch.as_tensor(t, **f32)[None])
