@@ -92,9 +92,12 @@ class SourceConfig:
 
 @dataclass
 class LandmarkStageConfig:
-    """The landmark stage: thumbnails: small JPEG crops per camera in the mesh stream (previews)."""
+    """The landmark stage. thumbnails: small JPEG crops per camera in the mesh stream (previews);
+    thumbnail_hz: at most this many per camera per second of capture time (the preview shows at
+    most 10; a thumbnail costs ~1-2 ms of CPU per camera frame)."""
 
     thumbnails: bool = False
+    thumbnail_hz: float = setting(10.0, bound="positive")
 
     def build(self, n_cameras: int, cameras: Sequence[int] | None = None, color_crops: bool = False) -> LandmarkStage:
         """A `LandmarkStage` for the cameras at positions `cameras` (None: all `n_cameras`).
@@ -102,7 +105,8 @@ class LandmarkStageConfig:
         (pass `FitStageConfig.needs_color`; off otherwise: nothing more to copy or send)."""
         from mmface4d_stream.pipeline.stages import LandmarkStage
 
-        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras, color_crops=color_crops)
+        return LandmarkStage(n_cameras, thumbnails=self.thumbnails, cameras=cameras, color_crops=color_crops,
+                             thumbnail_hz=self.thumbnail_hz)
 
 
 @dataclass

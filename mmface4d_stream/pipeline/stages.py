@@ -79,16 +79,32 @@ class LandmarkStage:
     """
 
     def __init__(self, n_cameras: int, config: LandmarkerConfig | None = None, thumbnails: bool = False,
-                 cameras: Sequence[int] | None = None, color_crops: bool = False):
+                 cameras: Sequence[int] | None = None, color_crops: bool = False, thumbnail_hz: float = 10.0):
         self.cameras = list(range(n_cameras)) if cameras is None else [int(k) for k in cameras]
         if any(k < 0 or k >= n_cameras for k in self.cameras):
             raise ValueError(f"cameras must be positions in [0, {n_cameras}), got {self.cameras}")
+        if not thumbnail_hz > 0:
+            raise ValueError(f"thumbnail_hz must be positive, got {thumbnail_hz}")
         self._landmarkers = {k: FaceLandmarker(config) for k in self.cameras}
         self.thumbnails = thumbnails
+        # A camera's thumbnail goes with the first frame of each 1/thumbnail_hz slot of capture time.
+        self._thumbnail_period_ns = int(round(1e9 / thumbnail_hz))
+        self._thumbnail_slot: dict[int, int] = {}
         self.color_crops = bool(color_crops)  # crops carry their RGB (the fitter's depth+color term)
         self.registrations = DepthRegistrations()
 
-    def _one(self, index: int, camera: CameraFrame) -> FaceCrop:
+    def _wants_thumbnail(self, index: int, t_capture_ns: int) -> bool:
+        """Whether camera position `index`'s crop at capture time `t_capture_ns` carries a thumbnail:
+        at most one per `1 / thumbnail_hz` slot of capture time (deterministic in replays)."""
+        if not self.thumbnails:
+            return False
+        slot = int(t_capture_ns) // self._thumbnail_period_ns
+        if self._thumbnail_slot.get(index) == slot:
+            return False
+        self._thumbnail_slot[index] = slot
+        return True
+
+    def _one(self, index: int, camera: CameraFrame, t_capture_ns: int = 0) -> FaceCrop:
         landmarker = self._landmarkers[index]
         full_depth = camera.depth_mm
         result = None
@@ -107,7 +123,7 @@ class LandmarkStage:
             depth = np.ascontiguousarray(full_depth[y0:y1, x0:x1])
         else:
             depth = self.registrations.crop(camera, box)
-        thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self.thumbnails else None
+        thumbnail = jpeg_thumbnail(camera.rgb[y0:y1, x0:x1]) if self._wants_thumbnail(index, t_capture_ns) else None
         color = np.ascontiguousarray(camera.rgb[y0:y1, x0:x1]) if self.color_crops and depth is not None else None
         points = (result.points_px - np.float32([x0, y0])).astype(np.float32)
         return FaceCrop(camera.camera, camera.serial, True, float(result.confidence), points, depth,
@@ -118,7 +134,8 @@ class LandmarkStage:
         crops = []
         for k, cam in enumerate(frame_set.cameras):
             try:
-                crops.append(None if cam is None or k not in self._landmarkers else self._one(k, cam))
+                crops.append(None if cam is None or k not in self._landmarkers
+                             else self._one(k, cam, frame_set.t_capture_ns))
             except Exception as exc:
                 wrapped = _stage_error("landmarks", frame_set.seq, frame_set.frame, cam.camera, exc)
                 if wrapped is exc:
@@ -132,6 +149,7 @@ class LandmarkStage:
         """Forget every camera's tracked face (a new sequence); the MediaPipe graphs are kept."""
         for landmarker in self._landmarkers.values():
             landmarker.reset()
+        self._thumbnail_slot.clear()
 
     def close(self) -> None:
         for landmarker in self._landmarkers.values():
