@@ -461,12 +461,20 @@ def main() -> int:
     parser.add_argument("--live-runs", nargs="+", choices=LIVE_RUNS, default=list(LIVE_RUNS),
                         help="which live runs (default all): " + ", ".join(LIVE_RUNS))
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="settings",
-                        help="live runs: a config override (YAML value), e.g. --set policy.max_inflight=3")
+                        help="live runs: a config override (YAML value), e.g. --set policy.max_inflight=3 "
+                             "(ray.* settings also start this run's local Ray)")
     parser.add_argument("--json", metavar="PATH", help="also write the live path's figures as JSON")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    ensure_ray(load_config(None, {"ray.num_cpus": args.num_cpus}))
+    try:
+        settings = parse_overrides(args.settings)
+    except InputError as exc:
+        parser.error(str(exc))
+    # Ray is started once, here: a `--set ray.…` setting of the local Ray (worker niceness, inline
+    # object size) takes effect only through this call.
+    ensure_ray(load_config(None, {k: v for k, v in settings.items() if k.startswith("ray.")}
+                           | {"ray.num_cpus": args.num_cpus}))
     load_at_start = os.getloadavg()
     only = set(args.only or (("live",) if args.live else ("throughput", "folder", "memory", "stream", "overhead",
                                                           "live")))
@@ -483,10 +491,6 @@ def main() -> int:
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     if "live" in only:
-        try:
-            settings = parse_overrides(args.settings)
-        except InputError as exc:
-            parser.error(str(exc))
         figures = bench_live(args.live_seconds, runs=tuple(args.live_runs), settings=settings)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,11 @@ class RayConfig:
     default, 15, puts the actors below the raylet, the driver and every other ordinary process, so
     each of their wake-ups preempts a fit: latency jitter and drops in live capture); a cluster's
     workers keep the niceness the cluster was started with (`RAY_worker_niceness=0 ray start ...`).
+    max_inline_bytes: a local Ray passes objects up to this size (a frame's face crops, a mesh)
+    inline with the actor calls instead of through the shared-memory object store, whose every
+    object costs the raylet, the writer and the reader ~2 ms of CPU more (Ray's default limit,
+    100 KiB, sends a 1-camera face crop of ~200 KB through the store); a cluster keeps its own
+    (`RAY_max_direct_call_object_size=... ray start ...`).
     compiled: run the
     per-frame graph as a Ray compiled graph (else plain actor calls). fused_sinks: smoother, encoder
     and publisher in one actor (`actors.sink_actor.SinkActor`: one actor call per frame after the
@@ -111,6 +116,7 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = setting(None, bound="positive")
     worker_niceness: int = setting(0, bound="non_negative")
+    max_inline_bytes: int = setting(1 << 20, bound="positive")
     compiled: bool = False
     fused_sinks: bool = False
     fused_landmarks: bool = False

@@ -35,7 +35,8 @@ def worker_runtime_env() -> dict:
 
 def ensure_ray(config: GraphConfig) -> dict:
     """Connect to `config.ray.address` or start a local Ray (no dashboard, workers at
-    `ray.worker_niceness`); returns cluster resources."""
+    `ray.worker_niceness`, objects up to `ray.max_inline_bytes` passed inline); returns cluster
+    resources."""
     if not ray.is_initialized():
         runtime_env = worker_runtime_env()
         if config.ray.address:
@@ -47,7 +48,8 @@ def ensure_ray(config: GraphConfig) -> dict:
         else:
             ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
                      logging_level=logging.WARNING, log_to_driver=False,
-                     _system_config={"worker_niceness": config.ray.worker_niceness})
+                     _system_config={"worker_niceness": config.ray.worker_niceness,
+                                     "max_direct_call_object_size": config.ray.max_inline_bytes})
     return ray.cluster_resources()
 
 
