@@ -104,6 +104,21 @@ def _tag_int(metadata: dict, name: str, default: int, path: Path) -> int:
         raise InputError(f"tag {name} holds {value!r}, not an integer", path=path) from None
 
 
+def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
+    """A JPEG (an MJPEG colour frame) as (H, W, 3) uint8 RGB with OpenCV's libjpeg-turbo, or None
+    when it does not decode there. About half the CPU of FFmpeg's MJPEG decoder plus its RGB
+    conversion on a full-HD Kinect frame (3.4 against 6.0 ms); the pixels differ from FFmpeg's by
+    its chroma upsampling (mean 0.5 of 255)."""
+    import cv2
+
+    buffer = np.frombuffer(data, np.uint8)
+    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if flag is not None:
+        return cv2.imdecode(buffer, flag)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
+
+
 class MkvReader:
     """Replay an Azure Kinect MKV recording: iterate `K4aCapture`s, seek by device timestamp.
 
@@ -357,6 +372,10 @@ class MkvReader:
         data = bytes(packet)
         try:
             if mode.format == "MJPG":
+                rgb = decode_jpeg_rgb(data)
+                if rgb is not None and rgb.shape == (height, width, 3):
+                    return rgb
+                # FFmpeg's decoder also takes what libjpeg refuses (e.g. MJPEG without Huffman tables).
                 frames = self._jpeg_decoder.decode(av.Packet(data))
                 if not frames:
                     raise InputError("color image did not decode", path=self.path, frame=index)

@@ -381,3 +381,32 @@ def test_truncated_recording(tmp_path, calibration_raw):
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(InputError, match="truncated"):
         MkvReader(path)
+
+
+def test_mjpeg_colour_decodes_with_libjpeg_and_falls_back_to_ffmpeg(tmp_path, calibration_raw, k4a_sample_dir,
+                                                                   monkeypatch):
+    import av
+
+    from mmface4d_stream.k4a import mkv_reader
+
+    # The real Kinect frame: OpenCV's decoder gives FFmpeg's picture up to chroma upsampling.
+    with MkvReader(k4a_sample_dir / "recording.mkv") as reader:
+        packet = next(bytes(ev.payload) for ev in reader._packet_events() if ev.track == "COLOR")
+    with MkvReader(k4a_sample_dir / "recording.mkv") as reader:
+        cap = next(iter(reader))
+    ffmpeg = av.CodecContext.create("mjpeg", "r").decode(av.Packet(packet))[0].to_ndarray(format="rgb24")
+    fast = mkv_reader.decode_jpeg_rgb(packet)
+    assert fast.shape == ffmpeg.shape == (720, 1280, 3) and fast.dtype == np.uint8
+    diff = np.abs(fast.astype(int) - ffmpeg.astype(int))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 6
+    np.testing.assert_array_equal(cap.color, fast)  # the reader uses it
+    assert mkv_reader.decode_jpeg_rgb(b"not a jpeg") is None
+    # A frame libjpeg refuses goes to FFmpeg's decoder: same picture within the codec's error.
+    path = tmp_path / "small.mkv"
+    color = _textured_color(1280, 720)
+    with MkvWriter(path, calibration_raw=calibration_raw, color_mode="MJPG_720P") as writer:
+        writer.write(1_000, color=color)
+    monkeypatch.setattr(mkv_reader, "decode_jpeg_rgb", lambda data: None)
+    with MkvReader(path) as reader:
+        got = next(iter(reader)).color
+    assert got.shape == color.shape and np.abs(got.astype(int) - color.astype(int)).mean() < 4.0
