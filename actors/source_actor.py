@@ -95,7 +95,9 @@ class SourceActor(StageActor):
         """(Re)start reading at frame number `frame` (after an actor restart the graph resumes there)."""
         self.stop()
         self.start_frame = frame
-        frames = iter(self.source) if frame == 0 else skip_to(self.source, frame)
+        defer = self._defers_color()
+        frames = self.source.frames(defer_color=True) if defer else iter(self.source)
+        frames = frames if frame == 0 else skip_to(frames, frame)
         if self.live:
             from mmface4d_stream.pipeline.dataset_recorder import DatasetRecorder
             from mmface4d_stream.pipeline.latest_frame import LatestFrameSource
@@ -108,6 +110,12 @@ class SourceActor(StageActor):
         else:
             self._frames = frames
         return True
+
+    def _defers_color(self) -> bool:
+        """Live without a recording, landmarks in other actors: MKV colour frames leave this process
+        as JPEGs (~50 KB instead of 6 MB through the object store) and are decoded by the landmark
+        actor that takes them; frame sets the graph never takes are never decoded."""
+        return self.live and not self.record_dir and hasattr(self.source, "frames")
 
     def read(self, tick: int):
         """The next frame set (offline) or the newest one (live); None when the sequence is over."""

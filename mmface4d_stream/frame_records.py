@@ -26,16 +26,21 @@ class CameraFrame:
     depth_mm None, depth_raw (Hd, Wd) uint16 millimetres as the depth camera saw them, and
     calibration the `k4a.calibration.K4aCalibration` that registers it to `rgb`
     (`pipeline.sources.DepthRegistrations` does).
+
+    Colour not yet decoded (live MKV replay: only the frame sets the graph takes are decoded, and
+    a frame set travels to per-camera landmark actors as ~50 KB JPEGs instead of 6 MB images):
+    rgb None and color_jpeg the MJPEG frame (`pipeline.sources.with_rgb` decodes it).
     """
 
     camera: int
     serial: str
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     depth_mm: np.ndarray | None
     intrinsics: Any
     t_device_us: int | None = None
     depth_raw: np.ndarray | None = None
     calibration: Any = None
+    color_jpeg: bytes | None = None
 
 
 @dataclass

@@ -94,6 +94,8 @@ class K4aCapture:
 
     color: (H, W, 3) uint8 RGB. depth: (H, W) uint16 millimetres (0 = invalid).
     ir: (H, W) uint16 raw infrared intensity. Timestamps are device timestamps in µs.
+    color_jpeg: the MJPEG colour frame as recorded, when the reader defers its decoding
+    (`MkvReader.defer_mjpeg`; `color` is None then).
     """
 
     color: np.ndarray | None = None
@@ -103,6 +105,7 @@ class K4aCapture:
     depth_timestamp_usec: int | None = None
     ir_timestamp_usec: int | None = None
     index: int = 0
+    color_jpeg: bytes | None = None
 
     @property
     def timestamp_usec(self) -> int:

@@ -119,6 +119,21 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
     return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
 
 
+def decode_mjpeg(data: bytes, path: str | os.PathLike | None = None, frame: int | None = None) -> np.ndarray:
+    """An MJPEG colour frame (`K4aCapture.color_jpeg`) as (H, W, 3) uint8 RGB: `decode_jpeg_rgb`,
+    else FFmpeg's decoder; InputError (naming `path` and `frame`) when neither decodes it."""
+    rgb = decode_jpeg_rgb(data)
+    if rgb is not None:
+        return rgb
+    try:
+        frames = av.CodecContext.create("mjpeg", "r").decode(av.Packet(data))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"color image does not decode ({exc})", path=path, frame=frame) from None
+    if not frames:
+        raise InputError("color image did not decode", path=path, frame=frame)
+    return frames[0].to_ndarray(format="rgb24")
+
+
 class MkvReader:
     """Replay an Azure Kinect MKV recording: iterate `K4aCapture`s, seek by device timestamp.
 
@@ -128,6 +143,9 @@ class MkvReader:
 
     def __init__(self, path: str | os.PathLike, tracks: Iterable[str] | None = None):
         self.path = Path(path)
+        # MJPEG colour frames left undecoded in `K4aCapture.color_jpeg` (a live replay decodes only
+        # the frame sets its graph takes: `decode_mjpeg`).
+        self.defer_mjpeg = False
         if not self.path.is_file():
             raise InputError("recording not found", path=self.path)
         _check_not_truncated(self.path)
@@ -427,7 +445,9 @@ class MkvReader:
                 continue
             target = None
             for name, ev in group.items():
-                if name == "COLOR":
+                if name == "COLOR" and self.defer_mjpeg and self.color_mode.format == "MJPG":
+                    capture.color_jpeg = bytes(ev.payload)
+                elif name == "COLOR":
                     capture.color = self._decode_color(ev.payload, capture.index)
                 elif name == "DEPTH":
                     capture.depth = self._decode_gray16(ev.payload, capture.index)

@@ -116,6 +116,20 @@ class DepthRegistrations:
         return self.registration(camera).depth_to_color(camera.depth_raw, roi=(x0, y0, x1, y1))
 
 
+def with_rgb(camera: CameraFrame) -> CameraFrame:
+    """`camera` with its colour decoded: itself when `rgb` is there, else a copy whose `rgb` is its
+    `color_jpeg` decoded (`k4a.mkv_reader.decode_mjpeg`; InputError naming the camera when it
+    does not decode)."""
+    if camera.rgb is not None or camera.color_jpeg is None:
+        return camera
+    from dataclasses import replace
+
+    from mmface4d_stream.k4a.mkv_reader import decode_mjpeg
+
+    rgb = decode_mjpeg(camera.color_jpeg, path=f"camera {camera.serial}")
+    return replace(camera, rgb=rgb, color_jpeg=None)
+
+
 class MkvSource:
     """Replay the MKVs of one Kinect session, synchronized by device timestamp.
 
@@ -155,9 +169,16 @@ class MkvSource:
         return self.n_frames
 
     def __iter__(self) -> Iterator[FrameSet]:
+        return self.frames()
+
+    def frames(self, defer_color: bool = False) -> Iterator[FrameSet]:
+        """The frame sets from the start; `defer_color`: MJPEG colour stays undecoded
+        (`CameraFrame.color_jpeg`, rgb None) until `with_rgb` decodes it where it is used."""
         from mmface4d_stream.k4a.sync import SessionSync
 
         with SessionSync(self.paths, tracks=("COLOR", "DEPTH")) as sync:
+            for reader in sync.readers:
+                reader.defer_mjpeg = defer_color
             start_usec = None
             for frame_set in sync:
                 if self.max_frames is not None and frame_set.index >= self.max_frames:
@@ -165,13 +186,13 @@ class MkvSource:
                 start_usec = frame_set.timestamp_usec if start_usec is None else start_usec
                 cameras: list[CameraFrame | None] = []
                 for k, capture in enumerate(frame_set.captures):
-                    if capture is None or capture.color is None:
+                    if capture is None or (capture.color is None and capture.color_jpeg is None):
                         cameras.append(None)
                         self.dropped += 1
                         continue
                     cameras.append(CameraFrame(k, self.serials[k], capture.color, None, self.calibrations[k].color,
                                                capture.timestamp_usec, depth_raw=capture.depth,
-                                               calibration=self.calibrations[k]))
+                                               calibration=self.calibrations[k], color_jpeg=capture.color_jpeg))
                 yield FrameSet(self.name, frame_set.index, frame_set.timestamp_usec * 1000, cameras,
                                t_source_ns=time.monotonic_ns())
 
@@ -203,12 +224,17 @@ class LoopingSource:
         return len(self.inner) * self.loops
 
     def __iter__(self) -> Iterator[FrameSet]:
+        return self.frames()
+
+    def frames(self, defer_color: bool = False) -> Iterator[FrameSet]:
+        """The laps' frame sets; `defer_color` as `MkvSource.frames` (where the inner source has it)."""
         frame_offset, time_offset_ns = 0, 0
         period_ns = 1_000_000_000 // DATASET_FPS
         for _ in range(self.loops):
             first_ns = last_ns = None
             last_frame = -1
-            for frame_set in self.inner:
+            lap = self.inner.frames(defer_color) if hasattr(self.inner, "frames") else iter(self.inner)
+            for frame_set in lap:
                 first_ns = frame_set.t_capture_ns if first_ns is None else first_ns
                 last_ns, last_frame = frame_set.t_capture_ns, frame_set.frame
                 frame_set.frame += frame_offset

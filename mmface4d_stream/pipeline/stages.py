@@ -18,7 +18,7 @@ import numpy as np
 
 from mmface4d_stream.errors import InputError, StageError
 from mmface4d_stream.face.landmarks import FaceLandmarker, LandmarkerConfig
-from mmface4d_stream.pipeline.sources import DepthRegistrations
+from mmface4d_stream.pipeline.sources import DepthRegistrations, with_rgb
 from mmface4d_stream.smooth import DEFAULT_CUTOFF_HZ, DEFAULT_FPS, DEFAULT_ORDER
 from mmface4d_stream.frame_records import CameraFrame, FaceCrop, FrameSet, MeshFrame, ObservedFrame
 
@@ -105,6 +105,7 @@ class LandmarkStage:
         return True
 
     def _one(self, index: int, camera: CameraFrame, t_capture_ns: int = 0) -> FaceCrop:
+        camera = with_rgb(camera)  # (a live replay's colour arrives undecoded)
         landmarker = self._landmarkers[index]
         full_depth = camera.depth_mm
         result = None
