@@ -121,7 +121,8 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
 
 def decode_mjpeg(data: bytes, path: str | os.PathLike | None = None, frame: int | None = None) -> np.ndarray:
     """An MJPEG colour frame (`K4aCapture.color_jpeg`) as (H, W, 3) uint8 RGB: `decode_jpeg_rgb`,
-    else FFmpeg's decoder; InputError (naming `path` and `frame`) when neither decodes it."""
+    else FFmpeg's decoder (it also takes what libjpeg refuses, e.g. MJPEG without Huffman tables);
+    InputError (naming `path` and `frame`) when neither decodes it."""
     rgb = decode_jpeg_rgb(data)
     if rgb is not None:
         return rgb
@@ -390,14 +391,7 @@ class MkvReader:
         data = bytes(packet)
         try:
             if mode.format == "MJPG":
-                rgb = decode_jpeg_rgb(data)
-                if rgb is not None and rgb.shape == (height, width, 3):
-                    return rgb
-                # FFmpeg's decoder also takes what libjpeg refuses (e.g. MJPEG without Huffman tables).
-                frames = self._jpeg_decoder.decode(av.Packet(data))
-                if not frames:
-                    raise InputError("color image did not decode", path=self.path, frame=index)
-                return frames[0].to_ndarray(format="rgb24")
+                return decode_mjpeg(data, self.path, index)
             if mode.format == "BGRA":
                 bgra = np.frombuffer(data, np.uint8, count=width * height * 4).reshape(height, width, 4)
                 return np.ascontiguousarray(bgra[..., 2::-1])
@@ -428,8 +422,6 @@ class MkvReader:
         return self._iterator
 
     def _captures(self) -> Iterator[K4aCapture]:
-        if "COLOR" in self.tracks and self.color_mode.format == "MJPG":  # type: ignore[union-attr]
-            self._jpeg_decoder = av.CodecContext.create("mjpeg", "r")
         target = self._seek_target_usec
         self._seek_target_usec = None
         for group in group_captures(self._packet_events(), self.tracks, self.period_usec, self._lookahead):
