@@ -95,8 +95,7 @@ class SourceActor(StageActor):
         """(Re)start reading at frame number `frame` (after an actor restart the graph resumes there)."""
         self.stop()
         self.start_frame = frame
-        defer = self._defers_color()
-        frames = self.source.frames(defer_color=True) if defer else iter(self.source)
+        frames = self.source.frames(defer_color=self._defers_color())
         frames = frames if frame == 0 else skip_to(frames, frame)
         if self.live:
             from mmface4d_stream.pipeline.dataset_recorder import DatasetRecorder
@@ -115,7 +114,7 @@ class SourceActor(StageActor):
         """Live without a recording, landmarks in other actors: MKV colour frames leave this process
         as JPEGs (~50 KB instead of 6 MB through the object store) and are decoded by the landmark
         actor that takes them; frame sets the graph never takes are never decoded."""
-        return self.live and not self.record_dir and hasattr(self.source, "frames")
+        return self.live and not self.record_dir
 
     def read(self, tick: int):
         """The next frame set (offline) or the newest one (live); None when the sequence is over."""

@@ -111,12 +111,7 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
     its chroma upsampling (mean 0.5 of 255)."""
     import cv2
 
-    buffer = np.frombuffer(data, np.uint8)
-    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
-    if flag is not None:
-        return cv2.imdecode(buffer, flag)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)  # (OpenCV >= 4.10)
 
 
 def decode_mjpeg(data: bytes, path: str | os.PathLike | None = None, frame: int | None = None) -> np.ndarray:

@@ -123,7 +123,11 @@ class KinectSource:
         return capture, int(capture.color_timestamp_usec) - self.delays_usec[k]
 
     def __iter__(self) -> Iterator[FrameSet]:
-        """Frame sets as the devices deliver them (re-entrant: a later iteration continues the stream)."""
+        return self.frames()
+
+    def frames(self, defer_color: bool = False) -> Iterator[FrameSet]:
+        """Frame sets as the devices deliver them (re-entrant: a later iteration continues the
+        stream). The SDK delivers decoded BGRA colour: `defer_color` changes nothing."""
         while self.max_frames is None or self._frame < self.max_frames:
             captures = [self._capture(k) for k in range(len(self.devices))]
             # Re-read the cameras that lag until every aligned timestamp is within half a period.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -62,6 +63,11 @@ class DatasetSource:
         return self.n_frames
 
     def __iter__(self) -> Iterator[FrameSet]:
+        return self.frames()
+
+    def frames(self, defer_color: bool = False) -> Iterator[FrameSet]:
+        """The frame sets from the start (the colour is H.264, decoded here: `defer_color`, which
+        only MJPEG recordings honour, changes nothing)."""
         with ExitStack() as stack:
             colors = [iter(stack.enter_context(ColorMp4Reader(self.sequence.camera(i).color_path)))
                       for i in self.camera_indices]
@@ -122,8 +128,6 @@ def with_rgb(camera: CameraFrame) -> CameraFrame:
     does not decode)."""
     if camera.rgb is not None or camera.color_jpeg is None:
         return camera
-    from dataclasses import replace
-
     from mmface4d_stream.k4a.mkv_reader import decode_mjpeg
 
     rgb = decode_mjpeg(camera.color_jpeg, path=f"camera {camera.serial}")
@@ -227,14 +231,13 @@ class LoopingSource:
         return self.frames()
 
     def frames(self, defer_color: bool = False) -> Iterator[FrameSet]:
-        """The laps' frame sets; `defer_color` as `MkvSource.frames` (where the inner source has it)."""
+        """The laps' frame sets; `defer_color` as the inner source's `frames`."""
         frame_offset, time_offset_ns = 0, 0
         period_ns = 1_000_000_000 // DATASET_FPS
         for _ in range(self.loops):
             first_ns = last_ns = None
             last_frame = -1
-            lap = self.inner.frames(defer_color) if hasattr(self.inner, "frames") else iter(self.inner)
-            for frame_set in lap:
+            for frame_set in self.inner.frames(defer_color):
                 first_ns = frame_set.t_capture_ns if first_ns is None else first_ns
                 last_ns, last_frame = frame_set.t_capture_ns, frame_set.frame
                 frame_set.frame += frame_offset

@@ -104,7 +104,7 @@ class LandmarkStage:
         self._thumbnail_slot[index] = slot
         return True
 
-    def _one(self, index: int, camera: CameraFrame, t_capture_ns: int = 0) -> FaceCrop:
+    def _one(self, index: int, camera: CameraFrame, t_capture_ns: int) -> FaceCrop:
         camera = with_rgb(camera)  # (a live replay's colour arrives undecoded)
         landmarker = self._landmarkers[index]
         full_depth = camera.depth_mm
