@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mmface4d_stream.fit.camera_terms import sample_rays
 from mmface4d_stream.fit.model_pack import cross3
 
-__all__ = ["CameraBatch", "PatchBatch", "lift_patches", "depth_rows", "MIN_PATCH_VALID"]
+__all__ = ["CameraBatch", "PatchBatch", "box_sums", "lift_patches", "depth_rows", "MIN_PATCH_VALID"]
 
 # A camera whose lifted patch has fewer valid samples than this contributes no depth.
 MIN_PATCH_VALID = 50
@@ -46,11 +46,11 @@ class CameraBatch:
 
     def to_cameras(self, points_ref: torch.Tensor) -> torch.Tensor:
         """(B, M, 3) reference-frame points -> (B, C, M, 3) in each camera's frame."""
-        return torch.einsum("bcij,bmj->bcmi", self.r, points_ref) + self.t[:, :, None, :]
+        return points_ref[:, None] @ self.r.transpose(-1, -2) + self.t[:, :, None, :]
 
     def rotate(self, vectors_ref: torch.Tensor) -> torch.Tensor:
         """(B, M, 3) reference-frame directions -> (B, C, M, 3) camera-frame directions."""
-        return torch.einsum("bcij,bmj->bcmi", self.r, vectors_ref)
+        return vectors_ref[:, None] @ self.r.transpose(-1, -2)
 
     def project(self, points_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, M, 3) camera-frame points -> raw (distorted) pixel coordinates u, v, each (B, C, M)."""
@@ -65,6 +65,20 @@ class CameraBatch:
         yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
         f, c = self.focal[:, :, None], self.centre[:, :, None]
         return xd * f[..., 0] + c[..., 0], yd * f[..., 1] + c[..., 1]
+
+
+def box_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sums of x (P, H, W) over each sample's (2r+1)² window, zeros beyond the edges -> (P, H, W).
+
+    By a summed-area table, in float64: integer inputs (millimetres, counts) sum exactly whatever
+    the window or the crop size, the same values as a direct window sum at a fraction of the
+    work (4 reads per sample instead of (2r+1)²).
+    """
+    s = int(radius)
+    k = 2 * s + 1
+    table = F.pad(x.to(torch.float64), (s + 1, s, s + 1, s)).cumsum(-1).cumsum(-2)
+    out = table[:, k:, k:] - table[:, :-k, k:] - table[:, k:, :-k] + table[:, :-k, :-k]
+    return out.to(x.dtype)
 
 
 def lift_patches(depth_mm: torch.Tensor, rays: torch.Tensor, radius: int, max_jump_m: float = 0.02):
@@ -85,9 +99,7 @@ def lift_patches(depth_mm: torch.Tensor, rays: torch.Tensor, radius: int, max_ju
     s = int(radius)
     p_, h, w = depth_mm.shape
     has = (depth_mm > 0).to(depth_mm.dtype)
-    k = 2 * s + 1
-    sums = F.avg_pool2d(torch.stack([depth_mm, has], 1), k, stride=1, padding=s, divisor_override=1)
-    zs = sums[:, 0] / sums[:, 1].clamp_min(1.0) * 1e-3
+    zs = box_sums(depth_mm, s) / box_sums(has, s).clamp_min(1.0) * 1e-3
     z = depth_mm * 1e-3
     pts = torch.cat([rays * z[..., None], z[..., None]], -1)
     ok = (has > 0) & ((zs - z).abs() < 0.5 * max_jump_m)

@@ -74,4 +74,5 @@ def landmark_rows(cameras: CameraBatch, target: torch.Tensor, points_ref: torch.
     """
     uv, jp = project_pinhole_batch(cameras, points_ref)
     res = uv - target
-    return res, torch.linalg.norm(res, dim=-1), jp @ cameras.r[:, :, None]
+    # (2L, 3) @ (3, 3) per camera: one GEMM each, not L tiny ones.
+    return res, torch.linalg.norm(res, dim=-1), (jp.flatten(2, 3) @ cameras.r).unflatten(2, jp.shape[2:4])

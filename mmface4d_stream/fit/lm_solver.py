@@ -28,9 +28,9 @@ from functools import partial
 import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch, depth_rows
-from mmface4d_stream.fit.geometry import orthonormalize_batch, skew_torch, so3_exp_batch, so3_log_batch
+from mmface4d_stream.fit.geometry import orthonormalize_batch, so3_exp_batch, so3_log_batch
 from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark_rows, normal_equations, project_pinhole_batch
-from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, vertex_normals
+from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, cross3, small_matmul, vertex_normals
 from mmface4d_stream.fit.offsets import offset_step
 from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm
 from mmface4d_stream.fit.color_term import ColorBatch, ColorTerm
@@ -165,7 +165,7 @@ class _Terms:
         self.inv_lm = 1.0 / cfg.landmark_sigma_px**2
         self.inv_d = 1.0 / cfg.depth_sigma_m**2
         self.fix_shape(fb.v_id, fb.offsets)
-        self.s_normals = normals[:, pack.samples]
+        self.s_normals = normals.index_select(1, pack.samples)
         tw = fb.temporal
         zeros = torch.zeros_like(tw)
         rot_w = tw / cfg.rotation_temporal_sigma**2
@@ -192,8 +192,8 @@ class _Terms:
         """The parts of the model points that stay constant during the LM iterations: the offsets
         (B, N, 3) and, while α is not a parameter, the identity part v_id (B, N, 3), at the subsets."""
         pack = self.pack
-        self.s_off, self.lm_off = offsets[:, pack.samples], offsets[:, pack.lm_vertex]
-        self.s_vid, self.lm_vid = v_id[:, pack.samples], v_id[:, pack.lm_vertex]
+        self.s_off, self.lm_off = offsets.index_select(1, pack.samples), offsets.index_select(1, pack.lm_vertex)
+        self.s_vid, self.lm_vid = v_id.index_select(1, pack.samples), v_id.index_select(1, pack.lm_vertex)
 
     def points(self, state, which: str) -> torch.Tensor:
         """Model-frame points (B, V, 3) of `which` ("samples" or "landmarks") for a state."""
@@ -246,13 +246,13 @@ class _Terms:
         cost = self.inv_lm * (fb.lm_conf * huber_cost(norm, cfg.landmark_huber_px)).to(torch.float64).sum((1, 2))
         if with_jac:
             w = fb.lm_conf * huber_weight(norm, cfg.landmark_huber_px) * self.inv_lm
-            jw = -jt @ skew_torch(rp)[:, None]
+            jw = cross3(rp[:, None, :, None, :], jt)  # -jt [rp]x, row by row
             parts = [jw, jt]
-            a = jt @ r[:, None, None]  # d uv / d model point
+            a = (jt.reshape(jt.shape[0], -1, 3) @ r).reshape(jt.shape)  # d uv / d model point
             if self.n_id:
-                parts.append(a @ pack.lm_id)
+                parts.append(small_matmul(a, pack.lm_id))
             if pack.n_exp:
-                parts.append(a @ pack.lm_exp)
+                parts.append(small_matmul(a, pack.lm_exp))
             # Normal equations accumulated in float64: batches padded differently (camera counts)
             # then round alike, so a stream's result does not depend on its batch.
             h, g = normal_equations(parts, w[..., None].expand_as(res), res, self.n_par)
@@ -267,9 +267,9 @@ class _Terms:
             parts = [jw_d, g_ref]
             nm = g_ref @ r[:, None]  # normals in the model frame
             if self.n_id:
-                parts.append(torch.einsum("bcsi,sik->bcsk", nm, pack.s_id))
+                parts.append(small_matmul(nm[..., None, :], pack.s_id)[..., 0, :])
             if pack.n_exp:
-                parts.append(torch.einsum("bcsi,sik->bcsk", nm, pack.s_exp))
+                parts.append(small_matmul(nm[..., None, :], pack.s_exp)[..., 0, :])
             h_d, g_d = normal_equations(parts, w, res_d, self.n_par)
             h, g = h + h_d, g + g_d
         if self.raster is not None:
@@ -404,7 +404,7 @@ def solve_frames(pack: ModelPack, config, fb: FrameBatch, settings: SolveSetting
     offsets = fb.offsets
     if pack.regularizer is not None and settings.offsets:
         offsets = _chunked(partial(offset_step, pack, cfg), b, chunk, fb.cameras, patches, r, t, full, fb.offsets,
-                           normals[:, pack.offset_vertices], fb.lm_target, fb.lm_conf, fb.raster, fb.color)
+                           normals.index_select(1, pack.offset_vertices), fb.lm_target, fb.lm_conf, fb.raster, fb.color)
         full = full - fb.offsets + offsets
     r = orthonormalize_batch(r)
     vertices = full @ r.transpose(-1, -2) + t[:, None]

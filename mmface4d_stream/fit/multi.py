@@ -584,6 +584,8 @@ def _solve_fn(pack: ModelPack, config, settings: SolveSettings, fb: FrameBatch) 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-stream tensors; rows that are already rows 0..B-1 of one batch tensor are used as is."""
+    if len(rows) == 1:
+        return rows[0].unsqueeze(0)  # a view: one stream's warm start is not copied
     base = rows[0]._base
     if (base is not None and base.shape[0] == len(rows) and all(r._base is base for r in rows)
             and all(r.storage_offset() == base[i].storage_offset() for i, r in enumerate(rows))):

@@ -13,7 +13,7 @@ import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
 from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch
-from mmface4d_stream.fit.model_pack import ModelPack
+from mmface4d_stream.fit.model_pack import ModelPack, small_matmul
 from mmface4d_stream.fit.raster_term import offset_rows
 from mmface4d_stream.fit.color_term import color_offset_rows
 
@@ -41,18 +41,19 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
     rt = rotation.transpose(-1, -2)
     inv_d = 1.0 / cfg.depth_sigma_m**2
     sub = pack.offset_vertices
-    xc = cameras.to_cameras(full[:, sub] @ rt + translation[:, None])  # (B, C, M, 3)
+    xc = cameras.to_cameras(full.index_select(1, sub) @ rt + translation[:, None])  # (B, C, M, 3)
     ok, p, nd = patches.associate(cameras, xc, cameras.rotate(normals_sub @ rt), cfg.depth_gate_m,
                                   cfg.depth_min_normal_cos)
     res = (nd * (xc - p)).sum(-1)
     w = huber_weight(res.abs(), cfg.depth_huber_m) * (inv_d * ok)
-    n_model = torch.einsum("bcmi,bcij->bcmj", nd, cameras.r) @ rotation[:, None]  # (B, C, M, 3)
-    c = res - (n_model * offsets[:, None, sub]).sum(-1)
+    n_model = nd @ (cameras.r @ rotation[:, None])  # (B, C, M, 3)
+    c = res - (n_model * offsets.index_select(1, sub)[:, None]).sum(-1)
     wn = w[..., None] * n_model
     h = full.new_zeros((b, 3, 3, n))
     g = full.new_zeros((b, 3, n))
-    h.index_copy_(3, sub, torch.einsum("bcmi,bcmj->bijm", wn, n_model))
-    g.index_copy_(2, sub, torch.einsum("bcmi,bcm->bim", wn, c))
+    wn_t, nm_t = wn.transpose(-1, -2), n_model.transpose(-1, -2)  # (B, C, 3, M)
+    h.index_copy_(3, sub, (wn_t[:, :, :, None] * nm_t[:, :, None]).sum(1))  # Σ_c w n nᵀ, (B, 3, 3, M)
+    g.index_copy_(2, sub, (wn_t * c[:, :, None]).sum(1))
     has_data = ok.sum((1, 2)) > 0
     if raster is not None:
         h_r, g_r, has_r = offset_rows(raster, patches, cameras, rotation, translation, full, offsets,
@@ -65,14 +66,15 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
     if cfg.offset_landmark_weight > 0:
         inv_lm = cfg.offset_landmark_weight / cfg.landmark_sigma_px**2
         vid = pack.lm_vertex
-        uv, jp = project_pinhole_batch(cameras, full[:, vid] @ rt + translation[:, None])
+        uv, jp = project_pinhole_batch(cameras, full.index_select(1, vid) @ rt + translation[:, None])
         r_lm = uv - lm_target
         w_lm = lm_conf * huber_weight(torch.linalg.norm(r_lm, dim=-1), cfg.landmark_huber_px) * inv_lm  # (B, C, L)
-        a = jp @ cameras.r[:, :, None] @ rotation[:, None, None]  # (B, C, L, 2, 3) d uv / d offset
-        c_lm = r_lm - (a @ offsets[:, None, vid, :, None])[..., 0]
+        rc = cameras.r @ rotation[:, None]  # (B, C, 3, 3) model -> camera
+        a = (jp.flatten(2, 3) @ rc).unflatten(2, jp.shape[2:4])  # (B, C, L, 2, 3) d uv / d offset
+        c_lm = r_lm - (a * offsets.index_select(1, vid)[:, None, :, None, :]).sum(-1)
         at = a.transpose(-1, -2)
-        blocks = (w_lm[..., None, None] * (at @ a)).sum(1)  # (B, L, 3, 3)
-        grads = (w_lm[..., None] * (at @ c_lm[..., None])[..., 0]).sum(1)  # (B, L, 3)
+        blocks = (w_lm[..., None, None] * small_matmul(at, a)).sum(1)  # (B, L, 3, 3)
+        grads = (w_lm[..., None] * (at * c_lm[..., None, :]).sum(-1)).sum(1)  # (B, L, 3)
         h.index_add_(3, vid, blocks.permute(0, 2, 3, 1))
         g.index_add_(2, vid, grads.transpose(1, 2))
         has_data = has_data | (lm_conf.sum((1, 2)) > 0)

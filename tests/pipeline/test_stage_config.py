@@ -116,3 +116,34 @@ def test_graph_timeouts_are_config_fields():
             "publisher_close_timeout_s"} <= names
     with pytest.raises(ConfigError, match="ray.ping_timeout_s must be positive"):
         load_config(None, {"ray.ping_timeout_s": 0})
+
+
+def test_live_warm_iterations_reach_the_fitter_and_bound_a_warm_frame():
+    """`fitter.warm_iterations` (live.yaml: 3) caps the LM iterations of a warm-started frame; the
+    default leaves the fitter's own (4)."""
+    from mmface4d_stream.face.models import BfmModel
+    from mmface4d_stream.fit.fitter import FaceFitter
+    from mmface4d_stream.fit.synthetic import (frontal_pose, make_rig, synthetic_face_model, synthetic_frame,
+                                               write_bfm_mat)
+
+    assert load_config("live", {}).fitter.stage_config().fitter_config().warm_iterations == 3
+    assert FitStageConfig().fitter_config().warm_iterations == 4
+    with pytest.raises(ConfigError, match="positive"):
+        load_config("live", {"fitter.warm_iterations": 0})
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        write_bfm_mat(synthetic_face_model(n_vertices=1500, n_id=8, n_exp=6, seed=1), folder)
+        model = BfmModel.load(folder)
+    rig = make_rig(1)
+    rng = np.random.default_rng(0)
+    alpha = (rng.normal(size=8) * 0.5).astype(np.float32)
+    frames = [synthetic_frame(model, rig, *frontal_pose(5 + 4 * k, 0, 0, (0.0, 0.0, 0.65 + 0.01 * k)), alpha,
+                              np.full(6, 0.3 * k, np.float32))[0] for k in range(3)]
+    iterations = {}
+    for cap in (1, None):
+        fitter = FaceFitter(model, FitStageConfig(warm_iterations=cap).fitter_config())
+        prev = fitter.fit(frames[0], fit_identity=True)
+        warm = [fitter.fit(f, warm_start=prev, fit_identity=False) for f in frames[1:]]
+        iterations[cap] = [w.iterations for w in warm]
+    assert iterations[1] == [1, 1]
+    assert max(iterations[None]) > 1  # a frame moved this far takes more than one iteration by default
