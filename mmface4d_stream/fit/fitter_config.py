@@ -63,8 +63,6 @@ class FitterConfig:
         `albedo_frames` observations, then an exponential update at `albedo_rate` with steps
         clamped to `albedo_step_max`.
     template_subdivisions: subdivision levels of the built-in template (2: 6,996 vertices).
-    normals_refresh_frames: model normals (visibility gating only) are recomputed every this many
-        chained warm-started frames.
     """
 
     cold_iterations: int = 20
@@ -106,7 +104,6 @@ class FitterConfig:
     restart_landmark_rms_px: float = 25.0
     max_lost_frames_warm: int = 10
     template_subdivisions: int = 2
-    normals_refresh_frames: int = 3
 
     raster: str = "off"
     raster_samples: int = 1000
