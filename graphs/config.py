@@ -74,12 +74,23 @@ class PolicyConfig:
     fast way: at most `FitterConfig.fast_iterations` LM iterations and no offset step, flagged
     `hurried`, counted in the meta json's `frames_hurried`; None: never). Both: dropped frames
     are gaps in the frame numbers; the mesh file repeats the previous mesh for them and lists them
-    in its meta json."""
+    in its meta json. single_camera_inflight: frames in flight for a one-camera lane (None:
+    max_inflight). A live lane takes at most (frames in flight) / (capture → publish latency)
+    frames per second; one camera's ~60-70 ms in the machine's slow moments needs 3 at 30 fps,
+    while more frames in flight on a lane whose cameras already exceed the CPU (3 cameras on two
+    cores) only queue longer (live.yaml: 3 and 2; README "Live path")."""
 
     mode: str = setting("offline", choices=("offline", "live"))
     max_inflight: int = setting(3, bound="positive")
     max_latency_ms: float = setting(500.0, bound="positive")
     hurry_after_ms: float | None = setting(None, bound="positive")
+    single_camera_inflight: int | None = setting(None, bound="positive")
+
+    def inflight(self, n_cameras: int) -> int:
+        """Frames a lane of `n_cameras` cameras keeps in the graph at once."""
+        if n_cameras == 1 and self.single_camera_inflight is not None:
+            return int(self.single_camera_inflight)
+        return int(self.max_inflight)
 
 
 @dataclass

@@ -432,7 +432,7 @@ class SequenceGraph:
 
         with InputNode() as tick:
             dag = MultiOutputNode(self._wire(tick, lambda method, *args: method.bind(*args)))
-        return dag.experimental_compile(_max_inflight_executions=self.config.policy.max_inflight + 1,
+        return dag.experimental_compile(_max_inflight_executions=self.config.policy.inflight(self._n_cameras) + 1,
                                         _submit_timeout=self.config.ray.frame_timeout_s)
 
     def submit(self, tick: int) -> list:

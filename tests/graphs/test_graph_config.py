@@ -112,3 +112,15 @@ def test_ready_line_says_how_the_rig_was_obtained():
     assert ready_line(startup) == "ready after 6.0 s (actors 5.0 s, warm-up 1.0 s, rig calibrated in 8.0 s)"
     assert ready_line(dict(startup, rig={"rig": "file", "seconds": None})).endswith("warm-up 1.0 s, rig from file)")
     assert ready_line({}) == "ready after 0.0 s (actors 0.0 s, warm-up 0.0 s)"
+
+
+def test_a_one_camera_lane_keeps_its_own_frames_in_flight():
+    """`policy.single_camera_inflight` (live.yaml: 3) applies to one-camera lanes only; unset, every
+    lane keeps `max_inflight`."""
+    live = load_config("live", {}).policy
+    assert (live.inflight(1), live.inflight(3), live.inflight(2)) == (3, 2, 2)
+    offline = load_config("1-cam", {}).policy
+    assert offline.single_camera_inflight is None and offline.inflight(1) == offline.max_inflight == 3
+    assert load_config("live", {"policy.single_camera_inflight": None}).policy.inflight(1) == 2
+    with pytest.raises(ConfigError, match="positive"):
+        load_config("live", {"policy.single_camera_inflight": 0})
