@@ -27,7 +27,7 @@ def cross3(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def small_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (..., R, J) @ b (..., J, K) for many tiny matrices (per-point Jacobian blocks), by broadcasting.
+    """a (..., R, J) @ b (..., J, K) for many tiny matrices (per-point Jacobian blocks), as J multiply-adds.
 
     Same result as `a @ b` up to rounding; torch's CPU batched GEMM takes matrices this small
     (R·J·K < 400) through a scalar loop several times slower than J vectorized multiply-adds.
