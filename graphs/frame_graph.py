@@ -6,7 +6,7 @@ The driver feeds frame ticks; each tick pulls one frame set through every actor.
 their calls in order, so the fitter's warm start and the smoother's state follow the frames.
 `ray.compiled: true` declares the chain once as a Ray compiled graph (`InputNode`,
 `experimental_compile`: shared-memory channels, no per-call scheduling); otherwise every tick is a
-chain of plain actor calls. At most `policy.inflight(cameras)` ticks are in the graph at once: memory
+chain of plain actor calls. At most `SequenceGraph.inflight` ticks are in the graph at once: memory
 is constant offline, latency is bounded live (where the source also keeps only the newest frame).
 
 A GPU is shared, not owned: with `fitter.shared` the fitter box is a `SharedFitActor` actor (one per
@@ -89,7 +89,7 @@ def throughput_figures(start: float, arrivals: list[float], emit_ns: list[int], 
 
 class SequencePipeline:
     """Runs one sequence through its `SequenceGraph` to the end (or until `stop` is set): ticks in
-    flight (at most `policy.inflight(cameras)`), checkpoints, restarts after a crash, the meta json.
+    flight (at most `SequenceGraph.inflight`), checkpoints, restarts after a crash, the meta json.
 
     shared_fitter: a `SharedFitActor` actor (of a `SharedFitterPool`) that fits this sequence in a
     stream of its own; None: the pipeline has its own `FitActor` actor. on_ready: called with the
@@ -195,9 +195,8 @@ class SequencePipeline:
         cfg = self.config
         inflight: collections.deque = collections.deque()
         ended = False
-        window = cfg.policy.inflight(len(self.graph.info["camera_indices"]))
         while True:
-            while not ended and not self.stop.is_set() and len(inflight) < window:
+            while not ended and not self.stop.is_set() and len(inflight) < self.graph.inflight:
                 tick = self.graph.next_tick
                 inflight.append(self.graph.submit(tick))
                 self.graph.next_tick = tick + 1

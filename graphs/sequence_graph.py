@@ -432,8 +432,13 @@ class SequenceGraph:
 
         with InputNode() as tick:
             dag = MultiOutputNode(self._wire(tick, lambda method, *args: method.bind(*args)))
-        return dag.experimental_compile(_max_inflight_executions=self.config.policy.inflight(self._n_cameras) + 1,
+        return dag.experimental_compile(_max_inflight_executions=self.inflight + 1,
                                         _submit_timeout=self.config.ray.frame_timeout_s)
+
+    @property
+    def inflight(self) -> int:
+        """Ticks this lane keeps in the graph at once (`PolicyConfig.inflight` for its camera count)."""
+        return self.config.policy.inflight(self._n_cameras)
 
     def submit(self, tick: int) -> list:
         """Put frame tick `tick` through the chain (the compiled graph, built on first use, or plain

@@ -46,7 +46,7 @@ class CameraBatch:
 
     def to_cameras(self, points_ref: torch.Tensor) -> torch.Tensor:
         """(B, M, 3) reference-frame points -> (B, C, M, 3) in each camera's frame."""
-        return points_ref[:, None] @ self.r.transpose(-1, -2) + self.t[:, :, None, :]
+        return self.rotate(points_ref) + self.t[:, :, None, :]
 
     def rotate(self, vectors_ref: torch.Tensor) -> torch.Tensor:
         """(B, M, 3) reference-frame directions -> (B, C, M, 3) camera-frame directions."""

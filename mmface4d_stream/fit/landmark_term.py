@@ -13,7 +13,7 @@ import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch
 
-__all__ = ["huber_weight", "huber_cost", "normal_equations", "project_pinhole_batch", "landmark_rows"]
+__all__ = ["huber_weight", "huber_cost", "normal_equations", "project_pinhole_batch", "landmark_rows", "rows_times"]
 
 
 def huber_weight(abs_r: torch.Tensor, k: float) -> torch.Tensor:
@@ -64,6 +64,13 @@ def project_pinhole_batch(cameras: CameraBatch, points_ref: torch.Tensor) -> tup
     return uv, jp
 
 
+def rows_times(rows: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Jacobian rows (B, C, L, R, 3) times one 3x3 matrix per camera (B, C, 3, 3) or per stream
+    (B, 1, 3, 3): one (L·R, 3) x (3, 3) product each, not L tiny ones (torch's CPU batched GEMM
+    takes those through a scalar loop)."""
+    return (rows.flatten(2, 3) @ m).unflatten(2, rows.shape[2:4])
+
+
 def landmark_rows(cameras: CameraBatch, target: torch.Tensor, points_ref: torch.Tensor):
     """Residuals of the landmark term and their Jacobian with respect to the reference-frame points.
 
@@ -74,5 +81,4 @@ def landmark_rows(cameras: CameraBatch, target: torch.Tensor, points_ref: torch.
     """
     uv, jp = project_pinhole_batch(cameras, points_ref)
     res = uv - target
-    # (2L, 3) @ (3, 3) per camera: one GEMM each, not L tiny ones.
-    return res, torch.linalg.norm(res, dim=-1), (jp.flatten(2, 3) @ cameras.r).unflatten(2, jp.shape[2:4])
+    return res, torch.linalg.norm(res, dim=-1), rows_times(jp, cameras.r)

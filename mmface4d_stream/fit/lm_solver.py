@@ -29,7 +29,8 @@ import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch, depth_rows
 from mmface4d_stream.fit.geometry import orthonormalize_batch, so3_exp_batch, so3_log_batch
-from mmface4d_stream.fit.landmark_term import huber_cost, huber_weight, landmark_rows, normal_equations, project_pinhole_batch
+from mmface4d_stream.fit.landmark_term import (huber_cost, huber_weight, landmark_rows, normal_equations,
+                                               project_pinhole_batch, rows_times)
 from mmface4d_stream.fit.model_pack import ModelPack, apply_basis, cross3, small_matmul, vertex_normals
 from mmface4d_stream.fit.offsets import offset_step
 from mmface4d_stream.fit.raster_term import RasterBatch, RasterTerm
@@ -248,7 +249,7 @@ class _Terms:
             w = fb.lm_conf * huber_weight(norm, cfg.landmark_huber_px) * self.inv_lm
             jw = cross3(rp[:, None, :, None, :], jt)  # -jt [rp]x, row by row
             parts = [jw, jt]
-            a = (jt.reshape(jt.shape[0], -1, 3) @ r).reshape(jt.shape)  # d uv / d model point
+            a = rows_times(jt, r[:, None])  # d uv / d model point
             if self.n_id:
                 parts.append(small_matmul(a, pack.lm_id))
             if pack.n_exp:

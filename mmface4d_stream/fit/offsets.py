@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
-from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch
+from mmface4d_stream.fit.landmark_term import huber_weight, project_pinhole_batch, rows_times
 from mmface4d_stream.fit.model_pack import ModelPack, small_matmul
 from mmface4d_stream.fit.raster_term import offset_rows
 from mmface4d_stream.fit.color_term import color_offset_rows
@@ -69,8 +69,7 @@ def offset_step(pack: ModelPack, config, cameras: CameraBatch, patches: PatchBat
         uv, jp = project_pinhole_batch(cameras, full.index_select(1, vid) @ rt + translation[:, None])
         r_lm = uv - lm_target
         w_lm = lm_conf * huber_weight(torch.linalg.norm(r_lm, dim=-1), cfg.landmark_huber_px) * inv_lm  # (B, C, L)
-        rc = cameras.r @ rotation[:, None]  # (B, C, 3, 3) model -> camera
-        a = (jp.flatten(2, 3) @ rc).unflatten(2, jp.shape[2:4])  # (B, C, L, 2, 3) d uv / d offset
+        a = rows_times(jp, cameras.r @ rotation[:, None])  # (B, C, L, 2, 3) d uv / d offset (model frame)
         c_lm = r_lm - (a * offsets.index_select(1, vid)[:, None, :, None, :]).sum(-1)
         at = a.transpose(-1, -2)
         blocks = (w_lm[..., None, None] * small_matmul(at, a)).sum(1)  # (B, L, 3, 3)
