@@ -7,10 +7,15 @@ FaceMesh's own detector is the short-range model: it sees the whole image at 128
 1. Find a region of interest (ROI): the previous frame's landmarks when the face was tracked;
    otherwise the nearest blob of the registered depth map when one is given, then the full-range
    FaceDetection model (`model_selection=1`) over the whole frame.
-2. Run FaceMesh (`static_image_mode=True`, `refine_landmarks=True`) on a square crop around that
-   ROI, where the face is large. Static mode re-runs FaceMesh's detector inside the crop, so a crop
-   that no longer holds a face yields no landmarks instead of drifting landmarks.
-3. When the tracked crop loses the face, detection is tried again in the same frame; when that
+2. A tracked face: run FaceMesh's landmark model alone (`roi_mesh.RoiFaceMesh`, no detector) on
+   the region MediaPipe's tracking rule derives from the previous landmarks; its face-presence
+   score rejects a region that no longer holds a face. A face that moved far within its region
+   (`LandmarkerConfig.retrack_shift`) is run once more on the region of the new landmarks.
+3. Otherwise (a found ROI, or a tracked region the landmark model rejected): run the whole FaceMesh
+   graph (`static_image_mode=True`, `refine_landmarks=True`) on a square crop around the ROI, where
+   the face is large. Static mode runs FaceMesh's detector inside the crop, so a crop that no longer
+   holds a face yields no landmarks instead of drifting landmarks.
+4. When the tracked crop loses the face, detection is tried again in the same frame; when that
    fails too the frame is reported with `found=False` (NaN points), never guessed.
 
 Pixel convention: `points_px` has pixel centres at integer coordinates (pixel (i, j) covers
@@ -22,10 +27,13 @@ mediapipe package; nothing is downloaded.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from .roi_mesh import FaceRegion, RoiFaceMesh, region_from_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +54,8 @@ class LandmarkResult(NamedTuple):
         integers). NaN when `found` is False.
     z: (478,) float32 relative depth in pixels (MediaPipe's z scaled like x): smaller is closer to
         the camera, zero near the head's centre. NaN when `found` is False.
-    confidence: score in [0, 1] of FaceMesh's face detector on the crop; 0 when not found.
+    confidence: score in [0, 1]: FaceMesh's face detector on the crop, or for a face tracked by its
+        region alone the landmark model's face-presence score; 0 when not found.
     found: whether a face was found in this frame.
     roi: (x0, y0, x1, y1) integer pixel box of the crop FaceMesh ran on (it may extend past the
         frame, which is padded with black); (0, 0, W, H) when no crop was found.
@@ -74,6 +83,9 @@ class LandmarkerConfig:
     depth_min_mm, depth_max_mm: depth values outside this range are ignored for the blob.
     redetect_every: when > 0, after this many consecutive tracked frames the next frame is
         detected afresh (catches a crop that drifted onto another face).
+    retrack_shift: a tracked face whose landmarks' box centre lies further than this fraction of
+        the region's side from the region's centre (it moved fast) is run once more on the region
+        of the new landmarks.
     """
 
     detection_confidence: float = 0.5
@@ -85,6 +97,7 @@ class LandmarkerConfig:
     depth_min_mm: float = 200.0
     depth_max_mm: float = 3000.0
     redetect_every: int = 0
+    retrack_shift: float = 0.08
 
     def __post_init__(self) -> None:
         for name in ("detection_confidence", "presence_confidence"):
@@ -99,6 +112,8 @@ class LandmarkerConfig:
             raise ValueError("need 0 < depth_min_mm < depth_max_mm")
         if self.redetect_every < 0:
             raise ValueError(f"redetect_every must be >= 0, got {self.redetect_every}")
+        if not self.retrack_shift > 0:
+            raise ValueError(f"retrack_shift must be positive, got {self.retrack_shift}")
 
 
 def lost_result(width: int, height: int) -> LandmarkResult:
@@ -191,6 +206,7 @@ class FaceLandmarker:
         self._detector = face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=self.config.detection_confidence
         )
+        self._region_mesh = RoiFaceMesh(self.config.presence_confidence)
         self._previous: np.ndarray | None = None
         self._frames_since_detection = 0
         self._closed = False
@@ -206,6 +222,7 @@ class FaceLandmarker:
         if not self._closed:
             self._mesh.close()
             self._detector.close()
+            self._region_mesh.close()
             self._closed = True
 
     def reset(self) -> None:
@@ -233,7 +250,7 @@ class FaceLandmarker:
                 )
 
         if self._previous is not None and not self._redetect_due():
-            result = self._mesh_on_roi(rgb, self._tracked_roi(self._previous), "tracked")
+            result = self._track(rgb)
             if result is not None:
                 return self._keep(result, detected=False)
             logger.debug("tracked face lost; detecting again")
@@ -271,11 +288,26 @@ class FaceLandmarker:
         rgb = self._check_rgb(rgb)
         if self._previous is None or self._redetect_due():
             return None
-        result = self._mesh_on_roi(rgb, self._tracked_roi(self._previous), "tracked")
+        result = self._track(rgb)
         if result is None:
             self._previous = None
             return None
         return self._keep(result, detected=False)
+
+    def _track(self, rgb: np.ndarray) -> LandmarkResult | None:
+        """The tracked face in this frame: the landmark model on the previous landmarks' region
+        (once more on the new landmarks' region when the face moved far), else the whole FaceMesh
+        graph on the tracked crop; None when neither finds it."""
+        previous = self._previous
+        tracked = region_from_landmarks(previous)
+        result = self._mesh_on_region(rgb, tracked)
+        if result is not None:
+            region = region_from_landmarks(result.points_px[:468])
+            moved = math.dist(region.center_px, tracked.center_px)
+            if moved <= self.config.retrack_shift * region.side_px:
+                return result
+            return self._mesh_on_region(rgb, region) or result
+        return self._mesh_on_roi(rgb, self._tracked_roi(previous), "tracked")
 
     def _redetect_due(self) -> bool:
         every = self.config.redetect_every
@@ -311,6 +343,19 @@ class FaceLandmarker:
         side = max(max(w_px, h_px) * self.config.crop_scale_detected, self.config.min_crop_px)
         return square_roi(center, side)
 
+    def _mesh_on_region(self, rgb: np.ndarray, region: FaceRegion) -> LandmarkResult | None:
+        """The landmark model alone on `region`, run on the crop that holds the turned square."""
+        turn = abs(math.cos(region.rotation_rad)) + abs(math.sin(region.rotation_rad))
+        roi = square_roi(region.center_px, max(region.side_px * turn, self.config.min_crop_px))
+        x0, y0, x1, y1 = roi
+        height, width = rgb.shape[:2]
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            return None
+        out = self._region_mesh.process(crop_padded(rgb, roi), region, (x0, y0))
+        if out is None:
+            return None
+        return self._result(out.xyz, roi, out.presence, "tracked")
+
     def _mesh_on_roi(self, rgb: np.ndarray, roi: tuple[int, int, int, int], source: str) -> LandmarkResult | None:
         x0, y0, x1, y1 = roi
         height, width = rgb.shape[:2]
@@ -320,9 +365,18 @@ class FaceLandmarker:
         out = self._mesh.process(input_data={"image": crop})
         if not out.multi_face_landmarks:
             return None
-        side_x, side_y = float(x1 - x0), float(y1 - y0)
         lm = out.multi_face_landmarks[0].landmark
         xyz = np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float64)
+        score = 0.0
+        if out.face_detections:
+            score = float(max(d.score[0] for d in out.face_detections))
+        return self._result(xyz, roi, score, source)
+
+    @staticmethod
+    def _result(xyz: np.ndarray, roi: tuple[int, int, int, int], score: float, source: str) -> LandmarkResult:
+        """A found face from FaceMesh's (478, 3) normalised output on the crop `roi`."""
+        x0, y0, x1, y1 = roi
+        side_x, side_y = float(x1 - x0), float(y1 - y0)
         if xyz.shape[0] != N_LANDMARKS:
             raise RuntimeError(f"FaceMesh returned {xyz.shape[0]} landmarks, expected {N_LANDMARKS}")
         # MediaPipe's normalised coordinates put pixel centres at (i + 0.5) / size.
@@ -330,7 +384,4 @@ class FaceLandmarker:
         points[:, 0] = xyz[:, 0] * side_x + x0 - 0.5
         points[:, 1] = xyz[:, 1] * side_y + y0 - 0.5
         z = (xyz[:, 2] * side_x).astype(np.float32)
-        score = 0.0
-        if out.face_detections:
-            score = float(max(d.score[0] for d in out.face_detections))
         return LandmarkResult(points, z, score, True, (int(x0), int(y0), int(x1), int(y1)), source)

@@ -109,6 +109,7 @@ def test_tracking_follows_a_moving_face(astronaut_reference, landmarker):
         result = landmarker.process(paste_face(image, scale, x, y))
         assert result.found, f"lost at frame {i}"
         sources.append(result.roi_source)
+        assert 0.5 < result.confidence <= 1.0  # detector score, then the landmark model's presence
         face_width = np.ptp(result.points_px[:, 0])
         assert median_error(result.points_px, expected_points(ref, scale, x, y)) < 0.015 * face_width
     assert sources[0] == "detector"
