@@ -119,7 +119,7 @@ def test_graph_timeouts_are_config_fields():
 
 
 def test_live_warm_iterations_reach_the_fitter_and_bound_a_warm_frame():
-    """`fitter.warm_iterations` (live.yaml: 3) caps the LM iterations of a warm-started frame, and
+    """`fitter.warm_iterations` (live.yaml: 2) caps the LM iterations of a warm-started frame, and
     `fitter.offset_cg_iterations` (live.yaml: 4) reaches the fitter; the defaults leave the fitter's own."""
     from mmface4d_stream.face.models import BfmModel
     from mmface4d_stream.fit.fitter import FaceFitter
@@ -127,7 +127,7 @@ def test_live_warm_iterations_reach_the_fitter_and_bound_a_warm_frame():
                                                write_bfm_mat)
 
     live = load_config("live", {}).fitter.stage_config().fitter_config()
-    assert (live.warm_iterations, live.offset_cg_iterations) == (3, 4)
+    assert (live.warm_iterations, live.offset_cg_iterations) == (2, 4)
     assert (FitStageConfig().fitter_config().warm_iterations, FitStageConfig().fitter_config().offset_cg_iterations) == (4, 6)
     with pytest.raises(ConfigError, match="positive"):
         load_config("live", {"fitter.warm_iterations": 0})
