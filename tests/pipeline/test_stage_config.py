@@ -119,16 +119,18 @@ def test_graph_timeouts_are_config_fields():
 
 
 def test_live_warm_iterations_reach_the_fitter_and_bound_a_warm_frame():
-    """`fitter.warm_iterations` (live.yaml: 2) caps the LM iterations of a warm-started frame, and
-    `fitter.offset_cg_iterations` (live.yaml: 4) reaches the fitter; the defaults leave the fitter's own."""
+    """`fitter.warm_iterations` (live.yaml: 2) caps the LM iterations of a warm-started frame,
+    `fitter.fast_iterations` (live.yaml: 1) those of a hurried one, and `fitter.offset_cg_iterations`
+    (live.yaml: 4) reaches the fitter; the defaults leave the fitter's own."""
     from mmface4d_stream.face.models import BfmModel
     from mmface4d_stream.fit.fitter import FaceFitter
     from mmface4d_stream.fit.synthetic import (frontal_pose, make_rig, synthetic_face_model, synthetic_frame,
                                                write_bfm_mat)
 
     live = load_config("live", {}).fitter.stage_config().fitter_config()
-    assert (live.warm_iterations, live.offset_cg_iterations) == (2, 4)
-    assert (FitStageConfig().fitter_config().warm_iterations, FitStageConfig().fitter_config().offset_cg_iterations) == (4, 6)
+    assert (live.warm_iterations, live.offset_cg_iterations, live.fast_iterations) == (2, 4, 1)
+    default = FitStageConfig().fitter_config()
+    assert (default.warm_iterations, default.offset_cg_iterations, default.fast_iterations) == (4, 6, 2)
     with pytest.raises(ConfigError, match="positive"):
         load_config("live", {"fitter.warm_iterations": 0})
     import tempfile
@@ -148,3 +150,11 @@ def test_live_warm_iterations_reach_the_fitter_and_bound_a_warm_frame():
         iterations[cap] = [w.iterations for w in warm]
     assert iterations[1] == [1, 1]
     assert max(iterations[None]) > 1  # a frame moved this far takes more than one iteration by default
+    hurried = {}
+    for cap in (1, None):
+        fitter = FaceFitter(model, FitStageConfig(fast_iterations=cap).fitter_config())
+        prev = fitter.fit(frames[0], fit_identity=True)
+        fits = [fitter.fit(dataclasses.replace(f, hurry=True), warm_start=prev, fit_identity=False) for f in frames[1:]]
+        assert all("hurried" in fit.flags for fit in fits)
+        hurried[cap] = [fit.iterations for fit in fits]
+    assert hurried[1] == [1, 1] and max(hurried[None]) == 2  # the default fast budget (2) is used here
