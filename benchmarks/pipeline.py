@@ -6,6 +6,7 @@ and Ray compiled graphs against plain actor calls. Prints markdown tables.
     python benchmarks/pipeline.py --memory-frames 300 1800   # the full memory check (slow on 2 cores)
     python benchmarks/pipeline.py --live --json out/bench/live.json   # the live path (20 s replays)
     python benchmarks/pipeline.py --live --live-runs 1cam   # only its 1-camera run
+    python benchmarks/pipeline.py --live --live-runs 1cam --steal 0.2   # with 20 % of each core taken
 
 Captures are synthesized once into out/bench/ (reused on later runs). The machine may be shared:
 numbers are what this run measured.
@@ -14,9 +15,11 @@ numbers are what this run measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -59,6 +62,7 @@ class ProcessCpu:
         self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ignore: set[int] = set()  # pids not counted (`cpu_steal`'s busy loops)
 
     @staticmethod
     def _name(proc, is_driver: bool) -> str:
@@ -72,6 +76,8 @@ class ProcessCpu:
 
     def _sample(self, into: dict[int, float]) -> None:
         for proc in [self.me] + self.me.children(recursive=True):
+            if proc.pid in self.ignore:
+                continue
             try:
                 times = proc.cpu_times()
                 into[proc.pid] = times.user + times.system
@@ -229,13 +235,43 @@ def _p(figures: dict | None, key: str) -> str:
 LIVE_RUNS = ("3cam-rig", "3cam-calibrated", "3cam-one-actor", "1cam")
 
 
+# One process per core that keeps the core busy for `fraction` of every 20 ms (sys.argv[1]).
+_BUSY_LOOP = """
+import sys, time
+busy = float(sys.argv[1]) * 0.02
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < busy:
+        pass
+    time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
+"""
+
+
+@contextlib.contextmanager
+def cpu_steal(fraction: float):
+    """While inside: one busy-loop process per core taking `fraction` (0..1) of it, a stand-in for
+    a slower or busier machine (0: nothing started). Yields their pids; they are killed on leaving."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the stolen fraction must be in [0, 1), got {fraction}")
+    thieves = [] if fraction == 0 else [subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(fraction)])
+                                         for _ in range(os.cpu_count() or 1)]
+    try:
+        yield {thief.pid for thief in thieves}
+    finally:
+        for thief in thieves:
+            thief.kill()
+            thief.wait()
+
+
 def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] = LIVE_RUNS,
-               settings: dict | None = None) -> list[dict]:
+               settings: dict | None = None, steal: float = 0.0) -> list[dict]:
     """The live path (`configs/live.yaml`: paced replay, newest frame only, smoother, thumbnails,
     publishing) on synthetic recordings looped to `seconds`: 3 cameras with a rig file, 3 cameras
     calibrating the rig, 3 cameras with one landmark actor for all, 1 camera (`runs`: which of
-    `LIVE_RUNS`; `settings`: config overrides for every run). Also the CPU each process spent from the clock's start to the end, per frame
-    (the stages' cost: where a frame's CPU goes). Returns the figures."""
+    `LIVE_RUNS`; `settings`: config overrides for every run; `steal`: the fraction of every core
+    busy-loop processes take during the runs, `cpu_steal`). Also the CPU each process spent from
+    the clock's start to the end, per frame (the stages' cost: where a frame's CPU goes; the
+    busy loops are not among them). Returns the figures."""
     cap = capture(frames, 3)
     mkvs = [str(p) for p in cap.mkv_paths]
     loops = max(1, -(-int(seconds * 30) // frames))
@@ -249,7 +285,8 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
     ]
     rows = [row for key, row in zip(LIVE_RUNS, rows) if key in runs]
     print(f"\n### Live path: paced replay of {loops} × {frames} frames ({loops * frames / 30:.0f} s at 30 fps), "
-          f"configs/live.yaml{''.join(f', {k}={v}' for k, v in (settings or {}).items())}\n")
+          f"configs/live.yaml{''.join(f', {k}={v}' for k, v in (settings or {}).items())}"
+          f"{f', {steal:.0%} of every core taken by busy loops' if steal else ''}\n")
     print("| run | frames | ready s (rig s) | first mesh after clock s | first mesh: frame, latency ms | fitted | hurried | "
           "dropped: source busy / too old / fitter busy | dropped % | steady fitted/s | capture→publish p50/p95 ms | "
           "landmarks | fit | smooth | waiting | over budget |")
@@ -261,7 +298,9 @@ def bench_live(seconds: float = 20.0, frames: int = 150, runs: tuple[str, ...] =
         config = load_config("live", {"ray.frame_timeout_s": 120.0, **live, **overrides})
         job = SequenceJob(list(inputs), str(OUT / "meshes" / name), name)
         cpu = ProcessCpu()
-        result = SequencePipeline(job, config, progress=False, on_ready=cpu.start).run()
+        with cpu_steal(steal) as thieves:
+            cpu.ignore |= thieves
+            result = SequencePipeline(job, config, progress=False, on_ready=cpu.start).run()
         cpu_s = cpu.stop()
         meta = result.meta
         if not result.ok:
@@ -464,6 +503,9 @@ def main() -> int:
                         help="live runs: a config override (YAML value), e.g. --set policy.max_inflight=3 "
                              "(ray.* settings also start this run's local Ray)")
     parser.add_argument("--json", metavar="PATH", help="also write the live path's figures as JSON")
+    parser.add_argument("--steal", type=float, default=0.0, metavar="FRACTION",
+                        help="live runs: busy-loop processes take this fraction of every core (a slower "
+                             "machine's stand-in; default 0)")
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -491,11 +533,11 @@ def main() -> int:
     if "memory" in only and args.memory_frames:
         bench_memory(args.memory_frames)
     if "live" in only:
-        figures = bench_live(args.live_seconds, runs=tuple(args.live_runs), settings=settings)
+        figures = bench_live(args.live_seconds, runs=tuple(args.live_runs), settings=settings, steal=args.steal)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"load_at_start": load_at_start, "settings": settings,
-                                                   "runs": figures}, indent=1) + "\n")
+                                                   "steal": args.steal, "runs": figures}, indent=1) + "\n")
     return 0
 
 
