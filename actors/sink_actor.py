@@ -12,8 +12,10 @@ class SinkActor(StageActor):
     """The `SmoothActor`, `NutActor` and `PublishActor` of a sequence as plain objects in one actor
     (`ray.fused_sinks`): a fitted packet costs one actor call after the fitter instead of three
     (each call is a serialization of the mesh, a task in the driver and a reply). The parts behave
-    exactly as their own actors: `consume` runs smoother, encoder and publisher in that order, and
-    the graph reaches any part's other methods with `call(part, method, ...)`.
+    exactly as their own actors: `consume` runs smoother, publisher and encoder in that order (the
+    mesh goes out before it is encoded, as with separate actors, where the publisher and the
+    encoder take it at the same time: encoding is not part of capture → publish), and the graph
+    reaches any part's other methods with `call(part, method, ...)`.
 
     parts: {"smoother" | "encoder" | "publisher": (args, kwargs) of that part's `open`}; the
     encoder is required, the others optional. One actor serves one sequence (it holds the
@@ -36,9 +38,9 @@ class SinkActor(StageActor):
         smoother = self.parts.get("smoother")
         if smoother is not None:
             packet = smoother.smooth(packet)
-        report = self.parts["encoder"].write(packet)
         publisher = self.parts.get("publisher")
-        return report, None if publisher is None else publisher.publish(packet)
+        published_ms = None if publisher is None else publisher.publish(packet)
+        return self.parts["encoder"].write(packet), published_ms
 
     def call(self, part: str, method: str, *args, **kwargs):
         """Part `part`'s `method(*args, **kwargs)` (what a call on that part's own actor would do)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 
@@ -43,3 +46,23 @@ def test_sink_actor_needs_an_encoder_and_knows_only_its_parts(tmp_path):
         SinkActor({"smoother": ((), {})})
     with pytest.raises(ValueError, match="writer"):
         SinkActor({"encoder": ((str(tmp_path / "m"),), {}), "writer": ((), {})})
+
+
+def test_sink_actor_publishes_a_mesh_before_encoding_it(tmp_path):
+    """Capture → publish does not include the nut encoding: the publisher part has sent a mesh when
+    the encoder part gets it (with separate actors both take it at once)."""
+    sink = SinkActor({"encoder": ((str(tmp_path / "m"),), {}),
+                      "publisher": (("tcp://127.0.0.1:*",), {"drop_when_full": True})})
+    order = []
+    for part, method in (("encoder", "write"), ("publisher", "publish")):
+        target = sink.parts[part]
+        original = getattr(target, method)
+        setattr(target, method, lambda packet, name=part, call=original: (order.append(name), call(packet))[1])
+    now = time.monotonic_ns()
+    packets = [dataclasses.replace(p, mesh=dataclasses.replace(p.mesh, t_source_ns=now)) for p in _packets()[:2]]
+    reports = [sink.consume(p) for p in packets]
+    assert order == ["publisher", "encoder"] * 2
+    assert [r.kind for r, _ in reports] == ["mesh", "mesh"]
+    assert all(ms is not None and ms >= 0 for _, ms in reports)  # both meshes went out (the first carries the faces)
+    sink.call("publisher", "close")
+    sink.call("encoder", "close", None, {})
