@@ -136,6 +136,13 @@ def square_roi(center_xy: tuple[float, float], side_px: float) -> tuple[int, int
     return (x0, y0, x0 + side, y0 + side)
 
 
+def _outside(roi: tuple[int, int, int, int], image: np.ndarray) -> bool:
+    """Whether the box (x0, y0, x1, y1) misses the (H, W, ...) image entirely."""
+    x0, y0, x1, y1 = roi
+    height, width = image.shape[:2]
+    return x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height
+
+
 def crop_padded(image: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
     """Copy of `image[y0:y1, x0:x1]` (H, W, C) where parts outside the image are black (zeros)."""
     x0, y0, x1, y1 = roi
@@ -347,19 +354,15 @@ class FaceLandmarker:
         """The landmark model alone on `region`, run on the crop that holds the turned square."""
         turn = abs(math.cos(region.rotation_rad)) + abs(math.sin(region.rotation_rad))
         roi = square_roi(region.center_px, max(region.side_px * turn, self.config.min_crop_px))
-        x0, y0, x1, y1 = roi
-        height, width = rgb.shape[:2]
-        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        if _outside(roi, rgb):
             return None
-        out = self._region_mesh.process(crop_padded(rgb, roi), region, (x0, y0))
+        out = self._region_mesh.process(crop_padded(rgb, roi), region, roi[:2])
         if out is None:
             return None
         return self._result(out.xyz, roi, out.presence, "tracked")
 
     def _mesh_on_roi(self, rgb: np.ndarray, roi: tuple[int, int, int, int], source: str) -> LandmarkResult | None:
-        x0, y0, x1, y1 = roi
-        height, width = rgb.shape[:2]
-        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        if _outside(roi, rgb):
             return None
         crop = crop_padded(rgb, roi)
         out = self._mesh.process(input_data={"image": crop})

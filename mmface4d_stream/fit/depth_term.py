@@ -68,7 +68,7 @@ class CameraBatch:
 
 
 def box_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sums of x (P, H, W) over each sample's (2r+1)² window, zeros beyond the edges -> (P, H, W).
+    """Sums of x (..., H, W) over each sample's (2r+1)² window, zeros beyond the edges -> (..., H, W).
 
     By a summed-area table, in float64: integer inputs (millimetres, counts) sum exactly whatever
     the window or the crop size, the same values as a direct window sum at a fraction of the
@@ -77,7 +77,7 @@ def box_sums(x: torch.Tensor, radius: int) -> torch.Tensor:
     s = int(radius)
     k = 2 * s + 1
     table = F.pad(x.to(torch.float64), (s + 1, s, s + 1, s)).cumsum(-1).cumsum(-2)
-    out = table[:, k:, k:] - table[:, :-k, k:] - table[:, k:, :-k] + table[:, :-k, :-k]
+    out = table[..., k:, k:] - table[..., :-k, k:] - table[..., k:, :-k] + table[..., :-k, :-k]
     return out.to(x.dtype)
 
 
@@ -99,7 +99,8 @@ def lift_patches(depth_mm: torch.Tensor, rays: torch.Tensor, radius: int, max_ju
     s = int(radius)
     p_, h, w = depth_mm.shape
     has = (depth_mm > 0).to(depth_mm.dtype)
-    zs = box_sums(depth_mm, s) / box_sums(has, s).clamp_min(1.0) * 1e-3
+    sums = box_sums(torch.stack([depth_mm, has]), s)  # one table for both: (2, P, H, W)
+    zs = sums[0] / sums[1].clamp_min(1.0) * 1e-3
     z = depth_mm * 1e-3
     pts = torch.cat([rays * z[..., None], z[..., None]], -1)
     ok = (has > 0) & ((zs - z).abs() < 0.5 * max_jump_m)

@@ -11,9 +11,10 @@ import scipy.sparse.linalg as spla
 import torch
 
 from mmface4d_stream.fit.camera_terms import FitCamera
-from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch
+from mmface4d_stream.fit.depth_term import CameraBatch, PatchBatch, box_sums
 from mmface4d_stream.fit.frame_prep import PreparedCamera, collate_cameras, collate_crops, crop_depth, patch_radius
-from mmface4d_stream.fit.landmark_term import project_pinhole_batch
+from mmface4d_stream.fit.landmark_term import project_pinhole_batch, rows_times
+from mmface4d_stream.fit.model_pack import small_matmul
 from mmface4d_stream.fit.geometry import orthonormalize_batch, so3_exp_batch, so3_log_batch
 from mmface4d_stream.geometry import kabsch, so3_exp, so3_log
 from mmface4d_stream.fit.regularizers import OffsetRegularizer, uniform_laplacian
@@ -219,3 +220,28 @@ def test_raster_settings_are_checked_when_the_config_is_made():
         FitterConfig(raster="colour")
     with pytest.raises(ValueError, match="backend must be one of"):
         make_rasterizer(np.zeros((1, 3), np.int64), 3, backend="vulkan")
+
+
+def test_box_sums_equal_a_direct_window_sum_exactly():
+    """The summed-area table gives the zero-padded window sums of whole millimetres bit for bit,
+    for any leading dimensions."""
+    rng = np.random.default_rng(4)
+    depth = torch.from_numpy(rng.integers(0, 4000, (2, 3, 37, 29)).astype(np.float32))
+    depth[depth < 600] = 0  # holes
+    for radius in (1, 4):
+        k = 2 * radius + 1
+        direct = torch.nn.functional.avg_pool2d(depth.flatten(0, 1)[:, None], k, stride=1, padding=radius,
+                                                divisor_override=1)[:, 0].unflatten(0, (2, 3))
+        assert torch.equal(box_sums(depth, radius), direct)
+
+
+def test_tiny_matrix_products_match_matmul():
+    rng = np.random.default_rng(5)
+    a = torch.from_numpy(rng.normal(size=(2, 3, 7, 2, 3)))
+    b = torch.from_numpy(rng.normal(size=(7, 3, 5)))
+    torch.testing.assert_close(small_matmul(a, b), a @ b)
+    rows = torch.from_numpy(rng.normal(size=(2, 3, 7, 2, 3)))
+    per_camera = torch.from_numpy(rng.normal(size=(2, 3, 3, 3)))
+    per_stream = torch.from_numpy(rng.normal(size=(2, 1, 3, 3)))
+    torch.testing.assert_close(rows_times(rows, per_camera), rows @ per_camera[:, :, None])
+    torch.testing.assert_close(rows_times(rows, per_stream), rows @ per_stream[:, :, None])
